@@ -1,0 +1,168 @@
+// Portico's health model, after Exchange's IMAP health sets: probes (real
+// IMAP clients on the control loop), consecutive-failure and sampled
+// monitors, health sets (worst monitor wins), responders on a timed ladder,
+// and the HTTP status endpoint (llhttp) that shows it all.
+//
+// Threading: everything here runs on the control loop (one libuv loop, one
+// thread). The proxy is reached only through ProxyView, whose methods must be
+// cheap and non-blocking (they read relaxed atomics).
+//
+// Secrets: probe passwords live only in BackendTarget::probe_password and the
+// probe's LOGIN command; they never reach a ProbeResult, a log line, the
+// status endpoint or an error text.
+#pragma once
+
+#include <uv.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace portico::health {
+
+using Millis = std::chrono::milliseconds;
+using SystemTime = std::chrono::system_clock::time_point;
+
+enum class AlertValue : std::uint8_t { kUnknown, kHealthy, kDegraded, kUnhealthy, kRepairing, kDisabled };
+const char* alertValueName(AlertValue value);
+// Worse-first order used to combine monitors into a health set.
+int severity(AlertValue value);
+
+enum class ResultType : std::uint8_t { kSucceeded, kFailed, kTimedOut };
+const char* resultTypeName(ResultType type);
+
+enum class ProbeStep : std::uint8_t { kConnect, kTls, kGreeting, kCapability, kLogin, kSelect, kLogout, kDone };
+const char* probeStepName(ProbeStep step);
+
+struct ProbeResult {
+  std::string probe;        // e.g. "ImapDeepTestProbe"
+  std::string health_set;   // e.g. "IMAP.Protocol"
+  std::string target;       // backend name, or "" for the proxy itself
+  ResultType result = ResultType::kFailed;
+  SystemTime start{};
+  SystemTime end{};
+  double sample_ms = 0;     // latency
+  std::string error;        // empty on success; never holds a password
+  ProbeStep failed_step = ProbeStep::kDone;
+  std::vector<std::string> trace;  // "greeting ok 1.2ms", "login NO ...", ...
+  std::uint32_t retry_count = 0;
+};
+
+struct Endpoint {
+  std::string host;  // literal IP
+  std::uint16_t port = 0;
+  bool ipv6 = false;
+};
+
+struct BackendTarget {
+  std::string name;
+  Endpoint address;
+  std::string probe_user;
+  std::string probe_password;  // secret
+};
+
+struct ProbeSettings {
+  Millis interval{60'000};
+  Millis timeout{55'000};
+  std::uint32_t retries = 0;
+};
+
+struct MonitorSettings {
+  std::uint32_t unhealthy_after = 4;  // failures (or samples over threshold) in a row
+  std::uint32_t healthy_after = 2;    // successes in a row to recover
+  double threshold = 0;               // sampled monitors: ms or queued commands
+  Millis sample_interval{60'000};     // sampled monitors
+};
+
+struct ResponderSettings {
+  std::string hook;                   // command run through /bin/sh -c; empty: none
+  Millis hook_timeout{30'000};
+  std::vector<Millis> hook_after{Millis(2 * 60'000), Millis(20 * 60'000)};
+  Millis escalate_after{40 * 60'000};
+  Millis escalate_every{4 * 3600'000};
+  bool move_sessions = false;         // drained backend: BYE its sessions between commands
+};
+
+struct HealthConfig {
+  std::string server_name;            // "Server" column; the host name by default
+  Endpoint proxy_listener;            // Portico's own listener, for the proxy test and CTP
+  std::vector<BackendTarget> backends;
+  std::map<std::string, ProbeSettings> probes;      // by probe name; Exchange's defaults if absent
+  std::map<std::string, MonitorSettings> monitors;  // by monitor name
+  ResponderSettings responders;
+  Endpoint status_listen{"127.0.0.1", 8080, false};
+  std::string status_token;           // optional bearer token
+};
+
+// Exchange's defaults for the probe and monitor names in DESIGN.md.
+ProbeSettings defaultProbeSettings(const std::string& probe);
+MonitorSettings defaultMonitorSettings(const std::string& monitor);
+
+// What the health service reads from and asks of the proxy.
+struct BackendLoad {
+  std::string name;
+  bool drained_by_responder = false;
+  bool drained_by_operator = false;
+  std::uint64_t sessions = 0;
+  std::uint64_t queued = 0;           // commands sent, not yet answered
+  double average_processing_ms = 0;   // moving average of the last 1,024 commands
+  std::uint64_t recent_commands = 0;  // how many commands that average covers
+};
+
+class ProxyView {
+ public:
+  virtual ~ProxyView() = default;
+  virtual std::vector<BackendLoad> backendLoad() = 0;
+  // Responder drain: routing skips the backend; with move_sessions its open
+  // sessions get `* BYE [UNAVAILABLE]` between commands.
+  virtual void setDrainedByResponder(const std::string& backend, bool drained, bool move_sessions) = 0;
+  virtual bool listenersUp() = 0;
+  // Prometheus text for the proxy's own counters (connections, commands,
+  // histograms, bytes, per-backend sessions); appended to /metrics.
+  virtual std::string proxyMetrics() = 0;
+};
+
+class HealthService {
+ public:
+  HealthService(uv_loop_t* loop, HealthConfig config, ProxyView& proxy);
+  ~HealthService();
+  HealthService(const HealthService&) = delete;
+  HealthService& operator=(const HealthService&) = delete;
+
+  // Binds the status endpoint and schedules the probes (first run jittered).
+  bool start(std::string& error);
+  // Closes the status endpoint and cancels probes; `done` runs once every
+  // handle is closed.
+  void stop(std::function<void()> done);
+  // New backends/probe settings (SIGHUP); monitor history is kept by name.
+  void reconfigure(HealthConfig config);
+
+  // True while the proxy test's responder has taken Portico out of rotation.
+  bool offline() const;
+
+  // Runs one probe now (Invoke-MonitoringProbe); the callback gets the result.
+  // Returns false if no such probe/target.
+  bool invokeProbe(const std::string& health_set, const std::string& probe, const std::string& target,
+                   std::function<void(const ProbeResult&)> done);
+
+  // JSON texts, as served by the status endpoint and the admin socket.
+  std::string healthJson(const std::string& set_glob) const;   // Get-ServerHealth
+  std::string reportJson() const;                               // Get-HealthReport
+  std::string probesJson(const std::string& health_set, const std::string& probe) const;
+  std::string backendsJson() const;
+
+  // Operator overrides: AlertValue::kDisabled or kRepairing, or kUnknown to clear.
+  bool setMonitorOverride(const std::string& monitor, const std::string& target, AlertValue value);
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace portico::health

@@ -1,0 +1,35 @@
+// Portico's operational logger: one line per event on stderr (or a file),
+// "2026-11-27T21:05:58.123Z LEVEL [component] message". Thread-safe: each
+// line is formatted first and written with one write(2) call, so lines from
+// workers never interleave. Never pass secrets (passwords, SASL payloads).
+#pragma once
+
+#include <atomic>
+#include <string_view>
+
+#include <fmt/format.h>
+
+namespace portico::logging {
+
+enum class Level : int { kDebug = 0, kInfo = 1, kWarn = 2, kError = 3 };
+const char* levelName(Level level);
+
+void setLevel(Level level);
+Level level();
+// Redirects output to fd (default 2). The caller keeps the fd open.
+void setOutputFd(int fd);
+
+void write(Level level, std::string_view component, std::string_view message);
+
+template <typename... Args>
+void log(Level lvl, std::string_view component, fmt::format_string<Args...> format, Args&&... args) {
+  if (static_cast<int>(lvl) < static_cast<int>(level())) {
+    return;
+  }
+  write(lvl, component, fmt::format(format, std::forward<Args>(args)...));
+}
+
+// "2026-11-27T21:05:58.123Z" for the current time (UTC, milliseconds).
+void formatNow(char (&out)[32]);
+
+}  // namespace portico::logging

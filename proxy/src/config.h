@@ -1,0 +1,144 @@
+// Portico's configuration: one TOML file (toml++), validated as a whole at
+// start-up. Key names follow ../shared/DESIGN.md's configuration sketch and
+// are a contract with operators; conf/portico.toml documents each key with
+// its default.
+//
+// loadConfig() never throws: on any error it returns the errors, each
+// "FILE:LINE: what is wrong" (unknown key, bad address, duplicate backend,
+// unreadable map file, bad duration, ...), and the caller refuses to start.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace portico::proxy {
+
+using Millis = std::chrono::milliseconds;
+
+enum class TlsMode : std::uint8_t { kNone, kStarttls, kImplicit };
+const char* tlsModeName(TlsMode mode);
+
+struct HostPort {
+  std::string host;     // literal IPv4 or IPv6 address, no brackets
+  std::uint16_t port = 0;
+  bool ipv6 = false;
+  std::string text() const;  // "1.2.3.4:143" or "[::1]:143"
+};
+
+struct ListenConfig {
+  HostPort address;
+  TlsMode tls = TlsMode::kNone;
+  std::string cert;
+  std::string key;
+  bool require_tls = false;
+};
+
+struct BackendConfig {
+  std::string name;
+  HostPort address;
+  double weight = 1.0;
+  TlsMode tls = TlsMode::kNone;
+  std::string ca;
+  std::string server_name;
+  bool proxy_protocol = false;
+  bool forward_id = false;
+  std::string probe_user;
+  std::string probe_password_file;
+};
+
+struct Timeouts {
+  Millis prelogin{60'000};
+  Millis idle{30 * 60'000};
+  Millis backend_connect{10'000};
+  Millis backend_login{30'000};
+  Millis shutdown{10'000};
+};
+
+struct Limits {
+  std::uint32_t max_connections = 10'000;      // per process
+  std::uint32_t max_connections_per_ip = 1'000;
+  std::uint32_t max_bad_commands = 10;         // in a row, then BYE
+  std::uint32_t max_login_failures = 5;        // per session, then BYE
+  Millis login_failure_delay{1'000};           // doubled per failure
+  std::uint32_t prelogin_max_line = 8'192;
+  std::uint32_t prelogin_max_literal = 8'192;
+  std::uint32_t max_line = 65'536;             // relay framer limit after login
+  std::uint32_t write_high_watermark = 256 * 1024;  // low watermark is half
+};
+
+struct RoutingConfig {
+  std::string map_file;
+  std::uint32_t connect_retries = 2;  // further candidates tried after the first
+  // user (normalised) -> backend name, from map_file, plus each backend's
+  // probe_user pinned to that backend.
+  std::map<std::string, std::string> map;
+};
+
+struct StatusConfig {
+  HostPort listen{"127.0.0.1", 8080, false};
+  std::string token;  // optional bearer token
+};
+
+struct AdminConfig {
+  std::string socket = "/run/portico/admin.sock";
+};
+
+struct ProtocolLogConfig {
+  bool enabled = false;
+  std::string directory = "/var/log/portico/imap";
+};
+
+// [health.probe.<Name>] and [health.monitor.<Name>]: kept as given; the
+// health library applies its own defaults for absent tables and keys.
+struct ProbeSettings {
+  std::optional<Millis> interval;
+  std::optional<Millis> timeout;
+  std::optional<std::uint32_t> retries;
+};
+struct MonitorSettings {
+  std::optional<std::uint32_t> unhealthy_after;
+  std::optional<std::uint32_t> healthy_after;
+  std::optional<double> threshold;
+  std::optional<std::uint32_t> samples;
+};
+
+// [health]: settings shared by the responders.
+struct HealthConfig {
+  std::string hook;  // command the operator-hook responder runs; empty: none
+};
+
+struct Config {
+  std::string path;  // file it was read from
+  std::uint32_t workers = 0;  // 0: one per core
+  std::string greeting = "Portico IMAP proxy ready";
+  std::vector<ListenConfig> listen;
+  std::vector<BackendConfig> backends;
+  RoutingConfig routing;
+  Timeouts timeouts;
+  Limits limits;
+  StatusConfig status;
+  AdminConfig admin;
+  ProtocolLogConfig protocol_log;
+  std::map<std::string, ProbeSettings> probes;
+  std::map<std::string, MonitorSettings> monitors;
+  HealthConfig health;
+};
+
+struct ConfigResult {
+  std::optional<Config> config;     // set when errors is empty
+  std::vector<std::string> errors;  // "FILE:LINE: message"
+};
+
+ConfigResult loadConfig(const std::string& path);
+ConfigResult parseConfig(const std::string& text, const std::string& path_for_errors);
+
+// "500ms", "60s", "2m", "4h" -> milliseconds; nullopt if malformed.
+std::optional<Millis> parseDuration(const std::string& text);
+// "1.2.3.4:143", "[::1]:143" -> HostPort; nullopt if malformed.
+std::optional<HostPort> parseHostPort(const std::string& text);
+
+}  // namespace portico::proxy

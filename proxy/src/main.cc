@@ -1,0 +1,23 @@
+// portico: the IMAP proxy executable.
+#include <CLI/CLI.hpp>
+
+#include "portico/proxy.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"Portico: an IMAP4 proxy with inline health checks"};
+  std::string config = "/etc/portico/portico.toml";
+  std::string check;
+  bool show_version = false;
+  app.add_option("-c,--config", config, "Configuration file (TOML)");
+  app.add_option("--check-config", check, "Validate a configuration file and exit");
+  app.add_flag("--version", show_version, "Print the version and exit");
+  CLI11_PARSE(app, argc, argv);
+  if (show_version) {
+    std::printf("portico %s\n", portico::proxy::version());
+    return 0;
+  }
+  if (!check.empty()) {
+    return portico::proxy::checkConfig(check);
+  }
+  return portico::proxy::runProxy(config);
+}

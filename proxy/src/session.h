@@ -1,0 +1,187 @@
+// One client session: pre-login dialogue, backend selection and login
+// replay, then the two-way relay with per-command accounting.
+//
+// Ownership: the Session owns both transports and its timer. It ends when
+// both transports have reported onClosed(); it then tells its host, which
+// deletes it. close paths are idempotent. All calls happen on one worker
+// thread; nothing here blocks.
+//
+// The session never logs or stores a password beyond the login exchange:
+// the secret is wiped as soon as the backend has answered.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "portico/parser.h"
+#include "runtime.h"
+#include "transport.h"
+
+namespace portico::proxy {
+
+class Session;
+
+// What a session needs from the worker that runs it (faked in unit tests).
+class SessionHost {
+ public:
+  virtual ~SessionHost() = default;
+  virtual std::chrono::steady_clock::time_point now() = 0;
+  virtual TimerPtr createTimer(std::function<void()> callback) = 0;
+  // Starts a connection to `backend`; results arrive at `handler`.
+  virtual Transport* connectBackend(const BackendConfig& backend, TransportHandler* handler) = 0;
+  virtual WorkerStats& stats() = 0;
+  virtual SharedState& shared() = 0;
+  // Called once, when both transports are closed. The host deletes the session.
+  virtual void sessionEnded(Session* session) = 0;
+};
+
+#define PORTICO_SESSION_STATES(X)                                                      \
+  X(Prelogin) X(AuthContinuation) X(LoginDelay) X(Connecting) X(BackendGreeting) \
+  X(BackendId) X(BackendLogin) X(Relay) X(Closing)
+
+enum class SessionState : std::uint8_t {
+#define PORTICO_ENUM(name) k##name,
+  PORTICO_SESSION_STATES(PORTICO_ENUM)
+#undef PORTICO_ENUM
+};
+const char* sessionStateName(SessionState state);
+
+class Session : public TransportHandler {
+ public:
+  Session(SessionHost& host, RuntimeConfigPtr config, Transport* client, std::uint64_t id);
+  ~Session() override;
+
+  // Sends the greeting and starts the pre-login timer.
+  void start();
+  // Server shutdown: BYE now if between commands, else after the current one.
+  void requestShutdown(std::string_view reason);
+  // Ends the session at once (admin kick, forced shutdown).
+  void abort(std::string_view reason);
+
+  std::uint64_t id() const { return id_; }
+  SessionState state() const { return state_; }
+  const std::string& user() const { return user_; }
+  const std::string& backendName() const { return backend_name_; }
+  std::size_t commandsInFlight() const { return inflight_.size(); }
+
+  // TransportHandler
+  void onConnected(Transport* transport, bool ok, std::string_view error) override;
+  void onData(Transport* transport, Chunk chunk) override;
+  void onDrained(Transport* transport) override;
+  void onClosed(Transport* transport, std::string_view reason) override;
+
+ private:
+  struct InFlight {
+    std::string tag;
+    CommandId command;
+    bool idle;
+    std::chrono::steady_clock::time_point sent;
+  };
+  enum class LoginKind : std::uint8_t { kLogin, kAuthenticate };
+
+  using Clock = std::chrono::steady_clock;
+
+  // Pre-login.
+  void processPrelogin();
+  void processPreloginOnce();
+  void handlePreloginCommand(std::string_view bytes);
+  void handleAuthLine(std::string_view line);
+  void beginAuthenticate(std::string_view initial_response);
+  void badCommand(std::string_view tag, std::string_view message);
+  void startLogin();
+  void connectNext();
+  void failLogin(std::string_view client_line, bool count_failure);
+  void backendFailed(std::string_view why);
+
+  // Backend login.
+  void onBackendLoginData(Chunk chunk);
+  bool handleBackendLine(const parser::ResponseEvent& event, std::string_view line);
+  void sendBackendLogin();
+  void sendProxyHeader();
+  void sendForwardId();
+  void enterRelay(std::size_t backend_consumed);
+
+  // Relay.
+  void relayFromClient(Chunk chunk);
+  void relayFromBackend(Chunk chunk);
+  void completeCommand(const parser::ResponseEvent& event);
+  void maybeByeOnShutdown();
+
+  // Common.
+  void writeClient(std::string_view bytes);
+  void closeWithBye(std::string_view bye_line, std::string_view reason);
+  void updateClientReading();
+  void armTimer();
+  void onTimer();
+  void wipeSecrets();
+  void finishIfClosed();
+  BackendStats* backendStats();
+
+  SessionHost& host_;
+  RuntimeConfigPtr config_;
+  Transport* client_;
+  Transport* backend_ = nullptr;
+  TimerPtr timer_;
+  std::uint64_t id_;
+  SessionState state_ = SessionState::kPrelogin;
+
+  parser::CommandFramer command_framer_;
+  parser::ResponseFramer response_framer_;
+
+  std::string client_pending_;   // pre-login bytes not yet handled
+  std::size_t pending_parsed_ = 0;
+  std::size_t command_start_ = 0;
+  std::string backend_pending_;  // backend bytes during login
+  std::size_t backend_parsed_ = 0;
+  std::string login_untagged_;   // untagged backend lines during login, sent on success
+  std::vector<Transport*> orphans_;  // backends given up on, still closing
+  std::optional<std::vector<parser::IdField>> client_id_;
+  bool processing_ = false;
+  bool process_again_ = false;
+  std::string shutdown_reason_;
+  bool logged_in_ = false;
+  std::string delayed_reply_;    // answer held back by the failed-login delay
+
+  // The login being replayed. password_/sasl_ are secrets.
+  LoginKind login_kind_ = LoginKind::kLogin;
+  std::string login_tag_;
+  std::string user_;
+  std::string password_;
+  std::string mechanism_;
+  std::string sasl_;  // base64, as the client sent it
+  bool sasl_sent_ = false;
+  std::vector<std::size_t> candidates_;
+  std::size_t candidate_pos_ = 0;
+  std::size_t backend_index_ = 0;
+  std::string backend_name_;
+  std::string backend_caps_;
+  bool login_sent_ = false;
+
+  std::deque<InFlight> inflight_;
+  bool logout_seen_ = false;      // backend answered LOGOUT or sent BYE
+  bool shutdown_pending_ = false;
+  bool client_paused_ = false;
+  bool backend_paused_ = false;
+  bool in_stats_ = false;         // counted in backend sessions_current
+  bool counted_unauthenticated_ = true;
+
+  std::uint32_t bad_in_row_ = 0;
+  std::uint32_t login_failures_ = 0;
+  std::uint64_t bytes_in_ = 0;
+  std::uint64_t bytes_out_ = 0;
+  std::uint64_t commands_ = 0;
+  Clock::time_point started_;
+  Clock::time_point last_activity_;
+  Clock::time_point deadline_{};
+  std::string end_reason_;
+  std::string client_address_;
+  bool ended_ = false;
+};
+
+}  // namespace portico::proxy

@@ -1,0 +1,66 @@
+// The seams between a Session and the outside world, so the session state
+// machine runs the same over libuv sockets and over fakes in unit tests.
+//
+// Transport: one byte stream (client or backend connection). Its handler's
+// onClosed() is always the last call it makes; the transport frees itself
+// after onClosed() returns, so the owner must drop its pointer there.
+#pragma once
+
+#include <sys/socket.h>
+
+#include <chrono>
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "chunk.h"
+#include "config.h"
+
+namespace portico::proxy {
+
+class Transport;
+
+class TransportHandler {
+ public:
+  virtual ~TransportHandler() = default;
+  // Outgoing connections only: the connect finished. ok=false is followed by onClosed().
+  virtual void onConnected(Transport* transport, bool ok, std::string_view error) = 0;
+  virtual void onData(Transport* transport, Chunk chunk) = 0;
+  // The write queue fell to the low watermark after having passed the high one.
+  virtual void onDrained(Transport* transport) = 0;
+  // End of stream, error, or the result of close()/shutdown(). The last call.
+  virtual void onClosed(Transport* transport, std::string_view reason) = 0;
+};
+
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  virtual void setHandler(TransportHandler* handler) = 0;
+  virtual void write(Chunk chunk) = 0;             // zero-copy: keeps the block until written
+  virtual void write(std::string_view bytes) = 0;  // copies
+  virtual std::size_t queuedBytes() const = 0;
+  virtual void setHighWatermark(std::size_t bytes) = 0;
+  virtual void pauseReading() = 0;
+  virtual void resumeReading() = 0;
+  // Flush queued writes, then close. Bounded by the transport's own timer.
+  virtual void shutdown() = 0;
+  // Close now, dropping queued writes. Idempotent.
+  virtual void close() = 0;
+  virtual const sockaddr_storage& peerAddress() const = 0;
+  virtual const sockaddr_storage& localAddress() const = 0;
+};
+
+// "1.2.3.4:5678" or "[::1]:5678".
+std::string formatAddress(const sockaddr_storage& address);
+
+class Timer {
+ public:
+  virtual ~Timer() = default;
+  virtual void arm(std::chrono::milliseconds delay) = 0;
+  virtual void cancel() = 0;
+};
+using TimerPtr = std::unique_ptr<Timer>;
+
+}  // namespace portico::proxy

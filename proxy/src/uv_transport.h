@@ -1,0 +1,92 @@
+// libuv implementations of the session seams: a TCP Transport (accepted or
+// outgoing) reading into the worker's BufferPool and writing Chunks without
+// copying, and a Timer. Both free themselves only after libuv's close
+// callbacks, as libuv requires.
+#pragma once
+
+#include <uv.h>
+
+#include <functional>
+#include <string>
+
+#include "transport.h"
+
+namespace portico::proxy {
+
+class UvTcpTransport final : public Transport {
+ public:
+  // Accepts a pending connection from `server`; nullptr on failure.
+  static UvTcpTransport* accept(uv_loop_t* loop, uv_stream_t* server, BufferPool& pool);
+  // Starts connecting to `address`; the handler hears onConnected().
+  static UvTcpTransport* connect(uv_loop_t* loop, const sockaddr* address, BufferPool& pool,
+                                 TransportHandler* handler);
+
+  void setHandler(TransportHandler* handler) override { handler_ = handler; }
+  void write(Chunk chunk) override;
+  void write(std::string_view bytes) override;
+  std::size_t queuedBytes() const override { return queued_; }
+  void setHighWatermark(std::size_t bytes) override { high_ = bytes; }
+  void pauseReading() override;
+  void resumeReading() override;
+  void shutdown() override;
+  void close() override;
+  const sockaddr_storage& peerAddress() const override { return peer_; }
+  const sockaddr_storage& localAddress() const override { return local_; }
+
+  // How long shutdown() may take to flush before the connection is dropped.
+  static constexpr std::uint64_t kShutdownFlushMs = 5'000;
+
+ private:
+  struct WriteReq;
+  UvTcpTransport(uv_loop_t* loop, BufferPool& pool);
+  ~UvTcpTransport() override = default;
+
+  void closeWithReason(std::string_view reason);
+  void startReading();
+  void queueWrite(Chunk chunk, std::string owned);
+  void afterWrite(std::size_t bytes, int status);
+  void readAddresses();
+
+  static void onAlloc(uv_handle_t* handle, std::size_t suggested, uv_buf_t* buf);
+  static void onRead(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf);
+  static void onWrite(uv_write_t* req, int status);
+  static void onConnect(uv_connect_t* req, int status);
+  static void onShutdown(uv_shutdown_t* req, int status);
+  static void onFlushTimeout(uv_timer_t* timer);
+  static void onHandleClosed(uv_handle_t* handle);
+
+  uv_tcp_t tcp_;
+  uv_timer_t flush_timer_;
+  uv_connect_t connect_req_;
+  uv_shutdown_t shutdown_req_;
+  BufferPool& pool_;
+  TransportHandler* handler_ = nullptr;
+  Block* read_block_ = nullptr;
+  std::size_t queued_ = 0;
+  std::size_t high_ = 256 * 1024;
+  bool above_high_ = false;
+  bool want_read_ = true;
+  bool reading_ = false;
+  bool connected_ = false;
+  bool shutting_down_ = false;
+  bool closed_ = false;
+  int handles_open_ = 0;
+  std::string close_reason_;
+  sockaddr_storage peer_{};
+  sockaddr_storage local_{};
+};
+
+class UvTimer final : public Timer {
+ public:
+  UvTimer(uv_loop_t* loop, std::function<void()> callback);
+  ~UvTimer() override;
+  void arm(std::chrono::milliseconds delay) override;
+  void cancel() override;
+
+ private:
+  static void onTimer(uv_timer_t* timer);
+  uv_timer_t* handle_;
+  std::function<void()> callback_;
+};
+
+}  // namespace portico::proxy

@@ -1,0 +1,172 @@
+#!/usr/bin/python3
+"""Portico demo: two real Dovecot backends, Portico in front, one client session.
+
+    /usr/bin/python3 scripts/demo.py          # runs until Ctrl-C
+    /usr/bin/python3 scripts/demo.py --once   # exits after the client session (CI)
+
+Backends: mbx1 on 127.0.0.1:10144, mbx2 on 127.0.0.1:10145 (maildirs in
+<repo>/.run/demo). Portico: conf/demo.toml (listener 127.0.0.1:10143, status
+127.0.0.1:18080); without that file the demo writes an equivalent config.
+Everything started here is stopped on exit, Ctrl-C or SIGTERM.
+"""
+
+import argparse
+import imaplib
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "integration"))
+
+from harness import PASSWORD, Dovecot, Portico, make_message, portico_bin  # noqa: E402
+
+DEMO_USERS = ["alice", "bob", "carol"]
+LISTEN_PORT = 10143
+BACKEND_PORTS = {"mbx1": 10144, "mbx2": 10145}
+STATUS_PORT = 18080
+RUN_DIR = REPO / ".run" / "demo"
+DEMO_CONF = REPO / "conf" / "demo.toml"
+
+
+class Stop(Exception):
+    pass
+
+
+def on_signal(signum, _frame):
+    raise Stop(signal.Signals(signum).name)
+
+
+def step(text):
+    print("  -> %s" % text, flush=True)
+
+
+def client_session(port: int) -> bool:
+    print("\nClient session through Portico (imaplib, 127.0.0.1:%d):" % port, flush=True)
+    m = imaplib.IMAP4("127.0.0.1", port, timeout=30)
+    step("greeting: %s" % m.welcome.decode(errors="replace"))
+    typ, data = m.login("alice", PASSWORD)
+    step("LOGIN alice: %s %s" % (typ, data[0].decode(errors="replace")))
+    typ, data = m.select("INBOX")
+    step("SELECT INBOX: %s, %s messages" % (typ, data[0].decode()))
+    subject = "Portico demo %s" % time.strftime("%Y-%m-%d %H:%M:%S")
+    msg = make_message(subject, marker="demo-%d" % int(time.time()))
+    typ, data = m.append("INBOX", None, None, msg)
+    step("APPEND (%d bytes): %s %s" % (len(msg), typ, data[0].decode(errors="replace")))
+    typ, data = m.select("INBOX")
+    count = int(data[0])
+    typ, data = m.fetch(str(count), "(BODY.PEEK[])")
+    fetched = data[0][1] if typ == "OK" and isinstance(data[0], tuple) else b""
+    same = fetched == msg
+    step("FETCH %d BODY.PEEK[]: %s, %d bytes, %s" % (count, typ, len(fetched),
+                                                    "identical to what was appended" if same else "DIFFERENT"))
+    typ, data = m.logout()
+    step("LOGOUT: %s %s" % (typ, data[0].decode(errors="replace")))
+    return same
+
+
+def show_health(url: str) -> None:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:
+            body = r.read(4096).decode(errors="replace")
+        print("\nStatus endpoint %s answers %d:\n%s" % (url, r.status, body.strip()))
+    except urllib.error.HTTPError as e:
+        print("\nStatus endpoint %s answers %d:\n%s" % (url, e.code, e.read(4096).decode(errors="replace").strip()))
+    except (OSError, urllib.error.URLError) as e:
+        print("\nStatus endpoint %s is not available in this build (%s);"
+              " it lands with the health issue." % (url, getattr(e, "reason", e)))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--once", action="store_true", help="exit after the client session")
+    args = ap.parse_args()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    (RUN_DIR / "portico" / "portico.stderr.log").unlink(missing_ok=True)  # this run's log only
+
+    started = []
+    rc = 1
+    try:
+        backends = []
+        for name, port in BACKEND_PORTS.items():
+            d = Dovecot(name, users=DEMO_USERS, port=port, root=RUN_DIR / name)
+            started.append(d)
+            d.start()
+            backends.append(d)
+            print("Dovecot %s listening on %s (maildirs %s, log %s)" % (name, d.address, d.root / "mail", d.log_path))
+
+        if DEMO_CONF.exists():
+            portico = Portico(backends, workdir=RUN_DIR / "portico", listen_port=LISTEN_PORT,
+                              status_port=STATUS_PORT, config_path=DEMO_CONF, cwd=REPO)
+            conf_note = str(DEMO_CONF)
+        else:
+            portico = Portico(backends, workdir=RUN_DIR / "portico", listen_port=LISTEN_PORT,
+                              status_port=STATUS_PORT, cwd=REPO)
+            conf_note = "%s (written by the demo; conf/demo.toml not found)" % portico.config_path
+        started.append(portico)
+        print("Starting Portico %s --config %s" % (portico_bin(), conf_note), flush=True)
+        portico.start()
+        print("Portico ready on 127.0.0.1:%d (pid %d, log %s)" % (LISTEN_PORT, portico.pid, portico.log_path))
+
+        ok = client_session(LISTEN_PORT)
+        for d in backends:
+            held = len(d.messages("alice"))
+            if held:
+                print("  alice's mail is on %s: %d message(s) in %s" % (d.name, held, d.maildir("alice")))
+        show_health("http://127.0.0.1:%d/health" % STATUS_PORT)
+
+        print("""
+Connect yourself:  127.0.0.1:%(port)d   users %(users)s   password %(pw)s
+  The demo listener is plain IMAP (no TLS, so no openssl s_client); try:
+    curl -u alice:%(pw)s imap://127.0.0.1:%(port)d/                  (list mailboxes)
+    curl -u alice:%(pw)s 'imap://127.0.0.1:%(port)d/INBOX;UID=1'     (fetch message 1)
+    /usr/bin/python3 -c "import imaplib; m=imaplib.IMAP4('127.0.0.1', %(port)d); print(m.login('bob', '%(pw)s')); print(m.select('INBOX')); m.logout()"
+    nc -C 127.0.0.1 %(port)d   (if installed; type: a LOGIN alice %(pw)s, b SELECT INBOX, c LOGOUT)
+  Status: http://127.0.0.1:%(status)d/health
+""" % {"port": LISTEN_PORT, "users": ", ".join(DEMO_USERS), "pw": PASSWORD, "status": STATUS_PORT})
+
+        if not ok:
+            print("demo: the fetched message differs from the appended one", file=sys.stderr)
+            return 1
+        if args.once:
+            return 0
+        print("Press Ctrl-C to stop.", flush=True)
+        while True:
+            # Wake on a signal (Stop) or when Portico exits on its own.
+            try:
+                portico.proc.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                continue
+            print("demo: Portico exited with %s\n%s" % (portico.proc.returncode, portico.log_tail()),
+                  file=sys.stderr)
+            return 1
+    except Stop as s:
+        print("\ndemo: %s received, stopping" % s, flush=True)
+        rc = 0
+    except Exception as e:  # noqa: BLE001 - report and clean up
+        print("demo: %s" % e, file=sys.stderr)
+        rc = 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for thing in reversed(started):
+            try:
+                if isinstance(thing, Portico):
+                    thing.cleanup()
+                else:
+                    thing.stop()
+            except Exception as e:  # noqa: BLE001 - keep stopping the rest
+                print("demo: stopping %r: %s" % (thing, e), file=sys.stderr)
+        print("demo: stopped Portico and both Dovecots", flush=True)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
