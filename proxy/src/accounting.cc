@@ -120,6 +120,7 @@ StatsSnapshot snapshot(const std::vector<const WorkerStats*>& workers) {
     out.connections_total += w->connections_total.get();
     out.connections_rejected += w->connections_rejected.get();
     out.connections_unauthenticated += w->connections_unauthenticated.get();
+    out.connections_tls += w->connections_tls.get();
     out.bytes_from_clients += w->bytes_from_clients.get();
     out.bytes_to_clients += w->bytes_to_clients.get();
     for (std::size_t i = 0; i < w->backends.size(); ++i) {

@@ -94,6 +94,7 @@ struct alignas(64) WorkerStats {
   Counter connections_total;
   Counter connections_rejected;
   Counter connections_unauthenticated;  // open and not logged in
+  Counter connections_tls;              // TLS handshakes started (implicit or STARTTLS)
   Counter bytes_from_clients;
   Counter bytes_to_clients;
   Counter prelogin_bad_commands;
@@ -135,6 +136,7 @@ struct StatsSnapshot {
   };
   std::uint64_t connections_current = 0, connections_total = 0, connections_rejected = 0;
   std::uint64_t connections_unauthenticated = 0, bytes_from_clients = 0, bytes_to_clients = 0;
+  std::uint64_t connections_tls = 0;
   std::vector<Backend> backends;
 };
 

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -459,7 +460,8 @@ void ConfigReader::readListeners(const toml::table& root, Config& config) {
   std::map<std::string, std::uint32_t> seen;
   for (const toml::node& node : *listeners) {
     const toml::table& t = *node.as_table();
-    checkKeys(t, {"address", "tls", "cert", "key", "require_tls"}, "in [[listen]]");
+    checkKeys(t, {"address", "tls", "cert", "key", "require_tls", "tls_min_version", "certificate"},
+              "in [[listen]]");
     ListenConfig listen;
     if (t.get("address") == nullptr) {
       error(lineOf(t), "[[listen]] is missing 'address'");
@@ -475,6 +477,30 @@ void ConfigReader::readListeners(const toml::table& root, Config& config) {
     readString(t, "cert", listen.cert);
     readString(t, "key", listen.key);
     readBool(t, "require_tls", listen.require_tls);
+    if (readString(t, "tls_min_version", listen.tls_min_version) &&
+        listen.tls_min_version != "TLSv1.2" && listen.tls_min_version != "TLSv1.3") {
+      error(lineOf(*t.get("tls_min_version")),
+            "bad tls_min_version " + quoted(listen.tls_min_version) + " (TLSv1.2 or TLSv1.3)");
+    }
+    if (const toml::node* certs = t.get("certificate")) {
+      const toml::array* list = certs->as_array();
+      if (list == nullptr || !list->is_array_of_tables()) {
+        error(lineOf(*certs), "'certificate' must be an array of tables: [[listen.certificate]]");
+      } else {
+        for (const toml::node& c : *list) {
+          const toml::table& ct = *c.as_table();
+          checkKeys(ct, {"server_name", "cert", "key"}, "in [[listen.certificate]]");
+          CertificateConfig cert;
+          readString(ct, "server_name", cert.server_name);
+          readString(ct, "cert", cert.cert);
+          readString(ct, "key", cert.key);
+          if (cert.server_name.empty() || cert.cert.empty() || cert.key.empty()) {
+            error(lineOf(ct), "[[listen.certificate]] needs 'server_name', 'cert' and 'key'");
+          }
+          listen.certificates.push_back(std::move(cert));
+        }
+      }
+    }
     if (listen.tls != TlsMode::kNone) {
       for (std::string_view key : {"cert", "key"}) {
         const std::string& value = key == "cert" ? listen.cert : listen.key;
@@ -506,8 +532,9 @@ void ConfigReader::readBackends(const toml::table& root, Config& config) {
   for (const toml::node& node : *backends) {
     const toml::table& t = *node.as_table();
     checkKeys(t,
-              {"name", "address", "weight", "tls", "ca", "server_name", "proxy_protocol",
-               "forward_id", "probe_user", "probe_password_file"},
+              {"name", "address", "weight", "tls", "ca", "server_name", "verify", "pin_sha256",
+               "client_cert", "client_key", "proxy_protocol", "forward_id", "probe_user",
+               "probe_password_file"},
               "in [[backend]]");
     BackendConfig backend;
     if (t.get("name") == nullptr) {
@@ -535,6 +562,24 @@ void ConfigReader::readBackends(const toml::table& root, Config& config) {
     readTls(t, "tls", backend.tls);
     readString(t, "ca", backend.ca);
     readString(t, "server_name", backend.server_name);
+    readBool(t, "verify", backend.verify);
+    if (readString(t, "pin_sha256", backend.pin_sha256)) {
+      std::string& pin = backend.pin_sha256;
+      pin.erase(std::remove(pin.begin(), pin.end(), ':'), pin.end());
+      bool hex = pin.size() == 64 && std::all_of(pin.begin(), pin.end(), [](char c) {
+                   return std::isxdigit(static_cast<unsigned char>(c)) != 0;
+                 });
+      if (!hex) {
+        error(lineOf(*t.get("pin_sha256")), "'pin_sha256' must be 64 hex digits (SHA-256 of the SPKI)");
+      }
+      std::transform(pin.begin(), pin.end(), pin.begin(),
+                     [](char c) { return static_cast<char>(std::tolower(static_cast<unsigned char>(c))); });
+    }
+    readString(t, "client_cert", backend.client_cert);
+    readString(t, "client_key", backend.client_key);
+    if (backend.client_cert.empty() != backend.client_key.empty()) {
+      error(lineOf(t), "[[backend]] needs both 'client_cert' and 'client_key', or neither");
+    }
     readBool(t, "proxy_protocol", backend.proxy_protocol);
     readBool(t, "forward_id", backend.forward_id);
     readString(t, "probe_user", backend.probe_user);
@@ -650,13 +695,14 @@ void ConfigReader::pinProbeUsers(Config& config) {
 }
 
 void ConfigReader::readTimeouts(const toml::table& t, Timeouts& timeouts) {
-  checkKeys(t, {"prelogin", "idle", "backend_connect", "backend_login", "shutdown"},
+  checkKeys(t, {"prelogin", "idle", "backend_connect", "backend_login", "shutdown", "tls_handshake"},
             "in [timeouts]");
   const Millis min{1};
   readDuration(t, "prelogin", min, timeouts.prelogin);
   readDuration(t, "idle", min, timeouts.idle);
   readDuration(t, "backend_connect", min, timeouts.backend_connect);
   readDuration(t, "backend_login", min, timeouts.backend_login);
+  readDuration(t, "tls_handshake", min, timeouts.tls_handshake);
   readDuration(t, "shutdown", min, timeouts.shutdown);
 }
 
@@ -701,8 +747,12 @@ void ConfigReader::readNamedTables(const toml::table& health, const std::string&
 }
 
 void ConfigReader::readHealth(const toml::table& t, Config& config) {
-  checkKeys(t, {"hook", "probe", "monitor"}, "in [health]");
+  checkKeys(t, {"hook", "hook_timeout", "move_sessions", "probe", "monitor"}, "in [health]");
   readString(t, "hook", config.health.hook);
+  readBool(t, "move_sessions", config.health.move_sessions);
+  if (Millis value{0}; readDuration(t, "hook_timeout", Millis{1}, value)) {
+    config.health.hook_timeout = value;
+  }
   // Absent keys stay unset: the health library owns the defaults.
   auto duration = [this](const toml::table& s, std::string_view key, std::optional<Millis>& out) {
     if (Millis value{0}; readDuration(s, key, Millis{1}, value)) {
@@ -729,8 +779,10 @@ void ConfigReader::readHealth(const toml::table& t, Config& config) {
   readNamedTables(
       t, "monitor", kMonitorNames,
       [&](const std::string& name, const toml::table& s, const std::string& where) {
-        checkKeys(s, {"unhealthy_after", "healthy_after", "samples", "threshold"}, where);
+        checkKeys(s, {"unhealthy_after", "healthy_after", "samples", "threshold", "interval"},
+                  where);
         MonitorSettings& monitor = config.monitors[name];
+        duration(s, "interval", monitor.interval);
         count(s, "unhealthy_after", 1, monitor.unhealthy_after);
         count(s, "healthy_after", 1, monitor.healthy_after);
         count(s, "samples", 1, monitor.samples);

@@ -29,12 +29,21 @@ struct HostPort {
   std::string text() const;  // "1.2.3.4:143" or "[::1]:143"
 };
 
+// One certificate a TLS listener can present, chosen by SNI.
+struct CertificateConfig {
+  std::string server_name;  // SNI name it answers ("" for the default)
+  std::string cert;         // PEM chain
+  std::string key;          // PEM private key
+};
+
 struct ListenConfig {
   HostPort address;
   TlsMode tls = TlsMode::kNone;
-  std::string cert;
+  std::string cert;  // default certificate chain (PEM)
   std::string key;
-  bool require_tls = false;
+  std::vector<CertificateConfig> certificates;  // more, by SNI name: [[listen.certificate]]
+  bool require_tls = false;  // starttls: LOGINDISABLED until STARTTLS
+  std::string tls_min_version = "TLSv1.2";  // TLSv1.2 | TLSv1.3
 };
 
 struct BackendConfig {
@@ -42,8 +51,12 @@ struct BackendConfig {
   HostPort address;
   double weight = 1.0;
   TlsMode tls = TlsMode::kNone;
-  std::string ca;
-  std::string server_name;
+  std::string ca;           // CA file or directory; system default store if empty
+  std::string server_name;  // expected in the certificate and sent as SNI; default: address host
+  bool verify = true;       // certificate verification (on whenever tls is, unless turned off)
+  std::string pin_sha256;   // optional: hex SHA-256 of the certificate's public key (SPKI)
+  std::string client_cert;  // optional client certificate (PEM) and key
+  std::string client_key;
   bool proxy_protocol = false;
   bool forward_id = false;
   std::string probe_user;
@@ -56,6 +69,7 @@ struct Timeouts {
   Millis backend_connect{10'000};
   Millis backend_login{30'000};
   Millis shutdown{10'000};
+  Millis tls_handshake{10'000};
 };
 
 struct Limits {
@@ -104,11 +118,14 @@ struct MonitorSettings {
   std::optional<std::uint32_t> healthy_after;
   std::optional<double> threshold;
   std::optional<std::uint32_t> samples;
+  std::optional<Millis> interval;  // sampled monitors: how often to sample
 };
 
 // [health]: settings shared by the responders.
 struct HealthConfig {
   std::string hook;  // command the operator-hook responder runs; empty: none
+  Millis hook_timeout{30'000};
+  bool move_sessions = false;  // drained backends: BYE their sessions between commands
 };
 
 struct Config {

@@ -15,4 +15,30 @@ RuntimeConfig::RuntimeConfig(Config c, std::vector<std::size_t> slots)
       stats_slot(std::move(slots)),
       capabilities(kPreloginCapabilities) {}
 
+RuntimeConfigPtr buildRuntime(Config config, std::vector<std::size_t> slots, std::string& error) {
+  auto runtime = std::make_shared<RuntimeConfig>(std::move(config), std::move(slots));
+  for (const ListenConfig& listen : runtime->config.listen) {
+    std::shared_ptr<const ServerTlsContext> tls;
+    if (listen.tls != TlsMode::kNone) {
+      tls = ServerTlsContext::create(listen, error);
+      if (!tls) {
+        error = "listener " + listen.address.text() + ": " + error;
+        return nullptr;
+      }
+    }
+    runtime->listener_tls.push_back(std::move(tls));
+  }
+  for (const BackendConfig& backend : runtime->config.backends) {
+    std::shared_ptr<const ClientTlsContext> tls;
+    if (backend.tls != TlsMode::kNone) {
+      tls = ClientTlsContext::create(backend, error);
+      if (!tls) {
+        return nullptr;
+      }
+    }
+    runtime->backend_tls.push_back(std::move(tls));
+  }
+  return runtime;
+}
+
 }  // namespace portico::proxy

@@ -13,6 +13,7 @@
 #include "accounting.h"
 #include "config.h"
 #include "routing.h"
+#include "tls.h"
 
 namespace portico::proxy {
 
@@ -21,15 +22,29 @@ struct RuntimeConfig {
   BackendSelector selector;
   std::vector<std::size_t> stats_slot;  // per backend index
   std::string capabilities;             // pre-login capability list Portico advertises
+  // TLS contexts by listener and by backend index (null where tls = "none").
+  std::vector<std::shared_ptr<const ServerTlsContext>> listener_tls;
+  std::vector<std::shared_ptr<const ClientTlsContext>> backend_tls;
 
   RuntimeConfig(Config c, std::vector<std::size_t> slots);
 };
 using RuntimeConfigPtr = std::shared_ptr<const RuntimeConfig>;
 
+// Builds the snapshot, loading every certificate and key the config names.
+// nullptr with `error` set when one cannot be loaded: at start-up Portico
+// refuses to start; on reload the running snapshot stays in use.
+RuntimeConfigPtr buildRuntime(Config config, std::vector<std::size_t> slots, std::string& error);
+
 // State shared by all workers and the control thread. Written rarely.
 struct SharedState {
-  // Per stats slot: drained backends are skipped by routing for new logins.
-  std::array<std::atomic<bool>, kMaxBackends> drained{};
+  // Per stats slot: drained backends are skipped by routing for new logins,
+  // whether a responder or an operator drained them.
+  std::array<std::atomic<bool>, kMaxBackends> drained_by_responder{};
+  std::array<std::atomic<bool>, kMaxBackends> drained_by_operator{};
+  bool drained(std::size_t slot) const {
+    return drained_by_responder[slot].load(std::memory_order_relaxed) ||
+           drained_by_operator[slot].load(std::memory_order_relaxed);
+  }
   std::atomic<std::uint64_t> connections{0};  // across workers, for max_connections
 };
 

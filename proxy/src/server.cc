@@ -41,7 +41,7 @@ RuntimeConfigPtr makeRuntime(Config config, BackendRegistry& registry, std::stri
     }
     slots.push_back(slot);
   }
-  return std::make_shared<const RuntimeConfig>(std::move(config), std::move(slots));
+  return buildRuntime(std::move(config), std::move(slots), error);
 }
 
 void reload(Control& c) {

@@ -101,6 +101,36 @@ Session::~Session() {
   wipeSecrets();
 }
 
+void Session::setListener(TlsMode mode, bool require_tls,
+                          std::shared_ptr<const ServerTlsContext> tls, bool tls_active) {
+  listener_tls_ = mode;
+  require_tls_ = require_tls;
+  listener_tls_context_ = std::move(tls);
+  client_tls_ = tls_active;
+}
+
+std::string Session::capabilities() const {
+  if (listener_tls_ != TlsMode::kStarttls || client_tls_) {
+    return config_->capabilities;
+  }
+  // Plaintext on a STARTTLS listener: offer STARTTLS; with require_tls,
+  // hide every AUTH= mechanism and say LOGINDISABLED (RFC 9051 6.2).
+  std::string out;
+  for (std::string_view cap : parser::parseCapabilities(config_->capabilities)) {
+    if (require_tls_ && startsWithNoCase(cap, "AUTH=")) {
+      continue;
+    }
+    out.append(out.empty() ? "" : " ").append(cap);
+    if (startsWithNoCase(cap, "IMAP4REV1")) {
+      out.append(" STARTTLS");
+      if (require_tls_) {
+        out.append(" LOGINDISABLED");
+      }
+    }
+  }
+  return out;
+}
+
 void Session::start() {
   const Config& cfg = config_->config;
   client_->setHandler(this);
@@ -114,7 +144,7 @@ void Session::start() {
   limits.max_line = cfg.limits.prelogin_max_line;
   limits.max_literal = cfg.limits.prelogin_max_literal;
   command_framer_.setLimits(limits);
-  writeClient(fmt::format("* OK [CAPABILITY {}] {}\r\n", config_->capabilities, cfg.greeting));
+  writeClient(fmt::format("* OK [CAPABILITY {}] {}\r\n", capabilities(), cfg.greeting));
   deadline_ = started_ + cfg.timeouts.prelogin;
   armTimer();
 }
@@ -244,7 +274,7 @@ void Session::handlePreloginCommand(std::string_view bytes) {
   switch (cmd.verb) {
     case parser::Verb::kCapability:
       writeClient(fmt::format("* CAPABILITY {}\r\n{} OK Pre-login capabilities listed.\r\n",
-                              config_->capabilities, tag));
+                              capabilities(), tag));
       return;
     case parser::Verb::kNoop:
       writeClient(fmt::format("{} OK NOOP completed.\r\n", tag));
@@ -260,9 +290,18 @@ void Session::handlePreloginCommand(std::string_view bytes) {
                       version(), tag));
       return;
     case parser::Verb::kStarttls:
-      writeClient(fmt::format("{} BAD STARTTLS is not available on this port.\r\n", tag));
+      if (listener_tls_ != TlsMode::kStarttls || client_tls_) {
+        writeClient(fmt::format("{} BAD {}\r\n", tag,
+                                client_tls_ ? "TLS is already active." : "STARTTLS is not available on this port."));
+        return;
+      }
+      startClientStarttls(tag);
       return;
     case parser::Verb::kLogin:
+      if (require_tls_ && !client_tls_) {
+        writeClient(fmt::format("{} NO [PRIVACYREQUIRED] Use STARTTLS before logging in.\r\n", tag));
+        return;
+      }
       login_kind_ = LoginKind::kLogin;
       login_tag_ = cmd.tag;
       user_ = std::move(cmd.user);
@@ -272,6 +311,10 @@ void Session::handlePreloginCommand(std::string_view bytes) {
       return;
     case parser::Verb::kAuthenticate:
       command_framer_.endAuthentication();  // the SASL lines are read by the session
+      if (require_tls_ && !client_tls_) {
+        writeClient(fmt::format("{} NO [PRIVACYREQUIRED] Use STARTTLS before logging in.\r\n", tag));
+        return;
+      }
       if (!isSupportedMechanism(cmd.mechanism)) {
         writeClient(fmt::format("{} NO Unsupported authentication mechanism.\r\n", tag));
         return;
@@ -290,6 +333,23 @@ void Session::handlePreloginCommand(std::string_view bytes) {
       badCommand(tag, "Command not allowed before login");
       return;
   }
+}
+
+void Session::startClientStarttls(const std::string& tag) {
+  writeClient(fmt::format("{} OK Begin TLS negotiation now.\r\n", tag));
+  // Bytes pipelined after STARTTLS in plaintext are dropped, never run after
+  // the handshake (the CVE-2011-0411 class of injection).
+  wipe(client_pending_);
+  pending_parsed_ = 0;
+  command_framer_.reset();
+  Transport* tls = host_.startServerTls(client_, listener_tls_context_);
+  if (tls == nullptr) {
+    closeWithBye("* BYE TLS is not available.\r\n", "tls unavailable");
+    return;
+  }
+  client_ = tls;
+  client_->setHandler(this);
+  client_tls_ = true;
 }
 
 void Session::handleAuthLine(std::string_view line) {
@@ -324,7 +384,7 @@ void Session::startLogin() {
   const RuntimeConfig& rc = *config_;
   std::vector<bool> enabled(rc.config.backends.size(), true);
   for (std::size_t i = 0; i < enabled.size(); ++i) {
-    enabled[i] = !host_.shared().drained[rc.stats_slot[i]].load(std::memory_order_relaxed);
+    enabled[i] = !host_.shared().drained(rc.stats_slot[i]);
   }
   candidates_ = rc.selector.candidates(normaliseUser(user_), enabled);
   candidate_pos_ = 0;
@@ -358,7 +418,15 @@ void Session::connectNext() {
   response_framer_.reset();
   deadline_ = host_.now() + rc.config.timeouts.backend_connect;
   armTimer();
-  backend_ = host_.connectBackend(backend, this);
+  if (backend.tls == TlsMode::kImplicit) {
+    backend_ = host_.connectBackendTls(backend, rc.backend_tls[backend_index_], this);
+  } else {
+    backend_ = host_.connectBackend(backend, this);
+  }
+  if (backend_ == nullptr) {
+    backendStats()->connect_failures.add();
+    connectNext();
+  }
 }
 
 void Session::onConnected(Transport* transport, bool ok, std::string_view error) {
@@ -372,6 +440,12 @@ void Session::onConnected(Transport* transport, bool ok, std::string_view error)
                  backend_name_, config_->config.backends[backend_index_].address.text(), error,
                  client_address_, user_);
     return;  // onClosed follows and tries the next candidate
+  }
+  if (state_ == SessionState::kBackendTlsHandshake) {
+    // STARTTLS done: capabilities may differ under TLS, so ask again.
+    backend_->write(std::string_view("P0CAP CAPABILITY\r\n"));
+    state_ = SessionState::kBackendCapability;
+    return;
   }
   backend_->setHighWatermark(config_->config.limits.write_high_watermark);
   state_ = SessionState::kBackendGreeting;
@@ -466,12 +540,42 @@ bool Session::handleBackendLine(const parser::ResponseEvent& ev, std::string_vie
       if (startsWithNoCase(ev.code, "CAPABILITY ")) {
         backend_caps_.assign(ev.code.substr(11));
       }
-      if (config_->config.backends[backend_index_].forward_id) {
-        sendForwardId();
-      } else {
-        sendBackendLogin();
+      if (config_->config.backends[backend_index_].tls == TlsMode::kStarttls) {
+        backend_->write(std::string_view("P0TLS STARTTLS\r\n"));
+        state_ = SessionState::kBackendStarttls;
+        return true;
       }
+      afterBackendCapabilities();
       return backend_ != nullptr;
+    case SessionState::kBackendStarttls:
+      if (ev.type != ResponseEventType::kTagged || ev.tag != "P0TLS") {
+        return true;
+      }
+      if (ev.status != parser::Status::kOk) {
+        backendFailed(fmt::format("STARTTLS refused '{}'", excerpt(ev.head)));
+        return false;
+      }
+      // Anything after the OK was sent in plaintext: drop it, as the
+      // client side does.
+      backend_pending_.clear();
+      backend_parsed_ = 0;
+      response_framer_.reset();
+      backend_caps_.clear();
+      state_ = SessionState::kBackendTlsHandshake;
+      backend_ = host_.startClientTls(backend_, config_->backend_tls[backend_index_], this);
+      if (backend_ == nullptr) {
+        failLogin(fmt::format("{} NO [UNAVAILABLE] Mailbox server TLS unavailable.\r\n", login_tag_),
+                  false);
+      }
+      return false;
+    case SessionState::kBackendCapability:
+      if (ev.type == ResponseEventType::kUntagged && startsWithNoCase(ev.head, "* CAPABILITY ")) {
+        backend_caps_.assign(ev.head.substr(13));
+      } else if (ev.type == ResponseEventType::kTagged && ev.tag == "P0CAP") {
+        afterBackendCapabilities();
+        return backend_ != nullptr;
+      }
+      return true;
     case SessionState::kBackendId:
       if (ev.type == ResponseEventType::kTagged && ev.tag == kForwardIdTag) {
         sendBackendLogin();  // a refused ID is not fatal: the login can go on
@@ -519,6 +623,14 @@ bool Session::handleBackendLine(const parser::ResponseEvent& ev, std::string_vie
       }
     default:
       return false;
+  }
+}
+
+void Session::afterBackendCapabilities() {
+  if (config_->config.backends[backend_index_].forward_id) {
+    sendForwardId();
+  } else {
+    sendBackendLogin();
   }
 }
 
@@ -796,7 +908,7 @@ void Session::maybeByeOnShutdown() {
       std::all_of(inflight_.begin(), inflight_.end(), [](const InFlight& f) { return f.idle; });
   bool between_commands = command_framer_.atCommandStart() || command_framer_.idling();
   if (only_idle && between_commands) {
-    closeWithBye(fmt::format("* BYE {}\r\n", shutdown_reason_), "shutdown");
+    closeWithBye(fmt::format("* BYE {}\r\n", shutdown_text_), shutdown_end_reason_);
   }
 }
 
@@ -824,6 +936,8 @@ void Session::onData(Transport* transport, Chunk chunk) {
         relayFromBackend(std::move(chunk));
         return;
       case SessionState::kBackendGreeting:
+      case SessionState::kBackendStarttls:
+      case SessionState::kBackendCapability:
       case SessionState::kBackendId:
       case SessionState::kBackendLogin:
         onBackendLoginData(std::move(chunk));
@@ -862,6 +976,9 @@ void Session::onClosed(Transport* transport, std::string_view reason) {
     switch (state_) {
       case SessionState::kConnecting:
       case SessionState::kBackendGreeting:
+      case SessionState::kBackendStarttls:
+      case SessionState::kBackendTlsHandshake:
+      case SessionState::kBackendCapability:
       case SessionState::kBackendId:
       case SessionState::kBackendLogin:
         if (client_ == nullptr) {
@@ -904,14 +1021,15 @@ void Session::onClosed(Transport* transport, std::string_view reason) {
 // ---------------------------------------------------------------------------
 // Common.
 
-void Session::requestShutdown(std::string_view reason) {
+void Session::requestBye(std::string_view text, std::string_view end_reason) {
   shutdown_pending_ = true;
-  shutdown_reason_.assign(reason);
+  shutdown_text_.assign(text);
+  shutdown_end_reason_.assign(end_reason);
   switch (state_) {
     case SessionState::kPrelogin:
     case SessionState::kAuthContinuation:
     case SessionState::kLoginDelay:
-      closeWithBye(fmt::format("* BYE {}\r\n", reason), "shutdown");
+      closeWithBye(fmt::format("* BYE {}\r\n", text), end_reason);
       return;
     case SessionState::kRelay:
       maybeByeOnShutdown();
@@ -936,6 +1054,7 @@ void Session::abort(std::string_view reason) {
 
 void Session::writeClient(std::string_view bytes) {
   if (client_ != nullptr && !bytes.empty()) {
+    bytes_out_ += bytes.size();
     host_.stats().bytes_to_clients.add(bytes.size());
     client_->write(bytes);
   }
@@ -1003,6 +1122,9 @@ void Session::onTimer() {
       backendFailed("connect timeout");
       return;
     case SessionState::kBackendGreeting:
+    case SessionState::kBackendStarttls:
+    case SessionState::kBackendTlsHandshake:
+    case SessionState::kBackendCapability:
     case SessionState::kBackendId:
     case SessionState::kBackendLogin:
       backendFailed("login timeout");

@@ -35,6 +35,24 @@ class SessionHost {
   virtual TimerPtr createTimer(std::function<void()> callback) = 0;
   // Starts a connection to `backend`; results arrive at `handler`.
   virtual Transport* connectBackend(const BackendConfig& backend, TransportHandler* handler) = 0;
+  // Implicit TLS to a backend: connect, then handshake; the handler hears
+  // onConnected() once the certificate is verified. nullptr: not supported.
+  virtual Transport* connectBackendTls(const BackendConfig& backend,
+                                       std::shared_ptr<const ClientTlsContext> tls,
+                                       TransportHandler* handler) {
+    (void)backend, (void)tls, (void)handler;
+    return nullptr;
+  }
+  // STARTTLS: runs TLS over `plain` (which it takes over). nullptr: not supported.
+  virtual Transport* startServerTls(Transport* plain, std::shared_ptr<const ServerTlsContext> tls) {
+    (void)plain, (void)tls;
+    return nullptr;
+  }
+  virtual Transport* startClientTls(Transport* plain, std::shared_ptr<const ClientTlsContext> tls,
+                                    TransportHandler* handler) {
+    (void)plain, (void)tls, (void)handler;
+    return nullptr;
+  }
   virtual WorkerStats& stats() = 0;
   virtual SharedState& shared() = 0;
   // Called once, when both transports are closed. The host deletes the session.
@@ -43,7 +61,8 @@ class SessionHost {
 
 #define PORTICO_SESSION_STATES(X)                                                      \
   X(Prelogin) X(AuthContinuation) X(LoginDelay) X(Connecting) X(BackendGreeting) \
-  X(BackendId) X(BackendLogin) X(Relay) X(Closing)
+  X(BackendStarttls) X(BackendTlsHandshake) X(BackendCapability) X(BackendId)       \
+  X(BackendLogin) X(Relay) X(Closing)
 
 enum class SessionState : std::uint8_t {
 #define PORTICO_ENUM(name) k##name,
@@ -57,10 +76,16 @@ class Session : public TransportHandler {
   Session(SessionHost& host, RuntimeConfigPtr config, Transport* client, std::uint64_t id);
   ~Session() override;
 
+  // The listener the client came in on (before start()). `tls_active`:
+  // implicit TLS is already running on the client transport.
+  void setListener(TlsMode mode, bool require_tls, std::shared_ptr<const ServerTlsContext> tls,
+                   bool tls_active);
   // Sends the greeting and starts the pre-login timer.
   void start();
-  // Server shutdown: BYE now if between commands, else after the current one.
-  void requestShutdown(std::string_view reason);
+  // Ends the session politely: `* BYE <text>` now if between commands, else
+  // right after the current command's tagged reply. Used for server
+  // shutdown and for moving sessions off a drained backend.
+  void requestBye(std::string_view text, std::string_view end_reason);
   // Ends the session at once (admin kick, forced shutdown).
   void abort(std::string_view reason);
 
@@ -106,6 +131,9 @@ class Session : public TransportHandler {
   void sendProxyHeader();
   void sendForwardId();
   void enterRelay(std::size_t backend_consumed);
+  void afterBackendCapabilities();
+  void startClientStarttls(const std::string& tag);
+  std::string capabilities() const;
 
   // Relay.
   void relayFromClient(Chunk chunk);
@@ -144,8 +172,13 @@ class Session : public TransportHandler {
   std::optional<std::vector<parser::IdField>> client_id_;
   bool processing_ = false;
   bool process_again_ = false;
-  std::string shutdown_reason_;
+  std::string shutdown_text_;
+  std::string shutdown_end_reason_;
   bool logged_in_ = false;
+  TlsMode listener_tls_ = TlsMode::kNone;
+  bool require_tls_ = false;
+  bool client_tls_ = false;
+  std::shared_ptr<const ServerTlsContext> listener_tls_context_;
   std::string delayed_reply_;    // answer held back by the failed-login delay
 
   // The login being replayed. password_/sasl_ are secrets.

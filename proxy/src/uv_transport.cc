@@ -15,8 +15,17 @@ struct UvTcpTransport::WriteReq {
 
 namespace {
 // Write requests are recycled per thread: the relay path allocates none in
-// the steady state.
-thread_local std::vector<void*> t_free_write_reqs;
+// the steady state. The holder frees them when the worker thread exits.
+struct FreeWriteReqs {
+  std::vector<UvTcpTransport::WriteReq*> reqs;
+  ~FreeWriteReqs();
+  bool empty() const { return reqs.empty(); }
+  std::size_t size() const { return reqs.size(); }
+  UvTcpTransport::WriteReq* back() const { return reqs.back(); }
+  void pop_back() { reqs.pop_back(); }
+  void push_back(UvTcpTransport::WriteReq* w) { reqs.push_back(w); }
+};
+thread_local FreeWriteReqs t_free_write_reqs;
 }  // namespace
 
 std::string formatAddress(const sockaddr_storage& address) {
@@ -32,6 +41,12 @@ std::string formatAddress(const sockaddr_storage& address) {
     return "[" + std::string(host) + "]:" + std::to_string(ntohs(in6->sin6_port));
   }
   return "unknown";
+}
+
+FreeWriteReqs::~FreeWriteReqs() {
+  for (UvTcpTransport::WriteReq* w : reqs) {
+    delete w;
+  }
 }
 
 UvTcpTransport::UvTcpTransport(uv_loop_t* loop, BufferPool& pool) : pool_(pool) {
@@ -195,7 +210,7 @@ void UvTcpTransport::write(std::string_view bytes) {
 void UvTcpTransport::queueWrite(Chunk chunk, std::string owned) {
   WriteReq* w;
   if (!t_free_write_reqs.empty()) {
-    w = static_cast<WriteReq*>(t_free_write_reqs.back());
+    w = t_free_write_reqs.back();
     t_free_write_reqs.pop_back();
   } else {
     w = new WriteReq();

@@ -36,8 +36,10 @@ class UvTcpTransport final : public Transport {
   // How long shutdown() may take to flush before the connection is dropped.
   static constexpr std::uint64_t kShutdownFlushMs = 5'000;
 
+ public:
+  struct WriteReq;  // public so the per-thread free list can name it
+
  private:
-  struct WriteReq;
   UvTcpTransport(uv_loop_t* loop, BufferPool& pool);
   ~UvTcpTransport() override = default;
 

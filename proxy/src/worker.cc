@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "portico/logging.h"
+#include "tls.h"
 #include "uv_transport.h"
 
 namespace portico::proxy {
@@ -85,10 +86,13 @@ bool Worker::bindListeners(std::string& error) {
       error = fmt::format("bad listen address {}", listen.address.text());
       return false;
     }
-    auto* tcp = new uv_tcp_t;
+    auto* listener = new Listener{};
+    listener->worker = this;
+    listener->index = listeners_.size();
+    uv_tcp_t* tcp = &listener->tcp;
     uv_tcp_init_ex(&loop_, tcp, address.ss_family);
-    tcp->data = this;
-    listeners_.push_back(tcp);
+    tcp->data = listener;
+    listeners_.push_back(listener);
     uv_os_fd_t fd;
     uv_fileno(reinterpret_cast<uv_handle_t*>(tcp), &fd);
     int one = 1;
@@ -139,16 +143,21 @@ void Worker::onAsync(uv_async_t* async) {
 }
 
 void Worker::onConnection(uv_stream_t* server, int status) {
-  auto* w = static_cast<Worker*>(server->data);
+  auto* listener = static_cast<Listener*>(server->data);
   if (status != 0) {
     logging::log(logging::Level::kWarn, "worker", "accept error: {}", uv_strerror(status));
     return;
   }
-  w->accept(server);
+  listener->worker->accept(*listener);
 }
 
-void Worker::accept(uv_stream_t* server) {
-  UvTcpTransport* transport = UvTcpTransport::accept(&loop_, server, pool_);
+TimerFactory Worker::timerFactory() {
+  return [this](std::function<void()> callback) { return createTimer(std::move(callback)); };
+}
+
+void Worker::accept(Listener& listener) {
+  Transport* transport =
+      UvTcpTransport::accept(&loop_, reinterpret_cast<uv_stream_t*>(&listener.tcp), pool_);
   if (transport == nullptr) {
     return;
   }
@@ -175,7 +184,18 @@ void Worker::accept(uv_stream_t* server) {
   }
   stats_.connections_current.add();
   stats_.connections_total.add();
+  // Listeners are bound once; a reload may have changed their TLS settings
+  // (certificates) but not their number.
+  const ListenConfig& lc = cfg.listen[std::min(listener.index, cfg.listen.size() - 1)];
+  std::shared_ptr<const ServerTlsContext> tls =
+      listener.index < config_->listener_tls.size() ? config_->listener_tls[listener.index] : nullptr;
+  bool implicit = lc.tls == TlsMode::kImplicit && tls != nullptr;
+  if (implicit) {
+    stats_.connections_tls.add();
+    transport = TlsTransport::server(transport, tls, timerFactory(), cfg.timeouts.tls_handshake, pool_);
+  }
   auto* session = new Session(*this, config_, transport, ids_());
+  session->setListener(lc.tls, lc.require_tls, tls, implicit);
   sessions_.emplace(session, std::move(ip));
   session->start();
 }
@@ -202,6 +222,38 @@ Transport* Worker::connectBackend(const BackendConfig& backend, TransportHandler
                                  handler);
 }
 
+Transport* Worker::connectBackendTls(const BackendConfig& backend,
+                                     std::shared_ptr<const ClientTlsContext> tls,
+                                     TransportHandler* handler) {
+  if (!tls) {
+    return nullptr;
+  }
+  sockaddr_storage address;
+  toSockaddr(backend.address, address);
+  Transport* plain =
+      UvTcpTransport::connect(&loop_, reinterpret_cast<const sockaddr*>(&address), pool_, nullptr);
+  return TlsTransport::client(plain, std::move(tls), timerFactory(),
+                              config_->config.timeouts.tls_handshake, pool_, false, handler);
+}
+
+Transport* Worker::startServerTls(Transport* plain, std::shared_ptr<const ServerTlsContext> tls) {
+  if (!tls) {
+    return nullptr;
+  }
+  stats_.connections_tls.add();
+  return TlsTransport::server(plain, std::move(tls), timerFactory(),
+                              config_->config.timeouts.tls_handshake, pool_);
+}
+
+Transport* Worker::startClientTls(Transport* plain, std::shared_ptr<const ClientTlsContext> tls,
+                                  TransportHandler* handler) {
+  if (!tls) {
+    return nullptr;
+  }
+  return TlsTransport::client(plain, std::move(tls), timerFactory(),
+                              config_->config.timeouts.tls_handshake, pool_, true, handler);
+}
+
 void Worker::sessionEnded(Session* session) {
   auto it = sessions_.find(session);
   if (it != sessions_.end()) {
@@ -219,18 +271,18 @@ void Worker::beginShutdown(std::string reason) {
     return;
   }
   stopping_ = true;
-  for (uv_tcp_t* tcp : listeners_) {
-    uv_close(reinterpret_cast<uv_handle_t*>(tcp),
-             [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
+  for (Listener* listener : listeners_) {
+    uv_close(reinterpret_cast<uv_handle_t*>(&listener->tcp),
+             [](uv_handle_t* h) { delete static_cast<Listener*>(h->data); });
   }
   listeners_.clear();
-  // Copy: requestShutdown() never ends a session synchronously, but be safe.
+  // Copy: requestBye() never ends a session synchronously, but be safe.
   std::vector<Session*> sessions;
   for (auto& [session, ip] : sessions_) {
     sessions.push_back(session);
   }
   for (Session* session : sessions) {
-    session->requestShutdown(reason);
+    session->requestBye(reason, "shutdown");
   }
   shutdown_timer_ = new uv_timer_t;
   uv_timer_init(&loop_, shutdown_timer_);
@@ -254,6 +306,19 @@ void Worker::beginShutdown(std::string reason) {
       },
       static_cast<std::uint64_t>(config_->config.timeouts.shutdown.count()), 0);
   maybeStop();
+}
+
+void Worker::moveSessions(const std::string& backend) {
+  std::vector<Session*> moving;
+  for (auto& [session, ip] : sessions_) {
+    if (session->state() == SessionState::kRelay && session->backendName() == backend) {
+      moving.push_back(session);
+    }
+  }
+  for (Session* session : moving) {
+    session->requestBye("[UNAVAILABLE] Mailbox server is being drained, please reconnect.",
+                        "moved off drained backend");
+  }
 }
 
 void Worker::maybeStop() {

@@ -45,6 +45,8 @@ class Worker final : public SessionHost {
   // Control-side operations, each run on the worker's loop via post().
   void setConfig(RuntimeConfigPtr config) { config_ = std::move(config); }
   void beginShutdown(std::string reason);
+  // Sends the sessions relayed to `backend` a BYE between commands.
+  void moveSessions(const std::string& backend);
 
   const WorkerStats& workerStats() const { return stats_; }
 
@@ -52,6 +54,11 @@ class Worker final : public SessionHost {
   std::chrono::steady_clock::time_point now() override;
   TimerPtr createTimer(std::function<void()> callback) override;
   Transport* connectBackend(const BackendConfig& backend, TransportHandler* handler) override;
+  Transport* connectBackendTls(const BackendConfig& backend, std::shared_ptr<const ClientTlsContext> tls,
+                               TransportHandler* handler) override;
+  Transport* startServerTls(Transport* plain, std::shared_ptr<const ServerTlsContext> tls) override;
+  Transport* startClientTls(Transport* plain, std::shared_ptr<const ClientTlsContext> tls,
+                            TransportHandler* handler) override;
   WorkerStats& stats() override { return stats_; }
   SharedState& shared() override { return shared_; }
   void sessionEnded(Session* session) override;
@@ -59,7 +66,13 @@ class Worker final : public SessionHost {
  private:
   static void onConnection(uv_stream_t* server, int status);
   static void onAsync(uv_async_t* async);
-  void accept(uv_stream_t* server);
+  struct Listener {
+    uv_tcp_t tcp;  // first: the handle's address is the Listener's
+    Worker* worker;
+    std::size_t index;
+  };
+  void accept(Listener& listener);
+  TimerFactory timerFactory();
   void reject(Transport* transport, std::string_view bye);
   void maybeStop();
 
@@ -69,7 +82,7 @@ class Worker final : public SessionHost {
   IpLimiter& limiter_;
   uv_loop_t loop_;
   uv_async_t async_;
-  std::vector<uv_tcp_t*> listeners_;
+  std::vector<Listener*> listeners_;
   std::mutex mu_;
   std::vector<std::function<void(Worker&)>> queue_;
   std::unordered_map<Session*, std::string> sessions_;  // session -> client IP

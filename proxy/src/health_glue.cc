@@ -1,0 +1,161 @@
+#include "health_glue.h"
+
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "metrics.h"
+#include "portico/logging.h"
+
+namespace portico::proxy {
+
+namespace {
+
+health::Endpoint toEndpoint(const HostPort& hp) { return health::Endpoint{hp.host, hp.port, hp.ipv6}; }
+
+// Probes of Portico's own listener go to loopback when it listens on all
+// addresses.
+health::Endpoint probeAddress(const HostPort& listen) {
+  health::Endpoint e = toEndpoint(listen);
+  if (e.host == "0.0.0.0") {
+    e.host = "127.0.0.1";
+  } else if (e.host == "::") {
+    e.host = "::1";
+  }
+  return e;
+}
+
+std::optional<std::string> readSecret(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return std::nullopt;
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  std::string secret = text.str();
+  while (!secret.empty() && (secret.back() == '\n' || secret.back() == '\r')) {
+    secret.pop_back();
+  }
+  return secret;
+}
+
+}  // namespace
+
+health::HealthConfig makeHealthConfig(const Config& config) {
+  health::HealthConfig h;
+  char host[256] = {};
+  if (gethostname(host, sizeof(host) - 1) == 0) {
+    h.server_name = host;
+  }
+  if (!config.listen.empty()) {
+    h.proxy_listener = probeAddress(config.listen.front().address);
+  }
+  for (const BackendConfig& b : config.backends) {
+    health::BackendTarget target{b.name, toEndpoint(b.address), "", ""};
+    if (!b.probe_user.empty()) {
+      if (auto secret = readSecret(b.probe_password_file)) {
+        target.probe_user = b.probe_user;
+        target.probe_password = std::move(*secret);
+      } else {
+        logging::log(logging::Level::kError, "health",
+                     "backend {}: cannot read probe_password_file {}; login probes disabled for it",
+                     b.name, b.probe_password_file);
+      }
+    }
+    h.backends.push_back(std::move(target));
+  }
+  for (const auto& [name, p] : config.probes) {
+    health::ProbeSettings s = health::defaultProbeSettings(name);
+    if (p.interval) s.interval = *p.interval;
+    if (p.timeout) s.timeout = *p.timeout;
+    if (p.retries) s.retries = *p.retries;
+    h.probes[name] = s;
+  }
+  for (const auto& [name, m] : config.monitors) {
+    health::MonitorSettings s = health::defaultMonitorSettings(name);
+    if (m.unhealthy_after) s.unhealthy_after = *m.unhealthy_after;
+    if (m.samples) s.unhealthy_after = *m.samples;  // sampled monitors: samples in a row
+    if (m.healthy_after) s.healthy_after = *m.healthy_after;
+    if (m.threshold) s.threshold = *m.threshold;
+    if (m.interval) s.sample_interval = *m.interval;
+    h.monitors[name] = s;
+  }
+  h.responders.hook = config.health.hook;
+  h.responders.hook_timeout = config.health.hook_timeout;
+  h.responders.move_sessions = config.health.move_sessions;
+  h.status_listen = toEndpoint(config.status.listen);
+  h.status_token = config.status.token;
+  return h;
+}
+
+StatsSnapshot WorkerProxyView::snapshotNow() const {
+  std::vector<const WorkerStats*> stats;
+  for (const auto& w : workers_) {
+    stats.push_back(&w->workerStats());
+  }
+  return snapshot(stats);
+}
+
+std::vector<health::BackendLoad> WorkerProxyView::backendLoad() {
+  RuntimeConfigPtr config = config_();
+  StatsSnapshot s = snapshotNow();
+  std::vector<health::BackendLoad> out;
+  for (std::size_t i = 0; i < config->config.backends.size(); ++i) {
+    std::size_t slot = config->stats_slot[i];
+    health::BackendLoad load;
+    load.name = config->config.backends[i].name;
+    load.drained_by_responder = shared_.drained_by_responder[slot].load(std::memory_order_relaxed);
+    load.drained_by_operator = shared_.drained_by_operator[slot].load(std::memory_order_relaxed);
+    if (slot < s.backends.size()) {
+      const StatsSnapshot::Backend& b = s.backends[slot];
+      load.sessions = b.sessions_current;
+      load.queued = b.in_flight;
+      load.average_processing_ms = b.averageProcessingMs();
+      load.recent_commands = b.recent_count;
+    }
+    out.push_back(std::move(load));
+  }
+  return out;
+}
+
+void WorkerProxyView::setDrainedByResponder(const std::string& backend, bool drained, bool move_sessions) {
+  std::size_t slot = registry_.slot(backend);
+  if (slot >= kMaxBackends) {
+    return;
+  }
+  shared_.drained_by_responder[slot].store(drained, std::memory_order_relaxed);
+  logging::log(logging::Level::kWarn, "health", "backend {} {} by responder{}", backend,
+               drained ? "drained" : "restored", drained && move_sessions ? ", moving its sessions" : "");
+  if (drained && move_sessions) {
+    moveSessions(backend);
+  }
+}
+
+bool WorkerProxyView::setDrainedByOperator(const std::string& backend, bool drained, bool move_sessions) {
+  RuntimeConfigPtr config = config_();
+  for (std::size_t i = 0; i < config->config.backends.size(); ++i) {
+    if (config->config.backends[i].name == backend) {
+      shared_.drained_by_operator[config->stats_slot[i]].store(drained, std::memory_order_relaxed);
+      logging::log(logging::Level::kWarn, "admin", "backend {} {} by operator{}", backend,
+                   drained ? "drained" : "enabled", drained && move_sessions ? ", moving its sessions" : "");
+      if (drained && move_sessions) {
+        moveSessions(backend);
+      }
+      return true;
+    }
+  }
+  return false;
+}
+
+void WorkerProxyView::moveSessions(const std::string& backend) {
+  for (const auto& w : workers_) {
+    w->post([backend](Worker& worker) { worker.moveSessions(backend); });
+  }
+}
+
+std::string WorkerProxyView::proxyMetrics() {
+  return renderProxyMetrics(snapshotNow(), *config_(), shared_);
+}
+
+}  // namespace portico::proxy

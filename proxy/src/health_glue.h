@@ -1,0 +1,48 @@
+// The proxy's side of the health library: the config mapping and the
+// ProxyView that lets probes, monitors and responders read the workers'
+// counters and drain backends. Runs on the control loop.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "portico/health.h"
+#include "runtime.h"
+#include "worker.h"
+
+namespace portico::proxy {
+
+// Builds the health library's view of a config. Probe passwords are read
+// from their files here (and only here); unreadable files are logged and
+// leave that backend without a login probe.
+health::HealthConfig makeHealthConfig(const Config& config);
+
+class WorkerProxyView final : public health::ProxyView {
+ public:
+  WorkerProxyView(const std::vector<std::unique_ptr<Worker>>& workers, SharedState& shared,
+                  BackendRegistry& registry, std::function<RuntimeConfigPtr()> config)
+      : workers_(workers), shared_(shared), registry_(registry), config_(std::move(config)) {}
+
+  std::vector<health::BackendLoad> backendLoad() override;
+  void setDrainedByResponder(const std::string& backend, bool drained, bool move_sessions) override;
+  bool listenersUp() override { return listening_; }
+  std::string proxyMetrics() override;
+
+  void setListening(bool up) { listening_ = up; }
+  // Operator drain (admin socket): same effect, separate flag.
+  bool setDrainedByOperator(const std::string& backend, bool drained, bool move_sessions);
+
+ private:
+  StatsSnapshot snapshotNow() const;
+  void moveSessions(const std::string& backend);
+
+  const std::vector<std::unique_ptr<Worker>>& workers_;
+  SharedState& shared_;
+  BackendRegistry& registry_;
+  std::function<RuntimeConfigPtr()> config_;
+  bool listening_ = false;
+};
+
+}  // namespace portico::proxy
