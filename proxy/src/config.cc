@@ -427,7 +427,8 @@ Config ConfigReader::read(const toml::table& root) {
     readString(*t, "token", config.status.token);
   }
   if (const toml::table* t = table(root, "admin", "admin")) {
-    checkKeys(*t, {"socket"}, "in [admin]");
+    checkKeys(*t, {"socket", "group"}, "in [admin]");
+    readString(*t, "group", config.admin.group);
     if (readString(*t, "socket", config.admin.socket) &&
         (config.admin.socket.empty() || config.admin.socket.size() > kMaxUnixSocketPath)) {
       error(lineOf(*t->get("socket")),
@@ -435,8 +436,22 @@ Config ConfigReader::read(const toml::table& root) {
     }
   }
   if (const toml::table* t = table(root, "protocol_log", "protocol_log")) {
-    checkKeys(*t, {"enabled", "directory"}, "in [protocol_log]");
+    checkKeys(*t,
+              {"enabled", "directory", "rollover", "max_file_size", "retention", "max_total_size"},
+              "in [protocol_log]");
     readBool(*t, "enabled", config.protocol_log.enabled);
+    if (readString(*t, "rollover", config.protocol_log.rollover) &&
+        config.protocol_log.rollover != "hourly" && config.protocol_log.rollover != "daily") {
+      error(lineOf(*t->get("rollover")), "'rollover' must be \"hourly\" or \"daily\"");
+    }
+    std::int64_t size = 0;
+    if (readInteger(*t, "max_file_size", 0, INT64_MAX, size)) {
+      config.protocol_log.max_file_size = static_cast<std::uint64_t>(size);
+    }
+    if (readInteger(*t, "max_total_size", 0, INT64_MAX, size)) {
+      config.protocol_log.max_total_size = static_cast<std::uint64_t>(size);
+    }
+    readDuration(*t, "retention", Millis{3'600'000}, config.protocol_log.retention);
     if (readString(*t, "directory", config.protocol_log.directory) &&
         config.protocol_log.directory.empty()) {
       error(lineOf(*t->get("directory")), "'directory' must not be empty");

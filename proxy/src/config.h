@@ -99,11 +99,16 @@ struct StatusConfig {
 
 struct AdminConfig {
   std::string socket = "/run/portico/admin.sock";
+  std::string group;  // optional: socket mode 0660 with this group (else 0600)
 };
 
 struct ProtocolLogConfig {
   bool enabled = false;
   std::string directory = "/var/log/portico/imap";
+  std::string rollover = "hourly";           // hourly | daily
+  std::uint64_t max_file_size = 10ull << 20;  // bytes; 0: no size rollover
+  Millis retention{7 * 24 * 3'600'000LL};      // files older than this are deleted
+  std::uint64_t max_total_size = 1ull << 30;  // bytes; then oldest files go
 };
 
 // [health.probe.<Name>] and [health.monitor.<Name>]: kept as given; the

@@ -13,7 +13,9 @@
 #include "accounting.h"
 #include "config.h"
 #include "routing.h"
+#include "protocol_trace.h"
 #include "tls.h"
+#include "portico/logging.h"
 
 namespace portico::proxy {
 
@@ -46,6 +48,9 @@ struct SharedState {
            drained_by_operator[slot].load(std::memory_order_relaxed);
   }
   std::atomic<std::uint64_t> connections{0};  // across workers, for max_connections
+  // Protocol logging: which sessions, and the writer (null: not available).
+  ProtocolTrace trace;
+  std::atomic<logging::ProtocolLog*> protocol_log{nullptr};
 };
 
 }  // namespace portico::proxy

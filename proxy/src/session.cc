@@ -137,6 +137,7 @@ void Session::start() {
   client_->setHighWatermark(cfg.limits.write_high_watermark);
   started_ = last_activity_ = host_.now();
   client_address_ = formatAddress(client_->peerAddress());
+  client_sockaddr_ = client_->peerAddress();
   timer_ = host_.createTimer([this] { onTimer(); });
   host_.stats().connections_unauthenticated.add();
 
@@ -145,6 +146,10 @@ void Session::start() {
   limits.max_literal = cfg.limits.prelogin_max_literal;
   command_framer_.setLimits(limits);
   writeClient(fmt::format("* OK [CAPABILITY {}] {}\r\n", capabilities(), cfg.greeting));
+  if (tracing()) {
+    traceRecord("Connect", "", fmt::format("R=OK {};tls={}", cfg.greeting, client_tls_ ? "yes" : "no"),
+                0, 0, 0);
+  }
   deadline_ = started_ + cfg.timeouts.prelogin;
   armTimer();
 }
@@ -261,6 +266,7 @@ void Session::handlePreloginCommand(std::string_view bytes) {
   parser::PreloginCommand& cmd = result.command;
   const std::string tag = cmd.tag.empty() ? std::string("*") : cmd.tag;
   if (!result.ok) {
+    tracePrelogin(cmd, bytes, std::string("BAD ") + result.error.message);
     host_.stats().prelogin_bad_commands.add();
     if (result.error.code == parser::ErrorCode::kUnknownCommand) {
       badCommand(tag, "Command not allowed before login");
@@ -275,12 +281,15 @@ void Session::handlePreloginCommand(std::string_view bytes) {
     case parser::Verb::kCapability:
       writeClient(fmt::format("* CAPABILITY {}\r\n{} OK Pre-login capabilities listed.\r\n",
                               capabilities(), tag));
+      tracePrelogin(cmd, bytes, "OK");
       return;
     case parser::Verb::kNoop:
       writeClient(fmt::format("{} OK NOOP completed.\r\n", tag));
+      tracePrelogin(cmd, bytes, "OK");
       return;
     case parser::Verb::kLogout:
       writeClient(fmt::format("* BYE Logging out\r\n{} OK Logout completed.\r\n", tag));
+      tracePrelogin(cmd, bytes, "OK");
       closeWithBye("", "client logout");
       return;
     case parser::Verb::kId:
@@ -288,8 +297,10 @@ void Session::handlePreloginCommand(std::string_view bytes) {
       writeClient(
           fmt::format("* ID (\"name\" \"Portico\" \"version\" \"{}\")\r\n{} OK ID completed.\r\n",
                       version(), tag));
+      tracePrelogin(cmd, bytes, "OK");
       return;
     case parser::Verb::kStarttls:
+      tracePrelogin(cmd, bytes, listener_tls_ == TlsMode::kStarttls && !client_tls_ ? "OK" : "BAD");
       if (listener_tls_ != TlsMode::kStarttls || client_tls_) {
         writeClient(fmt::format("{} BAD {}\r\n", tag,
                                 client_tls_ ? "TLS is already active." : "STARTTLS is not available on this port."));
@@ -304,7 +315,9 @@ void Session::handlePreloginCommand(std::string_view bytes) {
       }
       login_kind_ = LoginKind::kLogin;
       login_tag_ = cmd.tag;
+      noteLoginParameters(cmd, bytes);
       user_ = std::move(cmd.user);
+      trace_generation_ = 0;  // the user is known now: re-evaluate tracing
       password_ = std::move(cmd.password);
       wipe(cmd.password);
       startLogin();
@@ -321,6 +334,7 @@ void Session::handlePreloginCommand(std::string_view bytes) {
       }
       login_tag_ = cmd.tag;
       mechanism_ = cmd.mechanism;
+      noteLoginParameters(cmd, bytes);
       if (cmd.initial_response) {
         beginAuthenticate(*cmd.initial_response);
         wipe(*cmd.initial_response);
@@ -376,8 +390,19 @@ void Session::beginAuthenticate(std::string_view initial_response) {
   }
   login_kind_ = LoginKind::kAuthenticate;
   user_ = std::move(*user);
+  trace_generation_ = 0;
   sasl_.assign(initial_response);
   startLogin();
+}
+
+void Session::noteLoginParameters(const parser::PreloginCommand& command, std::string_view bytes) {
+  std::string_view line = bytes.substr(0, bytes.find_first_of("\r\n"));
+  for (int words = 2; words > 0 && !line.empty(); --words) {
+    auto sp = line.find(' ');
+    line = sp == std::string_view::npos ? std::string_view() : line.substr(sp + 1);
+  }
+  login_parameters_ = logging::redactCommandParameters(command.name, line);
+  login_started_ = host_.now();
 }
 
 void Session::startLogin() {
@@ -473,6 +498,15 @@ void Session::failLogin(std::string_view client_line, bool count_failure) {
     backend_ = nullptr;
   }
   wipeSecrets();
+  if (tracing()) {
+    std::string_view result = client_line.substr(std::min(client_line.size(), login_tag_.size() + 1));
+    while (!result.empty() && (result.back() == '\n' || result.back() == '\r')) {
+      result.remove_suffix(1);
+    }
+    traceRecord(login_kind_ == LoginKind::kLogin ? "LOGIN" : "AUTHENTICATE", login_parameters_,
+                fmt::format("R={};B={}", result, backend_name_.empty() ? "-" : backend_name_),
+                duration_cast<milliseconds>(host_.now() - login_started_).count(), 0, 0);
+  }
   state_ = SessionState::kPrelogin;
   if (client_ == nullptr) {
     finishIfClosed();
@@ -732,6 +766,10 @@ void Session::enterRelay(std::size_t backend_consumed) {
   stats->sessions_total.add();
   in_stats_ = true;
   logged_in_ = true;
+  if (tracing()) {
+    traceRecord(login_kind_ == LoginKind::kLogin ? "LOGIN" : "AUTHENTICATE", login_parameters_,
+                fmt::format("R=OK;B={}", backend_name_), duration_cast<milliseconds>(host_.now() - login_started_).count(), 0, 0);
+  }
   logging::log(logging::Level::kInfo, "session", "id={:016x} login user={} backend={} client={}",
                id_, user_, backend_name_, client_address_);
 
@@ -804,8 +842,20 @@ void Session::relayFromClient(Chunk chunk) {
       writeClient(fmt::format("{} NO [CANNOT] COMPRESS is not supported by this proxy.\r\n", tag));
       continue;
     }
-    inflight_.push_back(
+    InFlight& f = inflight_.emplace_back(
         InFlight{std::string(r.event.tag), command, command == CommandId::kIDLE, now});
+    f.request_bytes = r.event.bytes;
+    if (tracing()) {
+      // Parameters: the head after "tag [UID ]NAME ".
+      std::string_view head = r.event.head;
+      for (int words = r.event.uid ? 3 : 2; words > 0 && !head.empty(); --words) {
+        auto sp = head.find(' ');
+        head = sp == std::string_view::npos ? std::string_view() : head.substr(sp + 1);
+      }
+      f.traced = true;
+      f.name = r.event.uid ? "UID " + std::string(r.event.name) : std::string(r.event.name);
+      f.parameters = logging::redactCommandParameters(r.event.name, head);
+    }
     stats->commands_in_flight.add();
   }
   if (forward_from < view.size() && backend_ != nullptr) {
@@ -844,6 +894,9 @@ void Session::relayFromBackend(Chunk chunk) {
     if (ev.type == parser::ResponseEventType::kTagged) {
       completeCommand(ev);
       continue;
+    }
+    if (!inflight_.empty()) {
+      inflight_.front().response_bytes += ev.bytes;  // untagged data: the oldest command's
     }
     if (ev.type != parser::ResponseEventType::kUntagged) {
       continue;
@@ -891,11 +944,22 @@ void Session::completeCommand(const parser::ResponseEvent& ev) {
     stats->recordCommand(it->command, ev.status, time);
   }
   stats->commands_in_flight.sub();
+  if (it->traced) {
+    std::string_view result = ev.head.substr(std::min(ev.head.size(), ev.tag.size() + 1));
+    traceRecord(it->name, it->parameters, fmt::format("R={};B={}", result, backend_name_),
+                duration_cast<milliseconds>(time).count(), it->request_bytes,
+                it->response_bytes + ev.bytes);
+  }
   if (it->command == CommandId::kLOGOUT) {
     logout_seen_ = true;
   }
   if (it->command == CommandId::kAUTHENTICATE && command_framer_.authenticating()) {
     command_framer_.endAuthentication();
+  }
+  if (it->idle && command_framer_.idling()) {
+    // IDLE answered before DONE (refused, say): no DONE follows, so the
+    // client's next line is a command again.
+    command_framer_.endIdle();
   }
   inflight_.erase(it);
 }
@@ -1052,6 +1116,106 @@ void Session::abort(std::string_view reason) {
   }
 }
 
+bool Session::tracing() {
+  SharedState& shared = host_.shared();
+  std::uint64_t generation = shared.trace.generation();  // the one load when off
+  if (generation != trace_generation_) {
+    trace_generation_ = generation;
+    trace_on_ = shared.trace.matches(normaliseUser(user_), client_sockaddr_);
+  }
+  return trace_on_ && shared.protocol_log.load(std::memory_order_relaxed) != nullptr;
+}
+
+void Session::traceRecord(std::string_view command, std::string_view parameters,
+                          std::string_view context, std::int64_t duration_ms,
+                          std::uint64_t request_bytes, std::uint64_t response_bytes) {
+  logging::ProtocolRecord r;
+  r.time_ms = std::chrono::duration_cast<milliseconds>(
+                  std::chrono::system_clock::now().time_since_epoch())
+                  .count();
+  r.session_id = id_;
+  r.seq = trace_seq_++;
+  std::string server;
+  if (!backend_name_.empty()) {
+    server = config_->config.backends[backend_index_].address.text();
+  }
+  r.server_address = server;
+  r.client_address = client_address_;
+  r.user = user_;
+  r.duration_ms = duration_ms;
+  r.request_bytes = request_bytes;
+  r.response_bytes = response_bytes;
+  r.command = command;
+  r.parameters = parameters;
+  r.context = context;
+  std::string line;
+  logging::formatRecord(r, line);
+  host_.shared().protocol_log.load(std::memory_order_relaxed)->submit(host_.index(), line);
+}
+
+void Session::tracePrelogin(const parser::PreloginCommand& command, std::string_view bytes,
+                            std::string_view result) {
+  if (!tracing()) {
+    return;
+  }
+  // Parameters: the first line after "tag NAME", redacted (LOGIN keeps the
+  // user, AUTHENTICATE the mechanism).
+  std::string_view line = bytes.substr(0, bytes.find_first_of("\r\n"));
+  for (int words = 2; words > 0 && !line.empty(); --words) {
+    auto sp = line.find(' ');
+    line = sp == std::string_view::npos ? std::string_view() : line.substr(sp + 1);
+  }
+  traceRecord(command.name, logging::redactCommandParameters(command.name, line),
+              fmt::format("R={}", result), 0, bytes.size(), 0);
+}
+
+void Session::kick() {
+  logging::log(logging::Level::kInfo, "session", "id={:016x} kicked by operator; client={} user={}",
+               id_, client_address_, user_);
+  closeWithBye("* BYE [UNAVAILABLE] Session ended by the administrator.\r\n", "kicked");
+}
+
+SessionInfo Session::info(std::chrono::steady_clock::time_point now) const {
+  SessionInfo out;
+  out.id = id_;
+  out.client = client_address_;
+  out.user = user_;
+  out.backend = logged_in_ ? backend_name_ : std::string();
+  out.state = sessionStateName(state_);
+  if (!inflight_.empty()) {
+    out.command = commandName(inflight_.front().command);
+    out.command_ms = duration_cast<milliseconds>(now - inflight_.front().sent).count();
+  }
+  out.commands_in_flight = inflight_.size();
+  out.bytes_in = bytes_in_;
+  out.bytes_out = bytes_out_;
+  out.age_ms = duration_cast<milliseconds>(now - started_).count();
+  return out;
+}
+
+bool SessionFilter::matches(const SessionInfo& info) const {
+  if (id && *id != info.id) {
+    return false;
+  }
+  if (!user.empty() && normaliseUser(info.user) != user) {
+    return false;
+  }
+  if (!backend.empty() && info.backend != backend) {
+    return false;
+  }
+  if (!ip.empty()) {
+    auto colon = info.client.rfind(':');
+    std::string host = info.client.substr(0, colon);
+    if (!host.empty() && host.front() == '[') {
+      host = host.substr(1, host.size() - 2);
+    }
+    if (host != ip) {
+      return false;
+    }
+  }
+  return true;
+}
+
 void Session::writeClient(std::string_view bytes) {
   if (client_ != nullptr && !bytes.empty()) {
     bytes_out_ += bytes.size();
@@ -1165,6 +1329,10 @@ void Session::finishIfClosed() {
     stats->sessions_current.sub();
     stats->commands_in_flight.sub(inflight_.size());
     in_stats_ = false;
+  }
+  if (tracing()) {
+    traceRecord("Disconnect", "", fmt::format("reason={}", end_reason_.empty() ? "closed" : end_reason_),
+                duration.count(), bytes_in_, bytes_out_);
   }
   logging::log(logging::Level::kInfo, "session",
                "session end id={:016x} client={} user={} backend={} duration_ms={} bytes_in={} "

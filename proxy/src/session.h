@@ -55,6 +55,8 @@ class SessionHost {
   }
   virtual WorkerStats& stats() = 0;
   virtual SharedState& shared() = 0;
+  // This worker's producer index for the protocol log.
+  virtual std::size_t index() const { return 0; }
   // Called once, when both transports are closed. The host deletes the session.
   virtual void sessionEnded(Session* session) = 0;
 };
@@ -71,6 +73,30 @@ enum class SessionState : std::uint8_t {
 };
 const char* sessionStateName(SessionState state);
 
+// A session as the admin socket shows it.
+struct SessionInfo {
+  std::uint64_t id = 0;
+  std::string client;   // ip:port
+  std::string user;
+  std::string backend;
+  const char* state = "";
+  std::string command;  // oldest command in flight, "" when none
+  std::int64_t command_ms = 0;
+  std::uint64_t commands_in_flight = 0;
+  std::uint64_t bytes_in = 0;
+  std::uint64_t bytes_out = 0;
+  std::int64_t age_ms = 0;
+};
+
+// Empty fields match anything; ip matches the client's address without port.
+struct SessionFilter {
+  std::optional<std::uint64_t> id;
+  std::string user;     // normalised user
+  std::string ip;
+  std::string backend;
+  bool matches(const SessionInfo& info) const;
+};
+
 class Session : public TransportHandler {
  public:
   Session(SessionHost& host, RuntimeConfigPtr config, Transport* client, std::uint64_t id);
@@ -86,8 +112,11 @@ class Session : public TransportHandler {
   // right after the current command's tagged reply. Used for server
   // shutdown and for moving sessions off a drained backend.
   void requestBye(std::string_view text, std::string_view end_reason);
-  // Ends the session at once (admin kick, forced shutdown).
+  // Ends the session at once (forced shutdown).
   void abort(std::string_view reason);
+  // Admin kick: `* BYE` now, then close, whatever the session is doing.
+  void kick();
+  SessionInfo info(std::chrono::steady_clock::time_point now) const;
 
   std::uint64_t id() const { return id_; }
   SessionState state() const { return state_; }
@@ -107,6 +136,11 @@ class Session : public TransportHandler {
     CommandId command;
     bool idle;
     std::chrono::steady_clock::time_point sent;
+    std::uint64_t request_bytes = 0;
+    std::uint64_t response_bytes = 0;
+    bool traced = false;
+    std::string name;        // traced only: as sent, upper-cased
+    std::string parameters;  // traced only: redacted
   };
   enum class LoginKind : std::uint8_t { kLogin, kAuthenticate };
 
@@ -151,6 +185,15 @@ class Session : public TransportHandler {
   void finishIfClosed();
   BackendStats* backendStats();
 
+  // Protocol log.
+  bool tracing();
+  void traceRecord(std::string_view command, std::string_view parameters, std::string_view context,
+                   std::int64_t duration_ms, std::uint64_t request_bytes,
+                   std::uint64_t response_bytes);
+  void noteLoginParameters(const parser::PreloginCommand& command, std::string_view bytes);
+  void tracePrelogin(const parser::PreloginCommand& command, std::string_view bytes,
+                     std::string_view result);
+
   SessionHost& host_;
   RuntimeConfigPtr config_;
   Transport* client_;
@@ -175,6 +218,12 @@ class Session : public TransportHandler {
   std::string shutdown_text_;
   std::string shutdown_end_reason_;
   bool logged_in_ = false;
+  std::uint64_t trace_generation_ = 0;  // 0: evaluate on next use
+  bool trace_on_ = false;
+  std::uint32_t trace_seq_ = 0;
+  sockaddr_storage client_sockaddr_{};
+  std::string login_parameters_;  // redacted LOGIN/AUTHENTICATE parameters for the log
+  Clock::time_point login_started_{};
   TlsMode listener_tls_ = TlsMode::kNone;
   bool require_tls_ = false;
   bool client_tls_ = false;

@@ -326,6 +326,7 @@ bool TlsTransport::verifyPin() {
 }
 
 void TlsTransport::handshakeFailed(const std::string& why) {
+  tls_error_ = true;
   if (is_client_ && handler_ != nullptr && !closing_) {
     handler_->onConnected(this, false, "TLS handshake failed: " + why);
   }
@@ -424,6 +425,7 @@ void TlsTransport::readPlaintext() {
     if (err == SSL_ERROR_ZERO_RETURN) {
       fail("closed by peer");
     } else {
+      tls_error_ = true;
       fail("TLS error: " + sslErrors());
     }
     break;
@@ -488,6 +490,12 @@ void TlsTransport::onClosed(Transport*, std::string_view reason) {
   TransportHandler* handler = handler_;
   std::string why = close_reason_.empty() ? std::string(reason) : close_reason_;
   timer_.reset();
+  if (handshake_done_ && !tls_error_) {
+    // An orderly end (close_notify or a plain TCP close by the peer, which
+    // many mail clients do): mark the connection shut down so SSL_free
+    // keeps the session in the cache for resumption.
+    SSL_set_shutdown(ssl_, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+  }
   if (handler != nullptr) {
     handler->onClosed(this, why);
   }

@@ -133,6 +133,7 @@ class TlsTransport final : public Transport, public TransportHandler {
   bool want_read_ = true;
   bool closing_ = false;
   bool in_read_ = false;
+  bool tls_error_ = false;  // a TLS failure: do not keep the session for resumption
 };
 
 }  // namespace portico::proxy

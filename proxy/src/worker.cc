@@ -65,10 +65,8 @@ Worker::Worker(std::size_t index, RuntimeConfigPtr config, SharedState& shared, 
       config_(std::move(config)),
       shared_(shared),
       limiter_(limiter),
+      mailbox_((uv_loop_init(&loop_), &loop_)),
       ids_(std::random_device{}() ^ (static_cast<std::uint64_t>(index) << 32)) {
-  uv_loop_init(&loop_);
-  uv_async_init(&loop_, &async_, &Worker::onAsync);
-  async_.data = this;
   loop_.data = this;
 }
 
@@ -123,23 +121,7 @@ void Worker::join() {
 }
 
 void Worker::post(std::function<void(Worker&)> fn) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    queue_.push_back(std::move(fn));
-  }
-  uv_async_send(&async_);
-}
-
-void Worker::onAsync(uv_async_t* async) {
-  auto* w = static_cast<Worker*>(async->data);
-  std::vector<std::function<void(Worker&)>> work;
-  {
-    std::lock_guard<std::mutex> lock(w->mu_);
-    work.swap(w->queue_);
-  }
-  for (auto& fn : work) {
-    fn(*w);
-  }
+  mailbox_.post([this, fn = std::move(fn)] { fn(*this); });
 }
 
 void Worker::onConnection(uv_stream_t* server, int status) {
@@ -321,6 +303,32 @@ void Worker::moveSessions(const std::string& backend) {
   }
 }
 
+std::vector<SessionInfo> Worker::listSessions(const SessionFilter& filter) {
+  std::vector<SessionInfo> out;
+  auto t = now();
+  for (auto& [session, ip] : sessions_) {
+    SessionInfo info = session->info(t);
+    if (filter.matches(info)) {
+      out.push_back(std::move(info));
+    }
+  }
+  return out;
+}
+
+std::size_t Worker::kick(const SessionFilter& filter) {
+  std::vector<Session*> kicked;
+  auto t = now();
+  for (auto& [session, ip] : sessions_) {
+    if (filter.matches(session->info(t))) {
+      kicked.push_back(session);
+    }
+  }
+  for (Session* session : kicked) {
+    session->kick();
+  }
+  return kicked.size();
+}
+
 void Worker::maybeStop() {
   if (!stopping_ || !sessions_.empty()) {
     return;
@@ -331,9 +339,7 @@ void Worker::maybeStop() {
              [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
     shutdown_timer_ = nullptr;
   }
-  if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(&async_))) {
-    uv_close(reinterpret_cast<uv_handle_t*>(&async_), nullptr);
-  }
+  mailbox_.close();
 }
 
 }  // namespace portico::proxy

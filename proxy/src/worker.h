@@ -14,6 +14,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "mailbox.h"
 #include "runtime.h"
 #include "session.h"
 
@@ -47,6 +48,9 @@ class Worker final : public SessionHost {
   void beginShutdown(std::string reason);
   // Sends the sessions relayed to `backend` a BYE between commands.
   void moveSessions(const std::string& backend);
+  // Admin queries, run on the worker's loop.
+  std::vector<SessionInfo> listSessions(const SessionFilter& filter);
+  std::size_t kick(const SessionFilter& filter);
 
   const WorkerStats& workerStats() const { return stats_; }
 
@@ -61,11 +65,11 @@ class Worker final : public SessionHost {
                             TransportHandler* handler) override;
   WorkerStats& stats() override { return stats_; }
   SharedState& shared() override { return shared_; }
+  std::size_t index() const override { return index_; }
   void sessionEnded(Session* session) override;
 
  private:
   static void onConnection(uv_stream_t* server, int status);
-  static void onAsync(uv_async_t* async);
   struct Listener {
     uv_tcp_t tcp;  // first: the handle's address is the Listener's
     Worker* worker;
@@ -81,10 +85,8 @@ class Worker final : public SessionHost {
   SharedState& shared_;
   IpLimiter& limiter_;
   uv_loop_t loop_;
-  uv_async_t async_;
+  Mailbox mailbox_;
   std::vector<Listener*> listeners_;
-  std::mutex mu_;
-  std::vector<std::function<void(Worker&)>> queue_;
   std::unordered_map<Session*, std::string> sessions_;  // session -> client IP
   BufferPool pool_;
   WorkerStats stats_;

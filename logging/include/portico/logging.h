@@ -2,6 +2,8 @@
 // "2026-11-27T21:05:58.123Z LEVEL [component] message". Thread-safe: each
 // line is formatted first and written with one write(2) call, so lines from
 // workers never interleave. Never pass secrets (passwords, SASL payloads).
+// The protocol log (Exchange-style CSV files written by one thread) is
+// declared in portico/protocol_log.h, included at the end.
 #pragma once
 
 #include <atomic>
@@ -33,3 +35,5 @@ void log(Level lvl, std::string_view component, fmt::format_string<Args...> form
 void formatNow(char (&out)[32]);
 
 }  // namespace portico::logging
+
+#include "portico/protocol_log.h"  // IWYU pragma: export

@@ -1,0 +1,68 @@
+// The admin socket: a Unix stream socket served by the control loop (never
+// a worker). Protocol: one command per line, words separated by spaces
+// (double quotes group words); one JSON object per reply, on one line.
+// Every reply has "ok": true|false; errors carry "error": "<text>".
+//
+//   protocol-log on [--user U] [--ip CIDR] [--ttl 15m] | off | status
+//   health [SET-GLOB]
+//   probe SET\PROBE [TARGET]
+//   backend list | backend drain NAME [--move-sessions] | backend enable NAME
+//   sessions [--user U] [--ip IP] [--backend B]
+//   kick SESSION-ID | kick --user U
+//   stats
+//   reload
+//
+// The socket is created mode 0600 (0660 with a configured group). Limits:
+// a request line of at most kMaxLine bytes (longer: error reply, then the
+// connection is closed) and at most kMaxConnections connections.
+#pragma once
+
+#include <uv.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace portico::proxy {
+
+// What one admin command line is split into.
+struct AdminRequest {
+  std::vector<std::string> words;
+};
+
+// Splits a line into words; nullopt-like empty vector plus error on bad quoting.
+bool splitAdminLine(const std::string& line, std::vector<std::string>& words, std::string& error);
+
+class AdminServer {
+ public:
+  using Reply = std::function<void(std::string json)>;
+  using Handler = std::function<void(const AdminRequest& request, Reply reply)>;
+
+  static constexpr std::size_t kMaxLine = 64 * 1024;
+  static constexpr std::size_t kMaxConnections = 16;
+
+  AdminServer(uv_loop_t* loop, std::string path, std::string group, Handler handler);
+  ~AdminServer();
+
+  bool start(std::string& error);
+  void stop();
+  const std::string& path() const { return path_; }
+
+  struct Connection;
+  void closeConnection(Connection* c);
+
+ private:
+  static void onConnection(uv_stream_t* server, int status);
+  static void serveNext(Connection* conn);
+
+  uv_loop_t* loop_;
+  std::string path_;
+  std::string group_;
+  Handler handler_;
+  uv_pipe_t* pipe_ = nullptr;
+  std::vector<Connection*> connections_;
+  std::shared_ptr<bool> alive_;
+};
+
+}  // namespace portico::proxy

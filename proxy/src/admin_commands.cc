@@ -1,0 +1,416 @@
+// The admin socket's commands (see admin.h for the list). Each answers with
+// one JSON object; queries that need the workers (sessions, kick) gather
+// their answers through the control loop's mailbox.
+#include <chrono>
+#include <memory>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "control.h"
+#include "portico/logging.h"
+
+namespace portico::proxy {
+
+namespace {
+
+using nlohmann::json;
+
+std::string ok(json body = json::object()) {
+  body["ok"] = true;
+  return body.dump();
+}
+
+std::string fail(const std::string& message) { return json{{"ok", false}, {"error", message}}.dump(); }
+
+// Options "--name value" and flags "--name" after the positional words.
+struct Args {
+  std::vector<std::string> positional;
+  std::map<std::string, std::string> options;
+  std::string error;
+};
+
+Args parseArgs(const std::vector<std::string>& words, std::size_t from,
+               const std::vector<std::string>& with_value, const std::vector<std::string>& flags) {
+  Args args;
+  for (std::size_t i = from; i < words.size(); ++i) {
+    const std::string& w = words[i];
+    if (w.rfind("--", 0) != 0) {
+      args.positional.push_back(w);
+      continue;
+    }
+    if (std::find(flags.begin(), flags.end(), w) != flags.end()) {
+      args.options[w] = "";
+    } else if (std::find(with_value.begin(), with_value.end(), w) != with_value.end()) {
+      if (i + 1 >= words.size()) {
+        args.error = "option " + w + " needs a value";
+        return args;
+      }
+      args.options[w] = words[++i];
+    } else {
+      args.error = "unknown option " + w;
+      return args;
+    }
+  }
+  return args;
+}
+
+std::string isoTime(std::chrono::system_clock::time_point t) {
+  std::time_t secs = std::chrono::system_clock::to_time_t(t);
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+json protocolLogStatus(Control& c) {
+  TraceSettings t = c.shared.trace.settings();
+  json out{{"enabled", t.on},
+           {"directory", c.config->config.protocol_log.directory},
+           {"filters", {{"user", t.user}, {"ip", t.network ? t.network->text : ""}}}};
+  if (t.expires) {
+    auto left = std::chrono::duration_cast<std::chrono::seconds>(*t.expires -
+                                                                 std::chrono::system_clock::now());
+    out["ttl_left_seconds"] = std::max<std::int64_t>(0, left.count());
+    out["expires"] = isoTime(*t.expires);
+  } else {
+    out["ttl_left_seconds"] = nullptr;
+  }
+  if (c.protocol_log) {
+    logging::ProtocolLog::Stats s = c.protocol_log->stats();
+    out["writer_running"] = c.protocol_log->enabled();
+    out["current_file"] = s.current_file;
+    out["bytes_written"] = s.bytes_written;
+    out["records_written"] = s.records_written;
+    out["records_dropped"] = s.records_dropped;
+    out["last_error"] = s.last_error;
+  }
+  return out;
+}
+
+void protocolLogCommand(Control& c, const std::vector<std::string>& words, AdminServer::Reply& reply) {
+  if (words.size() < 2) {
+    reply(fail("usage: protocol-log on [--user U] [--ip CIDR] [--ttl 15m] | off | status"));
+    return;
+  }
+  const std::string& verb = words[1];
+  if (verb == "status") {
+    reply(ok(json{{"protocol_log", protocolLogStatus(c)}}));
+    return;
+  }
+  if (verb == "off") {
+    c.shared.trace.set(TraceSettings{});
+    logging::log(logging::Level::kInfo, "admin", "protocol-log off");
+    reply(ok(json{{"protocol_log", protocolLogStatus(c)}}));
+    return;
+  }
+  if (verb != "on") {
+    reply(fail("protocol-log: expected on, off or status, not '" + verb + "'"));
+    return;
+  }
+  Args args = parseArgs(words, 2, {"--user", "--ip", "--ttl"}, {});
+  if (!args.error.empty() || !args.positional.empty()) {
+    reply(fail(args.error.empty() ? "protocol-log on: unexpected '" + args.positional.front() + "'"
+                                  : args.error));
+    return;
+  }
+  TraceSettings settings;
+  settings.on = true;
+  if (auto it = args.options.find("--user"); it != args.options.end()) {
+    settings.user = normaliseUser(it->second);
+  }
+  if (auto it = args.options.find("--ip"); it != args.options.end()) {
+    settings.network = parseCidr(it->second);
+    if (!settings.network) {
+      reply(fail("protocol-log on: bad --ip '" + it->second + "' (expected an address or CIDR)"));
+      return;
+    }
+  }
+  if (auto it = args.options.find("--ttl"); it != args.options.end()) {
+    std::optional<Millis> ttl = parseDuration(it->second);
+    if (!ttl || ttl->count() <= 0) {
+      reply(fail("protocol-log on: bad --ttl '" + it->second + "' (e.g. 90s, 15m, 2h)"));
+      return;
+    }
+    settings.expires = std::chrono::system_clock::now() + *ttl;
+  }
+  std::string error;
+  if (!ensureProtocolLog(c, error)) {
+    reply(fail("protocol-log on: cannot start the writer: " + error));
+    return;
+  }
+  logging::log(logging::Level::kInfo, "admin", "protocol-log on{}{}{}",
+               settings.user.empty() ? "" : " user=" + settings.user,
+               settings.network ? " ip=" + settings.network->text : "",
+               settings.expires ? " ttl=" + args.options["--ttl"] : "");
+  c.shared.trace.set(std::move(settings));
+  reply(ok(json{{"protocol_log", protocolLogStatus(c)}}));
+}
+
+json sessionJson(const SessionInfo& s) {
+  return json{{"id", fmt::format("{:016x}", s.id)},
+              {"client", s.client},
+              {"user", s.user},
+              {"backend", s.backend},
+              {"state", s.state},
+              {"command", s.command},
+              {"command_ms", s.command_ms},
+              {"commands_in_flight", s.commands_in_flight},
+              {"bytes_in", s.bytes_in},
+              {"bytes_out", s.bytes_out},
+              {"age_ms", s.age_ms}};
+}
+
+// Runs `query` on every worker and calls `done` on the control loop with
+// the answers in worker order.
+template <typename T>
+void gather(Control& c, std::function<T(Worker&)> query, std::function<void(std::vector<T>)> done) {
+  struct State {
+    std::vector<T> results;
+    std::size_t left;
+    std::function<void(std::vector<T>)> done;
+  };
+  auto state = std::make_shared<State>();
+  state->results.resize(c.workers.size());
+  state->left = c.workers.size();
+  state->done = std::move(done);
+  if (state->left == 0) {
+    state->done({});
+    return;
+  }
+  Mailbox* mailbox = c.mailbox.get();
+  for (std::size_t i = 0; i < c.workers.size(); ++i) {
+    c.workers[i]->post([state, query, mailbox, i](Worker& w) {
+      T result = query(w);
+      mailbox->post([state, i, result = std::move(result)]() mutable {
+        state->results[i] = std::move(result);
+        if (--state->left == 0) {
+          state->done(std::move(state->results));
+        }
+      });
+    });
+  }
+}
+
+bool parseSessionFilter(const Args& args, SessionFilter& filter, std::string& error) {
+  if (auto it = args.options.find("--user"); it != args.options.end()) {
+    filter.user = normaliseUser(it->second);
+  }
+  if (auto it = args.options.find("--ip"); it != args.options.end()) {
+    filter.ip = it->second;
+  }
+  if (auto it = args.options.find("--backend"); it != args.options.end()) {
+    filter.backend = it->second;
+  }
+  (void)error;
+  return true;
+}
+
+void sessionsCommand(Control& c, const std::vector<std::string>& words, AdminServer::Reply reply) {
+  Args args = parseArgs(words, 1, {"--user", "--ip", "--backend"}, {});
+  if (!args.error.empty() || !args.positional.empty()) {
+    reply(fail(args.error.empty() ? "sessions: unexpected '" + args.positional.front() + "'" : args.error));
+    return;
+  }
+  SessionFilter filter;
+  std::string error;
+  parseSessionFilter(args, filter, error);
+  gather<std::vector<SessionInfo>>(
+      c, [filter](Worker& w) { return w.listSessions(filter); },
+      [reply](std::vector<std::vector<SessionInfo>> all) {
+        json list = json::array();
+        for (const auto& worker : all) {
+          for (const SessionInfo& s : worker) {
+            list.push_back(sessionJson(s));
+          }
+        }
+        reply(ok(json{{"sessions", list}, {"count", list.size()}}));
+      });
+}
+
+void kickCommand(Control& c, const std::vector<std::string>& words, AdminServer::Reply reply) {
+  Args args = parseArgs(words, 1, {"--user"}, {});
+  if (!args.error.empty()) {
+    reply(fail(args.error));
+    return;
+  }
+  SessionFilter filter;
+  if (auto it = args.options.find("--user"); it != args.options.end()) {
+    filter.user = normaliseUser(it->second);
+  } else if (args.positional.size() == 1) {
+    const std::string& id = args.positional.front();
+    char* end = nullptr;
+    std::uint64_t value = std::strtoull(id.c_str(), &end, 16);
+    if (id.empty() || id.size() > 16 || end == nullptr || *end != '\0') {
+      reply(fail("kick: '" + id + "' is not a session id (16 hex digits)"));
+      return;
+    }
+    filter.id = value;
+  } else {
+    reply(fail("usage: kick SESSION-ID | kick --user U"));
+    return;
+  }
+  gather<std::size_t>(
+      c, [filter](Worker& w) { return w.kick(filter); },
+      [reply](std::vector<std::size_t> counts) {
+        std::size_t total = 0;
+        for (std::size_t n : counts) {
+          total += n;
+        }
+        if (total == 0) {
+          reply(fail("kick: no matching session"));
+        } else {
+          reply(ok(json{{"kicked", total}}));
+        }
+      });
+}
+
+void backendCommand(Control& c, const std::vector<std::string>& words, AdminServer::Reply& reply) {
+  std::string verb = words.size() > 1 ? words[1] : "";
+  if (verb == "list") {
+    reply(ok(json{{"backends", json::parse(c.health->backendsJson())}}));
+    return;
+  }
+  if (verb == "drain" || verb == "enable") {
+    Args args = parseArgs(words, 2, {}, {"--move-sessions"});
+    if (!args.error.empty() || args.positional.size() != 1) {
+      reply(fail(args.error.empty() ? "usage: backend " + verb + " NAME" +
+                                          (verb == "drain" ? " [--move-sessions]" : "")
+                                    : args.error));
+      return;
+    }
+    if (verb == "enable" && args.options.count("--move-sessions") != 0) {
+      reply(fail("backend enable: --move-sessions goes with drain"));
+      return;
+    }
+    const std::string& name = args.positional.front();
+    bool drain = verb == "drain";
+    if (!c.view->setDrainedByOperator(name, drain, args.options.count("--move-sessions") != 0)) {
+      reply(fail("backend " + verb + ": no backend named '" + name + "'"));
+      return;
+    }
+    reply(ok(json{{"backend", name}, {"drained_by_operator", drain}}));
+    return;
+  }
+  reply(fail("usage: backend list | backend drain NAME [--move-sessions] | backend enable NAME"));
+}
+
+void probeCommand(Control& c, const std::vector<std::string>& words, AdminServer::Reply reply) {
+  if (words.size() < 2 || words.size() > 3) {
+    reply(fail("usage: probe SET\\PROBE [TARGET]"));
+    return;
+  }
+  const std::string& spec = words[1];
+  auto sep = spec.find_first_of("\\/");
+  if (sep == std::string::npos) {
+    reply(fail("probe: expected SET\\PROBE, e.g. IMAP.Protocol\\ImapDeepTestProbe"));
+    return;
+  }
+  std::string set = spec.substr(0, sep);
+  std::string probe = spec.substr(sep + 1);
+  std::string target = words.size() == 3 ? words[2] : "";
+  bool started = c.health->invokeProbe(set, probe, target, [reply](const health::ProbeResult& r) {
+    json trace = json::array();
+    for (const std::string& t : r.trace) {
+      trace.push_back(t);
+    }
+    reply(ok(json{{"ResultType", health::resultTypeName(r.result)},
+                  {"Probe", r.probe},
+                  {"HealthSet", r.health_set},
+                  {"TargetResource", r.target},
+                  {"SampleValue", r.sample_ms},
+                  {"Error", r.error},
+                  {"FailedStep", r.result == health::ResultType::kSucceeded ? "" : health::probeStepName(r.failed_step)},
+                  {"RetryCount", r.retry_count},
+                  {"Trace", trace}}));
+  });
+  if (!started) {
+    reply(fail("probe: no probe " + set + "\\" + probe + (target.empty() ? "" : " for target " + target)));
+  }
+}
+
+void statsCommand(Control& c, AdminServer::Reply& reply) {
+  std::vector<const WorkerStats*> stats;
+  for (const auto& w : c.workers) {
+    stats.push_back(&w->workerStats());
+  }
+  StatsSnapshot s = snapshot(stats);
+  json backends = json::object();
+  for (std::size_t i = 0; i < c.config->config.backends.size(); ++i) {
+    std::size_t slot = c.config->stats_slot[i];
+    if (slot >= s.backends.size()) {
+      continue;
+    }
+    const StatsSnapshot::Backend& b = s.backends[slot];
+    json commands = json::object();
+    for (std::size_t k = 0; k < kCommandCount; ++k) {
+      const auto& cmd = b.commands[k];
+      if (cmd.count > 0) {
+        commands[commandName(static_cast<CommandId>(k))] =
+            json{{"count", cmd.count}, {"no", cmd.no}, {"bad", cmd.bad},
+                 {"average_ms", static_cast<double>(cmd.time_us) / 1000.0 / static_cast<double>(cmd.count)}};
+      }
+    }
+    backends[c.config->config.backends[i].name] =
+        json{{"sessions", b.sessions_current},   {"sessions_total", b.sessions_total},
+             {"queued", b.in_flight},            {"average_processing_ms", b.averageProcessingMs()},
+             {"login_failures", b.login_failures}, {"connect_failures", b.connect_failures},
+             {"bytes_to", b.bytes_to},           {"bytes_from", b.bytes_from},
+             {"commands", commands},             {"idle", b.idle.count}};
+  }
+  reply(ok(json{{"connections", s.connections_current},
+                {"connections_total", s.connections_total},
+                {"connections_rejected", s.connections_rejected},
+                {"connections_unauthenticated", s.connections_unauthenticated},
+                {"connections_tls", s.connections_tls},
+                {"bytes_from_clients", s.bytes_from_clients},
+                {"bytes_to_clients", s.bytes_to_clients},
+                {"workers", c.workers.size()},
+                {"backends", backends}}));
+}
+
+}  // namespace
+
+void handleAdminCommand(Control& c, const AdminRequest& request, AdminServer::Reply reply) {
+  const std::vector<std::string>& words = request.words;
+  const std::string& command = words.front();
+  if (c.stopping) {
+    reply(fail("shutting down"));
+  } else if (command == "protocol-log") {
+    protocolLogCommand(c, words, reply);
+  } else if (command == "health") {
+    if (words.size() > 2) {
+      reply(fail("usage: health [SET-GLOB]"));
+      return;
+    }
+    reply(ok(json{{"health", json::parse(c.health->healthJson(words.size() == 2 ? words[1] : "*"))}}));
+  } else if (command == "probe") {
+    probeCommand(c, words, std::move(reply));
+  } else if (command == "backend") {
+    backendCommand(c, words, reply);
+  } else if (command == "sessions") {
+    sessionsCommand(c, words, std::move(reply));
+  } else if (command == "kick") {
+    kickCommand(c, words, std::move(reply));
+  } else if (command == "stats") {
+    statsCommand(c, reply);
+  } else if (command == "reload") {
+    std::string error;
+    if (reloadConfig(c, error)) {
+      reply(ok(json{{"reloaded", true}}));
+    } else {
+      reply(fail("reload refused: " + error));
+    }
+  } else if (command == "help") {
+    reply(ok(json{{"commands",
+                   {"protocol-log on [--user U] [--ip CIDR] [--ttl D] | off | status", "health [SET-GLOB]",
+                    "probe SET\\PROBE [TARGET]", "backend list | drain NAME [--move-sessions] | enable NAME",
+                    "sessions [--user U] [--ip IP] [--backend B]", "kick SESSION-ID | --user U", "stats",
+                    "reload"}}}));
+  } else {
+    reply(fail("unknown command '" + command + "' (try 'help')"));
+  }
+}
+
+}  // namespace portico::proxy

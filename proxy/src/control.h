@@ -1,0 +1,52 @@
+// The control thread's state: config snapshots, workers, the health service,
+// the admin socket and the protocol log writer. Everything here is touched
+// only on the control loop (the main thread), except what workers reach
+// through SharedState.
+#pragma once
+
+#include <uv.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "admin.h"
+#include "health_glue.h"
+#include "mailbox.h"
+#include "portico/health.h"
+#include "portico/logging.h"
+#include "runtime.h"
+#include "worker.h"
+
+namespace portico::proxy {
+
+struct Control {
+  std::string config_path;
+  BackendRegistry registry;
+  SharedState shared;
+  IpLimiter limiter;
+  std::vector<std::unique_ptr<Worker>> workers;
+  RuntimeConfigPtr config;
+  uv_loop_t loop;
+  std::unique_ptr<Mailbox> mailbox;  // workers' answers to admin queries
+  uv_signal_t sigterm, sigint, sighup, sigusr1;
+  uv_timer_t trace_timer;            // ends a protocol-log trace at its TTL
+  bool stopping = false;
+  std::unique_ptr<WorkerProxyView> view;
+  std::unique_ptr<health::HealthService> health;
+  std::unique_ptr<AdminServer> admin;
+  std::unique_ptr<logging::ProtocolLog> protocol_log;
+};
+
+// Re-reads the config file; false with `error` when it is refused (the
+// running snapshot then stays).
+bool reloadConfig(Control& control, std::string& error);
+
+// Starts the protocol log writer if it is not running (directory from the
+// config); false with `error`.
+bool ensureProtocolLog(Control& control, std::string& error);
+
+// Serves one admin socket command.
+void handleAdminCommand(Control& control, const AdminRequest& request, AdminServer::Reply reply);
+
+}  // namespace portico::proxy
