@@ -12,6 +12,7 @@ Everything started here is stopped on exit, Ctrl-C or SIGTERM.
 
 import argparse
 import imaplib
+import json
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 from harness import PASSWORD, Dovecot, Portico, make_message, portico_bin  # noqa: E402
 
 DEMO_USERS = ["alice", "bob", "carol"]
+PROBE_USERS = {"mbx1": "healthmailbox-mbx1", "mbx2": "healthmailbox-mbx2"}
 LISTEN_PORT = 10143
 BACKEND_PORTS = {"mbx1": 10144, "mbx2": 10145}
 STATUS_PORT = 18080
@@ -69,16 +71,31 @@ def client_session(port: int) -> bool:
     return same
 
 
-def show_health(url: str) -> None:
-    try:
-        with urllib.request.urlopen(url, timeout=3) as r:
-            body = r.read(4096).decode(errors="replace")
-        print("\nStatus endpoint %s answers %d:\n%s" % (url, r.status, body.strip()))
-    except urllib.error.HTTPError as e:
-        print("\nStatus endpoint %s answers %d:\n%s" % (url, e.code, e.read(4096).decode(errors="replace").strip()))
-    except (OSError, urllib.error.URLError) as e:
-        print("\nStatus endpoint %s is not available in this build (%s);"
-              " it lands with the health issue." % (url, getattr(e, "reason", e)))
+def show_health(base: str, wait_s: float = 20.0) -> None:
+    """Prints the monitors from /health once every probe has run (bounded)."""
+    url = base + "/health"
+    deadline = time.monotonic() + wait_s
+    monitors = []
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=3) as r:
+                monitors = json.loads(r.read().decode())
+        except (OSError, urllib.error.URLError, ValueError) as e:
+            print("\nStatus endpoint %s did not answer: %s" % (url, e))
+            return
+        if isinstance(monitors, dict):
+            monitors = monitors.get("Monitors", [])
+        pending = [m for m in monitors if not m.get("LastExecutionTime")]
+        if not pending or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)  # the probes run on their own schedule; poll, bounded
+    print("\nHealth (%s):" % url)
+    print("  %-44s %-8s %-14s %s" % ("Name", "Target", "HealthSet", "AlertValue"))
+    for m in monitors:
+        print("  %-44s %-8s %-14s %s" % (m.get("Name"), m.get("TargetResource") or "-",
+                                         m.get("HealthSetName"), m.get("AlertValue")))
+    for path in ("/health/report", "/readyz", "/backends", "/metrics"):
+        print("  also: %s%s" % (base, path))
 
 
 def main() -> int:
@@ -96,11 +113,19 @@ def main() -> int:
     try:
         backends = []
         for name, port in BACKEND_PORTS.items():
-            d = Dovecot(name, users=DEMO_USERS, port=port, root=RUN_DIR / name)
+            d = Dovecot(name, users=DEMO_USERS + sorted(PROBE_USERS.values()), port=port,
+                        root=RUN_DIR / name)
             started.append(d)
             d.start()
             backends.append(d)
             print("Dovecot %s listening on %s (maildirs %s, log %s)" % (name, d.address, d.root / "mail", d.log_path))
+
+        # The login probes' password files (conf/demo.toml names them).
+        for name in BACKEND_PORTS:
+            secret = REPO / ".run" / ("probe-%s.pass" % name)
+            secret.parent.mkdir(parents=True, exist_ok=True)
+            secret.write_text(PASSWORD + "\n")
+            secret.chmod(0o600)
 
         if DEMO_CONF.exists():
             portico = Portico(backends, workdir=RUN_DIR / "portico", listen_port=LISTEN_PORT,
@@ -120,7 +145,7 @@ def main() -> int:
             held = len(d.messages("alice"))
             if held:
                 print("  alice's mail is on %s: %d message(s) in %s" % (d.name, held, d.maildir("alice")))
-        show_health("http://127.0.0.1:%d/health" % STATUS_PORT)
+        show_health("http://127.0.0.1:%d" % STATUS_PORT)
 
         print("""
 Connect yourself:  127.0.0.1:%(port)d   users %(users)s   password %(pw)s
@@ -129,7 +154,10 @@ Connect yourself:  127.0.0.1:%(port)d   users %(users)s   password %(pw)s
     curl -u alice:%(pw)s 'imap://127.0.0.1:%(port)d/INBOX;UID=1'     (fetch message 1)
     /usr/bin/python3 -c "import imaplib; m=imaplib.IMAP4('127.0.0.1', %(port)d); print(m.login('bob', '%(pw)s')); print(m.select('INBOX')); m.logout()"
     nc -C 127.0.0.1 %(port)d   (if installed; type: a LOGIN alice %(pw)s, b SELECT INBOX, c LOGOUT)
-  Status: http://127.0.0.1:%(status)d/health
+  Status: http://127.0.0.1:%(status)d/health   (also /health/report, /backends, /metrics, /readyz)
+  Admin:  build/proxy/porticoctl --socket .run/admin.sock sessions
+          build/proxy/porticoctl --socket .run/admin.sock protocol-log on --user alice --ttl 5m
+          build/proxy/porticoctl --socket .run/admin.sock backend drain mbx1 --move-sessions
 """ % {"port": LISTEN_PORT, "users": ", ".join(DEMO_USERS), "pw": PASSWORD, "status": STATUS_PORT})
 
         if not ok:
