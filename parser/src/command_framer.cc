@@ -49,103 +49,113 @@ const char* messageFor(ErrorCode code) {
 struct CommandHead {
   ErrorCode error = ErrorCode::kNone;
   std::size_t tag_len = 0;
-  std::size_t name_pos = 0;
   std::size_t name_len = 0;
   bool tag_known = false;
   bool name_known = false;
   bool uid = false;
 };
 
-// One SP-delimited token from `pos`. `cut`: it runs into the end of the kept
-// bytes while the line goes on, so its true length is unknown.
-struct Token {
+// Reads an atom at `pos` into `out` upper-cased; returns its length, or
+// kMaxCommandName + 1 when longer. Stops at the first non-atom byte.
+std::size_t readName(const char* head, std::size_t n, std::size_t pos, char* out) {
   std::size_t len = 0;
-  bool ended_by_space = false;
-  bool cut = false;
-};
-
-Token tokenAt(const char* head, std::size_t n, std::size_t pos, bool complete) {
-  Token token;
-  const void* space = pos < n ? std::memchr(head + pos, ' ', n - pos) : nullptr;
-  token.ended_by_space = space != nullptr;
-  token.len = space != nullptr ? static_cast<const char*>(space) - (head + pos) : n - pos;
-  token.cut = space == nullptr && !complete;
-  return token;
+  const std::size_t limit = std::min(n - pos, detail::kMaxCommandName + 1);
+  while (len < limit && detail::isAtomChar(head[pos + len])) {
+    if (len < detail::kMaxCommandName) {
+      out[len] = detail::toUpper(head[pos + len]);
+    }
+    ++len;
+  }
+  return len;
 }
 
-ErrorCode checkName(const char* name, const Token& token) {
-  if (token.len == 0) {
-    return ErrorCode::kMissingCommand;
-  }
-  if (token.cut || token.len > detail::kMaxCommandName) {
+// What follows a token of `len` bytes at `pos`: kNone when it ends with SP
+// (*more = true) or with the line, else the error for a bad byte or a token
+// that runs past the kept bytes of a longer line.
+ErrorCode endOfName(const char* head, std::size_t n, std::size_t pos, std::size_t len,
+                    bool complete, bool* more) {
+  *more = false;
+  if (len > detail::kMaxCommandName) {
     return ErrorCode::kBadCommand;
   }
-  for (std::size_t i = 0; i < token.len; ++i) {
-    if (!detail::isAtomChar(name[i])) {
-      return ErrorCode::kBadCommand;
+  if (pos + len == n) {
+    if (!complete) {
+      return ErrorCode::kBadCommand;  // longer than the kept bytes
     }
+    return len == 0 ? ErrorCode::kMissingCommand : ErrorCode::kNone;
   }
-  return ErrorCode::kNone;
+  if (head[pos + len] != ' ') {
+    return ErrorCode::kBadCommand;
+  }
+  *more = true;
+  return len == 0 ? ErrorCode::kMissingCommand : ErrorCode::kNone;
 }
 
-// Tag, command name and UID prefix from the kept head of a first line.
-// `complete`: `head` holds the whole line.
-CommandHead parseCommandHead(const char* head, std::size_t n, bool complete,
-                             const Limits& limits) {
+// Tag, command name and UID prefix from the kept head of a first line, in
+// one pass that also copies the tag to `tag_out` and the upper-cased name to
+// `name_out`. `complete`: `head` holds the whole line. Tag: the longest run
+// of tag bytes, which must end with SP (kBadTag if another byte ends it,
+// kMissingCommand if the line does).
+CommandHead parseCommandHead(const char* head, std::size_t n, bool complete, const Limits& limits,
+                             char* tag_out, char* name_out) {
   CommandHead result;
-  const Token tag = tokenAt(head, n, 0, complete);
-  result.tag_len = tag.len;
-  if (tag.len == 0) {
-    result.error = ErrorCode::kBadTag;
-    return result;
+  std::size_t i = 0;
+  const std::size_t tag_limit = std::min(n, limits.max_tag + 1);
+  while (i < tag_limit && detail::isTagChar(head[i])) {
+    if (i < limits.max_tag) {
+      tag_out[i] = head[i];
+    }
+    ++i;
   }
-  if (tag.len > limits.max_tag) {
+  result.tag_len = i;
+  if (i > limits.max_tag) {
     result.error = ErrorCode::kTagTooLong;
     return result;
   }
-  if (tag.cut) {  // only while a too-long line is still arriving
-    result.error = ErrorCode::kLineTooLong;
-    return result;
-  }
-  for (std::size_t i = 0; i < tag.len; ++i) {
-    if (!detail::isTagChar(head[i])) {
-      result.error = ErrorCode::kBadTag;
+  if (i == n) {
+    if (!complete) {  // only while a too-long line is still arriving
+      result.error = ErrorCode::kLineTooLong;
       return result;
     }
-  }
-  result.tag_known = true;
-  if (!tag.ended_by_space) {
-    result.error = ErrorCode::kMissingCommand;
+    result.error = i == 0 ? ErrorCode::kBadTag : ErrorCode::kMissingCommand;
+    result.tag_known = i != 0;
     return result;
   }
-  std::size_t pos = tag.len + 1;
-  Token name = tokenAt(head, n, pos, complete);
-  result.error = checkName(head + pos, name);
+  if (i == 0 || head[i] != ' ') {
+    result.error = ErrorCode::kBadTag;
+    return result;
+  }
+  result.tag_known = true;
+  std::size_t pos = i + 1;
+  std::size_t len = readName(head, n, pos, name_out);
+  bool more = false;
+  result.error = endOfName(head, n, pos, len, complete, &more);
   if (result.error != ErrorCode::kNone) {
     return result;
   }
-  if (detail::equalsUpper(std::string_view(head + pos, name.len), "UID")) {
+  if (len == 3 && name_out[0] == 'U' && name_out[1] == 'I' && name_out[2] == 'D') {
     result.uid = true;
-    if (!name.ended_by_space) {
+    if (!more) {
       result.error = ErrorCode::kMissingCommand;
       return result;
     }
-    pos += name.len + 1;
-    name = tokenAt(head, n, pos, complete);
-    result.error = checkName(head + pos, name);
+    pos += len + 1;
+    len = readName(head, n, pos, name_out);
+    result.error = endOfName(head, n, pos, len, complete, &more);
     if (result.error != ErrorCode::kNone) {
       return result;
     }
   }
   result.name_known = true;
-  result.name_pos = pos;
-  result.name_len = name.len;
+  result.name_len = len;
   return result;
 }
 
 }  // namespace
 
-CommandFramer::CommandFramer(const Limits& limits) : limits_(limits) { allocate(); }
+CommandFramer::CommandFramer(const Limits& limits) : limits_(limits) {
+  allocate();
+}
 
 void CommandFramer::allocate() {
   head_.assign(detail::headCapacity(limits_), '\0');
@@ -165,6 +175,8 @@ void CommandFramer::setLimits(const Limits& limits) {
 void CommandFramer::reset() {
   startCommand();
   mode_ = Mode::kCommand;
+  head_len_ = 0;
+  head_truncated_ = false;
   tag_len_ = 0;
   name_len_ = 0;
   uid_ = false;
@@ -173,15 +185,24 @@ void CommandFramer::reset() {
   failed_message_ = "";
 }
 
-bool CommandFramer::awaitingContinuation() const { return awaiting_; }
-bool CommandFramer::inLiteral() const { return state_ == State::kBody; }
-bool CommandFramer::idling() const { return mode_ == Mode::kIdle; }
-bool CommandFramer::authenticating() const { return mode_ == Mode::kAuth; }
-bool CommandFramer::failed() const { return state_ == State::kFailed; }
+bool CommandFramer::awaitingContinuation() const {
+  return awaiting_;
+}
+bool CommandFramer::inLiteral() const {
+  return state_ == State::kBody;
+}
+bool CommandFramer::idling() const {
+  return mode_ == Mode::kIdle;
+}
+bool CommandFramer::authenticating() const {
+  return mode_ == Mode::kAuth;
+}
+bool CommandFramer::failed() const {
+  return state_ == State::kFailed;
+}
 
 bool CommandFramer::atCommandStart() const {
-  return state_ == State::kLine && mode_ == Mode::kCommand && first_line_ &&
-         scan_.line_bytes == 0;
+  return state_ == State::kLine && mode_ == Mode::kCommand && first_line_ && scan_.line_bytes == 0;
 }
 
 void CommandFramer::endAuthentication() {
@@ -228,23 +249,13 @@ void CommandFramer::fail(CommandEvent& event, ErrorCode code, bool fatal) {
   }
 }
 
-void CommandFramer::keepTagAndName(const char* head, std::size_t tag_len, bool tag_known,
-                                   std::size_t name_pos, std::size_t name_len, bool name_known,
-                                   bool uid) {
-  tag_len_ = 0;
-  name_len_ = 0;
-  uid_ = false;
-  if (tag_known) {
-    std::memcpy(tag_.data(), head, tag_len);
-    tag_len_ = static_cast<std::uint32_t>(tag_len);
-  }
-  if (name_known) {
-    for (std::size_t i = 0; i < name_len; ++i) {
-      name_[i] = detail::toUpper(head[name_pos + i]);
-    }
-    name_len_ = static_cast<std::uint32_t>(name_len);
-    uid_ = uid;
-  }
+void CommandFramer::parseHead(bool complete) {
+  const CommandHead head =
+      parseCommandHead(head_.data(), scan_.stored, complete, limits_, tag_.data(), name_.data());
+  tag_len_ = head.tag_known ? static_cast<std::uint32_t>(head.tag_len) : 0;
+  name_len_ = head.name_known ? static_cast<std::uint32_t>(head.name_len) : 0;
+  uid_ = head.name_known && head.uid;
+  head_error_ = head.error;
 }
 
 FeedResult CommandFramer::feed(std::string_view input) {
@@ -304,13 +315,14 @@ FeedResult CommandFramer::feed(std::string_view input) {
 }
 
 void CommandFramer::lineTooLong(CommandEvent& event) {
-  if (first_line_ && mode_ != Mode::kAuth) {
+  if (mode_ == Mode::kAuth) {
+    head_len_ = 0;  // SASL lines are never shown
+    head_truncated_ = false;
+  } else if (first_line_) {
     head_len_ = std::min<std::uint32_t>(scan_.stored, static_cast<std::uint32_t>(limits_.max_head));
     head_truncated_ = true;
     if (mode_ == Mode::kCommand) {
-      const CommandHead head = parseCommandHead(head_.data(), scan_.stored, false, limits_);
-      keepTagAndName(head_.data(), head.tag_len, head.tag_known, head.name_pos, head.name_len,
-                     head.name_known, head.uid);
+      parseHead(false);
     }
   }
   if (mode_ == Mode::kIdle) {
@@ -326,8 +338,7 @@ bool CommandFramer::lineEnded(const LineResult& line, CommandEvent& event) {
     head_len_ = 0;
     head_truncated_ = false;
     if (content > limits_.max_line || line.bare_cr) {
-      fail(event, content > limits_.max_line ? ErrorCode::kLineTooLong : ErrorCode::kBareCR,
-           false);
+      fail(event, content > limits_.max_line ? ErrorCode::kLineTooLong : ErrorCode::kBareCR, false);
       return true;
     }
     fillCommand(event);
@@ -340,8 +351,7 @@ bool CommandFramer::lineEnded(const LineResult& line, CommandEvent& event) {
     head_truncated_ = content > limits_.max_head;
     mode_ = Mode::kCommand;  // DONE or not, IDLE is over
     if (content > limits_.max_line || line.bare_cr) {
-      fail(event, content > limits_.max_line ? ErrorCode::kLineTooLong : ErrorCode::kBareCR,
-           false);
+      fail(event, content > limits_.max_line ? ErrorCode::kLineTooLong : ErrorCode::kBareCR, false);
       return true;
     }
     if (!detail::equalsUpper(std::string_view(head_.data(), scan_.stored), "DONE") ||
@@ -363,11 +373,8 @@ bool CommandFramer::lineEnded(const LineResult& line, CommandEvent& event) {
     first_line_ = false;
     head_len_ = static_cast<std::uint32_t>(std::min<std::uint64_t>(content, limits_.max_head));
     head_truncated_ = content > limits_.max_head;
-    const CommandHead head =
-        parseCommandHead(head_.data(), scan_.stored, content == scan_.stored, limits_);
-    keepTagAndName(head_.data(), head.tag_len, head.tag_known, head.name_pos, head.name_len,
-                   head.name_known, head.uid);
-    error = head.error;
+    parseHead(content == scan_.stored);
+    error = head_error_;
   }
   if (content > limits_.max_line) {
     error = ErrorCode::kLineTooLong;

@@ -48,9 +48,15 @@ constexpr CharClasses makeCharClasses() {
 }
 inline constexpr CharClasses kChars = makeCharClasses();
 
-inline bool isTagChar(char c) { return kChars.tag[static_cast<unsigned char>(c)]; }
-inline bool isAtomChar(char c) { return kChars.atom[static_cast<unsigned char>(c)]; }
-inline char toUpper(char c) { return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 32) : c; }
+inline bool isTagChar(char c) {
+  return kChars.tag[static_cast<unsigned char>(c)];
+}
+inline bool isAtomChar(char c) {
+  return kChars.atom[static_cast<unsigned char>(c)];
+}
+inline char toUpper(char c) {
+  return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 32) : c;
+}
 
 // `text` equals `upper` (already upper case) ignoring ASCII case.
 inline bool equalsUpper(std::string_view text, std::string_view upper) {
@@ -72,7 +78,9 @@ inline std::size_t headCapacity(const Limits& limits) {
   return limits.max_head > needed ? limits.max_head : needed;
 }
 
-inline void resetLine(LineScan& scan) { scan = LineScan{}; }
+inline void resetLine(LineScan& scan) {
+  scan = LineScan{};
+}
 
 // Advances the quote state over `n` bytes. Inside a quote a backslash escapes
 // the next byte. Linear in n even for runs of backslashes or escaped quotes.
@@ -212,16 +220,16 @@ enum class LineStatus : std::uint8_t { kPartial, kTooLong, kEnded };
 
 struct LineResult {
   LineStatus status = LineStatus::kPartial;
-  std::size_t used = 0;              // input bytes taken (the LF included)
-  std::uint64_t content_len = 0;     // kEnded: the line without CR LF
-  const char* whole = nullptr;       // kEnded: the whole content, in the input
+  std::size_t used = 0;           // input bytes taken (the LF included)
+  std::uint64_t content_len = 0;  // kEnded: the line without CR LF
+  const char* whole = nullptr;    // kEnded: the whole content, in the input
   bool bare_cr = false;
 };
 
 // Scans the current line from `p`. kTooLong: the line passed max_line (see
 // parser.h); `used` ends at the byte that showed it.
-inline LineResult scanLine(LineScan& scan, const char* p, std::size_t avail,
-                           std::uint64_t max_line, char* store, std::size_t cap, bool track) {
+inline LineResult scanLine(LineScan& scan, const char* p, std::size_t avail, std::uint64_t max_line,
+                           char* store, std::size_t cap, bool track) {
   LineResult result;
   // Content up to max_line, then a CR and the LF.
   const std::uint64_t budget =

@@ -9,9 +9,10 @@ namespace portico::parser {
 namespace {
 
 constexpr std::array kErrorCodeNames = {
-    "none",          "line_too_long",   "bare_cr",       "empty_line",   "bad_tag",
-    "tag_too_long",  "missing_command", "bad_command",   "bad_literal",  "number_too_long",
-    "literal_too_large", "expected_done", "bad_response", "bad_syntax",  "unknown_command",
+    "none",         "line_too_long",   "bare_cr",           "empty_line",
+    "bad_tag",      "tag_too_long",    "missing_command",   "bad_command",
+    "bad_literal",  "number_too_long", "literal_too_large", "expected_done",
+    "bad_response", "bad_syntax",      "unknown_command",
 };
 static_assert(kErrorCodeNames.size() == static_cast<std::size_t>(ErrorCode::kCount));
 
@@ -38,13 +39,17 @@ const char* nameOf(const Names& names, Enum value) {
 
 }  // namespace
 
-const char* errorCodeName(ErrorCode code) { return nameOf(kErrorCodeNames, code); }
+const char* errorCodeName(ErrorCode code) {
+  return nameOf(kErrorCodeNames, code);
+}
 const char* commandEventTypeName(CommandEventType type) {
   return nameOf(kCommandEventTypeNames, type);
 }
 const char* responseEventTypeName(ResponseEventType type) {
   return nameOf(kResponseEventTypeNames, type);
 }
-const char* statusName(Status status) { return nameOf(kStatusNames, status); }
+const char* statusName(Status status) {
+  return nameOf(kStatusNames, status);
+}
 
 }  // namespace portico::parser

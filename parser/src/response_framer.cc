@@ -41,8 +41,8 @@ Status statusAt(const char* head, std::size_t n, std::size_t pos, bool complete,
   if (space == nullptr && !complete) {
     return Status::kNone;  // runs past the kept bytes: no status word is that long
   }
-  const std::size_t len = space != nullptr ? static_cast<const char*>(space) - (head + pos)
-                                           : n - std::min(pos, n);
+  const std::size_t len =
+      space != nullptr ? static_cast<const char*>(space) - (head + pos) : n - std::min(pos, n);
   *end = pos + len;
   const std::string_view word(head + std::min(pos, n), len);
   if (detail::equalsUpper(word, "OK")) {
@@ -81,6 +81,8 @@ void ResponseFramer::setLimits(const Limits& limits) {
 
 void ResponseFramer::reset() {
   startResponse();
+  head_len_ = 0;
+  head_truncated_ = false;
   failed_code_ = ErrorCode::kNone;
   failed_message_ = "";
 }
@@ -89,7 +91,9 @@ bool ResponseFramer::atResponseStart() const {
   return state_ == State::kLine && first_line_ && scan_.line_bytes == 0;
 }
 
-bool ResponseFramer::failed() const { return state_ == State::kFailed; }
+bool ResponseFramer::failed() const {
+  return state_ == State::kFailed;
+}
 
 void ResponseFramer::startResponse() {
   state_ = State::kLine;
@@ -267,9 +271,8 @@ ResponseFeedResult ResponseFramer::feed(std::string_view input) {
       startResponse();
       continue;
     }
-    const LineResult line =
-        detail::scanLine(scan_, data + pos, size - pos, limits_.max_line, head_.data(),
-                         first_line_ ? head_.size() : 0, true);
+    const LineResult line = detail::scanLine(scan_, data + pos, size - pos, limits_.max_line,
+                                             head_.data(), first_line_ ? head_.size() : 0, true);
     pos += line.used;
     response_bytes_ += line.used;
     if (line.status == LineStatus::kPartial) {

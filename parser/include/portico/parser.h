@@ -2,9 +2,10 @@
 // pre-login command parser, SASL user extraction and capability editing.
 //
 // Contract:
-// - Pure: no I/O, no clocks, no exceptions. The framers allocate nothing
-//   after construction except a bounded "head" buffer (at most
-//   Limits::max_head bytes, reserved once), never per byte.
+// - Pure: no I/O, no clocks, no exceptions. The framers allocate only in
+//   their constructor and setLimits(): bounded buffers for the head (at
+//   least Limits::max_head bytes, with room for a tag and a command name),
+//   the tag and the command name. Never per byte, line or command.
 // - Resumable: a framer is fed any split of a stream and produces the same
 //   events at the same stream offsets whatever the split.
 // - Views: string_views inside an event point into the framer's own buffers
@@ -30,7 +31,7 @@ namespace portico::parser {
 // Every dimension has a bound; the defaults suit a relay after login.
 // Pre-login the proxy passes much smaller ones.
 struct Limits {
-  std::size_t max_line = 64 * 1024;          // bytes of one line, literals excluded
+  std::size_t max_line = 64 * 1024;          // bytes of one line, literals excluded (no CRLF)
   std::size_t max_tag = 64;                  // bytes of a tag
   std::uint64_t max_literal = UINT64_MAX;    // bytes of one literal
   std::size_t max_number_digits = 20;        // digits in a literal size
@@ -121,10 +122,14 @@ struct LineResult;
 //
 // Lines end with CRLF or a bare LF. A literal header counts only at the very
 // end of a line and outside quoted strings; a line whose quote never closes is
-// an ordinary line. Empty lines between commands are ignored (no event, like
-// Dovecot). Recoverable errors: kLineTooLong (reported once, at the byte that
-// passes Limits::max_line, or at the LF of a line whose content exceeds it;
-// the rest of the line is then skipped unread), kBareCR, kBadTag, kTagTooLong,
+// an ordinary line; a line ending in `{...}` (no '"' inside) whose braces
+// hold anything but digits and one optional trailing `+` is kBadLiteral. A
+// tag is 1..max_tag ASTRING-CHARs other than '+' and (as Dovecot) ']'.
+// Empty lines between commands are ignored (no event, like Dovecot). Each line of a command (before, between and after literals)
+// has its own Limits::max_line. Recoverable errors: kLineTooLong (reported
+// once: at byte max_line + 2 of a line with no LF yet, the rest of the line
+// then skipped unread; or at the LF of a line whose content exceeds
+// max_line), kBareCR, kBadTag, kTagTooLong,
 // kMissingCommand, kBadCommand (reported at the LF), kExpectedDone (a line
 // other than DONE during IDLE; it also ends IDLE, as servers do), and
 // kLiteralTooLarge for a synchronizing literal (the server answers BAD and
@@ -185,8 +190,7 @@ class CommandFramer {
   void startCommand();
   void fillCommand(CommandEvent& event) const;
   void fail(CommandEvent& event, ErrorCode code, bool fatal);
-  void keepTagAndName(const char* head, std::size_t tag_len, bool tag_known, std::size_t name_pos,
-                      std::size_t name_len, bool name_known, bool uid);
+  void parseHead(bool complete);
   void lineTooLong(CommandEvent& event);
   bool lineEnded(const detail::LineResult& line, CommandEvent& event);
 
@@ -207,6 +211,7 @@ class CommandFramer {
   bool head_truncated_ = false;
   bool uid_ = false;
   bool awaiting_ = false;
+  ErrorCode head_error_ = ErrorCode::kNone;
   ErrorCode failed_code_ = ErrorCode::kNone;
   const char* failed_message_ = "";
 };

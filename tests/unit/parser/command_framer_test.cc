@@ -46,8 +46,9 @@ struct Case {
   bool end_auth_after_auth_line = false;  // call endAuthentication() after each kAuthLine
 };
 
-Limits limits(std::size_t max_line, std::size_t max_tag = 64, std::uint64_t max_literal = UINT64_MAX,
-              std::size_t max_head = 1024, std::uint64_t max_nonsync = UINT64_MAX) {
+Limits limits(std::size_t max_line, std::size_t max_tag = 64,
+              std::uint64_t max_literal = UINT64_MAX, std::size_t max_head = 1024,
+              std::uint64_t max_nonsync = UINT64_MAX) {
   Limits l;
   l.max_line = max_line;
   l.max_tag = max_tag;
@@ -75,225 +76,362 @@ Expect error(std::uint64_t offset, ErrorCode code, bool fatal, std::string tag =
 std::vector<Case> cases() {
   std::vector<Case> c;
   // Plain commands.
-  c.push_back({"Noop", "a1 NOOP\r\n",
-               {{.offset = 9, .tag = "a1", .name = "NOOP", .uid = false, .bytes = 9,
-                 .literals = 0, .head = "a1 NOOP", .truncated = false}}});
-  c.push_back({"LowerCaseName", "a1 noop\r\n",
+  c.push_back({"Noop",
+               "a1 NOOP\r\n",
+               {{.offset = 9,
+                 .tag = "a1",
+                 .name = "NOOP",
+                 .uid = false,
+                 .bytes = 9,
+                 .literals = 0,
+                 .head = "a1 NOOP",
+                 .truncated = false}}});
+  c.push_back({"LowerCaseName",
+               "a1 noop\r\n",
                {{.offset = 9, .tag = "a1", .name = "NOOP", .head = "a1 noop"}}});
-  c.push_back({"RfcUidFetch", "a002 UID FETCH 1:* FLAGS\r\n",
+  c.push_back({"RfcUidFetch",
+               "a002 UID FETCH 1:* FLAGS\r\n",
                {{.offset = 26, .tag = "a002", .name = "FETCH", .uid = true, .bytes = 26}}});
-  c.push_back({"UidLowerCase", "x uid store 1 +FLAGS (\\Deleted)\r\n",
+  c.push_back({"UidLowerCase",
+               "x uid store 1 +FLAGS (\\Deleted)\r\n",
                {{.offset = 33, .tag = "x", .name = "STORE", .uid = true}}});
   c.push_back({"BareLf", "a1 NOOP\n", {{.offset = 8, .tag = "a1", .name = "NOOP", .bytes = 8}}});
-  c.push_back({"Pipelined", "a1 NOOP\r\na2 CAPABILITY\r\na3 LOGOUT\n",
+  c.push_back({"Pipelined",
+               "a1 NOOP\r\na2 CAPABILITY\r\na3 LOGOUT\n",
                {{.offset = 9, .tag = "a1", .name = "NOOP", .bytes = 9},
                 {.offset = 24, .tag = "a2", .name = "CAPABILITY", .bytes = 15},
                 {.offset = 34, .tag = "a3", .name = "LOGOUT", .bytes = 10}}});
-  c.push_back({"EmptyLinesIgnored", "\r\n\n\r\na1 NOOP\r\n\r\n",
+  c.push_back({"EmptyLinesIgnored",
+               "\r\n\n\r\na1 NOOP\r\n\r\n",
                {{.offset = 14, .tag = "a1", .name = "NOOP", .bytes = 9}}});
-  c.push_back({"TagWithOddButValidChars", "a.b-c_d!#$&'/ NOOP\r\n",
+  c.push_back({"TagWithOddButValidChars",
+               "a.b-c_d!#$&'/ NOOP\r\n",
                {{.offset = 20, .tag = "a.b-c_d!#$&'/", .name = "NOOP"}}});
 
   // Literals.
   {
     const std::string header = "A003 APPEND saved-messages (\\Seen) {310}\r\n";
     const std::string all = header + kRfcMessage + "\r\n";
-    c.push_back({"RfcAppend", all,
-                 {{.type = Type::kLiteral, .offset = header.size(), .tag = "A003",
-                   .name = "APPEND", .size = 310, .kind = LiteralKind::kSync,
-                   .bytes = header.size(), .literals = 1,
+    c.push_back({"RfcAppend",
+                 all,
+                 {{.type = Type::kLiteral,
+                   .offset = header.size(),
+                   .tag = "A003",
+                   .name = "APPEND",
+                   .size = 310,
+                   .kind = LiteralKind::kSync,
+                   .bytes = header.size(),
+                   .literals = 1,
                    .head = "A003 APPEND saved-messages (\\Seen) {310}"},
-                  {.offset = all.size(), .tag = "A003", .name = "APPEND", .bytes = all.size(),
-                   .literals = 1, .head = "A003 APPEND saved-messages (\\Seen) {310}"}}});
+                  {.offset = all.size(),
+                   .tag = "A003",
+                   .name = "APPEND",
+                   .bytes = all.size(),
+                   .literals = 1,
+                   .head = "A003 APPEND saved-messages (\\Seen) {310}"}}});
   }
-  c.push_back({"RfcLoginTwoLiterals", "A001 LOGIN {11}\r\nFRED FOOBAR {7}\r\nfat man\r\n",
-               {{.type = Type::kLiteral, .offset = 17, .tag = "A001", .name = "LOGIN", .size = 11,
-                 .kind = LiteralKind::kSync, .literals = 1},
+  c.push_back({"RfcLoginTwoLiterals",
+               "A001 LOGIN {11}\r\nFRED FOOBAR {7}\r\nfat man\r\n",
+               {{.type = Type::kLiteral,
+                 .offset = 17,
+                 .tag = "A001",
+                 .name = "LOGIN",
+                 .size = 11,
+                 .kind = LiteralKind::kSync,
+                 .literals = 1},
                 {.type = Type::kLiteral, .offset = 34, .size = 7, .literals = 2},
-                {.offset = 43, .tag = "A001", .name = "LOGIN", .bytes = 43, .literals = 2,
+                {.offset = 43,
+                 .tag = "A001",
+                 .name = "LOGIN",
+                 .bytes = 43,
+                 .literals = 2,
                  .head = "A001 LOGIN {11}"}}});
-  c.push_back({"LiteralPlus", "a1 APPEND box {5+}\r\nhello\r\n",
+  c.push_back({"LiteralPlus",
+               "a1 APPEND box {5+}\r\nhello\r\n",
                {{.type = Type::kLiteral, .offset = 20, .size = 5, .kind = LiteralKind::kNonSync},
                 {.offset = 27, .bytes = 27, .literals = 1}}});
-  c.push_back({"BinaryLiteral", std::string("a1 APPEND box ~{5}\r\nh\0\r\n{\r\n", 27),
+  c.push_back({"BinaryLiteral",
+               std::string("a1 APPEND box ~{5}\r\nh\0\r\n{\r\n", 27),
                {{.type = Type::kLiteral, .offset = 20, .size = 5, .kind = LiteralKind::kBinarySync},
                 {.offset = 27, .name = "APPEND", .literals = 1}}});
-  c.push_back({"BinaryLiteralPlus", "a1 APPEND box ~{3+}\r\nabc\n",
-               {{.type = Type::kLiteral, .offset = 21, .size = 3,
-                 .kind = LiteralKind::kBinaryNonSync},
-                {.offset = 25, .bytes = 25}}});
-  c.push_back({"LiteralBodyNeverScanned", "a APPEND x {12}\r\n\r\nb NOOP {9}\r\n\r\n",
+  c.push_back(
+      {"BinaryLiteralPlus",
+       "a1 APPEND box ~{3+}\r\nabc\n",
+       {{.type = Type::kLiteral, .offset = 21, .size = 3, .kind = LiteralKind::kBinaryNonSync},
+        {.offset = 25, .bytes = 25}}});
+  c.push_back({"LiteralBodyNeverScanned",
+               "a APPEND x {12}\r\n\r\nb NOOP {9}\r\n\r\n",
                {{.type = Type::kLiteral, .offset = 17, .size = 12},
                 {.offset = 31, .tag = "a", .name = "APPEND", .literals = 1}}});
-  c.push_back({"ZeroLiterals", "a LOGIN {0}\r\n {0+}\r\n\r\n",
+  c.push_back({"ZeroLiterals",
+               "a LOGIN {0}\r\n {0+}\r\n\r\n",
                {{.type = Type::kLiteral, .offset = 13, .size = 0},
                 {.type = Type::kLiteral, .offset = 20, .size = 0, .kind = LiteralKind::kNonSync},
                 {.offset = 22, .bytes = 22, .literals = 2}}});
-  c.push_back({"LiteralBareLf", "a LOGIN {2}\nab x\n",
+  c.push_back({"LiteralBareLf",
+               "a LOGIN {2}\nab x\n",
                {{.type = Type::kLiteral, .offset = 12, .size = 2}, {.offset = 17}}});
-  c.push_back({"MaxDigitsLiteral", "a X {18446744073709551615}\r\n",
+  c.push_back({"MaxDigitsLiteral",
+               "a X {18446744073709551615}\r\n",
                {{.type = Type::kLiteral, .offset = 28, .size = UINT64_MAX}}});
-  c.push_back({"LeadingZeros", "a X {0005}\r\nabcde\r\n",
+  c.push_back({"LeadingZeros",
+               "a X {0005}\r\nabcde\r\n",
                {{.type = Type::kLiteral, .offset = 12, .size = 5}, {.offset = 19}}});
   c.push_back({"MarkerNotAtEnd", "a1 X {5} foo\r\n", {{.offset = 14, .literals = 0}}});
   c.push_back({"ClosingBraceAtom", "a1 STORE 1 +FLAGS (a}\r\n", {{.offset = 23}}});
   c.push_back({"MarkerInsideQuote", "a1 SEARCH SUBJECT \"{5}\"\r\n", {{.offset = 25}}});
-  c.push_back({"QuotedBraceThenBrace", "a1 SEARCH SUBJECT \"{\" KEYWORD x}\r\n",
+  c.push_back({"QuotedBraceThenBrace",
+               "a1 SEARCH SUBJECT \"{\" KEYWORD x}\r\n",
                {{.offset = 34, .literals = 0}}});
-  c.push_back({"UnterminatedQuote", "a1 LOGIN \"user {5}\r\nb NOOP\r\n",
-               {{.offset = 20, .tag = "a1", .name = "LOGIN", .literals = 0},
-                {.offset = 28, .tag = "b"}}});
+  c.push_back(
+      {"UnterminatedQuote",
+       "a1 LOGIN \"user {5}\r\nb NOOP\r\n",
+       {{.offset = 20, .tag = "a1", .name = "LOGIN", .literals = 0}, {.offset = 28, .tag = "b"}}});
   c.push_back({"EscapedQuoteKeepsQuoteOpen", "a1 SELECT \"a\\\"{5}\r\n", {{.offset = 19}}});
-  c.push_back({"EscapedBackslashClosesQuote", "a1 LOGIN \"a\\\\\" {1}\r\nx\r\n",
+  c.push_back({"EscapedBackslashClosesQuote",
+               "a1 LOGIN \"a\\\\\" {1}\r\nx\r\n",
                {{.type = Type::kLiteral, .offset = 20, .size = 1}, {.offset = 23}}});
-  c.push_back({"QuoteThenLiteral", "a1 LOGIN \"fred\" {3}\r\nabc\r\n",
+  c.push_back({"QuoteThenLiteral",
+               "a1 LOGIN \"fred\" {3}\r\nabc\r\n",
                {{.type = Type::kLiteral, .offset = 21, .size = 3}, {.offset = 26}}});
   // The body is a lone '"': it is not scanned, so the next line starts unquoted.
-  c.push_back({"QuoteStateResetsAfterLiteral", "a X {1}\r\n\" {2}\r\nab\r\n",
+  c.push_back({"QuoteStateResetsAfterLiteral",
+               "a X {1}\r\n\" {2}\r\nab\r\n",
                {{.type = Type::kLiteral, .offset = 9},
                 {.type = Type::kLiteral, .offset = 16, .size = 2},
                 {.offset = 20, .literals = 2}}});
-  c.push_back({"TildeInsideQuoteNotBinary", "a X \"~\"{1}\r\nz\r\n",
-               {{.type = Type::kLiteral, .offset = 12, .kind = LiteralKind::kSync},
-                {.offset = 15}}});
+  c.push_back(
+      {"TildeInsideQuoteNotBinary",
+       "a X \"~\"{1}\r\nz\r\n",
+       {{.type = Type::kLiteral, .offset = 12, .kind = LiteralKind::kSync}, {.offset = 15}}});
 
   // IDLE (RFC 2177 example) and AUTHENTICATE.
-  c.push_back({"RfcIdle", "A002 IDLE\r\nDONE\r\nA003 NOOP\r\n",
+  c.push_back({"RfcIdle",
+               "A002 IDLE\r\nDONE\r\nA003 NOOP\r\n",
                {{.offset = 11, .tag = "A002", .name = "IDLE", .bytes = 11},
-                {.type = Type::kIdleDone, .offset = 17, .tag = "A002", .name = "IDLE",
-                 .bytes = 6, .head = "DONE"},
+                {.type = Type::kIdleDone,
+                 .offset = 17,
+                 .tag = "A002",
+                 .name = "IDLE",
+                 .bytes = 6,
+                 .head = "DONE"},
                 {.offset = 28, .tag = "A003", .name = "NOOP"}}});
-  c.push_back({"IdleDoneLowerCase", "a idle\ndone\n",
+  c.push_back({"IdleDoneLowerCase",
+               "a idle\ndone\n",
                {{.offset = 7, .name = "IDLE"}, {.type = Type::kIdleDone, .offset = 12}}});
-  c.push_back({"IdleExpectedDone", "a IDLE\r\nNOOP\r\nb NOOP\r\n",
+  c.push_back({"IdleExpectedDone",
+               "a IDLE\r\nNOOP\r\nb NOOP\r\n",
                {{.offset = 8, .name = "IDLE"},
                 error(14, ErrorCode::kExpectedDone, false, "a"),
                 {.offset = 22, .tag = "b", .name = "NOOP"}}});
-  c.push_back({"IdleEmptyLineIsNotDone", "a IDLE\r\n\r\nb NOOP\r\n",
+  c.push_back({"IdleEmptyLineIsNotDone",
+               "a IDLE\r\n\r\nb NOOP\r\n",
                {{.offset = 8}, error(10, ErrorCode::kExpectedDone, false, "a"), {.offset = 18}}});
-  c.push_back({"UidIdleIsNotIdle", "a UID IDLE\r\nb NOOP\r\n",
+  c.push_back({"UidIdleIsNotIdle",
+               "a UID IDLE\r\nb NOOP\r\n",
                {{.offset = 12, .name = "IDLE", .uid = true}, {.offset = 20, .name = "NOOP"}}});
-  c.push_back({"Authenticate", "a AUTHENTICATE PLAIN\r\ndGVzdAB0ZXN0AHRlc3Q=\r\n\r\n*\r\n",
+  c.push_back({"Authenticate",
+               "a AUTHENTICATE PLAIN\r\ndGVzdAB0ZXN0AHRlc3Q=\r\n\r\n*\r\n",
                {{.offset = 22, .tag = "a", .name = "AUTHENTICATE"},
-                {.type = Type::kAuthLine, .offset = 44, .tag = "a", .name = "AUTHENTICATE",
-                 .bytes = 22, .head = ""},
+                {.type = Type::kAuthLine,
+                 .offset = 44,
+                 .tag = "a",
+                 .name = "AUTHENTICATE",
+                 .bytes = 22,
+                 .head = ""},
                 {.type = Type::kAuthLine, .offset = 46, .bytes = 2},
                 {.type = Type::kAuthLine, .offset = 49, .bytes = 3}}});
-  c.push_back({"AuthenticateThenEnd", "a AUTHENTICATE PLAIN\r\nAGZyZWQAc2VjcmV0\r\nb NOOP\r\n",
+  c.push_back({"AuthenticateThenEnd",
+               "a AUTHENTICATE PLAIN\r\nAGZyZWQAc2VjcmV0\r\nb NOOP\r\n",
                {{.offset = 22, .name = "AUTHENTICATE"},
                 {.type = Type::kAuthLine, .offset = 40},
                 {.offset = 48, .tag = "b", .name = "NOOP"}},
                {},
                true});
-  c.push_back({"AuthLineWithBareCr", "a AUTHENTICATE X\r\nab\rc\r\nd\r\n",
+  c.push_back({"AuthLineWithBareCr",
+               "a AUTHENTICATE X\r\nab\rc\r\nd\r\n",
                {{.offset = 18},
                 error(24, ErrorCode::kBareCR, false, "a"),
                 {.type = Type::kAuthLine, .offset = 27}}});
 
+  c.push_back({"AuthLineTooLongShowsNoHead",
+               "a AUTHENTICATE PLAIN\r\n" + std::string(28, 'A') + "\r\nb\r\n",
+               {{.offset = 22, .name = "AUTHENTICATE", .head = "a AUTHENTICATE PLAIN"},
+                Expect{.type = Type::kError,
+                       .offset = 44,
+                       .tag = "a",
+                       .head = "",
+                       .truncated = false,
+                       .code = ErrorCode::kLineTooLong,
+                       .fatal = false},
+                {.type = Type::kAuthLine, .offset = 55, .head = ""}},
+               limits(20)});
+  c.push_back({"IdleLineTooLongEndsIdle",
+               "a IDLE\r\nDONEDONEDONEDONE\r\nb NOOP\r\n",
+               {{.offset = 8, .name = "IDLE"},
+                Expect{.type = Type::kError,
+                       .offset = 20,
+                       .tag = "a",
+                       .name = "IDLE",
+                       .head = "DONEDONEDONE",
+                       .truncated = true,
+                       .code = ErrorCode::kLineTooLong,
+                       .fatal = false},
+                {.offset = 34, .tag = "b", .name = "NOOP"}},
+               limits(10)});
+
   // Malformed lines.
-  c.push_back({"BareCr", "a1 NO\rOP\r\nb NOOP\r\n",
+  c.push_back({"BareCr",
+               "a1 NO\rOP\r\nb NOOP\r\n",
                {error(10, ErrorCode::kBareCR, false, "a1"), {.offset = 18, .tag = "b"}}});
-  c.push_back({"CrCrLf", "a1 NOOP\r\r\nb NOOP\r\n",
+  c.push_back({"CrCrLf",
+               "a1 NOOP\r\r\nb NOOP\r\n",
                {error(10, ErrorCode::kBareCR, false, "a1"), {.offset = 18, .tag = "b"}}});
-  c.push_back({"BareCrAfterLiteral", "a APPEND x {3}\r\nabc\rX\r\nb NOOP\r\n",
+  c.push_back({"BareCrAfterLiteral",
+               "a APPEND x {3}\r\nabc\rX\r\nb NOOP\r\n",
                {{.type = Type::kLiteral, .offset = 16},
-                Expect{.type = Type::kError, .offset = 23, .tag = "a", .name = "APPEND",
-                       .bytes = 23, .literals = 1, .code = ErrorCode::kBareCR, .fatal = false},
+                Expect{.type = Type::kError,
+                       .offset = 23,
+                       .tag = "a",
+                       .name = "APPEND",
+                       .bytes = 23,
+                       .literals = 1,
+                       .code = ErrorCode::kBareCR,
+                       .fatal = false},
                 {.offset = 31, .tag = "b"}}});
-  c.push_back({"BareCrBeforeNonSyncLiteralIsFatal", "a AP\rPEND {5+}\r\nhello\r\n",
+  c.push_back({"BareCrBeforeNonSyncLiteralIsFatal",
+               "a AP\rPEND {5+}\r\nhello\r\n",
                {error(16, ErrorCode::kBareCR, true, "a")}});
-  c.push_back({"MissingCommand", "a1\r\na1 \r\na1 UID\r\na1 UID \r\n",
+  c.push_back({"MissingCommand",
+               "a1\r\na1 \r\na1 UID\r\na1 UID \r\n",
                {error(4, ErrorCode::kMissingCommand, false, "a1"),
                 error(9, ErrorCode::kMissingCommand, false, "a1"),
                 error(17, ErrorCode::kMissingCommand, false, "a1"),
                 error(26, ErrorCode::kMissingCommand, false, "a1")}});
-  c.push_back({"BadCommandName", "a1 NO(OP\r\na2 " + std::string(65, 'X') + "\r\n",
+  c.push_back({"BadCommandName",
+               "a1 NO(OP\r\na2 " + std::string(65, 'X') + "\r\n",
                {error(10, ErrorCode::kBadCommand, false, "a1"),
                 error(80, ErrorCode::kBadCommand, false, "a2")}});
   c.push_back({"EmptyTag", " NOOP\r\n", {error(7, ErrorCode::kBadTag, false)}});
   for (char bad : std::string("(){%*\"\\]+\x01\x7f\x80")) {
     std::string input = std::string("a") + bad + "1 NOOP\r\nb NOOP\r\n";
-    c.push_back({"ForbiddenTagChar" + std::to_string(static_cast<unsigned char>(bad)), input,
+    c.push_back({"ForbiddenTagChar" + std::to_string(static_cast<unsigned char>(bad)),
+                 input,
                  {error(10, ErrorCode::kBadTag, false), {.offset = 18, .tag = "b"}}});
   }
-  c.push_back({"TagTooLong", "abcde NOOP\r\nabcd NOOP\r\n",
+  c.push_back({"TagTooLong",
+               "abcde NOOP\r\nabcd NOOP\r\n",
                {error(12, ErrorCode::kTagTooLong, false), {.offset = 23, .tag = "abcd"}},
                limits(64 * 1024, 4)});
-  c.push_back({"BadTagWithSyncLiteral", "a*1 APPEND x {5}\r\nb NOOP\r\n",
+  c.push_back({"BadTagWithSyncLiteral",
+               "a*1 APPEND x {5}\r\nb NOOP\r\n",
                {error(18, ErrorCode::kBadTag, false), {.offset = 26, .tag = "b"}}});
-  c.push_back({"BadTagWithNonSyncLiteral", "a*1 APPEND x {5+}\r\nhello\r\n",
+  c.push_back({"BadTagWithNonSyncLiteral",
+               "a*1 APPEND x {5+}\r\nhello\r\n",
                {error(19, ErrorCode::kBadTag, true)}});
-  c.push_back({"LiteralOnlyLine", "{5}\r\nb NOOP\r\n",
+  c.push_back({"LiteralOnlyLine",
+               "{5}\r\nb NOOP\r\n",
                {error(5, ErrorCode::kBadTag, false), {.offset = 13}}});
 
   // Literal headers that cannot be read: fatal.
-  c.push_back({"TwentyFiveDigits", "a1 APPEND x {1234567890123456789012345}\r\nb NOOP\r\n",
+  c.push_back({"TwentyFiveDigits",
+               "a1 APPEND x {1234567890123456789012345}\r\nb NOOP\r\n",
                {error(41, ErrorCode::kNumberTooLong, true, "a1")}});
-  c.push_back({"SizeOverflow", "a1 APPEND x {99999999999999999999}\r\n",
+  c.push_back({"SizeOverflow",
+               "a1 APPEND x {99999999999999999999}\r\n",
                {error(36, ErrorCode::kNumberTooLong, true, "a1")}});
-  c.push_back({"SizeOverflowByOne", "a1 APPEND x {18446744073709551616+}\r\n",
+  c.push_back({"SizeOverflowByOne",
+               "a1 APPEND x {18446744073709551616+}\r\n",
                {error(37, ErrorCode::kNumberTooLong, true, "a1")}});
   c.push_back({"NoDigits", "a1 APPEND x {}\r\n", {error(16, ErrorCode::kBadLiteral, true, "a1")}});
-  c.push_back({"OnlyPlus", "a1 APPEND x ~{+}\r\n",
-               {error(18, ErrorCode::kBadLiteral, true, "a1")}});
-  c.push_back({"JunkInBraces", "a1 APPEND x {5 }\r\n",
-               {error(18, ErrorCode::kBadLiteral, true, "a1")}});
-  c.push_back({"DoublePlus", "a1 APPEND x {5++}\r\n",
-               {error(19, ErrorCode::kBadLiteral, true, "a1")}});
-  c.push_back({"LettersInBraces", "a1 APPEND x {abc}\r\n",
+  c.push_back(
+      {"OnlyPlus", "a1 APPEND x ~{+}\r\n", {error(18, ErrorCode::kBadLiteral, true, "a1")}});
+  c.push_back(
+      {"JunkInBraces", "a1 APPEND x {5 }\r\n", {error(18, ErrorCode::kBadLiteral, true, "a1")}});
+  c.push_back(
+      {"DoublePlus", "a1 APPEND x {5++}\r\n", {error(19, ErrorCode::kBadLiteral, true, "a1")}});
+  c.push_back({"LettersInBraces",
+               "a1 APPEND x {abc}\r\n",
                {error(19, ErrorCode::kBadLiteral, true, "a1")}});
 
   // Literal size limits.
-  c.push_back({"SyncLiteralTooLargeIsRecoverable", "a APPEND x {101}\r\nb NOOP\r\n",
+  c.push_back({"SyncLiteralTooLargeIsRecoverable",
+               "a APPEND x {101}\r\nb NOOP\r\n",
                {error(18, ErrorCode::kLiteralTooLarge, false, "a"), {.offset = 26, .tag = "b"}},
                limits(64 * 1024, 64, 100)});
-  c.push_back({"NonSyncLiteralTooLargeIsFatal", "a APPEND x {101+}\r\n",
+  c.push_back({"NonSyncLiteralTooLargeIsFatal",
+               "a APPEND x {101+}\r\n",
                {error(19, ErrorCode::kLiteralTooLarge, true, "a")},
                limits(64 * 1024, 64, 100)});
-  c.push_back({"LiteralMinusAtLimit", "a APPEND x {4096+}\r\n",
+  c.push_back({"LiteralMinusAtLimit",
+               "a APPEND x {4096+}\r\n",
                {{.type = Type::kLiteral, .offset = 20, .size = 4096}},
                limits(64 * 1024, 64, UINT64_MAX, 1024, 4096)});
-  c.push_back({"LiteralMinusOverLimit", "a APPEND x {4097+}\r\n",
+  c.push_back({"LiteralMinusOverLimit",
+               "a APPEND x {4097+}\r\n",
                {error(20, ErrorCode::kLiteralTooLarge, true, "a")},
                limits(64 * 1024, 64, UINT64_MAX, 1024, 4096)});
-  c.push_back({"LiteralMinusSyncUnaffected", "a APPEND x {5000}\r\n",
+  c.push_back({"LiteralMinusSyncUnaffected",
+               "a APPEND x {5000}\r\n",
                {{.type = Type::kLiteral, .offset = 19, .size = 5000}},
                limits(64 * 1024, 64, UINT64_MAX, 1024, 4096)});
 
   // Line and head limits.
-  c.push_back({"LineTooLongMidLine", "a1 NOOP 1234567890\r\nb NOOP\r\n",
-               {Expect{.type = Type::kError, .offset = 14, .tag = "a1", .name = "NOOP",
-                       .bytes = 14, .head = "a1 NOOP 123456", .truncated = true,
-                       .code = ErrorCode::kLineTooLong, .fatal = false},
+  c.push_back({"LineTooLongMidLine",
+               "a1 NOOP 1234567890\r\nb NOOP\r\n",
+               {Expect{.type = Type::kError,
+                       .offset = 14,
+                       .tag = "a1",
+                       .name = "NOOP",
+                       .bytes = 14,
+                       .head = "a1 NOOP 123456",
+                       .truncated = true,
+                       .code = ErrorCode::kLineTooLong,
+                       .fatal = false},
                 {.offset = 28, .tag = "b"}},
                limits(12)});
-  c.push_back({"LineTooLongAtLf", "a1 NOOP 12345\nb NOOP\r\n",
+  c.push_back({"LineTooLongAtLf",
+               "a1 NOOP 12345\nb NOOP\r\n",
                {error(14, ErrorCode::kLineTooLong, false, "a1"), {.offset = 22}},
                limits(12)});
-  c.push_back({"LineTooLongCrAtLimit", "a1 NOOP 12345\r\nb NOOP\r\n",
+  c.push_back({"LineTooLongCrAtLimit",
+               "a1 NOOP 12345\r\nb NOOP\r\n",
                {error(14, ErrorCode::kLineTooLong, false, "a1"), {.offset = 23}},
                limits(12)});
-  c.push_back({"LineExactlyMaxLine", "a1 NOOP 1234\r\na1 NOOP 1234\n",
-               {{.offset = 14}, {.offset = 27}}, limits(12)});
-  c.push_back({"LineTooLongTagUnknown", "abcdefghijklmnop\r\nb NOOP\r\n",
-               {error(8, ErrorCode::kLineTooLong, false), {.offset = 26}}, limits(6)});
-  c.push_back({"ContinuationLineTooLong", "a X {1}\r\nz 1234567890\r\nb NOOP\r\n",
+  c.push_back({"LineExactlyMaxLine",
+               "a1 NOOP 1234\r\na1 NOOP 1234\n",
+               {{.offset = 14}, {.offset = 27}},
+               limits(12)});
+  c.push_back({"LineTooLongTagUnknown",
+               "abcdefghijklmnop\r\nb NOOP\r\n",
+               {error(8, ErrorCode::kLineTooLong, false), {.offset = 26}},
+               limits(6)});
+  c.push_back({"ContinuationLineTooLong",
+               "a X {1}\r\nz 1234567890\r\nb NOOP\r\n",
                {{.type = Type::kLiteral, .offset = 9},
-                Expect{.type = Type::kError, .offset = 20, .tag = "a", .literals = 1,
-                       .code = ErrorCode::kLineTooLong, .fatal = false},
+                Expect{.type = Type::kError,
+                       .offset = 20,
+                       .tag = "a",
+                       .literals = 1,
+                       .code = ErrorCode::kLineTooLong,
+                       .fatal = false},
                 {.offset = 31, .tag = "b"}},
                limits(8)});
-  c.push_back({"HeadTruncated", "a1 NOOP\r\n",
+  c.push_back({"HeadTruncated",
+               "a1 NOOP\r\n",
                {{.offset = 9, .tag = "a1", .name = "NOOP", .head = "a1 NO", .truncated = true}},
                limits(64 * 1024, 64, UINT64_MAX, 5)});
-  c.push_back({"NoHead", "a1 UID FETCH 1 (FLAGS)\r\n",
-               {{.offset = 24, .tag = "a1", .name = "FETCH", .uid = true, .head = "",
-                 .truncated = true}},
-               limits(64 * 1024, 64, UINT64_MAX, 0)});
+  c.push_back(
+      {"NoHead",
+       "a1 UID FETCH 1 (FLAGS)\r\n",
+       {{.offset = 24, .tag = "a1", .name = "FETCH", .uid = true, .head = "", .truncated = true}},
+       limits(64 * 1024, 64, UINT64_MAX, 0)});
   return c;
 }
 
-void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
+void PrintTo(const Case& c, std::ostream* os) {
+  *os << c.name;
+}
 
 class CommandFramerTable : public ::testing::TestWithParam<Case> {};
 
@@ -346,9 +484,13 @@ TEST_P(CommandFramerTable, SameEventsWholeAndSplit) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, CommandFramerTable, ::testing::ValuesIn(cases()),
-                         [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
+                         [](const ::testing::TestParamInfo<Case>& info) {
+                           return info.param.name;
+                         });
 
-TEST(CommandFramer, RfcAppendMessageIs310Bytes) { EXPECT_EQ(310u, kRfcMessage.size()); }
+TEST(CommandFramer, RfcAppendMessageIs310Bytes) {
+  EXPECT_EQ(310u, kRfcMessage.size());
+}
 
 TEST(CommandFramer, StateAccessorsAcrossALiteral) {
   CommandFramer framer;

@@ -61,17 +61,36 @@ struct OwnedResponseEvent {
 };
 
 inline OwnedCommandEvent own(const CommandEvent& e, std::uint64_t offset) {
-  return OwnedCommandEvent{e.type,  std::string(e.tag),  std::string(e.name), e.uid,
-                           e.literal_size, e.literal_kind, e.bytes, e.literals,
-                           std::string(e.head), e.head_truncated, e.error.code, e.error.fatal,
-                           e.error.message, offset};
+  return OwnedCommandEvent{e.type,
+                           std::string(e.tag),
+                           std::string(e.name),
+                           e.uid,
+                           e.literal_size,
+                           e.literal_kind,
+                           e.bytes,
+                           e.literals,
+                           std::string(e.head),
+                           e.head_truncated,
+                           e.error.code,
+                           e.error.fatal,
+                           e.error.message,
+                           offset};
 }
 
 inline OwnedResponseEvent own(const ResponseEvent& e, std::uint64_t offset) {
-  return OwnedResponseEvent{e.type,       std::string(e.tag),  e.status,
-                            std::string(e.code), std::string(e.text), std::string(e.head),
-                            e.head_truncated, e.bytes, e.literals, e.error.code, e.error.fatal,
-                            e.error.message, offset};
+  return OwnedResponseEvent{e.type,
+                            std::string(e.tag),
+                            e.status,
+                            std::string(e.code),
+                            std::string(e.text),
+                            std::string(e.head),
+                            e.head_truncated,
+                            e.bytes,
+                            e.literals,
+                            e.error.code,
+                            e.error.fatal,
+                            e.error.message,
+                            offset};
 }
 
 inline std::string printable(std::string_view s, std::size_t max = 80) {
@@ -162,8 +181,8 @@ class GuardedBuffer {
     if (size_ == 0) {
       size_ = page;
     }
-    void* map = mmap(nullptr, size_ + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                     -1, 0);
+    void* map =
+        mmap(nullptr, size_ + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (map == MAP_FAILED) {
       std::abort();
     }
@@ -275,8 +294,8 @@ inline std::vector<std::size_t> cutsEvery(std::size_t size, std::size_t chunk) {
 // and `samples` evenly spread split points.
 template <typename Framer>
 Run<Framer> runAllSplits(const Limits& limits, std::string_view input, std::string* mismatch,
-                         const EventHook<Framer>& hook = {},
-                         std::size_t exhaustive_limit = 4096, std::size_t samples = 64) {
+                         const EventHook<Framer>& hook = {}, std::size_t exhaustive_limit = 4096,
+                         std::size_t samples = 64) {
   GuardedBuffer guard(input.size());
   Run<Framer> whole = runPieces<Framer>(limits, input, {0}, guard, hook);
   mismatch->clear();
@@ -292,8 +311,8 @@ Run<Framer> runAllSplits(const Limits& limits, std::string_view input, std::stri
     if (!run.problem.empty()) {
       *mismatch = what + ": " + run.problem;
     } else if (run.events != whole.events) {
-      *mismatch = what + " gave\n" + describeAll(run.events) + "whole gave\n" +
-                  describeAll(whole.events);
+      *mismatch =
+          what + " gave\n" + describeAll(run.events) + "whole gave\n" + describeAll(whole.events);
     }
   };
   if (input.size() <= exhaustive_limit) {
