@@ -30,7 +30,8 @@ using SystemTime = std::chrono::system_clock::time_point;
 
 enum class AlertValue : std::uint8_t { kUnknown, kHealthy, kDegraded, kUnhealthy, kRepairing, kDisabled };
 const char* alertValueName(AlertValue value);
-// Worse-first order used to combine monitors into a health set.
+// Worse-first order used to combine monitors into a health set: higher is
+// worse (Unhealthy > Repairing > Degraded > Unknown > Healthy > Disabled).
 int severity(AlertValue value);
 
 enum class ResultType : std::uint8_t { kSucceeded, kFailed, kTimedOut };
@@ -155,6 +156,14 @@ class HealthService {
   std::string reportJson() const;                               // Get-HealthReport
   std::string probesJson(const std::string& health_set, const std::string& probe) const;
   std::string backendsJson() const;
+  // Prometheus text, as served on /metrics (the proxy's metrics appended).
+  std::string metricsText() const;
+  // The /readyz answer: listeners up, a backend not drained, not offline.
+  // On false, `reason` (if given) says why.
+  bool ready(std::string* reason) const;
+  // The status endpoint's bound port (the chosen one when
+  // HealthConfig::status_listen.port is 0); 0 before start().
+  std::uint16_t statusPort() const;
 
   // Operator overrides: AlertValue::kDisabled or kRepairing, or kUnknown to clear.
   bool setMonitorOverride(const std::string& monitor, const std::string& target, AlertValue value);

@@ -1,0 +1,540 @@
+#include "imap_probe.h"
+
+#include <openssl/crypto.h>
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <chrono>
+#include <utility>
+
+#include <fmt/format.h>
+
+namespace portico::health {
+namespace {
+
+constexpr std::size_t kMaxTraceText = 200;  // server text kept per trace line
+constexpr std::string_view kMask = "*****";
+
+// An IMAP quoted string; nullopt if the text cannot be one (CR, LF, NUL).
+std::optional<std::string> quoted(std::string_view text) {
+  std::string out;
+  out.reserve(text.size() + 2);
+  out.push_back('"');
+  for (char c : text) {
+    if (c == '\r' || c == '\n' || c == '\0') {
+      return std::nullopt;
+    }
+    if (c == '"' || c == '\\') {
+      out.push_back('\\');
+    }
+    out.push_back(c);
+  }
+  out.push_back('"');
+  return out;
+}
+
+bool startsWithNoCase(std::string_view text, std::string_view prefix) {
+  return text.size() >= prefix.size() &&
+         std::equal(prefix.begin(), prefix.end(), text.begin(), [](char a, char b) {
+           return std::toupper(static_cast<unsigned char>(a)) ==
+                  std::toupper(static_cast<unsigned char>(b));
+         });
+}
+
+// The response line after its tag (or `*`): "NO [AUTHENTICATIONFAILED] ...".
+std::string_view afterTag(const parser::ResponseEvent& event) {
+  std::string_view head = event.head;
+  const std::size_t space = head.find(' ');
+  return space == std::string_view::npos ? std::string_view() : head.substr(space + 1);
+}
+
+// ... and after its status: "[AUTHENTICATIONFAILED] Invalid credentials".
+std::string_view afterStatus(const parser::ResponseEvent& event) {
+  std::string_view rest = afterTag(event);
+  const std::size_t space = rest.find(' ');
+  return space == std::string_view::npos ? std::string_view() : rest.substr(space + 1);
+}
+
+}  // namespace
+
+struct ImapProbe::WriteRequest {
+  uv_write_t req{};
+  std::string bytes;
+};
+
+ImapProbe* ImapProbe::start(uv_loop_t* loop, ImapProbeSpec spec, Done done) {
+  auto* probe = new ImapProbe(loop, std::move(spec), std::move(done));
+  probe->begin();
+  return probe;
+}
+
+ImapProbe::ImapProbe(uv_loop_t* loop, ImapProbeSpec spec, Done done)
+    : loop_(loop), spec_(std::move(spec)), done_(std::move(done)) {}
+
+ImapProbe::~ImapProbe() {
+  OPENSSL_cleanse(spec_.password.data(), spec_.password.size());
+}
+
+void ImapProbe::begin() {
+  result_.probe = spec_.probe;
+  result_.health_set = spec_.health_set;
+  result_.target = spec_.target;
+  result_.start = std::chrono::system_clock::now();
+  start_ns_ = uv_hrtime();
+  uv_timer_init(loop_, &deadline_);
+  uv_timer_init(loop_, &retry_timer_);
+  deadline_.data = this;
+  retry_timer_.data = this;
+  timers_open_ = 2;
+  uv_timer_start(&deadline_, &ImapProbe::onDeadline,
+                 static_cast<std::uint64_t>(std::max<long long>(0, spec_.timeout.count())), 0);
+  phase_ = Phase::kRunning;
+  startAttempt();
+}
+
+void ImapProbe::startAttempt() {
+  framer_.reset();
+  preauth_ = false;
+  saw_bye_ = false;
+  login_disabled_ = false;
+  tag_.clear();
+  command_trace_.clear();
+  if (attempt_ > 0) {
+    result_.trace.push_back(fmt::format("retry {} of {}", attempt_, spec_.retries));
+  }
+  startStep(ProbeStep::kConnect);
+  if (spec_.tls != ProbeTls::kNone) {
+    // TODO(tls): implicit TLS handshakes after connect, STARTTLS after the
+    // first CAPABILITY; both through sendBytes()/receivedBytes().
+    startStep(ProbeStep::kTls);
+    result_.trace.push_back("tls not implemented");
+    result_.failed_step = ProbeStep::kTls;
+    finish(ResultType::kFailed, "TLS probes are not implemented yet");
+    return;
+  }
+  sockaddr_storage address{};
+  std::string host = spec_.endpoint.host;
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  const bool v6 = spec_.endpoint.ipv6 || host.find(':') != std::string::npos;
+  int rc =
+      v6 ? uv_ip6_addr(host.c_str(), spec_.endpoint.port, reinterpret_cast<sockaddr_in6*>(&address))
+         : uv_ip4_addr(host.c_str(), spec_.endpoint.port, reinterpret_cast<sockaddr_in*>(&address));
+  if (rc != 0) {
+    const std::string error = fmt::format("bad address \"{}\"", spec_.endpoint.host);
+    result_.trace.push_back("connect " + error);
+    result_.failed_step = ProbeStep::kConnect;
+    finish(ResultType::kFailed, error);
+    return;
+  }
+  uv_tcp_init(loop_, &tcp_);
+  tcp_.data = this;
+  tcp_open_ = true;
+  connect_req_.data = this;
+  rc = uv_tcp_connect(&connect_req_, &tcp_, reinterpret_cast<const sockaddr*>(&address),
+                      &ImapProbe::onConnect);
+  if (rc != 0) {
+    attemptFailed(uv_strerror(rc));
+  }
+}
+
+void ImapProbe::startStep(ProbeStep step) {
+  step_ = step;
+  step_start_ns_ = uv_hrtime();
+}
+
+std::string ImapProbe::stepLabel() const {
+  switch (step_) {
+    case ProbeStep::kConnect:
+      return fmt::format("connect {}:{}", spec_.endpoint.host, spec_.endpoint.port);
+    case ProbeStep::kTls:
+    case ProbeStep::kGreeting:
+    case ProbeStep::kDone:
+      return probeStepName(step_);
+    default:
+      return command_trace_;
+  }
+}
+
+void ImapProbe::traceStep(std::string_view outcome, std::string_view detail) {
+  std::string line = fmt::format("{} {} {:.2f}ms", stepLabel(), outcome, stepMs());
+  if (!detail.empty()) {
+    std::string text = mask(detail);
+    if (text.size() > kMaxTraceText) {
+      text.resize(kMaxTraceText);
+      text += "...";
+    }
+    line += fmt::format(" \"{}\"", text);
+  }
+  result_.trace.push_back(std::move(line));
+}
+
+void ImapProbe::onConnect(uv_connect_t* req, int status) {
+  auto* probe = static_cast<ImapProbe*>(req->data);
+  if (status == UV_ECANCELED || probe->phase_ != Phase::kRunning) {
+    return;
+  }
+  if (status < 0) {
+    probe->attemptFailed(uv_strerror(status));
+    return;
+  }
+  probe->traceStep("ok", "");
+  probe->startStep(ProbeStep::kGreeting);
+  const int rc = uv_read_start(reinterpret_cast<uv_stream_t*>(&probe->tcp_), &ImapProbe::onAlloc,
+                               &ImapProbe::onRead);
+  if (rc != 0) {
+    probe->attemptFailed(fmt::format("read failed: {}", uv_strerror(rc)));
+  }
+}
+
+void ImapProbe::onAlloc(uv_handle_t* handle, std::size_t /*suggested*/, uv_buf_t* buf) {
+  auto* probe = static_cast<ImapProbe*>(handle->data);
+  *buf = uv_buf_init(probe->read_buffer_, sizeof(probe->read_buffer_));
+}
+
+void ImapProbe::onRead(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
+  auto* probe = static_cast<ImapProbe*>(stream->data);
+  if (probe->phase_ != Phase::kRunning || nread == 0) {
+    return;
+  }
+  if (nread > 0) {
+    probe->receivedBytes(std::string_view(buf->base, static_cast<std::size_t>(nread)));
+    return;
+  }
+  if (nread == UV_EOF && probe->step_ == ProbeStep::kLogout && probe->saw_bye_) {
+    // Some servers close right after `* BYE`, before the tagged OK.
+    probe->traceStep("closed after BYE", "");
+    probe->finish(ResultType::kSucceeded, "");
+    return;
+  }
+  probe->attemptFailed(nread == UV_EOF
+                           ? std::string("connection closed by the server")
+                           : fmt::format("read failed: {}", uv_strerror(static_cast<int>(nread))));
+}
+
+void ImapProbe::receivedBytes(std::string_view bytes) {
+  // TODO(tls): decrypt here before framing.
+  while (phase_ == Phase::kRunning && !bytes.empty()) {
+    const parser::ResponseFeedResult fed = framer_.feed(bytes);
+    bytes.remove_prefix(fed.consumed);
+    if (fed.event.type != parser::ResponseEventType::kNeedMore) {
+      handleResponse(fed.event);
+    } else if (fed.consumed == 0) {
+      break;
+    }
+  }
+}
+
+void ImapProbe::handleResponse(const parser::ResponseEvent& event) {
+  using parser::ResponseEventType;
+  using parser::Status;
+  switch (event.type) {
+    case ResponseEventType::kNeedMore:
+      return;
+    case ResponseEventType::kError:
+      attemptFailed(fmt::format("malformed response: {}", event.error.message));
+      return;
+    case ResponseEventType::kContinuation:
+      attemptFailed("unexpected continuation request");
+      return;
+    case ResponseEventType::kUntagged:
+      if (startsWithNoCase(event.code, "CAPABILITY ") ||
+          startsWithNoCase(event.text, "CAPABILITY ")) {
+        const std::string_view list = startsWithNoCase(event.code, "CAPABILITY ")
+                                          ? event.code.substr(11)
+                                          : event.text.substr(11);
+        login_disabled_ = login_disabled_ || parser::hasCapability(list, "LOGINDISABLED");
+      }
+      if (step_ == ProbeStep::kGreeting) {
+        if (event.status == Status::kOk || event.status == Status::kPreauth) {
+          preauth_ = event.status == Status::kPreauth;
+          traceStep(parser::statusName(event.status), afterStatus(event));
+          nextCommand();
+        } else {
+          attemptFailed(fmt::format("unexpected greeting: {}", afterTag(event)));
+        }
+      } else if (event.status == Status::kBye) {
+        saw_bye_ = true;
+        if (step_ != ProbeStep::kLogout) {
+          attemptFailed(fmt::format("server said {}", afterTag(event)));
+        }
+      }
+      return;
+    case ResponseEventType::kTagged:
+      if (step_ == ProbeStep::kGreeting || event.tag != tag_) {
+        attemptFailed(fmt::format("unexpected tagged response: {}", event.head));
+      } else if (event.status == Status::kOk) {
+        traceStep("OK", "");
+        nextCommand();
+      } else {
+        const std::string_view status = parser::statusName(event.status);
+        traceStep(status, afterStatus(event));
+        failStep(fmt::format("{} {}", status, afterStatus(event)));
+      }
+      return;
+  }
+}
+
+void ImapProbe::nextCommand() {
+  ProbeStep next = ProbeStep::kLogout;
+  switch (step_) {
+    case ProbeStep::kGreeting:
+      next = ProbeStep::kCapability;
+      break;
+    case ProbeStep::kCapability:
+      if (spec_.login && !preauth_) {
+        next = ProbeStep::kLogin;
+      } else if (spec_.login && spec_.select) {
+        result_.trace.push_back("LOGIN skipped: PREAUTH greeting");
+        next = ProbeStep::kSelect;
+      }
+      break;
+    case ProbeStep::kLogin:
+      next = spec_.select ? ProbeStep::kSelect : ProbeStep::kLogout;
+      break;
+    case ProbeStep::kSelect:
+      break;
+    default:
+      finish(ResultType::kSucceeded, "");
+      return;
+  }
+  startStep(next);
+  switch (next) {
+    case ProbeStep::kCapability:
+      sendCommand("CAPABILITY", "CAPABILITY");
+      break;
+    case ProbeStep::kLogin: {
+      const std::string trace = fmt::format("LOGIN {} {}", spec_.user, kMask);
+      if (login_disabled_) {
+        command_trace_ = trace;
+        traceStep("not sent", "");
+        failStep("the server advertises LOGINDISABLED (LOGIN needs TLS)");
+        return;
+      }
+      auto user = quoted(spec_.user);
+      auto password = quoted(spec_.password);
+      if (!user || !password) {
+        command_trace_ = trace;
+        traceStep("not sent", "");
+        result_.failed_step = ProbeStep::kLogin;
+        finish(ResultType::kFailed, "the probe user or password holds CR, LF or NUL");
+        return;
+      }
+      std::string command = "LOGIN " + *user + " " + *password;
+      OPENSSL_cleanse(password->data(), password->size());
+      sendCommand(std::move(command), trace);
+      break;
+    }
+    case ProbeStep::kSelect:
+      sendCommand("SELECT INBOX", "SELECT INBOX");
+      break;
+    default:
+      sendCommand("LOGOUT", "LOGOUT");
+      break;
+  }
+}
+
+void ImapProbe::sendCommand(std::string command, std::string trace_text) {
+  tag_ = fmt::format("p{}", ++tag_counter_);
+  command_trace_ = std::move(trace_text);
+  std::string line;
+  line.reserve(tag_.size() + command.size() + 3);
+  line.append(tag_).append(" ").append(command).append("\r\n");
+  OPENSSL_cleanse(command.data(), command.size());
+  sendBytes(std::move(line));
+}
+
+void ImapProbe::sendBytes(std::string bytes) {
+  // TODO(tls): encrypt here.
+  auto* request = new WriteRequest();
+  request->bytes = std::move(bytes);
+  request->req.data = this;
+  uv_buf_t buf = uv_buf_init(request->bytes.data(), static_cast<unsigned>(request->bytes.size()));
+  const int rc =
+      uv_write(&request->req, reinterpret_cast<uv_stream_t*>(&tcp_), &buf, 1, &ImapProbe::onWrite);
+  if (rc != 0) {
+    OPENSSL_cleanse(request->bytes.data(), request->bytes.size());
+    delete request;
+    attemptFailed(fmt::format("write failed: {}", uv_strerror(rc)));
+    return;
+  }
+  ++writes_pending_;
+}
+
+void ImapProbe::onWrite(uv_write_t* req, int status) {
+  auto* request = reinterpret_cast<WriteRequest*>(req);
+  auto* probe = static_cast<ImapProbe*>(req->data);
+  // The LOGIN line holds the password: wipe every buffer we wrote.
+  OPENSSL_cleanse(request->bytes.data(), request->bytes.size());
+  delete request;
+  --probe->writes_pending_;
+  if (status < 0 && status != UV_ECANCELED && probe->phase_ == Phase::kRunning) {
+    probe->attemptFailed(fmt::format("write failed: {}", uv_strerror(status)));
+    return;
+  }
+  probe->maybeDestroy();
+}
+
+void ImapProbe::failStep(std::string error) {
+  error = mask(error);
+  result_.failed_step = step_;
+  result_.error = error;
+  retryOrFinish();
+}
+
+void ImapProbe::attemptFailed(std::string error) {
+  error = mask(error);
+  result_.trace.push_back(fmt::format("{} failed {:.2f}ms: {}", stepLabel(), stepMs(), error));
+  result_.failed_step = step_;
+  result_.error = std::move(error);
+  retryOrFinish();
+}
+
+void ImapProbe::retryOrFinish() {
+  const auto delay = static_cast<std::uint64_t>(std::max<long long>(0, spec_.retry_delay.count()));
+  if (attempt_ < spec_.retries && remainingMs() > delay) {
+    phase_ = Phase::kClosingForRetry;
+    if (tcp_open_) {
+      closeConnection();
+    } else {
+      phase_ = Phase::kPausing;
+      uv_timer_start(&retry_timer_, &ImapProbe::onRetryTimer, delay, 0);
+    }
+    return;
+  }
+  finish(ResultType::kFailed, result_.error);
+}
+
+void ImapProbe::finish(ResultType type, std::string error) {
+  if (phase_ == Phase::kFinishing) {
+    return;
+  }
+  phase_ = Phase::kFinishing;
+  result_.result = type;
+  result_.error = mask(error);
+  if (type == ResultType::kSucceeded) {
+    result_.failed_step = ProbeStep::kDone;
+    result_.error.clear();
+  }
+  result_.end = std::chrono::system_clock::now();
+  result_.sample_ms = elapsedMs();
+  result_.retry_count = attempt_;
+  uv_timer_stop(&deadline_);
+  uv_timer_stop(&retry_timer_);
+  uv_close(reinterpret_cast<uv_handle_t*>(&deadline_), &ImapProbe::onTimerClosed);
+  uv_close(reinterpret_cast<uv_handle_t*>(&retry_timer_), &ImapProbe::onTimerClosed);
+  closeConnection();
+}
+
+void ImapProbe::cancel() {
+  if (phase_ == Phase::kFinishing) {
+    return;
+  }
+  result_.trace.push_back(fmt::format("cancelled in {}", probeStepName(step_)));
+  result_.failed_step = step_;
+  finish(ResultType::kFailed, "cancelled");
+}
+
+void ImapProbe::closeConnection() {
+  auto* handle = reinterpret_cast<uv_handle_t*>(&tcp_);
+  if (tcp_open_ && !uv_is_closing(handle)) {
+    uv_close(handle, &ImapProbe::onTcpClosed);
+  }
+}
+
+void ImapProbe::onDeadline(uv_timer_t* timer) {
+  auto* probe = static_cast<ImapProbe*>(timer->data);
+  if (probe->phase_ == Phase::kFinishing) {
+    return;
+  }
+  if (probe->phase_ != Phase::kRunning) {
+    // Between attempts: the last attempt's failure stands.
+    probe->finish(ResultType::kFailed, probe->result_.error);
+    return;
+  }
+  const std::string error = fmt::format("timed out in {} (probe timeout {} ms)",
+                                        probeStepName(probe->step_), probe->spec_.timeout.count());
+  probe->result_.trace.push_back(
+      fmt::format("{} timed out after {:.2f}ms", probe->stepLabel(), probe->stepMs()));
+  probe->result_.failed_step = probe->step_;
+  probe->finish(ResultType::kTimedOut, error);
+}
+
+void ImapProbe::onRetryTimer(uv_timer_t* timer) {
+  auto* probe = static_cast<ImapProbe*>(timer->data);
+  if (probe->phase_ != Phase::kPausing) {
+    return;
+  }
+  probe->phase_ = Phase::kRunning;
+  ++probe->attempt_;
+  probe->startAttempt();
+}
+
+void ImapProbe::onTcpClosed(uv_handle_t* handle) {
+  auto* probe = static_cast<ImapProbe*>(handle->data);
+  probe->tcp_open_ = false;
+  if (probe->phase_ == Phase::kClosingForRetry) {
+    probe->phase_ = Phase::kPausing;
+    const auto delay =
+        static_cast<std::uint64_t>(std::max<long long>(0, probe->spec_.retry_delay.count()));
+    uv_timer_start(&probe->retry_timer_, &ImapProbe::onRetryTimer, delay, 0);
+    return;
+  }
+  probe->maybeDestroy();
+}
+
+void ImapProbe::onTimerClosed(uv_handle_t* handle) {
+  auto* probe = static_cast<ImapProbe*>(handle->data);
+  --probe->timers_open_;
+  probe->maybeDestroy();
+}
+
+void ImapProbe::maybeDestroy() {
+  if (phase_ != Phase::kFinishing || tcp_open_ || timers_open_ > 0 || writes_pending_ > 0) {
+    return;
+  }
+  Done done = std::move(done_);
+  ProbeResult result = std::move(result_);
+  delete this;
+  if (done) {
+    done(std::move(result));
+  }
+}
+
+std::string ImapProbe::mask(std::string_view text) const {
+  std::string out(text);
+  const std::string& secret = spec_.password;
+  if (secret.empty()) {
+    return out;
+  }
+  // The password as sent (quoted, escaped) and as the server may have
+  // decoded it.
+  std::string escaped = secret;
+  if (auto q = quoted(secret)) {
+    escaped = q->substr(1, q->size() - 2);
+  }
+  for (const std::string* form : std::array<const std::string*, 2>{&escaped, &secret}) {
+    for (std::size_t pos = out.find(*form); pos != std::string::npos;
+         pos = out.find(*form, pos + kMask.size())) {
+      out.replace(pos, form->size(), kMask);
+    }
+  }
+  return out;
+}
+
+double ImapProbe::stepMs() const {
+  return static_cast<double>(uv_hrtime() - step_start_ns_) / 1e6;
+}
+
+double ImapProbe::elapsedMs() const {
+  return static_cast<double>(uv_hrtime() - start_ns_) / 1e6;
+}
+
+std::uint64_t ImapProbe::remainingMs() const {
+  const double left = static_cast<double>(spec_.timeout.count()) - elapsedMs();
+  return left > 0 ? static_cast<std::uint64_t>(left) : 0;
+}
+
+}  // namespace portico::health
