@@ -512,6 +512,13 @@ void Session::failLogin(std::string_view client_line, bool count_failure) {
     finishIfClosed();
     return;
   }
+  if (shutdown_pending_) {
+    // requestBye() came while the login was in progress: its answer was
+    // the command to wait for, so the BYE follows it now.
+    writeClient(client_line);
+    closeWithBye(fmt::format("* BYE {}\r\n", shutdown_text_), shutdown_end_reason_);
+    return;
+  }
   const Config& cfg = config_->config;
   if (count_failure) {
     ++login_failures_;
@@ -565,6 +572,11 @@ void Session::onBackendLoginData(Chunk chunk) {
 
 bool Session::handleBackendLine(const parser::ResponseEvent& ev, std::string_view line) {
   using parser::ResponseEventType;
+  if (ev.type == ResponseEventType::kError && ev.error.fatal) {
+    // A failed framer consumes nothing more: give up on this backend.
+    backendFailed(fmt::format("unreadable response '{}'", excerpt(ev.head)));
+    return false;
+  }
   switch (state_) {
     case SessionState::kBackendGreeting:
       if (ev.type != ResponseEventType::kUntagged || ev.status != parser::Status::kOk) {
@@ -822,6 +834,13 @@ void Session::relayFromClient(Chunk chunk) {
     if (r.event.type == parser::CommandEventType::kNeedMore) {
       break;
     }
+    if (r.event.type == parser::CommandEventType::kError && r.event.error.fatal) {
+      // A literal that cannot be skipped: the stream cannot be
+      // resynchronised, and a failed framer consumes nothing more.
+      closeWithBye(fmt::format("* BYE {}\r\n", r.event.error.message),
+                   parser::errorCodeName(r.event.error.code));
+      return;
+    }
     if (r.event.type != parser::CommandEventType::kCommand) {
       continue;  // literals, DONE, malformed lines: the backend answers them
     }
@@ -836,14 +855,18 @@ void Session::relayFromClient(Chunk chunk) {
         return;
       }
       if (command_start > forward_from) {
+        stats->bytes_to_backend.add(command_start - forward_from);
         backend_->write(chunk.slice(forward_from, command_start - forward_from));
       }
       forward_from = pos;
       writeClient(fmt::format("{} NO [CANNOT] COMPRESS is not supported by this proxy.\r\n", tag));
       continue;
     }
-    InFlight& f = inflight_.emplace_back(
-        InFlight{std::string(r.event.tag), command, command == CommandId::kIDLE, now});
+    InFlight& f = inflight_.emplace_back();
+    f.tag.assign(r.event.tag);
+    f.command = command;
+    f.idle = command == CommandId::kIDLE;
+    f.sent = now;
     f.request_bytes = r.event.bytes;
     if (tracing()) {
       // Parameters: the head after "tag [UID ]NAME ".
@@ -891,6 +914,15 @@ void Session::relayFromBackend(Chunk chunk) {
     if (ev.type == parser::ResponseEventType::kNeedMore) {
       break;
     }
+    if (ev.type == parser::ResponseEventType::kError && ev.error.fatal) {
+      // As for the client: nothing after an unskippable literal can be read.
+      logging::log(logging::Level::kWarn, "session",
+                   "id={:016x} backend {} sent an unreadable response ({}); client={} user={}", id_,
+                   backend_name_, parser::errorCodeName(ev.error.code), client_address_, user_);
+      closeWithBye("* BYE [UNAVAILABLE] Mailbox server connection lost.\r\n",
+                   "backend protocol error");
+      return;
+    }
     if (ev.type == parser::ResponseEventType::kTagged) {
       completeCommand(ev);
       continue;
@@ -910,6 +942,7 @@ void Session::relayFromBackend(Chunk chunk) {
         (ev.head.find("COMPRESS=") != std::string_view::npos ||
          ev.head.find("compress=") != std::string_view::npos)) {
       if (response_start > forward_from) {
+        host_.stats().bytes_to_clients.add(response_start - forward_from);
         client_->write(chunk.slice(forward_from, response_start - forward_from));
       }
       writeClient(parser::editCapabilities(view.substr(response_start, pos - response_start),

@@ -133,9 +133,9 @@ class Session : public TransportHandler {
  private:
   struct InFlight {
     std::string tag;
-    CommandId command;
-    bool idle;
-    std::chrono::steady_clock::time_point sent;
+    CommandId command = CommandId::kOTHER;
+    bool idle = false;
+    std::chrono::steady_clock::time_point sent{};
     std::uint64_t request_bytes = 0;
     std::uint64_t response_bytes = 0;
     bool traced = false;

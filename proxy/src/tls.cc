@@ -406,27 +406,43 @@ void TlsTransport::readPlaintext() {
   }
   in_read_ = true;
   while (want_read_ && !closing_ && handshake_done_) {
+    // Fill one block with as many TLS records as are ready (backends often
+    // send 4 KiB records): one chunk, so one write, per block rather than
+    // per record.
     Block* block = pool_.acquire();
+    std::size_t filled = 0;
+    int n = 0;
     ERR_clear_error();
-    int n = SSL_read(ssl_, block->data(), static_cast<int>(block->capacity));
-    if (n > 0) {
+    while (filled < block->capacity) {
+      n = SSL_read(ssl_, block->data() + filled, static_cast<int>(block->capacity - filled));
+      if (n <= 0) {
+        break;
+      }
+      filled += static_cast<std::size_t>(n);
+    }
+    // Read the error state now: the handler below may write on this SSL.
+    int err = n > 0 ? SSL_ERROR_NONE : SSL_get_error(ssl_, n);
+    std::string errors = err == SSL_ERROR_SSL || err == SSL_ERROR_SYSCALL ? sslErrors() : "";
+    if (filled > 0) {
       if (handler_ != nullptr) {
-        handler_->onData(this, Chunk(block, block->data(), static_cast<std::size_t>(n)));
+        handler_->onData(this, Chunk(block, block->data(), filled));
       } else {
         pool_.release(block);
       }
-      continue;
+      if (n > 0) {
+        continue;  // the block filled up: there may be more
+      }
+    } else {
+      pool_.release(block);
     }
-    pool_.release(block);
-    int err = SSL_get_error(ssl_, n);
-    if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
+    if (closing_ || err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
       break;
     }
     if (err == SSL_ERROR_ZERO_RETURN) {
       fail("closed by peer");
     } else {
       tls_error_ = true;
-      fail("TLS error: " + sslErrors());
+      fail("TLS error: " + (errors.empty() ? std::string("connection lost") : errors));
     }
     break;
   }

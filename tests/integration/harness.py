@@ -10,7 +10,9 @@ Dovecot
     answers with an IMAP greeting; ``stop()`` is SIGTERM (SIGKILL after
     5 s); ``kill()`` SIGKILLs the whole process group, so the imap children
     die with the master, which is what "the backend dies mid-session" means.
-    ``start()`` again reuses the same port and maildirs.
+    ``start()`` again reuses the same port and maildirs. With ``tls=``
+    (cert/key paths) it also does TLS: STARTTLS on the plain port and
+    implicit TLS on ``imaps_port``.
 
 Portico
     Writes a TOML config (from a dict or a template string), starts the
@@ -59,6 +61,97 @@ MAIL_GROUP = "nogroup"
 
 def portico_bin() -> str:
     return os.environ.get("PORTICO_BIN", str(REPO_ROOT / "build" / "proxy" / "portico"))
+
+
+def porticoctl_bin() -> str:
+    """The admin client (env PORTICOCTL_BIN, default next to the default portico)."""
+    return os.environ.get("PORTICOCTL_BIN", str(REPO_ROOT / "build" / "proxy" / "porticoctl"))
+
+
+def admin_line(words) -> str:
+    """One admin-socket request line from words, quoted as admin.cc's
+    splitAdminLine reads them (double quotes, backslash escapes)."""
+    out = []
+    for w in words:
+        if w and not any(c in w for c in ' \t\r"\\'):
+            out.append(w)
+        else:
+            out.append('"' + w.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return " ".join(out)
+
+
+def admin_request(path, command, timeout: float = 10.0) -> dict:
+    """Sends one command (a line, or a list of words) to an admin socket and
+    returns the parsed JSON reply. Every read is bounded by timeout."""
+    line = command if isinstance(command, str) else admin_line(command)
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        s.sendall(line.encode() + b"\n")
+        buf = b""
+        while b"\n" not in buf:
+            s.settimeout(max(0.01, deadline - time.monotonic()))
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    if not buf.strip():
+        raise AssertionError("admin socket %s: no reply to %r" % (path, line))
+    return json.loads(buf.split(b"\n", 1)[0])
+
+
+PROTOCOL_LOG_HEADER_PREFIXES = ("#Software: ", "#Version: ", "#Log-type: ", "#Date: ", "#Fields: ")
+
+
+def protocol_log_files(directory) -> list:
+    """The protocol log's files in directory, oldest first (period, then N)."""
+    d = Path(directory)
+    found = []
+    try:
+        entries = list(d.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    for p in entries:
+        m = re.fullmatch(r"(.*?)(\d{8}|\d{10})-(\d+)\.LOG", p.name)
+        if m:
+            found.append((m.group(2), int(m.group(3)), p))
+    return [p for _, _, p in sorted(found)]
+
+
+def parse_protocol_log(data: bytes) -> tuple:
+    """One protocol log file's bytes -> (header lines, rows as dicts).
+
+    Lines end in CRLF; rows are CSV with the #Fields columns."""
+    import csv
+    import io
+
+    text = data.decode("utf-8")
+    assert text == "" or text.endswith("\r\n"), "protocol log does not end in CRLF: %r" % text[-80:]
+    lines = text.split("\r\n")[:-1] if text else []
+    assert all("\n" not in l and "\r" not in l for l in lines), "bare CR/LF inside a protocol log line"
+    headers = [l for l in lines if l.startswith("#")]
+    fields = None
+    for h in headers:
+        if h.startswith("#Fields: "):
+            fields = h[len("#Fields: "):].split(",")
+    rows = []
+    for l in lines:
+        if l.startswith("#"):
+            continue
+        values = next(csv.reader(io.StringIO(l)))
+        assert fields is not None, "a row before #Fields"
+        assert len(values) == len(fields), "row has %d columns, not %d: %r" % (len(values), len(fields), l)
+        rows.append(dict(zip(fields, values)))
+    return headers, rows
+
+
+def read_protocol_log(directory) -> list:
+    """All rows of all protocol log files in directory (file order, then line order)."""
+    rows = []
+    for p in protocol_log_files(directory):
+        rows.extend(parse_protocol_log(p.read_bytes())[1])
+    return rows
 
 
 def free_port() -> int:
@@ -165,7 +258,7 @@ base_dir = $base_dir
 state_dir = $state_dir
 protocols = imap
 listen = 127.0.0.1
-ssl = no
+$ssl_settings
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 auth_failure_delay = 0
@@ -204,7 +297,7 @@ service imap-login {
     port = $port
   }
   inet_listener imaps {
-    port = 0
+$imaps_listener
   }
   # High-performance mode: a few login processes serve every connection,
   # so hundreds of concurrent logins need no hundreds of forks.
@@ -240,8 +333,19 @@ class Dovecot:
         password: str = PASSWORD,
         port: Optional[int] = None,
         root: Optional[Union[str, Path]] = None,
+        tls: Optional[dict] = None,
     ):
+        """tls: None (plaintext only, the default) or a dict with
+        cert, key (PEM paths), required (bool, default True: ssl = required;
+        note Dovecot treats loopback clients as secure anyway, so check its
+        log's ", TLS" login lines to see TLS was used) and imaps (bool,
+        default True: an implicit-TLS listener on self.imaps_port, a second
+        free port). STARTTLS is offered on the plain port either way."""
         self.name = name
+        self.tls = dict(tls) if tls else None
+        self.imaps_port = 0
+        if self.tls is not None and self.tls.get("imaps", True):
+            self.imaps_port = self.tls.get("imaps_port") or free_port()
         self.users = list(users)
         self.password = password
         self.port = port or free_port()
@@ -260,6 +364,12 @@ class Dovecot:
     @property
     def address(self) -> str:
         return "127.0.0.1:%d" % self.port
+
+    @property
+    def imaps_address(self) -> str:
+        """The implicit-TLS listener (only with tls={..., imaps: True})."""
+        assert self.imaps_port, "dovecot %s has no imaps listener" % self.name
+        return "127.0.0.1:%d" % self.imaps_port
 
     @property
     def pid(self) -> Optional[int]:
@@ -287,7 +397,18 @@ class Dovecot:
             os.chmod(users_file, 0o640)
         except KeyError:
             os.chmod(users_file, 0o644)
+        if self.tls is None:
+            ssl_settings = "ssl = no"
+        else:
+            ssl_settings = "ssl = %s\nssl_cert = <%s\nssl_key = <%s" % (
+                "required" if self.tls.get("required", True) else "yes", self.tls["cert"], self.tls["key"])
+        if self.imaps_port:
+            imaps_listener = "    address = 127.0.0.1\n    port = %d\n    ssl = yes" % self.imaps_port
+        else:
+            imaps_listener = "    port = 0"
         conf = string.Template(_DOVECOT_CONF).substitute(
+            ssl_settings=ssl_settings,
+            imaps_listener=imaps_listener,
             name=self.name,
             base_dir=self.root / "run",
             state_dir=self.root / "state",
@@ -854,6 +975,15 @@ class Portico:
             self.kill()
             if self._owns_workdir:
                 shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def admin(self, command, timeout: float = 10.0) -> dict:
+        """One admin socket command (a line or a list of words) -> its JSON reply."""
+        return admin_request(self.admin_socket, command, timeout=timeout)
+
+    def porticoctl(self, *args: str, timeout: float = 20.0) -> subprocess.CompletedProcess:
+        """Runs porticoctl (PORTICOCTL_BIN) against this Portico's admin socket."""
+        return subprocess.run([porticoctl_bin(), "--socket", str(self.admin_socket), *args],
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
 
     def open_fds(self) -> int:
         return len(os.listdir("/proc/%d/fd" % self.pid))
