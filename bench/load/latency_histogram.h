@@ -52,6 +52,9 @@ class LatencyHistogram {
     }
     auto rank = static_cast<std::uint64_t>(std::ceil(q / 100.0 * static_cast<double>(count_)));
     rank = std::clamp<std::uint64_t>(rank, 1, count_);
+    if (rank == count_) {
+      return max_;
+    }
     std::uint64_t seen = 0;
     for (std::size_t i = 0; i < kBuckets; ++i) {
       seen += counts_[i];

@@ -48,6 +48,7 @@ struct Options {
   std::vector<int> pgids;
   std::string label;
   bool json = false;
+  bool seed_only = false;  // seed the mailboxes, then exit
 
   // Derived by finishOptions().
   std::vector<MixEntry> mix;

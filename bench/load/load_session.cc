@@ -52,6 +52,7 @@ void LoopStats::merge(const LoopStats& o) {
   late_replies += o.late_replies;
   literal_bytes += o.literal_bytes;
   bytes_in += o.bytes_in;
+  reads += o.reads;
   bytes_out += o.bytes_out;
   appended += o.appended;
   empty_mailboxes += o.empty_mailboxes;
@@ -101,7 +102,9 @@ bool parseExists(std::string_view line, std::uint32_t& n) {
   return ReplyScanner::equalsNoCase(word, " EXISTS");
 }
 
-std::string_view clip(std::string_view line) { return line.substr(0, 200); }
+std::string_view clip(std::string_view line) {
+  return line.substr(0, 200);
+}
 
 }  // namespace
 
@@ -252,13 +255,16 @@ class Session {
         s->close();
       } else {
         s->fail(Why::kDisconnect,
-                fmt::format("connection {} while {}",
-                            nread == UV_EOF ? "closed by the server" : uv_strerror(static_cast<int>(nread)),
+                fmt::format("{} while {}",
+                            nread == UV_EOF
+                                ? std::string("connection closed by the server")
+                                : fmt::format("read: {}", uv_strerror(static_cast<int>(nread))),
                             s->stateName()));
       }
       return;
     }
     s->loop_.mutableStats().bytes_in += static_cast<std::uint64_t>(nread);
+    ++s->loop_.mutableStats().reads;
     std::uint64_t literal_before = s->scanner_.literalBytes();
     bool ok = s->scanner_.feed(buf->base, static_cast<std::size_t>(nread), *s);
     s->loop_.mutableStats().literal_bytes += s->scanner_.literalBytes() - literal_before;
@@ -293,10 +299,10 @@ class Session {
 
   const char* stateName() const {
     static constexpr const char* kNames[] = {
-        "pending",           "connecting",   "waiting for the greeting",
-        "logging in",        "selecting",    "waiting for the APPEND continuation",
-        "appending",         "ready",        "running",
-        "logging out",       "closing",      "closed"};
+        "pending",     "connecting", "waiting for the greeting",
+        "logging in",  "selecting",  "waiting for the APPEND continuation",
+        "appending",   "ready",      "running",
+        "logging out", "closing",    "closed"};
     static_assert(sizeof(kNames) / sizeof(kNames[0]) == static_cast<int>(State::kClosed) + 1);
     return kNames[static_cast<int>(state_)];
   }
@@ -387,8 +393,9 @@ class Session {
       sendSetup("LOGOUT", State::kLogout);
       return true;
     }
-    sendSetup(fmt::format("APPEND {} {{{}}}", quoteImap(o.mailbox), loop_.shared().seed_message.size()),
-              State::kAppendHead);
+    sendSetup(
+        fmt::format("APPEND {} {{{}}}", quoteImap(o.mailbox), loop_.shared().seed_message.size()),
+        State::kAppendHead);
     return true;
   }
 
@@ -609,7 +616,9 @@ void LoadLoop::wake() {
   }
 }
 
-void LoadLoop::onAsync(uv_async_t* handle) { static_cast<LoadLoop*>(handle->data)->applyPhase(); }
+void LoadLoop::onAsync(uv_async_t* handle) {
+  static_cast<LoadLoop*>(handle->data)->applyPhase();
+}
 
 void LoadLoop::onSweep(uv_timer_t* handle) {
   auto* self = static_cast<LoadLoop*>(handle->data);
@@ -657,7 +666,9 @@ void LoadLoop::setupDone(bool ok, const std::string& message) {
   startMore();
 }
 
-void LoadLoop::runFinished() { shared_.addFinished(); }
+void LoadLoop::runFinished() {
+  shared_.addFinished();
+}
 
 void LoadLoop::sessionClosed() {
   ++closed_;

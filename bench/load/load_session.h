@@ -47,9 +47,9 @@ struct RunShared {
 
   std::mutex mu;
   std::condition_variable cv;
-  std::uint32_t ready = 0;         // logged in and selected (load) or seeded (seed)
-  std::uint32_t setup_failed = 0;  // sessions that never got ready
-  std::uint32_t finished = 0;      // ready sessions done with the run (LOGOUT sent or lost)
+  std::uint32_t ready = 0;          // logged in and selected (load) or seeded (seed)
+  std::uint32_t setup_failed = 0;   // sessions that never got ready
+  std::uint32_t finished = 0;       // ready sessions done with the run (LOGOUT sent or lost)
   std::vector<std::string> errors;  // the first setup failures
 
   void addReady();
@@ -73,8 +73,9 @@ struct LoopStats {
   std::uint64_t late_replies = 0;      // replies after the window closed (not counted)
   std::uint64_t literal_bytes = 0;     // literal bodies skipped by count
   std::uint64_t bytes_in = 0;
+  std::uint64_t reads = 0;  // read callbacks with data (segments seen by the client)
   std::uint64_t bytes_out = 0;
-  std::uint64_t appended = 0;       // seed mode
+  std::uint64_t appended = 0;         // seed mode
   std::uint64_t empty_mailboxes = 0;  // SELECT saw EXISTS 0
 
   void merge(const LoopStats& other);
