@@ -629,3 +629,22 @@ def test_sigterm_sends_bye_and_exits(backends, portico_factory):
         pytest.fail("portico still running %.1fs after SIGTERM (shutdown bound %ds)"
                     % (time.monotonic() - t0, shutdown_s))
     assert rc == 0, "exit code %s\n%s" % (rc, p.log_tail())
+
+
+def test_ipv4_and_ipv6_listeners(backends, portico_factory):
+    """One Portico listens on 127.0.0.1 and [::1]; both serve a full session."""
+    from harness import free_port
+
+    v4_port, v6_port = free_port(), free_port()
+    p = portico_factory(backends, config={"listen": [
+        {"address": "127.0.0.1:%d" % v4_port},
+        {"address": "[::1]:%d" % v6_port},
+    ]})
+    for host, port in (("127.0.0.1", v4_port), ("::1", v6_port)):
+        m = imaplib.IMAP4(host, port, timeout=10)
+        assert m.login("alice", PASSWORD)[0] == "OK"
+        typ, data = m.select("INBOX")
+        assert typ == "OK", data
+        assert m.logout()[0] == "BYE"
+    # The session log names the IPv6 client in brackets.
+    assert wait_until(lambda: "client=[::1]:" in p.log_text(), timeout=5), p.log_text()[-2000:]
