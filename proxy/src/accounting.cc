@@ -1,5 +1,6 @@
 #include "accounting.h"
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <limits>
@@ -75,6 +76,17 @@ double bucketUpperSeconds(std::size_t bucket) {
 void BackendStats::recordCommand(CommandId id, parser::Status status,
                                  std::chrono::microseconds time) {
   record(commands[static_cast<std::size_t>(id)], status, time);
+  // The ring of the last kRecent processing times, for the moving average.
+  auto us = static_cast<std::uint32_t>(
+      std::clamp<std::int64_t>(time.count(), 0, static_cast<std::int64_t>(UINT32_MAX)));
+  std::uint32_t old = recent_us[recent_next].exchange(us, std::memory_order_relaxed);
+  if (recent_count.get() < kRecent) {
+    recent_count.add();
+  } else {
+    recent_sum_us.sub(old);
+  }
+  recent_sum_us.add(us);
+  recent_next = (recent_next + 1) % kRecent;
 }
 
 void BackendStats::recordIdle(std::chrono::microseconds time) {
@@ -82,6 +94,9 @@ void BackendStats::recordIdle(std::chrono::microseconds time) {
 }
 
 BackendStats& WorkerStats::backend(std::size_t slot) {
+  if (slot >= backends.size()) {
+    slot = backends.size() - 1;  // "registry full" is refused at config load; never index past
+  }
   BackendStats* b = backends[slot].load(std::memory_order_relaxed);
   if (b == nullptr) {
     b = new BackendStats();

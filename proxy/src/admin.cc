@@ -21,6 +21,8 @@ struct AdminServer::Connection {
   std::string buffer;
   std::deque<std::string> lines;  // requests waiting their turn
   bool busy = false;              // a request is being answered
+  bool eof = false;               // the client half-closed: answer, then close
+  bool shutting_down = false;     // closeAfterWrites() was called
   bool closing = false;
   std::shared_ptr<bool> alive = std::make_shared<bool>(true);
 };
@@ -58,6 +60,25 @@ void writeLine(uv_stream_t* stream, std::string text, bool close_after = false) 
       auto* conn = static_cast<AdminServer::Connection*>(stream->data);
       conn->server->closeConnection(conn);
     }
+  }
+}
+
+// Closes the connection once every reply written so far is out (a plain
+// close would cancel pending writes).
+void closeAfterWrites(AdminServer::Connection* conn) {
+  if (conn->shutting_down || conn->closing) {
+    return;
+  }
+  conn->shutting_down = true;
+  auto* req = new uv_shutdown_t;
+  int rc = uv_shutdown(req, reinterpret_cast<uv_stream_t*>(&conn->pipe), [](uv_shutdown_t* r, int) {
+    auto* c = static_cast<AdminServer::Connection*>(r->handle->data);
+    delete r;
+    c->server->closeConnection(c);
+  });
+  if (rc != 0) {
+    delete req;
+    conn->server->closeConnection(conn);
   }
 }
 
@@ -214,6 +235,9 @@ void AdminServer::serveNext(Connection* conn) {
       serveNext(conn);
     });
   }
+  if (conn->eof && !conn->busy && conn->lines.empty()) {
+    closeAfterWrites(conn);  // the half-closed client has all its answers
+  }
 }
 
 void AdminServer::onConnection(uv_stream_t* server_stream, int status) {
@@ -246,17 +270,37 @@ void AdminServer::onConnection(uv_stream_t* server_stream, int status) {
       },
       [](uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
         auto* conn = static_cast<Connection*>(stream->data);
+        if (nread == UV_EOF && !conn->closing) {
+          // The client sent its requests and half-closed its side (as
+          // `socat`/`nc -N` do): answer them all, then close. A last line
+          // without '\n' counts as a request too.
+          uv_read_stop(stream);
+          conn->eof = true;
+          if (!conn->buffer.empty()) {
+            conn->lines.push_back(std::move(conn->buffer));
+            conn->buffer.clear();
+          }
+          AdminServer::serveNext(conn);
+          return;
+        }
         if (nread < 0) {
           conn->server->closeConnection(conn);
           return;
         }
         conn->buffer.append(buf->base, static_cast<std::size_t>(nread));
         std::size_t start = 0;
+        bool too_long = false;
         for (std::size_t nl; (nl = conn->buffer.find('\n', start)) != std::string::npos; start = nl + 1) {
+          // A line that ends within this read can be longer than the limit
+          // too (the check below only sees the unfinished rest).
+          if (nl - start > kMaxLine) {
+            too_long = true;
+            break;
+          }
           conn->lines.push_back(conn->buffer.substr(start, nl - start));
         }
         conn->buffer.erase(0, start);
-        if (conn->buffer.size() > kMaxLine) {
+        if (too_long || conn->buffer.size() > kMaxLine) {
           uv_read_stop(stream);
           conn->lines.clear();
           conn->buffer.clear();

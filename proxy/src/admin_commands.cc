@@ -269,7 +269,9 @@ void kickCommand(Control& c, const std::vector<std::string>& words, AdminServer:
 void backendCommand(Control& c, const std::vector<std::string>& words, AdminServer::Reply& reply) {
   std::string verb = words.size() > 1 ? words[1] : "";
   if (verb == "list") {
-    reply(ok(json{{"backends", json::parse(c.health->backendsJson())}}));
+    // backendsJson() is {"backends": [...]}: answer its list, not the
+    // object, so the reply is {"backends": [...], "ok": true}.
+    reply(ok(json{{"backends", json::parse(c.health->backendsJson()).value("backends", json::array())}}));
     return;
   }
   if (verb == "drain" || verb == "enable") {
@@ -337,12 +339,10 @@ void statsCommand(Control& c, AdminServer::Reply& reply) {
   }
   StatsSnapshot s = snapshot(stats);
   json backends = json::object();
+  const StatsSnapshot::Backend no_traffic{};  // a backend no worker has used yet
   for (std::size_t i = 0; i < c.config->config.backends.size(); ++i) {
     std::size_t slot = c.config->stats_slot[i];
-    if (slot >= s.backends.size()) {
-      continue;
-    }
-    const StatsSnapshot::Backend& b = s.backends[slot];
+    const StatsSnapshot::Backend& b = slot < s.backends.size() ? s.backends[slot] : no_traffic;
     json commands = json::object();
     for (std::size_t k = 0; k < kCommandCount; ++k) {
       const auto& cmd = b.commands[k];

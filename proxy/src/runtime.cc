@@ -13,7 +13,13 @@ RuntimeConfig::RuntimeConfig(Config c, std::vector<std::size_t> slots)
     : config(std::move(c)),
       selector(config.backends, config.routing.map),
       stats_slot(std::move(slots)),
-      capabilities(kPreloginCapabilities) {}
+      capabilities(kPreloginCapabilities) {
+  for (std::size_t i = 0; i < config.backends.size(); ++i) {
+    if (!config.backends[i].probe_user.empty()) {
+      probe_users[normaliseUser(config.backends[i].probe_user)] = i;
+    }
+  }
+}
 
 RuntimeConfigPtr buildRuntime(Config config, std::vector<std::size_t> slots, std::string& error) {
   auto runtime = std::make_shared<RuntimeConfig>(std::move(config), std::move(slots));

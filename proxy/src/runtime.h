@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <array>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -27,6 +28,10 @@ struct RuntimeConfig {
   // TLS contexts by listener and by backend index (null where tls = "none").
   std::vector<std::shared_ptr<const ServerTlsContext>> listener_tls;
   std::vector<std::shared_ptr<const ClientTlsContext>> backend_tls;
+  // Each backend's probe_user (normalised) -> that backend's index. A probe
+  // account always goes to its own backend, drained or down, never to a
+  // failover choice: the CTP probe must test the backend it is named for.
+  std::map<std::string, std::size_t> probe_users;
 
   RuntimeConfig(Config c, std::vector<std::size_t> slots);
 };

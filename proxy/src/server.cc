@@ -100,7 +100,28 @@ bool reloadConfig(Control& c, std::string& error) {
                  "reload: failed: {}; keeping the running configuration", error);
     return false;
   }
+  const ProtocolLogConfig before = c.config->config.protocol_log;
   c.config = next;
+  const ProtocolLogConfig& after = next->config.protocol_log;
+  if (c.protocol_log && c.protocol_log->enabled() &&
+      (after.directory != before.directory || after.rollover != before.rollover ||
+       after.max_file_size != before.max_file_size || after.retention != before.retention ||
+       after.max_total_size != before.max_total_size)) {
+    // New place or policy for the protocol log: restart the writer there
+    // (what was submitted so far is written to the old files first).
+    c.protocol_log->stop();
+    std::string log_error;
+    if (!ensureProtocolLog(c, log_error)) {
+      logging::log(logging::Level::kError, "reload", "protocol log: {}", log_error);
+    }
+  }
+  if (after.enabled != before.enabled) {
+    applyConfiguredTrace(c);  // the file changed its mind; an operator's trace otherwise stays
+    std::string log_error;
+    if (after.enabled && !ensureProtocolLog(c, log_error)) {
+      logging::log(logging::Level::kError, "reload", "protocol log: {}", log_error);
+    }
+  }
   if (c.health) {
     c.health->reconfigure(makeHealthConfig(next->config));
   }

@@ -266,7 +266,9 @@ void Session::handlePreloginCommand(std::string_view bytes) {
   parser::PreloginCommand& cmd = result.command;
   const std::string tag = cmd.tag.empty() ? std::string("*") : cmd.tag;
   if (!result.ok) {
-    tracePrelogin(cmd, bytes, std::string("BAD ") + result.error.message);
+    // Arguments of a command that did not parse are never logged: a
+    // mistyped LOGIN could carry a password.
+    tracePrelogin(cmd, std::string_view(), std::string("BAD ") + result.error.message);
     host_.stats().prelogin_bad_commands.add();
     if (result.error.code == parser::ErrorCode::kUnknownCommand) {
       badCommand(tag, "Command not allowed before login");
@@ -402,6 +404,7 @@ void Session::noteLoginParameters(const parser::PreloginCommand& command, std::s
     line = sp == std::string_view::npos ? std::string_view() : line.substr(sp + 1);
   }
   login_parameters_ = logging::redactCommandParameters(command.name, line);
+  login_request_bytes_ = bytes.size();
   login_started_ = host_.now();
 }
 
@@ -411,7 +414,12 @@ void Session::startLogin() {
   for (std::size_t i = 0; i < enabled.size(); ++i) {
     enabled[i] = !host_.shared().drained(rc.stats_slot[i]);
   }
-  candidates_ = rc.selector.candidates(normaliseUser(user_), enabled);
+  std::string user = normaliseUser(user_);
+  if (auto probe = rc.probe_users.find(user); probe != rc.probe_users.end()) {
+    candidates_ = {probe->second};
+  } else {
+    candidates_ = rc.selector.candidates(user, enabled);
+  }
   candidate_pos_ = 0;
   if (candidates_.empty()) {
     failLogin(fmt::format("{} NO [UNAVAILABLE] No mailbox server is available.\r\n", login_tag_),
@@ -444,7 +452,9 @@ void Session::connectNext() {
   deadline_ = host_.now() + rc.config.timeouts.backend_connect;
   armTimer();
   if (backend.tls == TlsMode::kImplicit) {
-    backend_ = host_.connectBackendTls(backend, rc.backend_tls[backend_index_], this);
+    backend_ = backend_index_ < rc.backend_tls.size()
+                   ? host_.connectBackendTls(backend, rc.backend_tls[backend_index_], this)
+                   : nullptr;
   } else {
     backend_ = host_.connectBackend(backend, this);
   }
@@ -505,7 +515,8 @@ void Session::failLogin(std::string_view client_line, bool count_failure) {
     }
     traceRecord(login_kind_ == LoginKind::kLogin ? "LOGIN" : "AUTHENTICATE", login_parameters_,
                 fmt::format("R={};B={}", result, backend_name_.empty() ? "-" : backend_name_),
-                duration_cast<milliseconds>(host_.now() - login_started_).count(), 0, 0);
+                duration_cast<milliseconds>(host_.now() - login_started_).count(),
+                login_request_bytes_, client_line.size());
   }
   state_ = SessionState::kPrelogin;
   if (client_ == nullptr) {
@@ -593,7 +604,7 @@ bool Session::handleBackendLine(const parser::ResponseEvent& ev, std::string_vie
       }
       afterBackendCapabilities();
       return backend_ != nullptr;
-    case SessionState::kBackendStarttls:
+    case SessionState::kBackendStarttls: {
       if (ev.type != ResponseEventType::kTagged || ev.tag != "P0TLS") {
         return true;
       }
@@ -608,12 +619,18 @@ bool Session::handleBackendLine(const parser::ResponseEvent& ev, std::string_vie
       response_framer_.reset();
       backend_caps_.clear();
       state_ = SessionState::kBackendTlsHandshake;
-      backend_ = host_.startClientTls(backend_, config_->backend_tls[backend_index_], this);
+      Transport* plain = backend_;
+      backend_ = backend_index_ < config_->backend_tls.size()
+                     ? host_.startClientTls(plain, config_->backend_tls[backend_index_], this)
+                     : nullptr;
       if (backend_ == nullptr) {
+        orphans_.push_back(plain);
+        plain->close();
         failLogin(fmt::format("{} NO [UNAVAILABLE] Mailbox server TLS unavailable.\r\n", login_tag_),
                   false);
       }
       return false;
+    }
     case SessionState::kBackendCapability:
       if (ev.type == ResponseEventType::kUntagged && startsWithNoCase(ev.head, "* CAPABILITY ")) {
         backend_caps_.assign(ev.head.substr(13));
@@ -780,7 +797,9 @@ void Session::enterRelay(std::size_t backend_consumed) {
   logged_in_ = true;
   if (tracing()) {
     traceRecord(login_kind_ == LoginKind::kLogin ? "LOGIN" : "AUTHENTICATE", login_parameters_,
-                fmt::format("R=OK;B={}", backend_name_), duration_cast<milliseconds>(host_.now() - login_started_).count(), 0, 0);
+                fmt::format("R=OK;B={}", backend_name_),
+                duration_cast<milliseconds>(host_.now() - login_started_).count(),
+                login_request_bytes_, 0);
   }
   logging::log(logging::Level::kInfo, "session", "id={:016x} login user={} backend={} client={}",
                id_, user_, backend_name_, client_address_);
@@ -925,17 +944,19 @@ void Session::relayFromBackend(Chunk chunk) {
     }
     if (ev.type == parser::ResponseEventType::kTagged) {
       completeCommand(ev);
-      continue;
-    }
-    if (!inflight_.empty()) {
+    } else if (!inflight_.empty()) {
       inflight_.front().response_bytes += ev.bytes;  // untagged data: the oldest command's
     }
-    if (ev.type != parser::ResponseEventType::kUntagged) {
+    if (ev.type != parser::ResponseEventType::kUntagged &&
+        ev.type != parser::ResponseEventType::kTagged) {
       continue;
     }
-    if (ev.status == parser::Status::kBye) {
+    if (ev.type == parser::ResponseEventType::kUntagged && ev.status == parser::Status::kBye) {
       logout_seen_ = true;  // the backend says goodbye itself: no second BYE
     }
+    // Capability lists (untagged, or a [CAPABILITY ...] code in any status
+    // response) lose COMPRESS: Portico relays plain bytes. Only these rare
+    // lines are copied; everything else passes untouched.
     bool capability_list =
         startsWithNoCase(ev.head, "* CAPABILITY ") || startsWithNoCase(ev.code, "CAPABILITY ");
     if (capability_list && response_start != kUnknown &&
@@ -945,6 +966,7 @@ void Session::relayFromBackend(Chunk chunk) {
         host_.stats().bytes_to_clients.add(response_start - forward_from);
         client_->write(chunk.slice(forward_from, response_start - forward_from));
       }
+      bytes_out_ -= pos - response_start;  // writeClient counts the edited line instead
       writeClient(parser::editCapabilities(view.substr(response_start, pos - response_start),
                                            {"COMPRESS="}, {}));
       forward_from = pos;

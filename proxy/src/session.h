@@ -224,6 +224,7 @@ class Session : public TransportHandler {
   sockaddr_storage client_sockaddr_{};
   std::string login_parameters_;  // redacted LOGIN/AUTHENTICATE parameters for the log
   Clock::time_point login_started_{};
+  std::uint64_t login_request_bytes_ = 0;
   TlsMode listener_tls_ = TlsMode::kNone;
   bool require_tls_ = false;
   bool client_tls_ = false;

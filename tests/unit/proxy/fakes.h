@@ -44,7 +44,9 @@
 namespace portico::proxy {
 
 // Printable states in test failures.
-inline void PrintTo(SessionState state, std::ostream* os) { *os << sessionStateName(state); }
+inline void PrintTo(SessionState state, std::ostream* os) {
+  *os << sessionStateName(state);
+}
 
 namespace fakes {
 
@@ -152,8 +154,9 @@ inline void FakeLoop::advance(Clock::duration delay) {
 }
 
 inline std::size_t FakeLoop::armedTimers() const {
-  return static_cast<std::size_t>(std::count_if(
-      timers_.begin(), timers_.end(), [](const FakeTimer* t) { return t->deadline().has_value(); }));
+  return static_cast<std::size_t>(
+      std::count_if(timers_.begin(), timers_.end(),
+                    [](const FakeTimer* t) { return t->deadline().has_value(); }));
 }
 
 inline sockaddr_storage ipv4Address(const char* ip, std::uint16_t port) {
@@ -367,8 +370,8 @@ class FakeHost final : public SessionHost {
     return std::make_unique<FakeTimer>(loop_, std::move(callback));
   }
   Transport* connectBackend(const BackendConfig& backend, TransportHandler* handler) override {
-    FakeTransport* transport = newTransport("backend " + backend.name,
-                                            ipv4Address("10.1.0.1", 143), ipv4Address("10.0.0.5", 40000));
+    FakeTransport* transport = newTransport("backend " + backend.name, ipv4Address("10.1.0.1", 143),
+                                            ipv4Address("10.0.0.5", 40000));
     transport->setHandler(handler);
     connects_.push_back(Connect{backend.name, transport});
     return transport;

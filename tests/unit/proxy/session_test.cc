@@ -1,0 +1,1273 @@
+// Session state machine over fakes (fakes.h): pre-login dialogue, login
+// replay with routing and retries, AUTHENTICATE, the relay and its
+// accounting on a fake clock, backpressure, the close paths, timeouts,
+// shutdown and secrets. Every test ends (TearDown) by checking that the
+// session ended at most once, never touched a transport after its
+// onClosed(), and gave back every gauge it took.
+
+#include "session.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "accounting.h"
+#include "portico/logging.h"
+#include "portico/protocol_log.h"
+#include "protocol_trace.h"
+#include "proxy/fakes.h"
+#include "routing.h"
+
+namespace portico::proxy {
+namespace {
+
+using fakes::FakeHost;
+using fakes::FakeTransport;
+using ::testing::ElementsAre;
+using ::testing::EndsWith;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+using ::testing::Not;
+using ::testing::StartsWith;
+using namespace std::chrono_literals;
+using namespace std::string_literals;
+
+constexpr std::string_view kGreetingSaslIr =
+    "* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN] ready\r\n";
+constexpr std::string_view kGreetingNoSaslIr = "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] ready\r\n";
+constexpr std::string_view kPlainAliceSecret = "AGFsaWNlAHNlY3JldA==";  // "\0alice\0secret"
+constexpr std::size_t kBackends = 3;
+
+// Stats slots deliberately differ from backend indices.
+std::size_t slotOf(std::size_t backend_index) {
+  return 4 + 3 * backend_index;
+}
+
+// Splits CRLF-terminated output into lines without their CRLF.
+std::vector<std::string> lines(const std::string& text) {
+  std::vector<std::string> out;
+  std::size_t begin = 0;
+  while (begin < text.size()) {
+    std::size_t end = text.find("\r\n", begin);
+    if (end == std::string::npos) {
+      out.push_back(text.substr(begin));
+      break;
+    }
+    out.push_back(text.substr(begin, end - begin));
+    begin = end + 2;
+  }
+  return out;
+}
+
+// Sends the operational log to a temporary file for the test's duration.
+class LogCapture {
+ public:
+  LogCapture() : file_(std::tmpfile()), previous_level_(logging::level()) {
+    logging::setOutputFd(fileno(file_));
+    logging::setLevel(logging::Level::kDebug);
+  }
+  ~LogCapture() {
+    logging::setOutputFd(2);
+    logging::setLevel(previous_level_);
+    std::fclose(file_);
+  }
+  LogCapture(const LogCapture&) = delete;
+  LogCapture& operator=(const LogCapture&) = delete;
+
+  std::string text() const {
+    std::string out;
+    char buffer[4096];
+    off_t offset = 0;
+    ssize_t n;
+    while ((n = pread(fileno(file_), buffer, sizeof(buffer), offset)) > 0) {
+      out.append(buffer, static_cast<std::size_t>(n));
+      offset += n;
+    }
+    return out;
+  }
+
+ private:
+  std::FILE* file_;
+  logging::Level previous_level_;
+};
+
+Config baseConfig() {
+  Config cfg;
+  for (std::size_t i = 0; i < kBackends; ++i) {
+    BackendConfig backend;
+    backend.name = "mbx" + std::to_string(i + 1);
+    backend.address = HostPort{"10.1.0." + std::to_string(i + 1), 143, false};
+    cfg.backends.push_back(backend);
+  }
+  return cfg;
+}
+
+class SessionTest : public ::testing::Test {
+ protected:
+  void TearDown() override {
+    if (session_ != nullptr && host_.endedCount() == 0) {
+      session_->abort("test over");
+      host_.runPending();
+      if (host_.endedCount() == 0) {
+        ADD_FAILURE() << "the session did not end after abort() in state "
+                      << sessionStateName(session_->state());
+        delete session_;
+      }
+    }
+    EXPECT_LE(host_.endedCount(), 1);
+    EXPECT_THAT(host_.violations(), IsEmpty());
+    EXPECT_EQ(host_.loop().armedTimers(), 0u) << "a timer outlived its session";
+    // Every gauge the session took is given back.
+    WorkerStats& stats = host_.stats();
+    EXPECT_EQ(stats.connections_unauthenticated.get(), 0u);
+    for (std::size_t i = 0; i < kBackends; ++i) {
+      EXPECT_EQ(stats.backend(slotOf(i)).sessions_current.get(), 0u) << "backend " << i;
+      EXPECT_EQ(stats.backend(slotOf(i)).commands_in_flight.get(), 0u) << "backend " << i;
+    }
+  }
+
+  void start(Config cfg = baseConfig()) {
+    std::vector<std::size_t> slots;
+    for (std::size_t i = 0; i < cfg.backends.size(); ++i) {
+      slots.push_back(slotOf(i));
+    }
+    runtime_ = std::make_shared<RuntimeConfig>(std::move(cfg), std::move(slots));
+    client_ = host_.newClient();
+    session_ = new Session(host_, runtime_, client_, 0x1234);
+    session_->start();
+    greeting_ = client_->takeWritten();
+  }
+
+  const Config& config() const { return runtime_->config; }
+  bool ended() const { return host_.endedCount() > 0; }
+  SessionState state() const { return session_->state(); }
+
+  // Backend names in the order routing tries them for `user`.
+  std::vector<std::string> candidates(std::string_view user) const {
+    std::vector<std::string> out;
+    for (std::size_t i : runtime_->selector.candidates(normaliseUser(user))) {
+      out.push_back(config().backends[i].name);
+    }
+    return out;
+  }
+  std::size_t indexOf(const std::string& backend) const {
+    for (std::size_t i = 0; i < config().backends.size(); ++i) {
+      if (config().backends[i].name == backend) {
+        return i;
+      }
+    }
+    ADD_FAILURE() << "no backend " << backend;
+    return 0;
+  }
+  BackendStats& backendStats(const std::string& backend) {
+    return host_.stats().backend(slotOf(indexOf(backend)));
+  }
+  // Of the backend loginToRelay() reached (usable after the session ended).
+  CommandStats& commandStats(CommandId id) {
+    return backendStats(relay_backend_).commands[static_cast<std::size_t>(id)];
+  }
+
+  // Logs in through the first candidate; returns that backend, in relay,
+  // with everything written so far taken.
+  FakeTransport* loginToRelay(const std::string& user = "alice",
+                              const std::string& password = "secret") {
+    client_->deliver("a1 LOGIN " + user + " " + password + "\r\n");
+    FakeTransport* backend = host_.lastBackend();
+    if (backend == nullptr) {
+      ADD_FAILURE() << "LOGIN did not connect a backend";
+      return nullptr;
+    }
+    backend->connectOk();
+    backend->deliver(kGreetingSaslIr);
+    backend->deliver("a1 OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n");
+    host_.runPending();
+    EXPECT_EQ(state(), SessionState::kRelay);
+    relay_backend_ = session_->backendName();
+    client_->takeWritten();
+    backend->takeWritten();
+    return backend;
+  }
+
+  // A LOGIN the backend refuses; returns that backend.
+  FakeTransport* refusedLogin(const std::string& tag) {
+    client_->deliver(tag + " LOGIN alice wrong\r\n");
+    FakeTransport* backend = host_.lastBackend();
+    backend->connectOk();
+    backend->deliver(kGreetingSaslIr);
+    backend->deliver(tag + " NO [AUTHENTICATIONFAILED] Invalid credentials\r\n");
+    host_.runPending();
+    return backend;
+  }
+
+  LogCapture log_;
+  FakeHost host_;
+  RuntimeConfigPtr runtime_;
+  FakeTransport* client_ = nullptr;
+  Session* session_ = nullptr;  // deleted by the host when it ends
+  std::string greeting_;
+  std::string relay_backend_;
+};
+
+// ---------------------------------------------------------------------------
+// Pre-login.
+
+TEST_F(SessionTest, GreetingAdvertisesCapabilitiesOnStart) {
+  Config cfg = baseConfig();
+  cfg.greeting = "Hello from the test";
+  start(cfg);
+  EXPECT_THAT(greeting_, StartsWith("* OK [CAPABILITY IMAP4rev1 "));
+  EXPECT_THAT(greeting_, HasSubstr(" AUTH=PLAIN"));
+  EXPECT_THAT(greeting_, EndsWith("] Hello from the test\r\n"));
+  EXPECT_EQ(lines(greeting_).size(), 1u);
+  EXPECT_EQ(state(), SessionState::kPrelogin);
+  EXPECT_EQ(client_->handler(), session_);
+  EXPECT_EQ(client_->highWatermark(), config().limits.write_high_watermark);
+  EXPECT_FALSE(client_->paused());
+  EXPECT_EQ(host_.stats().connections_unauthenticated.get(), 1u);
+  EXPECT_EQ(host_.loop().armedTimers(), 1u);
+  EXPECT_THAT(host_.connects(), IsEmpty());
+}
+
+TEST_F(SessionTest, CapabilityNoopIdAnsweredWithTheClientsTag) {
+  start();
+  client_->deliver("c1 CAPABILITY\r\n");
+  EXPECT_THAT(lines(client_->takeWritten()),
+              ElementsAre(StartsWith("* CAPABILITY IMAP4rev1 "), StartsWith("c1 OK ")));
+  client_->deliver("c2 NOOP\r\n");
+  EXPECT_THAT(lines(client_->takeWritten()), ElementsAre(StartsWith("c2 OK ")));
+  client_->deliver("c3 ID (\"name\" \"mutt\" \"version\" \"2.2\")\r\n");
+  EXPECT_THAT(lines(client_->takeWritten()),
+              ElementsAre(StartsWith("* ID (\"name\" \"Portico\""), StartsWith("c3 OK ")));
+  client_->deliver("c4 id nil\r\n");
+  EXPECT_THAT(lines(client_->takeWritten()),
+              ElementsAre(StartsWith("* ID "), StartsWith("c4 OK ")));
+  EXPECT_EQ(state(), SessionState::kPrelogin);
+  EXPECT_THAT(host_.connects(), IsEmpty());
+}
+
+TEST_F(SessionTest, PreloginAnswersWhateverTheSplit) {
+  start();
+  client_->deliverBytewise("d1 NOOP\r");
+  EXPECT_EQ(client_->takeWritten(), "");
+  client_->deliverBytewise("\nd2 CAPABILITY\r\nd3 NOOP\r\n");
+  EXPECT_THAT(lines(client_->takeWritten()),
+              ElementsAre(StartsWith("d1 OK "), StartsWith("* CAPABILITY "), StartsWith("d2 OK "),
+                          StartsWith("d3 OK ")));
+  // Pipelined in one read.
+  client_->deliver("d4 NOOP\r\nd5 NOOP\r\n");
+  EXPECT_THAT(lines(client_->takeWritten()),
+              ElementsAre(StartsWith("d4 OK "), StartsWith("d5 OK ")));
+}
+
+TEST_F(SessionTest, LogoutSaysByeAndEndsAfterTheClientCloses) {
+  start();
+  client_->deliver("c4 LOGOUT\r\n");
+  EXPECT_THAT(lines(client_->takeWritten()),
+              ElementsAre(StartsWith("* BYE "), StartsWith("c4 OK ")));
+  EXPECT_TRUE(client_->shutdownCalled());
+  EXPECT_EQ(state(), SessionState::kClosing);
+  EXPECT_FALSE(ended()) << "ended before the client's onClosed()";
+  host_.runPending();
+  EXPECT_EQ(host_.endedCount(), 1);
+}
+
+TEST_F(SessionTest, UnknownCommandBeforeLoginGetsTaggedBad) {
+  start();
+  client_->deliver("c5 SELECT INBOX\r\n");
+  EXPECT_THAT(lines(client_->takeWritten()), ElementsAre(StartsWith("c5 BAD ")));
+  client_->deliver("c6 FROBNICATE now\r\n");
+  EXPECT_THAT(lines(client_->takeWritten()), ElementsAre(StartsWith("c6 BAD ")));
+  EXPECT_EQ(state(), SessionState::kPrelogin);
+  EXPECT_FALSE(client_->shutdownCalled());
+  EXPECT_EQ(host_.stats().prelogin_bad_commands.get(), 2u);
+  EXPECT_THAT(host_.connects(), IsEmpty());
+}
+
+TEST_F(SessionTest, TooManyBadCommandsInARowSayBye) {
+  Config cfg = baseConfig();
+  cfg.limits.max_bad_commands = 3;
+  start(cfg);
+  client_->deliver("b1 XX\r\nb2 XX\r\nb3 NOOP\r\nb4 XX\r\nb5 XX\r\n");
+  EXPECT_THAT(lines(client_->takeWritten()),
+              ElementsAre(StartsWith("b1 BAD "), StartsWith("b2 BAD "), StartsWith("b3 OK "),
+                          StartsWith("b4 BAD "), StartsWith("b5 BAD ")));
+  EXPECT_FALSE(client_->shutdownCalled()) << "a good command resets the count";
+  client_->deliver("b6 XX\r\nb7 NOOP\r\n");
+  EXPECT_THAT(lines(client_->takeWritten()),
+              ElementsAre(StartsWith("b6 BAD "), "* BYE Too many invalid commands"));
+  EXPECT_TRUE(client_->shutdownCalled());
+  EXPECT_TRUE(client_->paused());
+  host_.runPending();
+  EXPECT_EQ(host_.endedCount(), 1);
+}
+
+// ---------------------------------------------------------------------------
+// LOGIN and routing.
+
+TEST_F(SessionTest, LoginReplaysCredentialsToTheFirstCandidate) {
+  start();
+  const std::vector<std::string> order = candidates("alice");
+  client_->deliver("a1 LOGIN alice secret\r\n");
+  ASSERT_EQ(host_.connects().size(), 1u);
+  EXPECT_EQ(host_.connects()[0].backend, order[0]);
+  EXPECT_EQ(state(), SessionState::kConnecting);
+  EXPECT_TRUE(client_->paused()) << "no client reading while the login is replayed";
+  EXPECT_EQ(client_->takeWritten(), "");
+
+  FakeTransport* backend = host_.lastBackend();
+  EXPECT_EQ(backend->handler(), session_);
+  backend->connectOk();
+  EXPECT_EQ(state(), SessionState::kBackendGreeting);
+  EXPECT_EQ(backend->highWatermark(), config().limits.write_high_watermark);
+  EXPECT_EQ(backend->takeWritten(), "") << "nothing is sent before the greeting";
+
+  backend->deliver(kGreetingSaslIr);
+  EXPECT_EQ(backend->takeWritten(), "a1 LOGIN \"alice\" \"secret\"\r\n");
+  EXPECT_EQ(state(), SessionState::kBackendLogin);
+  EXPECT_EQ(client_->takeWritten(), "");
+
+  backend->deliver("a1 OK [CAPABILITY IMAP4rev1 IDLE COMPRESS=DEFLATE] Logged in\r\n");
+  EXPECT_EQ(client_->takeWritten(), "a1 OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n");
+  EXPECT_EQ(state(), SessionState::kRelay);
+  EXPECT_FALSE(client_->paused());
+  EXPECT_EQ(session_->user(), "alice");
+  EXPECT_EQ(session_->backendName(), order[0]);
+  EXPECT_EQ(backendStats(order[0]).sessions_current.get(), 1u);
+  EXPECT_EQ(backendStats(order[0]).sessions_total.get(), 1u);
+  EXPECT_EQ(host_.stats().connections_unauthenticated.get(), 0u);
+  // Counted under the configured stats slot, not the backend's index.
+  EXPECT_EQ(host_.stats().backends[indexOf(order[0])].load(), nullptr);
+}
+
+TEST_F(SessionTest, LoginForwardsUntaggedLinesWithoutCompressOnSuccess) {
+  start();
+  client_->deliver("a1 LOGIN alice secret\r\n");
+  FakeTransport* backend = host_.lastBackend();
+  backend->connectOk();
+  backend->deliver(kGreetingSaslIr);
+  backend->deliver("* CAPABILITY IMAP4rev1 IDLE COMPRESS=DEFLATE\r\n");
+  EXPECT_EQ(client_->takeWritten(), "") << "held until the login succeeds";
+  backend->deliver("a1 OK Logged in\r\n");
+  EXPECT_EQ(client_->takeWritten(), "* CAPABILITY IMAP4rev1 IDLE\r\na1 OK Logged in\r\n");
+}
+
+TEST_F(SessionTest, BytesAroundTheLoginAreRelayedAfterIt) {
+  start();
+  client_->deliver("a1 LOGIN alice secret\r\na2 SELECT INBOX\r\n");
+  FakeTransport* backend = host_.lastBackend();
+  backend->connectOk();
+  backend->deliver(kGreetingSaslIr);
+  client_->deliver("a3 NOOP\r\n");  // held by the paused transport
+  EXPECT_EQ(backend->takeWritten(), "a1 LOGIN \"alice\" \"secret\"\r\n");
+  backend->deliver("a1 OK Logged in\r\n* 1 EXISTS\r\n");
+  host_.runPending();
+  EXPECT_EQ(client_->takeWritten(), "a1 OK Logged in\r\n* 1 EXISTS\r\n");
+  EXPECT_EQ(backend->takeWritten(), "a2 SELECT INBOX\r\na3 NOOP\r\n");
+  EXPECT_EQ(session_->commandsInFlight(), 2u);
+}
+
+TEST_F(SessionTest, LoginQuotesSpecialsAndFallsBackForUnquotableBytes) {
+  start();
+  client_->deliver("a1 LOGIN \"alice\" \"pa\\\"ss\\\\word\"\r\n");
+  FakeTransport* backend = host_.lastBackend();
+  backend->connectOk();
+  backend->deliver(kGreetingSaslIr);
+  EXPECT_EQ(backend->takeWritten(), "a1 LOGIN \"alice\" \"pa\\\"ss\\\\word\"\r\n");
+  backend->deliver("a1 NO bad\r\n");
+  host_.advance(2s);
+  client_->takeWritten();
+
+  // 8-bit password: AUTHENTICATE PLAIN when the backend has SASL-IR...
+  client_->deliver("a2 LOGIN alice {5+}\r\np\xc3\xa4ss\r\n");
+  backend = host_.lastBackend();
+  backend->connectOk();
+  backend->deliver(kGreetingSaslIr);
+  EXPECT_EQ(backend->takeWritten(), "a2 AUTHENTICATE PLAIN AGFsaWNlAHDDpHNz\r\n");
+  backend->deliver("a2 NO bad\r\n");
+  host_.advance(3s);
+  client_->takeWritten();
+
+  // ... else LOGIN with non-synchronizing literals.
+  client_->deliver("a3 LOGIN alice {5+}\r\np\xc3\xa4ss\r\n");
+  backend = host_.lastBackend();
+  backend->connectOk();
+  backend->deliver(kGreetingNoSaslIr);
+  EXPECT_EQ(backend->takeWritten(), "a3 LOGIN {5+}\r\nalice {5+}\r\np\xc3\xa4ss\r\n");
+}
+
+TEST_F(SessionTest, FailedLoginIsAnsweredAfterTheDelayAndMayBeRetried) {
+  start();
+  FakeTransport* first = refusedLogin("a1");
+  EXPECT_TRUE(first->closed());
+  EXPECT_EQ(state(), SessionState::kLoginDelay);
+  EXPECT_TRUE(client_->paused());
+  client_->deliver("a2 NOOP\r\n");  // pipelined during the delay
+  EXPECT_EQ(client_->takeWritten(), "");
+  host_.advance(999ms);
+  EXPECT_EQ(client_->takeWritten(), "") << "answered before login_failure_delay";
+  host_.advance(2ms);  // also runs the next iteration: the held NOOP is read
+  EXPECT_THAT(
+      lines(client_->takeWritten()),
+      ElementsAre("a1 NO [AUTHENTICATIONFAILED] Invalid credentials", StartsWith("a2 OK ")));
+  EXPECT_EQ(state(), SessionState::kPrelogin);
+  EXPECT_FALSE(client_->paused());
+  EXPECT_EQ(backendStats(host_.connects()[0].backend).login_failures.get(), 1u);
+
+  client_->deliver("a3 LOGIN alice secret\r\n");
+  ASSERT_EQ(host_.connects().size(), 2u);
+  FakeTransport* second = host_.lastBackend();
+  EXPECT_NE(second, first);
+  second->connectOk();
+  second->deliver(kGreetingSaslIr);
+  EXPECT_EQ(second->takeWritten(), "a3 LOGIN \"alice\" \"secret\"\r\n");
+  second->deliver("a3 OK Logged in\r\n");
+  EXPECT_EQ(client_->takeWritten(), "a3 OK Logged in\r\n");
+  EXPECT_EQ(state(), SessionState::kRelay);
+}
+
+TEST_F(SessionTest, LoginWithSynchronizingLiteralsAndBytewiseBackend) {
+  start();
+  client_->deliver("a1 LOGIN {5}\r\n");
+  EXPECT_THAT(lines(client_->takeWritten()), ElementsAre(StartsWith("+ ")));
+  client_->deliver("alice {6}\r\n");
+  EXPECT_THAT(lines(client_->takeWritten()), ElementsAre(StartsWith("+ ")));
+  EXPECT_THAT(host_.connects(), IsEmpty());
+  client_->deliver("secret\r\n");
+  FakeTransport* backend = host_.lastBackend();
+  ASSERT_NE(backend, nullptr);
+  backend->connectOk();
+  backend->deliverBytewise(kGreetingSaslIr);
+  EXPECT_EQ(backend->takeWritten(), "a1 LOGIN \"alice\" \"secret\"\r\n");
+  backend->deliverBytewise("* CAPABILITY IMAP4rev1 IDLE\r\na1 OK Logged in\r\n* 2 EXISTS\r\n");
+  EXPECT_EQ(state(), SessionState::kRelay);
+  EXPECT_EQ(client_->takeWritten(),
+            "* CAPABILITY IMAP4rev1 IDLE\r\na1 OK Logged in\r\n* 2 EXISTS\r\n");
+}
+
+TEST_F(SessionTest, OverlongLineBeforeLoginEndsTheSession) {
+  Config cfg = baseConfig();
+  cfg.limits.prelogin_max_line = 100;
+  start(cfg);
+  client_->deliver("a1 NOOP " + std::string(200, 'x') + "\r\n");
+  std::vector<std::string> out = lines(client_->takeWritten());
+  ASSERT_FALSE(out.empty());
+  EXPECT_THAT(out.front(), StartsWith("a1 BAD "));
+  EXPECT_THAT(out.back(), StartsWith("* BYE "));
+  EXPECT_TRUE(client_->shutdownCalled());
+  host_.runPending();
+  EXPECT_EQ(host_.endedCount(), 1);
+}
+
+TEST_F(SessionTest, ClientCloseDuringTheLoginDelayEnds) {
+  start();
+  refusedLogin("a1");
+  EXPECT_EQ(state(), SessionState::kLoginDelay);
+  client_->peerClose();
+  host_.runPending();
+  EXPECT_EQ(host_.endedCount(), 1);
+  host_.advance(10s);  // the delay timer went with the session
+  EXPECT_THAT(host_.violations(), IsEmpty());
+}
+
+TEST_F(SessionTest, LoginDelayDoublesAndTooManyFailuresSayBye) {
+  Config cfg = baseConfig();
+  cfg.limits.max_login_failures = 3;
+  start(cfg);
+  refusedLogin("a1");
+  host_.advance(1001ms);
+  EXPECT_THAT(lines(client_->takeWritten()), ElementsAre(StartsWith("a1 NO ")));
+  refusedLogin("a2");
+  host_.advance(1500ms);
+  EXPECT_EQ(client_->takeWritten(), "") << "the second delay is twice the first";
+  host_.advance(501ms);
+  EXPECT_THAT(lines(client_->takeWritten()), ElementsAre(StartsWith("a2 NO ")));
+  refusedLogin("a3");
+  EXPECT_THAT(lines(client_->takeWritten()),
+              ElementsAre(StartsWith("a3 NO "), "* BYE Too many failed login attempts."));
+  EXPECT_TRUE(client_->shutdownCalled());
+  EXPECT_EQ(host_.endedCount(), 1);
+}
+
+TEST_F(SessionTest, ConnectFailureTriesTheNextCandidate) {
+  start();
+  const std::vector<std::string> order = candidates("alice");
+  client_->deliver("a1 LOGIN alice secret\r\n");
+  host_.connects()[0].transport->connectFail("connection refused");
+  EXPECT_EQ(host_.connects().size(), 1u) << "the next candidate waits for onClosed()";
+  host_.runPending();
+  ASSERT_EQ(host_.connects().size(), 2u);
+  EXPECT_EQ(host_.connects()[1].backend, order[1]);
+  EXPECT_EQ(backendStats(order[0]).connect_failures.get(), 1u);
+  EXPECT_THAT(log_.text(), HasSubstr("connect failed: connection refused"));
+
+  FakeTransport* backend = host_.lastBackend();
+  backend->connectOk();
+  backend->deliver(kGreetingSaslIr);
+  backend->deliver("a1 OK Logged in\r\n");
+  EXPECT_EQ(state(), SessionState::kRelay);
+  EXPECT_EQ(session_->backendName(), order[1]);
+  EXPECT_EQ(client_->takeWritten(), "a1 OK Logged in\r\n");
+}
+
+TEST_F(SessionTest, NoCandidateReachableGivesUnavailable) {
+  start();
+  const std::vector<std::string> order = candidates("alice");
+  client_->deliver("a1 LOGIN alice secret\r\n");
+  for (std::size_t i = 0; i < kBackends; ++i) {
+    ASSERT_EQ(host_.connects().size(), i + 1);
+    EXPECT_EQ(host_.connects()[i].backend, order[i]);
+    host_.connects()[i].transport->connectFail();
+    host_.runPending();
+  }
+  EXPECT_EQ(host_.connects().size(), kBackends);
+  EXPECT_THAT(lines(client_->takeWritten()), ElementsAre(StartsWith("a1 NO [UNAVAILABLE] ")));
+  EXPECT_EQ(state(), SessionState::kPrelogin);
+  EXPECT_FALSE(client_->paused());
+  client_->deliver("a2 NOOP\r\n");
+  EXPECT_THAT(lines(client_->takeWritten()), ElementsAre(StartsWith("a2 OK ")));
+}
+
+TEST_F(SessionTest, ConnectRetriesBoundTheCandidatesTried) {
+  Config cfg = baseConfig();
+  cfg.routing.connect_retries = 0;
+  start(cfg);
+  client_->deliver("a1 LOGIN alice secret\r\n");
+  host_.lastBackend()->connectFail();
+  host_.runPending();
+  EXPECT_EQ(host_.connects().size(), 1u);
+  EXPECT_THAT(lines(client_->takeWritten()), ElementsAre(StartsWith("a1 NO [UNAVAILABLE] ")));
+}
+
+TEST_F(SessionTest, ConnectTimeoutOnTheFakeClockTriesTheNextCandidate) {
+  start();
+  client_->deliver("a1 LOGIN alice secret\r\n");
+  FakeTransport* first = host_.lastBackend();
+  host_.advance(config().timeouts.backend_connect - 1ms);
+  EXPECT_FALSE(first->closeCalled());
+  EXPECT_EQ(host_.connects().size(), 1u);
+  host_.advance(2ms);
+  EXPECT_TRUE(first->closed());
+  ASSERT_EQ(host_.connects().size(), 2u);
+  EXPECT_EQ(backendStats(host_.connects()[0].backend).connect_failures.get(), 1u);
+  // The second attempt has its own full timeout.
+  host_.advance(config().timeouts.backend_connect - 1ms);
+  EXPECT_EQ(host_.connects().size(), 2u);
+}
+
+TEST_F(SessionTest, BackendTroubleBeforeOrAfterTheLoginIsSent) {
+  start();
+  client_->deliver("a1 LOGIN alice secret\r\n");
+  // No greeting in time: nothing was sent, so the next candidate is tried.
+  host_.lastBackend()->connectOk();
+  host_.advance(config().timeouts.backend_login + 1ms);
+  ASSERT_EQ(host_.connects().size(), 2u);
+  // A greeting that is not OK: likewise.
+  host_.lastBackend()->connectOk();
+  host_.lastBackend()->deliver("* BYE Too busy\r\n");
+  host_.runPending();
+  ASSERT_EQ(host_.connects().size(), 3u);
+  // The LOGIN went out and the backend vanished: the client hears NO.
+  FakeTransport* backend = host_.lastBackend();
+  backend->connectOk();
+  backend->deliver(kGreetingSaslIr);
+  backend->peerClose();
+  host_.runPending();
+  EXPECT_EQ(host_.connects().size(), 3u);
+  EXPECT_THAT(lines(client_->takeWritten()), ElementsAre(StartsWith("a1 NO [UNAVAILABLE] ")));
+  EXPECT_EQ(state(), SessionState::kPrelogin);
+}
+
+TEST_F(SessionTest, RoutingSkipsDrainedBackendsAndHonoursTheMap) {
+  Config cfg = baseConfig();
+  cfg.routing.map["bob"] = "mbx3";
+  start(cfg);
+  const std::vector<std::string> order = candidates("alice");
+  host_.shared().drained_by_operator[slotOf(indexOf(order[0]))] = true;
+  client_->deliver("a1 LOGIN alice secret\r\n");
+  EXPECT_EQ(host_.connects()[0].backend, order[1]);
+  host_.lastBackend()->connectFail();
+  host_.runPending();
+  EXPECT_EQ(host_.connects()[1].backend, order[2]);
+  host_.lastBackend()->connectFail();
+  host_.runPending();
+  EXPECT_EQ(host_.connects().size(), 2u) << "the drained backend is never tried";
+  client_->takeWritten();
+
+  client_->deliver("a2 LOGIN BOB secret\r\n");
+  EXPECT_EQ(host_.connects().back().backend, "mbx3");
+  host_.lastBackend()->connectFail();
+  host_.runPending();
+  client_->takeWritten();
+
+  // A backend a health responder drained is skipped as well, even when mapped.
+  host_.shared().drained_by_responder[slotOf(indexOf("mbx3"))] = true;
+  client_->deliver("a3 LOGIN bob secret\r\n");
+  EXPECT_NE(host_.connects().back().backend, "mbx3");
+  EXPECT_NE(host_.connects().back().backend, order[0]);
+}
+
+TEST_F(SessionTest, ProxyHeaderAndForwardedIdPrecedeTheLogin) {
+  Config cfg = baseConfig();
+  for (BackendConfig& backend : cfg.backends) {
+    backend.proxy_protocol = true;
+    backend.forward_id = true;
+  }
+  start(cfg);
+  client_->deliver("a1 LOGIN alice secret\r\n");
+  FakeTransport* backend = host_.lastBackend();
+  backend->connectOk();
+  const std::string header =
+      "\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c"                // signature, v2 PROXY, TCP4, 12
+      "\xc0\x00\x02\x07\xc0\x00\x02\x01\xc3\xcb\x00\x8f"s;  // 192.0.2.7 192.0.2.1 50123 143
+  EXPECT_EQ(backend->takeWritten(), header);
+  backend->deliver(kGreetingSaslIr);
+  EXPECT_EQ(backend->takeWritten(),
+            "P0ID ID (\"x-originating-ip\" \"192.0.2.7\" \"x-originating-port\" \"50123\" "
+            "\"x-connected-ip\" \"192.0.2.1\" \"x-connected-port\" \"143\" \"x-session-id\" "
+            "\"0000000000001234\")\r\n");
+  EXPECT_EQ(state(), SessionState::kBackendId);
+  backend->deliver("* ID NIL\r\nP0ID OK ID completed\r\n");
+  EXPECT_EQ(backend->takeWritten(), "a1 LOGIN \"alice\" \"secret\"\r\n");
+  backend->deliver("a1 OK Logged in\r\n");
+  EXPECT_EQ(client_->takeWritten(), "a1 OK Logged in\r\n") << "the ID exchange stays hidden";
+}
+
+// ---------------------------------------------------------------------------
+// AUTHENTICATE.
+
+TEST_F(SessionTest, AuthenticatePlainWithInitialResponse) {
+  start();
+  client_->deliver("a1 AUTHENTICATE PLAIN "s + std::string(kPlainAliceSecret) + "\r\n");
+  EXPECT_EQ(client_->takeWritten(), "") << "no continuation with SASL-IR";
+  FakeTransport* backend = host_.lastBackend();
+  ASSERT_NE(backend, nullptr);
+  EXPECT_EQ(host_.connects()[0].backend, candidates("alice")[0]);
+  backend->connectOk();
+  backend->deliver(kGreetingSaslIr);
+  EXPECT_EQ(backend->takeWritten(),
+            "a1 AUTHENTICATE PLAIN "s + std::string(kPlainAliceSecret) + "\r\n");
+  backend->deliver("a1 OK [CAPABILITY IMAP4rev1 COMPRESS=DEFLATE IDLE] Authenticated\r\n");
+  EXPECT_EQ(client_->takeWritten(), "a1 OK [CAPABILITY IMAP4rev1 IDLE] Authenticated\r\n");
+  EXPECT_EQ(state(), SessionState::kRelay);
+  EXPECT_EQ(session_->user(), "alice");
+}
+
+TEST_F(SessionTest, AuthenticatePlainWithAContinuationRound) {
+  start();
+  client_->deliver("a1 AUTHENTICATE PLAIN\r\n");
+  EXPECT_EQ(client_->takeWritten(), "+ \r\n");
+  EXPECT_EQ(state(), SessionState::kAuthContinuation);
+  EXPECT_THAT(host_.connects(), IsEmpty());
+  client_->deliverBytewise(std::string(kPlainAliceSecret) + "\r\n");
+  FakeTransport* backend = host_.lastBackend();
+  ASSERT_NE(backend, nullptr);
+  backend->connectOk();
+  backend->deliver(kGreetingNoSaslIr);
+  EXPECT_EQ(backend->takeWritten(), "a1 AUTHENTICATE PLAIN\r\n");
+  backend->deliver("+ \r\n");
+  EXPECT_EQ(backend->takeWritten(), std::string(kPlainAliceSecret) + "\r\n");
+  backend->deliver("a1 OK Authenticated\r\n");
+  EXPECT_EQ(client_->takeWritten(), "a1 OK Authenticated\r\n");
+  EXPECT_EQ(state(), SessionState::kRelay);
+}
+
+TEST_F(SessionTest, AuthenticateCancelledOrRefusedStaysBeforeLogin) {
+  start();
+  client_->deliver("a1 AUTHENTICATE PLAIN\r\n");
+  EXPECT_EQ(client_->takeWritten(), "+ \r\n");
+  client_->deliver("*\r\n");
+  EXPECT_THAT(lines(client_->takeWritten()), ElementsAre(StartsWith("a1 BAD ")));
+  EXPECT_EQ(state(), SessionState::kPrelogin);
+  client_->deliver("a2 AUTHENTICATE CRAM-MD5\r\n");
+  EXPECT_THAT(lines(client_->takeWritten()), ElementsAre(StartsWith("a2 NO ")));
+  client_->deliver("a3 AUTHENTICATE PLAIN\r\n!!!notbase64\r\n");
+  EXPECT_THAT(lines(client_->takeWritten()), ElementsAre("+ ", StartsWith("a3 BAD ")));
+  client_->deliver("a4 NOOP\r\n");
+  EXPECT_THAT(lines(client_->takeWritten()), ElementsAre(StartsWith("a4 OK ")));
+  EXPECT_THAT(host_.connects(), IsEmpty());
+}
+
+// ---------------------------------------------------------------------------
+// Relay.
+
+TEST_F(SessionTest, RelayPassesBytesUnchangedBothWays) {
+  start();
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  client_->deliver("a2 SELECT INBOX\r\n");
+  EXPECT_EQ(backend->takeWritten(), "a2 SELECT INBOX\r\n");
+  backend->deliver("* 3 EXISTS\r\n* FLAGS (\\Seen \\Answered)\r\na2 OK [READ-WRITE] done\r\n");
+  EXPECT_EQ(client_->takeWritten(),
+            "* 3 EXISTS\r\n* FLAGS (\\Seen \\Answered)\r\na2 OK [READ-WRITE] done\r\n");
+
+  // A command split over reads is forwarded as it comes and counted once.
+  client_->deliver("a3 UID FE");
+  client_->deliver("TCH 1:* (FL");
+  EXPECT_EQ(session_->commandsInFlight(), 0u);
+  client_->deliver("AGS)\r\n");
+  EXPECT_EQ(backend->takeWritten(), "a3 UID FETCH 1:* (FLAGS)\r\n");
+  EXPECT_EQ(session_->commandsInFlight(), 1u);
+  // A literal in the reply that looks like a tagged line completes nothing.
+  backend->deliver("* 1 FETCH (UID 7 BODY[] {7}\r\na3 OK\r\n)\r\n");
+  EXPECT_EQ(session_->commandsInFlight(), 1u);
+  backend->deliver("a3 OK done\r\n");
+  EXPECT_EQ(client_->takeWritten(), "* 1 FETCH (UID 7 BODY[] {7}\r\na3 OK\r\n)\r\na3 OK done\r\n");
+  EXPECT_EQ(session_->commandsInFlight(), 0u);
+
+  // APPEND: the backend, not Portico, answers the synchronizing literal.
+  client_->deliver("a4 APPEND INBOX (\\Seen) {12}\r\n");
+  EXPECT_EQ(client_->takeWritten(), "");
+  backend->deliver("+ Ready for literal data\r\n");
+  EXPECT_EQ(client_->takeWritten(), "+ Ready for literal data\r\n");
+  client_->deliver("x1 NOOP\r\nHi!\r\n");
+  EXPECT_EQ(session_->commandsInFlight(), 1u) << "literal bytes are not a command";
+  backend->deliver("a4 OK [APPENDUID 1 9] done\r\n");
+  EXPECT_EQ(backend->takeWritten(), "a4 APPEND INBOX (\\Seen) {12}\r\nx1 NOOP\r\nHi!\r\n");
+  EXPECT_EQ(client_->takeWritten(), "a4 OK [APPENDUID 1 9] done\r\n");
+  EXPECT_EQ(commandStats(CommandId::kAPPEND).count.get(), 1u);
+  EXPECT_EQ(commandStats(CommandId::kNOOP).count.get(), 0u);
+  EXPECT_EQ(commandStats(CommandId::kFETCH).count.get(), 1u);
+}
+
+TEST_F(SessionTest, ProcessingTimeIsMeasuredOnTheFakeClock) {
+  start();
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  client_->deliver("a2 SELECT INBOX\r\n");
+  host_.advance(250ms);
+  backend->deliver("a2 OK done\r\n");
+  CommandStats& select = commandStats(CommandId::kSELECT);
+  EXPECT_EQ(select.count.get(), 1u);
+  EXPECT_EQ(select.no.get(), 0u);
+  EXPECT_EQ(select.bad.get(), 0u);
+  EXPECT_EQ(select.time_us.get(), 250'000u);
+  // 250 ms is over 100 us * 2^11 and within 100 us * 2^12.
+  EXPECT_EQ(select.histogram[12].get(), 1u);
+  EXPECT_EQ(select.histogram[11].get() + select.histogram[13].get(), 0u);
+
+  // The clock starts at the command's last byte, not its first.
+  client_->deliver("a3 FETCH 1 (FLA");
+  host_.advance(100ms);
+  client_->deliver("GS)\r\n");
+  host_.advance(40ms);
+  backend->deliver("a3 OK done\r\n");
+  EXPECT_EQ(commandStats(CommandId::kFETCH).time_us.get(), 40'000u);
+}
+
+TEST_F(SessionTest, ErrorsAndUnknownCommandsAreCounted) {
+  start();
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  client_->deliver("a2 SELECT nosuch\r\na3 SELECT\r\na4 XYZZY 1\r\na5 uid fetch 1 FLAGS\r\n");
+  backend->deliver("a2 NO [NONEXISTENT] no such mailbox\r\na3 BAD missing argument\r\n");
+  backend->deliver("a4 BAD unknown command\r\na5 OK done\r\n");
+  EXPECT_EQ(commandStats(CommandId::kSELECT).count.get(), 2u);
+  EXPECT_EQ(commandStats(CommandId::kSELECT).no.get(), 1u);
+  EXPECT_EQ(commandStats(CommandId::kSELECT).bad.get(), 1u);
+  EXPECT_EQ(commandStats(CommandId::kOTHER).count.get(), 1u);
+  EXPECT_EQ(commandStats(CommandId::kOTHER).bad.get(), 1u);
+  EXPECT_EQ(commandStats(CommandId::kFETCH).count.get(), 1u);
+  EXPECT_EQ(session_->commandsInFlight(), 0u);
+}
+
+TEST_F(SessionTest, PipelinedCommandsAreMatchedByTag) {
+  start();
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  BackendStats& stats = backendStats(relay_backend_);
+  client_->deliver("p1 NOOP\r\np2 SELECT INBOX\r\np3 FETCH 1 FLAGS\r\n");
+  EXPECT_EQ(session_->commandsInFlight(), 3u);
+  EXPECT_EQ(stats.commands_in_flight.get(), 3u);
+  host_.advance(10ms);
+  backend->deliver("p2 OK done\r\n");
+  backend->deliver("zz OK not ours\r\n");
+  EXPECT_EQ(session_->commandsInFlight(), 2u);
+  host_.advance(10ms);
+  backend->deliver("p3 OK done\r\np1 OK done\r\n");
+  EXPECT_EQ(session_->commandsInFlight(), 0u);
+  EXPECT_EQ(stats.commands_in_flight.get(), 0u);
+  EXPECT_EQ(commandStats(CommandId::kSELECT).time_us.get(), 10'000u);
+  EXPECT_EQ(commandStats(CommandId::kFETCH).time_us.get(), 20'000u);
+  EXPECT_EQ(commandStats(CommandId::kNOOP).time_us.get(), 20'000u);
+
+  // Many tags at once, answered in reverse.
+  backend->takeWritten();
+  std::string commands;
+  std::string replies;
+  for (int i = 0; i < 100; ++i) {
+    commands += "t" + std::to_string(i) + " NOOP\r\n";
+    replies = "t" + std::to_string(i) + " OK\r\n" + replies;
+  }
+  client_->deliver(commands);
+  EXPECT_EQ(session_->commandsInFlight(), 100u);
+  EXPECT_EQ(stats.commands_in_flight.get(), 100u);
+  backend->deliver(replies);
+  EXPECT_EQ(session_->commandsInFlight(), 0u);
+  EXPECT_EQ(commandStats(CommandId::kNOOP).count.get(), 101u);
+  EXPECT_EQ(backend->takeWritten(), commands);
+}
+
+TEST_F(SessionTest, IdleIsCountedApartFromProcessingTime) {
+  start();
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  client_->deliver("i1 IDLE\r\n");
+  backend->deliver("+ idling\r\n");
+  host_.advance(5s);
+  backend->deliver("* 4 EXISTS\r\n");
+  host_.advance(5s);
+  client_->deliver("DONE\r\n");
+  EXPECT_EQ(session_->commandsInFlight(), 1u) << "IDLE ends with its tagged reply";
+  backend->deliver("i1 OK IDLE terminated\r\n");
+  EXPECT_EQ(backend->takeWritten(), "i1 IDLE\r\nDONE\r\n");
+  EXPECT_EQ(client_->takeWritten(), "+ idling\r\n* 4 EXISTS\r\ni1 OK IDLE terminated\r\n");
+  BackendStats& stats = backendStats(relay_backend_);
+  EXPECT_EQ(stats.idle.count.get(), 1u);
+  EXPECT_EQ(stats.idle.time_us.get(), 10'000'000u);
+  EXPECT_EQ(commandStats(CommandId::kIDLE).count.get(), 0u);
+  EXPECT_EQ(commandStats(CommandId::kIDLE).time_us.get(), 0u);
+}
+
+TEST_F(SessionTest, IdleRefusedByTheBackendLeavesTheNextCommandCounted) {
+  start();
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  client_->deliver("i1 IDLE\r\n");
+  backend->deliver("i1 NO IDLE not now\r\n");
+  client_->deliver("i2 NOOP\r\n");
+  EXPECT_EQ(session_->commandsInFlight(), 1u) << "i2 is a command, not a line instead of DONE";
+  backend->deliver("i2 OK done\r\n");
+  EXPECT_EQ(commandStats(CommandId::kNOOP).count.get(), 1u);
+  EXPECT_EQ(backend->takeWritten(), "i1 IDLE\r\ni2 NOOP\r\n");
+}
+
+TEST_F(SessionTest, CompressIsRefusedAndNeverForwarded) {
+  start();
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  client_->deliver("z1 NOOP\r\nz2 COMPRESS DEFLATE\r\nz3 NOOP\r\n");
+  EXPECT_EQ(backend->takeWritten(), "z1 NOOP\r\nz3 NOOP\r\n");
+  EXPECT_THAT(lines(client_->takeWritten()), ElementsAre(StartsWith("z2 NO ")));
+  EXPECT_EQ(session_->commandsInFlight(), 2u);
+  client_->deliver("z4 COMPRESS DEFLATE\r\n");
+  EXPECT_EQ(backend->takeWritten(), "");
+  EXPECT_THAT(lines(client_->takeWritten()), ElementsAre(StartsWith("z4 NO ")));
+  EXPECT_EQ(session_->commandsInFlight(), 2u);
+  EXPECT_EQ(state(), SessionState::kRelay);
+
+  // Capability lists in the relay lose COMPRESS too.
+  client_->deliver("k1 CAPABILITY\r\n");
+  backend->deliver(
+      "z1 OK\r\nz3 OK\r\n* CAPABILITY IMAP4rev1 COMPRESS=DEFLATE IDLE\r\nk1 OK done\r\n");
+  EXPECT_EQ(client_->takeWritten(),
+            "z1 OK\r\nz3 OK\r\n* CAPABILITY IMAP4rev1 IDLE\r\nk1 OK done\r\n");
+  EXPECT_EQ(commandStats(CommandId::kCOMPRESS).count.get(), 0u);
+}
+
+TEST_F(SessionTest, ByteCountersMatchWhatWasRelayed) {
+  start();
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  WorkerStats& worker = host_.stats();
+  BackendStats& stats = backendStats(relay_backend_);
+  const std::uint64_t to_clients = worker.bytes_to_clients.get();
+  const std::uint64_t from_clients = worker.bytes_from_clients.get();
+  const std::string commands = "y1 NOOP\r\ny2 COMPRESS DEFLATE\r\ny3 CAPABILITY\r\n";
+  const std::string replies =
+      "y1 OK\r\n* CAPABILITY IMAP4rev1 COMPRESS=DEFLATE IDLE\r\ny3 OK done\r\n";
+  client_->deliver(commands);
+  backend->deliver(replies);
+  const std::string to_backend = backend->takeWritten();
+  const std::string to_client = client_->takeWritten();
+  EXPECT_EQ(to_backend, "y1 NOOP\r\ny3 CAPABILITY\r\n");
+  EXPECT_EQ(worker.bytes_from_clients.get() - from_clients, commands.size());
+  EXPECT_EQ(stats.bytes_from_backend.get(), replies.size());
+  EXPECT_EQ(stats.bytes_to_backend.get(), to_backend.size());
+  EXPECT_EQ(worker.bytes_to_clients.get() - to_clients, to_client.size());
+}
+
+TEST_F(SessionTest, UnreadableLiteralFromTheClientEndsTheSession) {
+  start();
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  // A literal size too long to read: the stream cannot be resynchronised.
+  client_->deliver("a2 APPEND INBOX {99999999999999999999999999}\r\na3 NOOP\r\n");
+  EXPECT_THAT(lines(client_->takeWritten()), ElementsAre(StartsWith("* BYE ")));
+  EXPECT_TRUE(client_->shutdownCalled());
+  EXPECT_TRUE(backend->closeCalled());
+  host_.runPending();
+  EXPECT_EQ(host_.endedCount(), 1);
+}
+
+TEST_F(SessionTest, UnreadableLiteralFromTheBackendEndsTheSession) {
+  start();
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  client_->deliver("a2 FETCH 1 BODY[]\r\n");
+  backend->deliver("* 1 FETCH (BODY[] {99999999999999999999999999}\r\nabc");
+  EXPECT_THAT(lines(client_->takeWritten()), ElementsAre(StartsWith("* BYE [UNAVAILABLE]")));
+  EXPECT_TRUE(client_->shutdownCalled());
+  host_.runPending();
+  EXPECT_EQ(host_.endedCount(), 1);
+}
+
+TEST_F(SessionTest, UnreadableBackendLineDuringLoginFailsThatBackend) {
+  Config cfg = baseConfig();
+  for (BackendConfig& backend : cfg.backends) {
+    backend.forward_id = true;
+  }
+  start(cfg);
+  client_->deliver("a1 LOGIN alice secret\r\n");
+  FakeTransport* backend = host_.lastBackend();
+  backend->connectOk();
+  backend->deliver(kGreetingSaslIr);
+  EXPECT_EQ(state(), SessionState::kBackendId);
+  backend->deliver("* 1 FETCH (BODY[] {99999999999999999999999999}\r\nP0ID OK\r\n");
+  EXPECT_TRUE(backend->closeCalled());
+  host_.runPending();
+  EXPECT_EQ(host_.connects().size(), 2u) << "nothing was sent yet: the next candidate";
+}
+
+TEST_F(SessionTest, BackpressurePausesTheOtherSide) {
+  start();
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  const std::size_t high = config().limits.write_high_watermark;
+
+  backend->setQueuedBytes(high);
+  client_->deliver("b1 NOOP\r\n");
+  EXPECT_FALSE(client_->paused()) << "at the watermark is not over it";
+  backend->setQueuedBytes(high + 1);
+  client_->deliver("b2 NOOP\r\n");
+  EXPECT_TRUE(client_->paused());
+  client_->deliver("b3 NOOP\r\n");
+  EXPECT_EQ(backend->takeWritten(), "b1 NOOP\r\nb2 NOOP\r\n");
+  backend->drain();
+  EXPECT_FALSE(client_->paused());
+  host_.runPending();
+  EXPECT_EQ(backend->takeWritten(), "b3 NOOP\r\n");
+
+  client_->setQueuedBytes(high + 1);
+  backend->deliver("* 1 EXISTS\r\n");
+  EXPECT_TRUE(backend->paused());
+  EXPECT_FALSE(client_->paused());
+  client_->drain();
+  EXPECT_FALSE(backend->paused());
+  EXPECT_EQ(client_->takeWritten(), "* 1 EXISTS\r\n");
+}
+
+// ---------------------------------------------------------------------------
+// Ends.
+
+TEST_F(SessionTest, BackendCloseSaysUnavailableAndEndsOnce) {
+  start();
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  client_->deliver("a2 FETCH 1:* FLAGS\r\n");
+  backend->peerClose("connection reset");
+  host_.loop().runPending(1);
+  EXPECT_EQ(client_->takeWritten(), "* BYE [UNAVAILABLE] Mailbox server connection lost.\r\n");
+  EXPECT_TRUE(client_->shutdownCalled());
+  EXPECT_EQ(host_.endedCount(), 0) << "the client has not closed yet";
+  host_.runPending();
+  EXPECT_EQ(host_.endedCount(), 1);
+  EXPECT_THAT(log_.text(), HasSubstr("closed the connection (connection reset)"));
+}
+
+TEST_F(SessionTest, ClientCloseClosesTheBackendThenEnds) {
+  start();
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  client_->deliver("a2 FETCH 1:* FLAGS\r\n");
+  client_->peerClose();
+  host_.loop().runPending(1);
+  EXPECT_TRUE(backend->closeCalled());
+  EXPECT_EQ(state(), SessionState::kClosing);
+  EXPECT_EQ(host_.endedCount(), 0) << "the backend has not closed yet";
+  host_.runPending();
+  EXPECT_EQ(host_.endedCount(), 1);
+}
+
+TEST_F(SessionTest, ClientCloseWhileConnectingOrDelayedEnds) {
+  start();
+  client_->deliver("a1 LOGIN alice secret\r\n");
+  FakeTransport* backend = host_.lastBackend();
+  client_->peerClose();
+  host_.runPending();
+  EXPECT_TRUE(backend->closed());
+  EXPECT_EQ(host_.endedCount(), 1);
+}
+
+TEST_F(SessionTest, BackendLogoutEndsWithoutAnotherBye) {
+  start();
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  client_->deliver("l1 LOGOUT\r\n");
+  backend->deliver("* BYE Logging out\r\nl1 OK Logout completed\r\n");
+  backend->peerClose();
+  host_.runPending();
+  EXPECT_EQ(client_->written().substr(client_->written().find("* BYE")),
+            "* BYE Logging out\r\nl1 OK Logout completed\r\n");
+  EXPECT_EQ(commandStats(CommandId::kLOGOUT).count.get(), 1u);
+  EXPECT_EQ(host_.endedCount(), 1);
+}
+
+TEST_F(SessionTest, AbortClosesBothSides) {
+  start();
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  session_->abort("admin kick");
+  EXPECT_TRUE(client_->closeCalled());
+  EXPECT_TRUE(backend->closeCalled());
+  host_.runPending();
+  EXPECT_EQ(host_.endedCount(), 1);
+  EXPECT_THAT(log_.text(), HasSubstr("reason=\"admin kick\""));
+}
+
+TEST_F(SessionTest, KickSaysByeAndEnds) {
+  start();
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  session_->kick();
+  EXPECT_THAT(lines(client_->takeWritten()), ElementsAre(StartsWith("* BYE [UNAVAILABLE] ")));
+  EXPECT_TRUE(client_->shutdownCalled());
+  EXPECT_TRUE(backend->closeCalled());
+  host_.runPending();
+  EXPECT_EQ(host_.endedCount(), 1);
+  EXPECT_THAT(log_.text(), HasSubstr("reason=\"kicked\""));
+}
+
+TEST_F(SessionTest, IdleTimeoutCountsFromTheLastClientActivity) {
+  start();
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  host_.advance(20min);
+  client_->deliver("a2 NOOP\r\n");
+  backend->deliver("a2 OK\r\n");
+  host_.advance(15min);
+  backend->deliver("* 2 EXISTS\r\n");  // backend chatter is not client activity
+  host_.advance(15min - 1ms);
+  EXPECT_FALSE(client_->shutdownCalled()) << "30 min after the NOOP is not yet over 30 min";
+  host_.advance(2ms);
+  EXPECT_THAT(client_->takeWritten(), EndsWith("* BYE Disconnected for inactivity.\r\n"));
+  EXPECT_TRUE(client_->shutdownCalled());
+  EXPECT_TRUE(backend->closed());
+  EXPECT_EQ(host_.endedCount(), 1);
+}
+
+TEST_F(SessionTest, ServerChatterDuringIdleKeepsTheSession) {
+  Config cfg = baseConfig();
+  cfg.timeouts.idle = 1min;
+  start(cfg);
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  client_->deliver("i1 IDLE\r\n");
+  backend->deliver("+ idling\r\n");
+  for (int i = 0; i < 5; ++i) {
+    host_.advance(40s);
+    backend->deliver("* OK Still here\r\n");
+  }
+  EXPECT_FALSE(client_->shutdownCalled());
+  client_->deliver("DONE\r\n");
+  backend->deliver("i1 OK done\r\n");
+  host_.advance(1min + 1ms);
+  EXPECT_TRUE(client_->shutdownCalled());
+}
+
+TEST_F(SessionTest, PreloginTimeoutCountsFromConnect) {
+  start();
+  host_.advance(30s);
+  client_->deliver("n1 NOOP\r\n");
+  client_->takeWritten();
+  host_.advance(config().timeouts.prelogin - 30s - 1ms);
+  EXPECT_FALSE(client_->shutdownCalled());
+  host_.advance(2ms);
+  EXPECT_EQ(client_->takeWritten(), "* BYE Disconnected for inactivity during login.\r\n");
+  EXPECT_EQ(host_.endedCount(), 1);
+}
+
+TEST_F(SessionTest, ShutdownBeforeLoginSaysByeAtOnce) {
+  start();
+  session_->requestBye("Server shutting down.", "shutdown");
+  EXPECT_EQ(client_->takeWritten(), "* BYE Server shutting down.\r\n");
+  EXPECT_TRUE(client_->shutdownCalled());
+  host_.runPending();
+  EXPECT_EQ(host_.endedCount(), 1);
+}
+
+TEST_F(SessionTest, ShutdownBetweenCommandsSaysByeAtOnce) {
+  start();
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  session_->requestBye("Server shutting down.", "shutdown");
+  EXPECT_EQ(client_->takeWritten(), "* BYE Server shutting down.\r\n");
+  EXPECT_TRUE(client_->shutdownCalled());
+  EXPECT_TRUE(backend->closeCalled());
+  host_.runPending();
+  EXPECT_EQ(host_.endedCount(), 1);
+}
+
+TEST_F(SessionTest, ShutdownDuringACommandWaitsForItsTaggedReply) {
+  start();
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  client_->deliver("s1 FETCH 1:* FLAGS\r\n");
+  session_->requestBye("Server shutting down.", "shutdown");
+  EXPECT_EQ(client_->takeWritten(), "");
+  backend->deliver("* 1 FETCH (FLAGS ())\r\n");
+  EXPECT_EQ(client_->takeWritten(), "* 1 FETCH (FLAGS ())\r\n");
+  EXPECT_FALSE(client_->shutdownCalled());
+  backend->deliver("s1 OK done\r\n");
+  EXPECT_EQ(client_->takeWritten(), "s1 OK done\r\n* BYE Server shutting down.\r\n");
+  EXPECT_TRUE(client_->shutdownCalled());
+  host_.runPending();
+  EXPECT_EQ(host_.endedCount(), 1);
+}
+
+TEST_F(SessionTest, ShutdownDuringIdleOrLoginSaysByeWhenDone) {
+  start();
+  client_->deliver("a1 LOGIN alice secret\r\n");
+  FakeTransport* backend = host_.lastBackend();
+  backend->connectOk();
+  backend->deliver(kGreetingSaslIr);
+  session_->requestBye("Server shutting down.", "shutdown");
+  EXPECT_FALSE(client_->shutdownCalled()) << "the login finishes first";
+  backend->deliver("a1 OK Logged in\r\n");
+  EXPECT_EQ(client_->takeWritten(), "a1 OK Logged in\r\n* BYE Server shutting down.\r\n");
+  EXPECT_TRUE(client_->shutdownCalled());
+}
+
+TEST_F(SessionTest, ShutdownDuringAFailingLoginSaysByeAfterTheAnswer) {
+  start();
+  client_->deliver("a1 LOGIN alice wrong\r\n");
+  FakeTransport* backend = host_.lastBackend();
+  backend->connectOk();
+  backend->deliver(kGreetingSaslIr);
+  session_->requestBye("Server shutting down.", "shutdown");
+  EXPECT_FALSE(client_->shutdownCalled()) << "the login finishes first";
+  backend->deliver("a1 NO [AUTHENTICATIONFAILED] Invalid credentials\r\n");
+  host_.advance(config().limits.login_failure_delay + 1ms);
+  EXPECT_THAT(lines(client_->takeWritten()),
+              ElementsAre("a1 NO [AUTHENTICATIONFAILED] Invalid credentials",
+                          "* BYE Server shutting down."));
+  EXPECT_TRUE(client_->shutdownCalled());
+  EXPECT_EQ(host_.endedCount(), 1);
+}
+
+TEST_F(SessionTest, ShutdownDuringIdleSaysByeAtOnce) {
+  start();
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  client_->deliver("i1 IDLE\r\n");
+  backend->deliver("+ idling\r\n");
+  client_->takeWritten();
+  session_->requestBye("Server shutting down.", "shutdown");
+  EXPECT_EQ(client_->takeWritten(), "* BYE Server shutting down.\r\n");
+  EXPECT_TRUE(client_->shutdownCalled());
+}
+
+// ---------------------------------------------------------------------------
+// Secrets.
+
+TEST_F(SessionTest, PasswordNeverReachesTheClientOrTheLog) {
+  const std::string password = "Tr0ub4dor&3xyzzy";
+  const std::string sasl = "AGFsaWNlAFRyMHViNGRvciYzeHl6enk=";  // "\0alice\0" + password
+  start();
+  // A refused LOGIN, a refused AUTHENTICATE, then a LOGIN that succeeds.
+  client_->deliver("a1 LOGIN alice " + password + "\r\n");
+  FakeTransport* backend = host_.lastBackend();
+  backend->connectOk();
+  backend->deliver(kGreetingSaslIr);
+  EXPECT_THAT(backend->written(), HasSubstr(password)) << "the backend does need it";
+  backend->deliver("a1 NO [AUTHENTICATIONFAILED] Invalid credentials\r\n");
+  host_.advance(2s);
+  client_->deliver("a2 AUTHENTICATE PLAIN\r\n" + sasl + "\r\n");
+  backend = host_.lastBackend();
+  backend->connectOk();
+  backend->deliver(kGreetingNoSaslIr);
+  backend->deliver("+ \r\n");
+  EXPECT_THAT(backend->written(), HasSubstr(sasl));
+  backend->deliver("a2 NO [AUTHENTICATIONFAILED] Invalid credentials\r\n");
+  host_.advance(3s);
+  FakeTransport* relay = loginToRelay("alice", password);
+  ASSERT_NE(relay, nullptr);
+  client_->deliver("a9 NOOP\r\n");
+  relay->peerClose();  // logged as a warning, with user and backend
+  host_.runPending();
+  ASSERT_EQ(host_.endedCount(), 1);
+
+  const std::string log = log_.text();
+  EXPECT_THAT(log, HasSubstr("user=alice")) << "the log was captured";
+  EXPECT_THAT(log, HasSubstr("session end"));
+  EXPECT_THAT(log, Not(HasSubstr(password)));
+  EXPECT_THAT(log, Not(HasSubstr(sasl)));
+  EXPECT_THAT(client_->written(), Not(HasSubstr(password)));
+  EXPECT_THAT(client_->written(), Not(HasSubstr(sasl)));
+  EXPECT_THAT(client_->writtenAfterClose(), Not(HasSubstr(password)));
+}
+
+TEST_F(SessionTest, PasswordNeverReachesTheProtocolLog) {
+  const std::string password = "Tr0ub4dor&3xyzzy";
+  const std::string sasl = "AGFsaWNlAFRyMHViNGRvciYzeHl6enk=";  // "\0alice\0" + password
+  char dir_template[] = "/tmp/portico-session-test-XXXXXX";
+  ASSERT_NE(mkdtemp(dir_template), nullptr);
+  const std::filesystem::path dir(dir_template);
+  logging::ProtocolLog protocol_log(1);
+  logging::ProtocolLog::Options options;
+  options.directory = dir.string();
+  std::string error;
+  ASSERT_TRUE(protocol_log.start(options, error)) << error;
+  host_.shared().protocol_log.store(&protocol_log);
+  TraceSettings settings;
+  settings.on = true;
+  host_.shared().trace.set(settings);
+
+  start();
+  client_->deliver("a0 LOGIN alice " + password + " extra\r\n");  // malformed: BAD
+  client_->deliver("a1 LOGIN alice " + password + "\r\n");
+  FakeTransport* backend = host_.lastBackend();
+  backend->connectOk();
+  backend->deliver(kGreetingSaslIr);
+  backend->deliver("a1 NO [AUTHENTICATIONFAILED] Invalid credentials\r\n");
+  host_.advance(2s);
+  client_->deliver("a2 AUTHENTICATE PLAIN " + sasl + "\r\n");
+  backend = host_.lastBackend();
+  backend->connectOk();
+  backend->deliver(kGreetingSaslIr);
+  backend->deliver("a2 NO [AUTHENTICATIONFAILED] Invalid credentials\r\n");
+  host_.advance(3s);
+  FakeTransport* relay = loginToRelay("alice", password);
+  ASSERT_NE(relay, nullptr);
+  client_->deliver("a3 LOGIN alice " + password + "\r\na4 SELECT INBOX\r\n");
+  relay->deliver("a3 BAD Already logged in\r\na4 OK done\r\n");
+  session_->abort("test over");
+  host_.runPending();
+  ASSERT_EQ(host_.endedCount(), 1);
+  protocol_log.stop();
+  host_.shared().protocol_log.store(nullptr);
+
+  std::string text;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    std::ifstream in(entry.path(), std::ios::binary);
+    text.append(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  std::filesystem::remove_all(dir);
+  EXPECT_THAT(text, HasSubstr("LOGIN")) << "the protocol log was written";
+  EXPECT_THAT(text, HasSubstr("SELECT"));
+  EXPECT_THAT(text, Not(HasSubstr(password)));
+  EXPECT_THAT(text, Not(HasSubstr(sasl)));
+}
+
+}  // namespace
+}  // namespace portico::proxy
