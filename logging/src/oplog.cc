@@ -27,9 +27,15 @@ const char* levelName(Level level) {
   return "?";
 }
 
-void setLevel(Level level) { g_level.store(static_cast<int>(level), std::memory_order_relaxed); }
-Level level() { return static_cast<Level>(g_level.load(std::memory_order_relaxed)); }
-void setOutputFd(int fd) { g_fd.store(fd, std::memory_order_relaxed); }
+void setLevel(Level level) {
+  g_level.store(static_cast<int>(level), std::memory_order_relaxed);
+}
+Level level() {
+  return static_cast<Level>(g_level.load(std::memory_order_relaxed));
+}
+void setOutputFd(int fd) {
+  g_fd.store(fd, std::memory_order_relaxed);
+}
 
 void formatNow(char (&out)[32]) {
   auto now = std::chrono::system_clock::now();

@@ -24,13 +24,14 @@
 namespace portico::proxy {
 
 // Command names Portico counts by name; everything else is OTHER.
-#define PORTICO_COMMANDS(X)                                                                    \
-  X(CAPABILITY) X(NOOP) X(LOGOUT) X(STARTTLS) X(AUTHENTICATE) X(LOGIN) X(ENABLE) X(SELECT)      \
-  X(EXAMINE) X(CREATE) X(DELETE) X(RENAME) X(SUBSCRIBE) X(UNSUBSCRIBE) X(LIST) X(LSUB)          \
-  X(NAMESPACE) X(STATUS) X(APPEND) X(IDLE) X(CHECK) X(CLOSE) X(UNSELECT) X(EXPUNGE) X(SEARCH)   \
-  X(FETCH) X(STORE) X(COPY) X(MOVE) X(ID) X(GETQUOTA) X(GETQUOTAROOT) X(SETQUOTA) X(GETACL)     \
-  X(SETACL) X(MYRIGHTS) X(SORT) X(THREAD) X(COMPRESS) X(GETMETADATA) X(SETMETADATA) X(XLIST)    \
-  X(OTHER)
+#define PORTICO_COMMANDS(X)                                                                        \
+  X(CAPABILITY)                                                                                    \
+  X(NOOP) X(LOGOUT) X(STARTTLS) X(AUTHENTICATE) X(LOGIN) X(ENABLE) X(SELECT) X(EXAMINE) X(CREATE)  \
+      X(DELETE) X(RENAME) X(SUBSCRIBE) X(UNSUBSCRIBE) X(LIST) X(LSUB) X(NAMESPACE) X(STATUS)       \
+          X(APPEND) X(IDLE) X(CHECK) X(CLOSE) X(UNSELECT) X(EXPUNGE) X(SEARCH) X(FETCH) X(STORE)   \
+              X(COPY) X(MOVE) X(ID) X(GETQUOTA) X(GETQUOTAROOT) X(SETQUOTA) X(GETACL) X(SETACL)    \
+                  X(MYRIGHTS) X(SORT) X(THREAD) X(COMPRESS) X(GETMETADATA) X(SETMETADATA) X(XLIST) \
+                      X(OTHER)
 
 enum class CommandId : std::uint8_t {
 #define PORTICO_ENUM(name) k##name,
@@ -49,8 +50,12 @@ double bucketUpperSeconds(std::size_t bucket);  // +inf for the last
 // A relaxed counter with one writer.
 class Counter {
  public:
-  void add(std::uint64_t n = 1) { v_.store(v_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
-  void sub(std::uint64_t n = 1) { v_.store(v_.load(std::memory_order_relaxed) - n, std::memory_order_relaxed); }
+  void add(std::uint64_t n = 1) {
+    v_.store(v_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  }
+  void sub(std::uint64_t n = 1) {
+    v_.store(v_.load(std::memory_order_relaxed) - n, std::memory_order_relaxed);
+  }
   std::uint64_t get() const { return v_.load(std::memory_order_relaxed); }
 
  private:
@@ -82,8 +87,8 @@ struct alignas(64) BackendStats {
   // moving average that AverageCommandProcessingTimeGt60sMonitor samples.
   static constexpr std::size_t kRecent = 1024;
   std::array<std::atomic<std::uint32_t>, kRecent> recent_us{};
-  Counter recent_sum_us;  // sum of the ring's values
-  Counter recent_count;   // values in the ring (<= kRecent)
+  Counter recent_sum_us;        // sum of the ring's values
+  Counter recent_count;         // values in the ring (<= kRecent)
   std::size_t recent_next = 0;  // writer-only
 
   void recordCommand(CommandId id, parser::Status status, std::chrono::microseconds time);

@@ -124,7 +124,10 @@ bool splitAdminLine(const std::string& line, std::vector<std::string>& words, st
 }
 
 AdminServer::AdminServer(uv_loop_t* loop, std::string path, std::string group, Handler handler)
-    : loop_(loop), path_(std::move(path)), group_(std::move(group)), handler_(std::move(handler)),
+    : loop_(loop),
+      path_(std::move(path)),
+      group_(std::move(group)),
+      handler_(std::move(handler)),
       alive_(std::make_shared<bool>(true)) {}
 
 AdminServer::~AdminServer() {
@@ -173,7 +176,8 @@ bool AdminServer::start(std::string& error) {
     }
   }
   if (rc != 0) {
-    uv_close(reinterpret_cast<uv_handle_t*>(pipe_), [](uv_handle_t* h) { delete reinterpret_cast<uv_pipe_t*>(h); });
+    uv_close(reinterpret_cast<uv_handle_t*>(pipe_),
+             [](uv_handle_t* h) { delete reinterpret_cast<uv_pipe_t*>(h); });
     pipe_ = nullptr;
     return false;
   }
@@ -182,7 +186,8 @@ bool AdminServer::start(std::string& error) {
 
 void AdminServer::stop() {
   if (pipe_ != nullptr) {
-    uv_close(reinterpret_cast<uv_handle_t*>(pipe_), [](uv_handle_t* h) { delete reinterpret_cast<uv_pipe_t*>(h); });
+    uv_close(reinterpret_cast<uv_handle_t*>(pipe_),
+             [](uv_handle_t* h) { delete reinterpret_cast<uv_pipe_t*>(h); });
     pipe_ = nullptr;
     ::unlink(path_.c_str());
   }
@@ -256,7 +261,8 @@ void AdminServer::onConnection(uv_stream_t* server_stream, int status) {
   }
   if (server->connections_.size() >= kMaxConnections) {
     server->connections_.push_back(c);
-    writeLine(reinterpret_cast<uv_stream_t*>(&c->pipe), errorJson("too many admin connections"), true);
+    writeLine(reinterpret_cast<uv_stream_t*>(&c->pipe), errorJson("too many admin connections"),
+              true);
     return;
   }
   server->connections_.push_back(c);
@@ -290,7 +296,8 @@ void AdminServer::onConnection(uv_stream_t* server_stream, int status) {
         conn->buffer.append(buf->base, static_cast<std::size_t>(nread));
         std::size_t start = 0;
         bool too_long = false;
-        for (std::size_t nl; (nl = conn->buffer.find('\n', start)) != std::string::npos; start = nl + 1) {
+        for (std::size_t nl; (nl = conn->buffer.find('\n', start)) != std::string::npos;
+             start = nl + 1) {
           // A line that ends within this read can be longer than the limit
           // too (the check below only sees the unfinished rest).
           if (nl - start > kMaxLine) {
@@ -304,7 +311,8 @@ void AdminServer::onConnection(uv_stream_t* server_stream, int status) {
           uv_read_stop(stream);
           conn->lines.clear();
           conn->buffer.clear();
-          writeLine(stream, errorJson(fmt::format("request line longer than {} bytes", kMaxLine)), true);
+          writeLine(stream, errorJson(fmt::format("request line longer than {} bytes", kMaxLine)),
+                    true);
           return;
         }
         AdminServer::serveNext(conn);

@@ -21,7 +21,9 @@ std::string ok(json body = json::object()) {
   return body.dump();
 }
 
-std::string fail(const std::string& message) { return json{{"ok", false}, {"error", message}}.dump(); }
+std::string fail(const std::string& message) {
+  return json{{"ok", false}, {"error", message}}.dump();
+}
 
 // Options "--name value" and flags "--name" after the positional words.
 struct Args {
@@ -89,7 +91,8 @@ json protocolLogStatus(Control& c) {
   return out;
 }
 
-void protocolLogCommand(Control& c, const std::vector<std::string>& words, AdminServer::Reply& reply) {
+void protocolLogCommand(Control& c, const std::vector<std::string>& words,
+                        AdminServer::Reply& reply) {
   if (words.size() < 2) {
     reply(fail("usage: protocol-log on [--user U] [--ip CIDR] [--ttl 15m] | off | status"));
     return;
@@ -210,7 +213,8 @@ bool parseSessionFilter(const Args& args, SessionFilter& filter, std::string& er
 void sessionsCommand(Control& c, const std::vector<std::string>& words, AdminServer::Reply reply) {
   Args args = parseArgs(words, 1, {"--user", "--ip", "--backend"}, {});
   if (!args.error.empty() || !args.positional.empty()) {
-    reply(fail(args.error.empty() ? "sessions: unexpected '" + args.positional.front() + "'" : args.error));
+    reply(fail(args.error.empty() ? "sessions: unexpected '" + args.positional.front() + "'"
+                                  : args.error));
     return;
   }
   SessionFilter filter;
@@ -271,7 +275,8 @@ void backendCommand(Control& c, const std::vector<std::string>& words, AdminServ
   if (verb == "list") {
     // backendsJson() is {"backends": [...]}: answer its list, not the
     // object, so the reply is {"backends": [...], "ok": true}.
-    reply(ok(json{{"backends", json::parse(c.health->backendsJson()).value("backends", json::array())}}));
+    reply(ok(json{
+        {"backends", json::parse(c.health->backendsJson()).value("backends", json::array())}}));
     return;
   }
   if (verb == "drain" || verb == "enable") {
@@ -317,18 +322,21 @@ void probeCommand(Control& c, const std::vector<std::string>& words, AdminServer
     for (const std::string& t : r.trace) {
       trace.push_back(t);
     }
-    reply(ok(json{{"ResultType", health::resultTypeName(r.result)},
-                  {"Probe", r.probe},
-                  {"HealthSet", r.health_set},
-                  {"TargetResource", r.target},
-                  {"SampleValue", r.sample_ms},
-                  {"Error", r.error},
-                  {"FailedStep", r.result == health::ResultType::kSucceeded ? "" : health::probeStepName(r.failed_step)},
-                  {"RetryCount", r.retry_count},
-                  {"Trace", trace}}));
+    reply(ok(json{
+        {"ResultType", health::resultTypeName(r.result)},
+        {"Probe", r.probe},
+        {"HealthSet", r.health_set},
+        {"TargetResource", r.target},
+        {"SampleValue", r.sample_ms},
+        {"Error", r.error},
+        {"FailedStep",
+         r.result == health::ResultType::kSucceeded ? "" : health::probeStepName(r.failed_step)},
+        {"RetryCount", r.retry_count},
+        {"Trace", trace}}));
   });
   if (!started) {
-    reply(fail("probe: no probe " + set + "\\" + probe + (target.empty() ? "" : " for target " + target)));
+    reply(fail("probe: no probe " + set + "\\" + probe +
+               (target.empty() ? "" : " for target " + target)));
   }
 }
 
@@ -348,16 +356,24 @@ void statsCommand(Control& c, AdminServer::Reply& reply) {
       const auto& cmd = b.commands[k];
       if (cmd.count > 0) {
         commands[commandName(static_cast<CommandId>(k))] =
-            json{{"count", cmd.count}, {"no", cmd.no}, {"bad", cmd.bad},
-                 {"average_ms", static_cast<double>(cmd.time_us) / 1000.0 / static_cast<double>(cmd.count)}};
+            json{{"count", cmd.count},
+                 {"no", cmd.no},
+                 {"bad", cmd.bad},
+                 {"average_ms",
+                  static_cast<double>(cmd.time_us) / 1000.0 / static_cast<double>(cmd.count)}};
       }
     }
     backends[c.config->config.backends[i].name] =
-        json{{"sessions", b.sessions_current},   {"sessions_total", b.sessions_total},
-             {"queued", b.in_flight},            {"average_processing_ms", b.averageProcessingMs()},
-             {"login_failures", b.login_failures}, {"connect_failures", b.connect_failures},
-             {"bytes_to", b.bytes_to},           {"bytes_from", b.bytes_from},
-             {"commands", commands},             {"idle", b.idle.count}};
+        json{{"sessions", b.sessions_current},
+             {"sessions_total", b.sessions_total},
+             {"queued", b.in_flight},
+             {"average_processing_ms", b.averageProcessingMs()},
+             {"login_failures", b.login_failures},
+             {"connect_failures", b.connect_failures},
+             {"bytes_to", b.bytes_to},
+             {"bytes_from", b.bytes_from},
+             {"commands", commands},
+             {"idle", b.idle.count}};
   }
   reply(ok(json{{"connections", s.connections_current},
                 {"connections_total", s.connections_total},
@@ -384,7 +400,8 @@ void handleAdminCommand(Control& c, const AdminRequest& request, AdminServer::Re
       reply(fail("usage: health [SET-GLOB]"));
       return;
     }
-    reply(ok(json{{"health", json::parse(c.health->healthJson(words.size() == 2 ? words[1] : "*"))}}));
+    reply(ok(
+        json{{"health", json::parse(c.health->healthJson(words.size() == 2 ? words[1] : "*"))}}));
   } else if (command == "probe") {
     probeCommand(c, words, std::move(reply));
   } else if (command == "backend") {
@@ -403,11 +420,12 @@ void handleAdminCommand(Control& c, const AdminRequest& request, AdminServer::Re
       reply(fail("reload refused: " + error));
     }
   } else if (command == "help") {
-    reply(ok(json{{"commands",
-                   {"protocol-log on [--user U] [--ip CIDR] [--ttl D] | off | status", "health [SET-GLOB]",
-                    "probe SET\\PROBE [TARGET]", "backend list | drain NAME [--move-sessions] | enable NAME",
-                    "sessions [--user U] [--ip IP] [--backend B]", "kick SESSION-ID | --user U", "stats",
-                    "reload"}}}));
+    reply(ok(json{
+        {"commands",
+         {"protocol-log on [--user U] [--ip CIDR] [--ttl D] | off | status", "health [SET-GLOB]",
+          "probe SET\\PROBE [TARGET]", "backend list | drain NAME [--move-sessions] | enable NAME",
+          "sessions [--user U] [--ip IP] [--backend B]", "kick SESSION-ID | --user U", "stats",
+          "reload"}}}));
   } else {
     reply(fail("unknown command '" + command + "' (try 'help')"));
   }

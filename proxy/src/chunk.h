@@ -51,7 +51,8 @@ class Chunk {
  public:
   Chunk() = default;
   // Takes over one reference to `block`.
-  Chunk(Block* block, const char* data, std::size_t size) : block_(block), data_(data), size_(size) {}
+  Chunk(Block* block, const char* data, std::size_t size)
+      : block_(block), data_(data), size_(size) {}
   Chunk(Chunk&& other) noexcept { swap(other); }
   Chunk& operator=(Chunk&& other) noexcept {
     Chunk tmp(std::move(other));

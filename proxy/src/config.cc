@@ -585,10 +585,12 @@ void ConfigReader::readBackends(const toml::table& root, Config& config) {
                    return std::isxdigit(static_cast<unsigned char>(c)) != 0;
                  });
       if (!hex) {
-        error(lineOf(*t.get("pin_sha256")), "'pin_sha256' must be 64 hex digits (SHA-256 of the SPKI)");
+        error(lineOf(*t.get("pin_sha256")),
+              "'pin_sha256' must be 64 hex digits (SHA-256 of the SPKI)");
       }
-      std::transform(pin.begin(), pin.end(), pin.begin(),
-                     [](char c) { return static_cast<char>(std::tolower(static_cast<unsigned char>(c))); });
+      std::transform(pin.begin(), pin.end(), pin.begin(), [](char c) {
+        return static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      });
     }
     readString(t, "client_cert", backend.client_cert);
     readString(t, "client_key", backend.client_key);
@@ -710,7 +712,8 @@ void ConfigReader::pinProbeUsers(Config& config) {
 }
 
 void ConfigReader::readTimeouts(const toml::table& t, Timeouts& timeouts) {
-  checkKeys(t, {"prelogin", "idle", "backend_connect", "backend_login", "shutdown", "tls_handshake"},
+  checkKeys(t,
+            {"prelogin", "idle", "backend_connect", "backend_login", "shutdown", "tls_handshake"},
             "in [timeouts]");
   const Millis min{1};
   readDuration(t, "prelogin", min, timeouts.prelogin);
@@ -791,24 +794,24 @@ void ConfigReader::readHealth(const toml::table& t, Config& config) {
                       probe.retries = static_cast<std::uint32_t>(retries);
                     }
                   });
-  readNamedTables(
-      t, "monitor", kMonitorNames,
-      [&](const std::string& name, const toml::table& s, const std::string& where) {
-        checkKeys(s, {"unhealthy_after", "healthy_after", "samples", "threshold", "interval"},
-                  where);
-        MonitorSettings& monitor = config.monitors[name];
-        duration(s, "interval", monitor.interval);
-        count(s, "unhealthy_after", 1, monitor.unhealthy_after);
-        count(s, "healthy_after", 1, monitor.healthy_after);
-        count(s, "samples", 1, monitor.samples);
-        if (double threshold = 0; readNumber(s, "threshold", threshold)) {
-          if (threshold < 0) {
-            error(lineOf(*s.get("threshold")), "'threshold' must not be negative");
-          } else {
-            monitor.threshold = threshold;
-          }
-        }
-      });
+  readNamedTables(t, "monitor", kMonitorNames,
+                  [&](const std::string& name, const toml::table& s, const std::string& where) {
+                    checkKeys(
+                        s, {"unhealthy_after", "healthy_after", "samples", "threshold", "interval"},
+                        where);
+                    MonitorSettings& monitor = config.monitors[name];
+                    duration(s, "interval", monitor.interval);
+                    count(s, "unhealthy_after", 1, monitor.unhealthy_after);
+                    count(s, "healthy_after", 1, monitor.healthy_after);
+                    count(s, "samples", 1, monitor.samples);
+                    if (double threshold = 0; readNumber(s, "threshold", threshold)) {
+                      if (threshold < 0) {
+                        error(lineOf(*s.get("threshold")), "'threshold' must not be negative");
+                      } else {
+                        monitor.threshold = threshold;
+                      }
+                    }
+                  });
 }
 
 }  // namespace

@@ -23,7 +23,7 @@ enum class TlsMode : std::uint8_t { kNone, kStarttls, kImplicit };
 const char* tlsModeName(TlsMode mode);
 
 struct HostPort {
-  std::string host;     // literal IPv4 or IPv6 address, no brackets
+  std::string host;  // literal IPv4 or IPv6 address, no brackets
   std::uint16_t port = 0;
   bool ipv6 = false;
   std::string text() const;  // "1.2.3.4:143" or "[::1]:143"
@@ -42,8 +42,8 @@ struct ListenConfig {
   std::string cert;  // default certificate chain (PEM)
   std::string key;
   std::vector<CertificateConfig> certificates;  // more, by SNI name: [[listen.certificate]]
-  bool require_tls = false;  // starttls: LOGINDISABLED until STARTTLS
-  std::string tls_min_version = "TLSv1.2";  // TLSv1.2 | TLSv1.3
+  bool require_tls = false;                     // starttls: LOGINDISABLED until STARTTLS
+  std::string tls_min_version = "TLSv1.2";      // TLSv1.2 | TLSv1.3
 };
 
 struct BackendConfig {
@@ -73,14 +73,14 @@ struct Timeouts {
 };
 
 struct Limits {
-  std::uint32_t max_connections = 10'000;      // per process
+  std::uint32_t max_connections = 10'000;  // per process
   std::uint32_t max_connections_per_ip = 1'000;
-  std::uint32_t max_bad_commands = 10;         // in a row, then BYE
-  std::uint32_t max_login_failures = 5;        // per session, then BYE
-  Millis login_failure_delay{1'000};           // doubled per failure
+  std::uint32_t max_bad_commands = 10;   // in a row, then BYE
+  std::uint32_t max_login_failures = 5;  // per session, then BYE
+  Millis login_failure_delay{1'000};     // doubled per failure
   std::uint32_t prelogin_max_line = 8'192;
   std::uint32_t prelogin_max_literal = 8'192;
-  std::uint32_t max_line = 65'536;             // relay framer limit after login
+  std::uint32_t max_line = 65'536;                  // relay framer limit after login
   std::uint32_t write_high_watermark = 256 * 1024;  // low watermark is half
 };
 
@@ -105,9 +105,9 @@ struct AdminConfig {
 struct ProtocolLogConfig {
   bool enabled = false;
   std::string directory = "/var/log/portico/imap";
-  std::string rollover = "hourly";           // hourly | daily
+  std::string rollover = "hourly";            // hourly | daily
   std::uint64_t max_file_size = 10ull << 20;  // bytes; 0: no size rollover
-  Millis retention{7 * 24 * 3'600'000LL};      // files older than this are deleted
+  Millis retention{7 * 24 * 3'600'000LL};     // files older than this are deleted
   std::uint64_t max_total_size = 1ull << 30;  // bytes; then oldest files go
 };
 
@@ -134,7 +134,7 @@ struct HealthConfig {
 };
 
 struct Config {
-  std::string path;  // file it was read from
+  std::string path;           // file it was read from
   std::uint32_t workers = 0;  // 0: one per core
   std::string greeting = "Portico IMAP proxy ready";
   std::vector<ListenConfig> listen;

@@ -30,7 +30,7 @@ struct Control {
   uv_loop_t loop;
   std::unique_ptr<Mailbox> mailbox;  // workers' answers to admin queries
   uv_signal_t sigterm, sigint, sighup, sigusr1;
-  uv_timer_t trace_timer;            // ends a protocol-log trace at its TTL
+  uv_timer_t trace_timer;  // ends a protocol-log trace at its TTL
   bool stopping = false;
   std::unique_ptr<WorkerProxyView> view;
   std::unique_ptr<health::HealthService> health;

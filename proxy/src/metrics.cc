@@ -56,24 +56,28 @@ std::string renderProxyMetrics(const StatsSnapshot& s, const RuntimeConfig& conf
     rows.push_back(Row{&config.config.backends[i].name, b, slot});
   }
 
-  family(out, "portico_backend_sessions", "gauge", "Logged-in sessions relayed to the backend now.");
+  family(out, "portico_backend_sessions", "gauge",
+         "Logged-in sessions relayed to the backend now.");
   for (const Row& r : rows) {
-    fmt::format_to(it, "portico_backend_sessions{{backend=\"{}\"}} {}\n", *r.name, r.stats->sessions_current);
+    fmt::format_to(it, "portico_backend_sessions{{backend=\"{}\"}} {}\n", *r.name,
+                   r.stats->sessions_current);
   }
   family(out, "portico_backend_sessions_total", "counter", "Sessions logged in to the backend.");
   for (const Row& r : rows) {
-    fmt::format_to(it, "portico_backend_sessions_total{{backend=\"{}\"}} {}\n", *r.name, r.stats->sessions_total);
+    fmt::format_to(it, "portico_backend_sessions_total{{backend=\"{}\"}} {}\n", *r.name,
+                   r.stats->sessions_total);
   }
   family(out, "portico_backend_commands_queued", "gauge",
          "Commands sent to the backend and not yet answered.");
   for (const Row& r : rows) {
-    fmt::format_to(it, "portico_backend_commands_queued{{backend=\"{}\"}} {}\n", *r.name, r.stats->in_flight);
+    fmt::format_to(it, "portico_backend_commands_queued{{backend=\"{}\"}} {}\n", *r.name,
+                   r.stats->in_flight);
   }
   family(out, "portico_backend_average_processing_seconds", "gauge",
          "Moving average of the last 1,024 commands' processing time.");
   for (const Row& r : rows) {
-    fmt::format_to(it, "portico_backend_average_processing_seconds{{backend=\"{}\"}} {:g}\n", *r.name,
-                   r.stats->averageProcessingMs() / 1000.0);
+    fmt::format_to(it, "portico_backend_average_processing_seconds{{backend=\"{}\"}} {:g}\n",
+                   *r.name, r.stats->averageProcessingMs() / 1000.0);
   }
   family(out, "portico_backend_drained", "gauge", "1 when new logins skip the backend.");
   for (const Row& r : rows) {
@@ -84,7 +88,8 @@ std::string renderProxyMetrics(const StatsSnapshot& s, const RuntimeConfig& conf
   }
   family(out, "portico_backend_login_failures_total", "counter", "Logins the backend refused.");
   for (const Row& r : rows) {
-    fmt::format_to(it, "portico_backend_login_failures_total{{backend=\"{}\"}} {}\n", *r.name, r.stats->login_failures);
+    fmt::format_to(it, "portico_backend_login_failures_total{{backend=\"{}\"}} {}\n", *r.name,
+                   r.stats->login_failures);
   }
   family(out, "portico_backend_connect_failures_total", "counter",
          "Connections to the backend that failed or timed out.");
@@ -94,11 +99,13 @@ std::string renderProxyMetrics(const StatsSnapshot& s, const RuntimeConfig& conf
   }
   family(out, "portico_backend_bytes_sent_total", "counter", "Bytes relayed to the backend.");
   for (const Row& r : rows) {
-    fmt::format_to(it, "portico_backend_bytes_sent_total{{backend=\"{}\"}} {}\n", *r.name, r.stats->bytes_to);
+    fmt::format_to(it, "portico_backend_bytes_sent_total{{backend=\"{}\"}} {}\n", *r.name,
+                   r.stats->bytes_to);
   }
   family(out, "portico_backend_bytes_received_total", "counter", "Bytes relayed from the backend.");
   for (const Row& r : rows) {
-    fmt::format_to(it, "portico_backend_bytes_received_total{{backend=\"{}\"}} {}\n", *r.name, r.stats->bytes_from);
+    fmt::format_to(it, "portico_backend_bytes_received_total{{backend=\"{}\"}} {}\n", *r.name,
+                   r.stats->bytes_from);
   }
 
   // Per command name: only names seen, to keep the page small.
@@ -120,25 +127,28 @@ std::string renderProxyMetrics(const StatsSnapshot& s, const RuntimeConfig& conf
         continue;
       }
       const char* name = commandName(static_cast<CommandId>(c));
-      fmt::format_to(it, "portico_command_failures_total{{backend=\"{}\",command=\"{}\",status=\"NO\"}} {}\n",
-                     *r.name, name, cmd.no);
-      fmt::format_to(it, "portico_command_failures_total{{backend=\"{}\",command=\"{}\",status=\"BAD\"}} {}\n",
-                     *r.name, name, cmd.bad);
+      fmt::format_to(
+          it, "portico_command_failures_total{{backend=\"{}\",command=\"{}\",status=\"NO\"}} {}\n",
+          *r.name, name, cmd.no);
+      fmt::format_to(
+          it, "portico_command_failures_total{{backend=\"{}\",command=\"{}\",status=\"BAD\"}} {}\n",
+          *r.name, name, cmd.bad);
     }
   }
   family(out, "portico_command_duration_seconds", "histogram",
          "Processing time: last byte handed to the backend to the tagged reply.");
-  auto histogram = [&](const std::string& backend, const char* command, const StatsSnapshot::Command& cmd,
-                       const char* metric) {
+  auto histogram = [&](const std::string& backend, const char* command,
+                       const StatsSnapshot::Command& cmd, const char* metric) {
     std::uint64_t cumulative = 0;
     for (std::size_t b = 0; b < kBuckets; ++b) {
       cumulative += cmd.histogram[b];
-      fmt::format_to(it, "{}_bucket{{backend=\"{}\",command=\"{}\",le=\"{}\"}} {}\n", metric, backend,
-                     command, le(b), cumulative);
+      fmt::format_to(it, "{}_bucket{{backend=\"{}\",command=\"{}\",le=\"{}\"}} {}\n", metric,
+                     backend, command, le(b), cumulative);
     }
     fmt::format_to(it, "{}_sum{{backend=\"{}\",command=\"{}\"}} {:g}\n", metric, backend, command,
                    static_cast<double>(cmd.time_us) / 1e6);
-    fmt::format_to(it, "{}_count{{backend=\"{}\",command=\"{}\"}} {}\n", metric, backend, command, cmd.count);
+    fmt::format_to(it, "{}_count{{backend=\"{}\",command=\"{}\"}} {}\n", metric, backend, command,
+                   cmd.count);
   };
   for (const Row& r : rows) {
     for (std::size_t c = 0; c < kCommandCount; ++c) {

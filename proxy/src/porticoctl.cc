@@ -25,8 +25,8 @@
 #include <thread>
 #include <vector>
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 namespace {
@@ -134,7 +134,8 @@ class Fd {
 };
 
 int msLeft(Clock::time_point deadline) {
-  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+  auto left =
+      std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
   return static_cast<int>(std::clamp<std::int64_t>(left, 0, 1 << 30));
 }
 
@@ -146,13 +147,15 @@ std::string timeoutText(std::chrono::milliseconds t) {
 }
 
 // Sends `line` and returns the reply line (without its '\n').
-std::string exchange(const std::string& path, const std::string& line, std::chrono::milliseconds timeout) {
+std::string exchange(const std::string& path, const std::string& line,
+                     std::chrono::milliseconds timeout) {
   const Clock::time_point deadline = Clock::now() + timeout;
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
-    throw Failure{fmt::format("cannot connect to {}: the socket path is {} (at most {} bytes)", path,
-                              path.empty() ? "empty" : "too long", sizeof(addr.sun_path) - 1)};
+    throw Failure{fmt::format("cannot connect to {}: the socket path is {} (at most {} bytes)",
+                              path, path.empty() ? "empty" : "too long",
+                              sizeof(addr.sun_path) - 1)};
   }
   std::memcpy(addr.sun_path, path.data(), path.size());
   Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
@@ -187,7 +190,8 @@ std::string exchange(const std::string& path, const std::string& line, std::chro
     if (n < 0 && errno == EAGAIN) {
       pollfd p{fd.get(), POLLOUT, 0};
       if (::poll(&p, 1, msLeft(deadline)) == 0) {
-        throw Failure{fmt::format("{}: could not send the request within {}", path, timeoutText(timeout))};
+        throw Failure{
+            fmt::format("{}: could not send the request within {}", path, timeoutText(timeout))};
       }
       continue;
     }
@@ -208,7 +212,8 @@ std::string exchange(const std::string& path, const std::string& line, std::chro
       continue;
     }
     if (rc == 0) {
-      throw Failure{fmt::format("no reply from {} within {} (--timeout)", path, timeoutText(timeout))};
+      throw Failure{
+          fmt::format("no reply from {} within {} (--timeout)", path, timeoutText(timeout))};
     }
     ssize_t n = ::recv(fd.get(), buf, sizeof(buf), 0);
     if (n < 0) {
@@ -316,9 +321,9 @@ void printSessions(const json& reply) {
   Table t({"ID", "USER", "CLIENT", "BACKEND", "STATE", "COMMAND", "CMD_MS", "IN", "OUT", "AGE"});
   for (const json& s : reply.value("sessions", json::array())) {
     bool busy = !field(s, "command").empty() && field(s, "command") != "-";
-    t.add({field(s, "id"), field(s, "user"), field(s, "client"), field(s, "backend"), field(s, "state"),
-           busy ? field(s, "command") : "-", busy ? field(s, "command_ms") : "-", field(s, "bytes_in"),
-           field(s, "bytes_out"), ageText(s.value("age_ms", json()))});
+    t.add({field(s, "id"), field(s, "user"), field(s, "client"), field(s, "backend"),
+           field(s, "state"), busy ? field(s, "command") : "-", busy ? field(s, "command_ms") : "-",
+           field(s, "bytes_in"), field(s, "bytes_out"), ageText(s.value("age_ms", json()))});
   }
   t.print();
   std::printf("%zu session%s\n", t.size(), t.size() == 1 ? "" : "s");
@@ -328,12 +333,13 @@ void printHealth(const json& reply) {
   const json health = reply.value("health", json::object());
   Table t({"Name", "TargetResource", "HealthSetName", "AlertValue", "LastTransitionTime"});
   for (const json& m : health.value("Monitors", json::array())) {
-    t.add({field(m, "Name"), field(m, "TargetResource"), field(m, "HealthSetName"), field(m, "AlertValue"),
-           field(m, "LastTransitionTime")});
+    t.add({field(m, "Name"), field(m, "TargetResource"), field(m, "HealthSetName"),
+           field(m, "AlertValue"), field(m, "LastTransitionTime")});
   }
   if (health.contains("Server")) {
-    std::printf("Server: %s%s\n\n", text(health["Server"]).c_str(),
-                health.value("Offline", false) ? " (OFFLINE: responders took it out of service)" : "");
+    std::printf(
+        "Server: %s%s\n\n", text(health["Server"]).c_str(),
+        health.value("Offline", false) ? " (OFFLINE: responders took it out of service)" : "");
   }
   t.print();
   const json actions = health.value("ResponderActions", json::array());
@@ -366,7 +372,9 @@ void printBackends(const json& reply) {
 void printProtocolLog(const json& reply) {
   const json s = reply.value("protocol_log", json::object());
   const json filters = s.value("filters", json::object());
-  auto line = [](const char* key, const std::string& value) { std::printf("%s: %s\n", key, value.c_str()); };
+  auto line = [](const char* key, const std::string& value) {
+    std::printf("%s: %s\n", key, value.c_str());
+  };
   line("enabled", field(s, "enabled"));
   line("directory", field(s, "directory"));
   line("filter user", field(filters, "user"));
@@ -389,19 +397,21 @@ void printProtocolLog(const json& reply) {
 void printStats(const json& r) {
   std::printf("connections: %s (total %s, rejected %s, unauthenticated %s, tls %s)\n",
               field(r, "connections").c_str(), field(r, "connections_total").c_str(),
-              field(r, "connections_rejected").c_str(), field(r, "connections_unauthenticated").c_str(),
-              field(r, "connections_tls").c_str());
+              field(r, "connections_rejected").c_str(),
+              field(r, "connections_unauthenticated").c_str(), field(r, "connections_tls").c_str());
   std::printf("bytes: from clients %s, to clients %s\n", field(r, "bytes_from_clients").c_str(),
               field(r, "bytes_to_clients").c_str());
   std::printf("workers: %s\n", field(r, "workers").c_str());
   const json backends = r.value("backends", json::object());
   for (const auto& [name, b] : backends.items()) {
-    std::printf("\nbackend %s: sessions %s (total %s), queued %s, idle %s, average %s ms, "
-                "login failures %s, connect failures %s, bytes to %s, from %s\n",
-                name.c_str(), field(b, "sessions").c_str(), field(b, "sessions_total").c_str(),
-                field(b, "queued").c_str(), field(b, "idle").c_str(), field(b, "average_processing_ms").c_str(),
-                field(b, "login_failures").c_str(), field(b, "connect_failures").c_str(),
-                field(b, "bytes_to").c_str(), field(b, "bytes_from").c_str());
+    std::printf(
+        "\nbackend %s: sessions %s (total %s), queued %s, idle %s, average %s ms, "
+        "login failures %s, connect failures %s, bytes to %s, from %s\n",
+        name.c_str(), field(b, "sessions").c_str(), field(b, "sessions_total").c_str(),
+        field(b, "queued").c_str(), field(b, "idle").c_str(),
+        field(b, "average_processing_ms").c_str(), field(b, "login_failures").c_str(),
+        field(b, "connect_failures").c_str(), field(b, "bytes_to").c_str(),
+        field(b, "bytes_from").c_str());
     const json commands = b.value("commands", json::object());
     if (!commands.empty()) {
       Table t({"  COMMAND", "COUNT", "NO", "BAD", "AVG_MS"});
@@ -417,8 +427,8 @@ void printStats(const json& r) {
 }
 
 void printProbe(const json& r) {
-  for (const char* key : {"ResultType", "Probe", "HealthSet", "TargetResource", "SampleValue", "Error",
-                          "FailedStep", "RetryCount"}) {
+  for (const char* key : {"ResultType", "Probe", "HealthSet", "TargetResource", "SampleValue",
+                          "Error", "FailedStep", "RetryCount"}) {
     std::printf("%s: %s\n", key, field(r, key).c_str());
   }
   const json trace = r.value("Trace", json::array());
@@ -441,7 +451,8 @@ void printGeneric(const json& r) {
         std::printf("  %s\n", text(v).c_str());
       }
     } else {
-      std::printf("%s: %s\n", key.c_str(), value.is_structured() ? value.dump().c_str() : text(value).c_str());
+      std::printf("%s: %s\n", key.c_str(),
+                  value.is_structured() ? value.dump().c_str() : text(value).c_str());
     }
   }
 }
@@ -463,7 +474,8 @@ void printHuman(const std::string& command, const std::vector<std::string>& word
   } else if (command == "probe") {
     printProbe(r);
   } else if (command == "kick") {
-    std::printf("kicked %s session%s\n", field(r, "kicked").c_str(), field(r, "kicked") == "1" ? "" : "s");
+    std::printf("kicked %s session%s\n", field(r, "kicked").c_str(),
+                field(r, "kicked") == "1" ? "" : "s");
   } else if (command == "reload") {
     std::printf("configuration reloaded\n");
   } else {
@@ -497,34 +509,41 @@ int run(int argc, char** argv) {
 
   CLI::App app{"porticoctl: control a running Portico IMAP proxy through its admin socket"};
   app.set_help_all_flag("--help-all", "Show help for every command");
-  app.add_option("-s,--socket", o.socket, "Admin socket (default $PORTICO_ADMIN_SOCKET or /run/portico/admin.sock)");
+  app.add_option("-s,--socket", o.socket,
+                 "Admin socket (default $PORTICO_ADMIN_SOCKET or /run/portico/admin.sock)");
   app.add_flag("-j,--json", o.json_output, "Print the reply's raw JSON");
-  auto* timeout_opt = app.add_option("-t,--timeout", o.timeout,
-                                     "How long to wait for the reply (e.g. 10s, 500ms, 2m; default 10s, "
-                                     "for probe 5m)");
+  auto* timeout_opt =
+      app.add_option("-t,--timeout", o.timeout,
+                     "How long to wait for the reply (e.g. 10s, 500ms, 2m; default 10s, "
+                     "for probe 5m)");
   app.require_subcommand(1);
   app.fallthrough();  // --json etc. also after the command words
 
   // protocol-log
   std::string pl_user, pl_ip, pl_ttl;
-  auto* plog = app.add_subcommand("protocol-log", "Switch the IMAP protocol log on or off, or show its state");
+  auto* plog = app.add_subcommand("protocol-log",
+                                  "Switch the IMAP protocol log on or off, or show its state");
   plog->require_subcommand(1);
-  auto* plog_on = plog->add_subcommand("on", "Log every session's commands (or only matching ones)");
+  auto* plog_on =
+      plog->add_subcommand("on", "Log every session's commands (or only matching ones)");
   auto* o_user = plog_on->add_option("--user", pl_user, "Only this user's sessions");
   auto* o_ip = plog_on->add_option("--ip", pl_ip, "Only clients in this address or CIDR");
-  auto* o_ttl = plog_on->add_option("--ttl", pl_ttl, "Switch off by itself after this long (e.g. 15m)");
+  auto* o_ttl =
+      plog_on->add_option("--ttl", pl_ttl, "Switch off by itself after this long (e.g. 15m)");
   plog->add_subcommand("off", "Stop logging");
   plog->add_subcommand("status", "Show the protocol log's state");
 
   // health
   std::string health_glob;
-  auto* health = app.add_subcommand("health", "Monitors and their alert values (like Get-ServerHealth)");
+  auto* health =
+      app.add_subcommand("health", "Monitors and their alert values (like Get-ServerHealth)");
   health->add_option("set-glob", health_glob, "Health set name pattern (e.g. IMAP.*)");
 
   // probe
   std::string probe_spec, probe_target;
   auto* probe = app.add_subcommand("probe", "Run one probe now (like Invoke-MonitoringProbe)");
-  probe->add_option("probe", probe_spec, "SET\\PROBE, e.g. IMAP.Protocol\\ImapSelfTestProbe")->required();
+  probe->add_option("probe", probe_spec, "SET\\PROBE, e.g. IMAP.Protocol\\ImapSelfTestProbe")
+      ->required();
   probe->add_option("target", probe_target, "Target resource (a backend name)");
 
   // backend
@@ -549,7 +568,8 @@ int run(int argc, char** argv) {
   // kick
   std::string kick_id, kick_user;
   auto* kick = app.add_subcommand("kick", "End a session (or all of a user's) with BYE");
-  auto* ok_id = kick->add_option("session-id", kick_id, "Session id (16 hex digits, from `sessions`)");
+  auto* ok_id =
+      kick->add_option("session-id", kick_id, "Session id (16 hex digits, from `sessions`)");
   auto* ok_user = kick->add_option("--user", kick_user, "End all of this user's sessions");
 
   auto* stats = app.add_subcommand("stats", "Counters: connections, bytes, commands per backend");
@@ -629,7 +649,8 @@ int run(int argc, char** argv) {
   }
   std::optional<std::chrono::milliseconds> timeout = parseTimeout(o.timeout);
   if (!timeout) {
-    std::fprintf(stderr, "porticoctl: bad --timeout '%s' (e.g. 10s, 500ms, 2m)\n", o.timeout.c_str());
+    std::fprintf(stderr, "porticoctl: bad --timeout '%s' (e.g. 10s, 500ms, 2m)\n",
+                 o.timeout.c_str());
     return kExitUsage;
   }
 
@@ -642,8 +663,8 @@ int run(int argc, char** argv) {
     std::fprintf(stderr, "porticoctl: %s\n", f.message.c_str());
     return kExitUsage;
   } catch (const json::exception& e) {
-    std::fprintf(stderr, "porticoctl: %s: the reply is not JSON (%s): %.200s\n", o.socket.c_str(), e.what(),
-                 reply_text.c_str());
+    std::fprintf(stderr, "porticoctl: %s: the reply is not JSON (%s): %.200s\n", o.socket.c_str(),
+                 e.what(), reply_text.c_str());
     return kExitUsage;
   }
   if (!reply.is_object() || !reply.contains("ok") || !reply["ok"].is_boolean()) {
@@ -658,7 +679,8 @@ int run(int argc, char** argv) {
     printHuman(w.front(), w, reply);
   }
   if (!ok) {
-    std::fprintf(stderr, "porticoctl: %s\n", reply.value("error", std::string("command failed")).c_str());
+    std::fprintf(stderr, "porticoctl: %s\n",
+                 reply.value("error", std::string("command failed")).c_str());
     return kExitRefused;
   }
   return kExitOk;

@@ -16,7 +16,8 @@ std::optional<Cidr> parseCidr(const std::string& text) {
   if (slash != std::string::npos) {
     host = text.substr(0, slash);
     std::string bits = text.substr(slash + 1);
-    if (bits.empty() || bits.size() > 3 || bits.find_first_not_of("0123456789") != std::string::npos) {
+    if (bits.empty() || bits.size() > 3 ||
+        bits.find_first_not_of("0123456789") != std::string::npos) {
       return std::nullopt;
     }
     prefix = std::stoi(bits);
@@ -43,7 +44,8 @@ bool Cidr::contains(const sockaddr_storage& peer) const {
   const unsigned char* bytes = nullptr;
   unsigned char mapped[4];
   if (peer.ss_family == AF_INET && family == AF_INET) {
-    bytes = reinterpret_cast<const unsigned char*>(&reinterpret_cast<const sockaddr_in*>(&peer)->sin_addr);
+    bytes = reinterpret_cast<const unsigned char*>(
+        &reinterpret_cast<const sockaddr_in*>(&peer)->sin_addr);
   } else if (peer.ss_family == AF_INET6) {
     const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&peer);
     if (family == AF_INET6) {

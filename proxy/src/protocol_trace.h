@@ -31,7 +31,7 @@ std::optional<Cidr> parseCidr(const std::string& text);
 
 struct TraceSettings {
   bool on = false;
-  std::string user;           // normalised; empty: any user
+  std::string user;  // normalised; empty: any user
   std::optional<Cidr> network;
   std::optional<std::chrono::system_clock::time_point> expires;
 };

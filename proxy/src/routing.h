@@ -21,14 +21,16 @@ std::string normaliseUser(std::string_view user);
 
 class BackendSelector {
  public:
-  BackendSelector(const std::vector<BackendConfig>& backends, std::map<std::string, std::string> map);
+  BackendSelector(const std::vector<BackendConfig>& backends,
+                  std::map<std::string, std::string> map);
 
   // Indices into the backend list, best first: the mapped backend (if any
   // and enabled), then the enabled backends by descending rendezvous score.
   // `enabled[i]` false skips backend i; an empty vector means all enabled
   // (as do indices past its end). `user` is normalised here, so raw login
   // names may be passed.
-  std::vector<std::size_t> candidates(std::string_view user, const std::vector<bool>& enabled = {}) const;
+  std::vector<std::size_t> candidates(std::string_view user,
+                                      const std::vector<bool>& enabled = {}) const;
 
  private:
   struct Entry {

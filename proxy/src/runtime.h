@@ -4,8 +4,8 @@
 // under its feet.
 #pragma once
 
-#include <atomic>
 #include <array>
+#include <atomic>
 #include <map>
 #include <memory>
 #include <string>
@@ -13,10 +13,10 @@
 
 #include "accounting.h"
 #include "config.h"
-#include "routing.h"
-#include "protocol_trace.h"
-#include "tls.h"
 #include "portico/logging.h"
+#include "protocol_trace.h"
+#include "routing.h"
+#include "tls.h"
 
 namespace portico::proxy {
 

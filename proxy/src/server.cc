@@ -238,11 +238,11 @@ int runProxy(const std::string& config_path) {
   for (auto& w : c.workers) {
     w->start();
   }
-  c.view = std::make_unique<WorkerProxyView>(c.workers, c.shared, c.registry,
-                                             [&c] { return c.config; });
+  c.view =
+      std::make_unique<WorkerProxyView>(c.workers, c.shared, c.registry, [&c] { return c.config; });
   c.view->setListening(true);
-  c.health = std::make_unique<health::HealthService>(&c.loop, makeHealthConfig(c.config->config),
-                                                     *c.view);
+  c.health =
+      std::make_unique<health::HealthService>(&c.loop, makeHealthConfig(c.config->config), *c.view);
   if (!c.health->start(error)) {
     std::fprintf(stderr, "portico: not starting: status endpoint: %s\n", error.c_str());
     std::_Exit(1);

@@ -147,8 +147,8 @@ void Session::start() {
   command_framer_.setLimits(limits);
   writeClient(fmt::format("* OK [CAPABILITY {}] {}\r\n", capabilities(), cfg.greeting));
   if (tracing()) {
-    traceRecord("Connect", "", fmt::format("R=OK {};tls={}", cfg.greeting, client_tls_ ? "yes" : "no"),
-                0, 0, 0);
+    traceRecord("Connect", "",
+                fmt::format("R=OK {};tls={}", cfg.greeting, client_tls_ ? "yes" : "no"), 0, 0, 0);
   }
   deadline_ = started_ + cfg.timeouts.prelogin;
   armTimer();
@@ -304,15 +304,17 @@ void Session::handlePreloginCommand(std::string_view bytes) {
     case parser::Verb::kStarttls:
       tracePrelogin(cmd, bytes, listener_tls_ == TlsMode::kStarttls && !client_tls_ ? "OK" : "BAD");
       if (listener_tls_ != TlsMode::kStarttls || client_tls_) {
-        writeClient(fmt::format("{} BAD {}\r\n", tag,
-                                client_tls_ ? "TLS is already active." : "STARTTLS is not available on this port."));
+        writeClient(fmt::format(
+            "{} BAD {}\r\n", tag,
+            client_tls_ ? "TLS is already active." : "STARTTLS is not available on this port."));
         return;
       }
       startClientStarttls(tag);
       return;
     case parser::Verb::kLogin:
       if (require_tls_ && !client_tls_) {
-        writeClient(fmt::format("{} NO [PRIVACYREQUIRED] Use STARTTLS before logging in.\r\n", tag));
+        writeClient(
+            fmt::format("{} NO [PRIVACYREQUIRED] Use STARTTLS before logging in.\r\n", tag));
         return;
       }
       login_kind_ = LoginKind::kLogin;
@@ -327,7 +329,8 @@ void Session::handlePreloginCommand(std::string_view bytes) {
     case parser::Verb::kAuthenticate:
       command_framer_.endAuthentication();  // the SASL lines are read by the session
       if (require_tls_ && !client_tls_) {
-        writeClient(fmt::format("{} NO [PRIVACYREQUIRED] Use STARTTLS before logging in.\r\n", tag));
+        writeClient(
+            fmt::format("{} NO [PRIVACYREQUIRED] Use STARTTLS before logging in.\r\n", tag));
         return;
       }
       if (!isSupportedMechanism(cmd.mechanism)) {
@@ -509,7 +512,8 @@ void Session::failLogin(std::string_view client_line, bool count_failure) {
   }
   wipeSecrets();
   if (tracing()) {
-    std::string_view result = client_line.substr(std::min(client_line.size(), login_tag_.size() + 1));
+    std::string_view result =
+        client_line.substr(std::min(client_line.size(), login_tag_.size() + 1));
     while (!result.empty() && (result.back() == '\n' || result.back() == '\r')) {
       result.remove_suffix(1);
     }
@@ -626,8 +630,9 @@ bool Session::handleBackendLine(const parser::ResponseEvent& ev, std::string_vie
       if (backend_ == nullptr) {
         orphans_.push_back(plain);
         plain->close();
-        failLogin(fmt::format("{} NO [UNAVAILABLE] Mailbox server TLS unavailable.\r\n", login_tag_),
-                  false);
+        failLogin(
+            fmt::format("{} NO [UNAVAILABLE] Mailbox server TLS unavailable.\r\n", login_tag_),
+            false);
       }
       return false;
     }
@@ -1185,9 +1190,9 @@ void Session::traceRecord(std::string_view command, std::string_view parameters,
                           std::string_view context, std::int64_t duration_ms,
                           std::uint64_t request_bytes, std::uint64_t response_bytes) {
   logging::ProtocolRecord r;
-  r.time_ms = std::chrono::duration_cast<milliseconds>(
-                  std::chrono::system_clock::now().time_since_epoch())
-                  .count();
+  r.time_ms =
+      std::chrono::duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count();
   r.session_id = id_;
   r.seq = trace_seq_++;
   std::string server;
@@ -1386,7 +1391,8 @@ void Session::finishIfClosed() {
     in_stats_ = false;
   }
   if (tracing()) {
-    traceRecord("Disconnect", "", fmt::format("reason={}", end_reason_.empty() ? "closed" : end_reason_),
+    traceRecord("Disconnect", "",
+                fmt::format("reason={}", end_reason_.empty() ? "closed" : end_reason_),
                 duration.count(), bytes_in_, bytes_out_);
   }
   logging::log(logging::Level::kInfo, "session",

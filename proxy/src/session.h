@@ -61,10 +61,10 @@ class SessionHost {
   virtual void sessionEnded(Session* session) = 0;
 };
 
-#define PORTICO_SESSION_STATES(X)                                                      \
-  X(Prelogin) X(AuthContinuation) X(LoginDelay) X(Connecting) X(BackendGreeting) \
-  X(BackendStarttls) X(BackendTlsHandshake) X(BackendCapability) X(BackendId)       \
-  X(BackendLogin) X(Relay) X(Closing)
+#define PORTICO_SESSION_STATES(X)                                                       \
+  X(Prelogin)                                                                           \
+  X(AuthContinuation) X(LoginDelay) X(Connecting) X(BackendGreeting) X(BackendStarttls) \
+      X(BackendTlsHandshake) X(BackendCapability) X(BackendId) X(BackendLogin) X(Relay) X(Closing)
 
 enum class SessionState : std::uint8_t {
 #define PORTICO_ENUM(name) k##name,
@@ -76,7 +76,7 @@ const char* sessionStateName(SessionState state);
 // A session as the admin socket shows it.
 struct SessionInfo {
   std::uint64_t id = 0;
-  std::string client;   // ip:port
+  std::string client;  // ip:port
   std::string user;
   std::string backend;
   const char* state = "";
@@ -91,7 +91,7 @@ struct SessionInfo {
 // Empty fields match anything; ip matches the client's address without port.
 struct SessionFilter {
   std::optional<std::uint64_t> id;
-  std::string user;     // normalised user
+  std::string user;  // normalised user
   std::string ip;
   std::string backend;
   bool matches(const SessionInfo& info) const;
@@ -205,12 +205,12 @@ class Session : public TransportHandler {
   parser::CommandFramer command_framer_;
   parser::ResponseFramer response_framer_;
 
-  std::string client_pending_;   // pre-login bytes not yet handled
+  std::string client_pending_;  // pre-login bytes not yet handled
   std::size_t pending_parsed_ = 0;
   std::size_t command_start_ = 0;
   std::string backend_pending_;  // backend bytes during login
   std::size_t backend_parsed_ = 0;
-  std::string login_untagged_;   // untagged backend lines during login, sent on success
+  std::string login_untagged_;       // untagged backend lines during login, sent on success
   std::vector<Transport*> orphans_;  // backends given up on, still closing
   std::optional<std::vector<parser::IdField>> client_id_;
   bool processing_ = false;
@@ -229,7 +229,7 @@ class Session : public TransportHandler {
   bool require_tls_ = false;
   bool client_tls_ = false;
   std::shared_ptr<const ServerTlsContext> listener_tls_context_;
-  std::string delayed_reply_;    // answer held back by the failed-login delay
+  std::string delayed_reply_;  // answer held back by the failed-login delay
 
   // The login being replayed. password_/sasl_ are secrets.
   LoginKind login_kind_ = LoginKind::kLogin;
@@ -247,11 +247,11 @@ class Session : public TransportHandler {
   bool login_sent_ = false;
 
   std::deque<InFlight> inflight_;
-  bool logout_seen_ = false;      // backend answered LOGOUT or sent BYE
+  bool logout_seen_ = false;  // backend answered LOGOUT or sent BYE
   bool shutdown_pending_ = false;
   bool client_paused_ = false;
   bool backend_paused_ = false;
-  bool in_stats_ = false;         // counted in backend sessions_current
+  bool in_stats_ = false;  // counted in backend sessions_current
   bool counted_unauthenticated_ = true;
 
   std::uint32_t bad_in_row_ = 0;

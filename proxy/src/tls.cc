@@ -60,8 +60,8 @@ SSL_CTX* newServerContext(const std::string& cert, const std::string& key, int m
     return nullptr;
   }
   SSL_CTX_set_min_proto_version(ctx, min_version);
-  SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_RENEGOTIATION |
-                               SSL_OP_NO_COMPRESSION);
+  SSL_CTX_set_options(
+      ctx, SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
   SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
   // Session-id resumption (server cache) and tickets (OpenSSL's default,
   // with keys per context) both stay on.
@@ -177,15 +177,17 @@ std::shared_ptr<ClientTlsContext> ClientTlsContext::create(const BackendConfig& 
     if (SSL_CTX_use_certificate_chain_file(ctx, backend.client_cert.c_str()) != 1 ||
         SSL_CTX_use_PrivateKey_file(ctx, backend.client_key.c_str(), SSL_FILETYPE_PEM) != 1 ||
         SSL_CTX_check_private_key(ctx) != 1) {
-      error = fmt::format("backend {}: cannot load client certificate {} / key {}: {}", backend.name,
-                          backend.client_cert, backend.client_key, sslErrors());
+      error = fmt::format("backend {}: cannot load client certificate {} / key {}: {}",
+                          backend.name, backend.client_cert, backend.client_key, sslErrors());
       return nullptr;
     }
   }
   return context;
 }
 
-ClientTlsContext::~ClientTlsContext() { SSL_CTX_free(ctx_); }
+ClientTlsContext::~ClientTlsContext() {
+  SSL_CTX_free(ctx_);
+}
 
 std::string spkiSha256(X509* certificate) {
   unsigned char* der = nullptr;
@@ -222,9 +224,12 @@ TlsTransport::TlsTransport(Transport* inner, SSL* ssl, const TimerFactory& timer
   inner_->setHandler(this);
 }
 
-TlsTransport::~TlsTransport() { SSL_free(ssl_); }
+TlsTransport::~TlsTransport() {
+  SSL_free(ssl_);
+}
 
-TlsTransport* TlsTransport::server(Transport* inner, std::shared_ptr<const ServerTlsContext> context,
+TlsTransport* TlsTransport::server(Transport* inner,
+                                   std::shared_ptr<const ServerTlsContext> context,
                                    const TimerFactory& timers,
                                    std::chrono::milliseconds handshake_timeout, BufferPool& pool) {
   SSL* ssl = SSL_new(context->defaultContext());
@@ -235,7 +240,8 @@ TlsTransport* TlsTransport::server(Transport* inner, std::shared_ptr<const Serve
   return t;
 }
 
-TlsTransport* TlsTransport::client(Transport* inner, std::shared_ptr<const ClientTlsContext> context,
+TlsTransport* TlsTransport::client(Transport* inner,
+                                   std::shared_ptr<const ClientTlsContext> context,
                                    const TimerFactory& timers,
                                    std::chrono::milliseconds handshake_timeout, BufferPool& pool,
                                    bool inner_connected, TransportHandler* handler) {
@@ -321,7 +327,8 @@ bool TlsTransport::verifyPin() {
   if (actual == client_context_->pin()) {
     return true;
   }
-  handshakeFailed(fmt::format("certificate pin mismatch (SPKI SHA-256 {})", actual.empty() ? "none" : actual));
+  handshakeFailed(
+      fmt::format("certificate pin mismatch (SPKI SHA-256 {})", actual.empty() ? "none" : actual));
   return false;
 }
 
@@ -361,7 +368,8 @@ void TlsTransport::write(std::string_view bytes) {
   }
   ERR_clear_error();
   while (!bytes.empty()) {
-    int n = SSL_write(ssl_, bytes.data(), static_cast<int>(std::min<std::size_t>(bytes.size(), 1 << 30)));
+    int n = SSL_write(ssl_, bytes.data(),
+                      static_cast<int>(std::min<std::size_t>(bytes.size(), 1 << 30)));
     if (n <= 0) {
       fail("TLS write failed: " + sslErrors());
       return;
@@ -383,7 +391,9 @@ void TlsTransport::flushCiphertext() {
   }
 }
 
-std::size_t TlsTransport::queuedBytes() const { return inner_->queuedBytes() + pending_out_.size(); }
+std::size_t TlsTransport::queuedBytes() const {
+  return inner_->queuedBytes() + pending_out_.size();
+}
 
 void TlsTransport::pauseReading() {
   want_read_ = false;

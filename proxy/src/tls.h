@@ -70,15 +70,16 @@ class TlsTransport final : public Transport, public TransportHandler {
  public:
   // Server side over an accepted connection (implicit TLS or after STARTTLS).
   static TlsTransport* server(Transport* inner, std::shared_ptr<const ServerTlsContext> context,
-                              const TimerFactory& timers, std::chrono::milliseconds handshake_timeout,
-                              BufferPool& pool);
+                              const TimerFactory& timers,
+                              std::chrono::milliseconds handshake_timeout, BufferPool& pool);
   // Client side. With `inner_connected` false the handshake starts when the
   // inner connection is up (implicit TLS); true starts it now (STARTTLS).
   // The handler hears onConnected() once the handshake and verification are
   // done (or failed).
   static TlsTransport* client(Transport* inner, std::shared_ptr<const ClientTlsContext> context,
-                              const TimerFactory& timers, std::chrono::milliseconds handshake_timeout,
-                              BufferPool& pool, bool inner_connected, TransportHandler* handler);
+                              const TimerFactory& timers,
+                              std::chrono::milliseconds handshake_timeout, BufferPool& pool,
+                              bool inner_connected, TransportHandler* handler);
 
   bool handshakeDone() const { return handshake_done_; }
 

@@ -169,12 +169,14 @@ void Worker::accept(Listener& listener) {
   // Listeners are bound once; a reload may have changed their TLS settings
   // (certificates) but not their number.
   const ListenConfig& lc = cfg.listen[std::min(listener.index, cfg.listen.size() - 1)];
-  std::shared_ptr<const ServerTlsContext> tls =
-      listener.index < config_->listener_tls.size() ? config_->listener_tls[listener.index] : nullptr;
+  std::shared_ptr<const ServerTlsContext> tls = listener.index < config_->listener_tls.size()
+                                                    ? config_->listener_tls[listener.index]
+                                                    : nullptr;
   bool implicit = lc.tls == TlsMode::kImplicit && tls != nullptr;
   if (implicit) {
     stats_.connections_tls.add();
-    transport = TlsTransport::server(transport, tls, timerFactory(), cfg.timeouts.tls_handshake, pool_);
+    transport =
+        TlsTransport::server(transport, tls, timerFactory(), cfg.timeouts.tls_handshake, pool_);
   }
   auto* session = new Session(*this, config_, transport, ids_());
   session->setListener(lc.tls, lc.require_tls, tls, implicit);

@@ -58,7 +58,8 @@ class Worker final : public SessionHost {
   std::chrono::steady_clock::time_point now() override;
   TimerPtr createTimer(std::function<void()> callback) override;
   Transport* connectBackend(const BackendConfig& backend, TransportHandler* handler) override;
-  Transport* connectBackendTls(const BackendConfig& backend, std::shared_ptr<const ClientTlsContext> tls,
+  Transport* connectBackendTls(const BackendConfig& backend,
+                               std::shared_ptr<const ClientTlsContext> tls,
                                TransportHandler* handler) override;
   Transport* startServerTls(Transport* plain, std::shared_ptr<const ServerTlsContext> tls) override;
   Transport* startClientTls(Transport* plain, std::shared_ptr<const ClientTlsContext> tls,

@@ -24,7 +24,8 @@ void setOutputFd(int fd);
 void write(Level level, std::string_view component, std::string_view message);
 
 template <typename... Args>
-void log(Level lvl, std::string_view component, fmt::format_string<Args...> format, Args&&... args) {
+void log(Level lvl, std::string_view component, fmt::format_string<Args...> format,
+         Args&&... args) {
   if (static_cast<int>(lvl) < static_cast<int>(level())) {
     return;
   }

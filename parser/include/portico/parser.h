@@ -31,12 +31,12 @@ namespace portico::parser {
 // Every dimension has a bound; the defaults suit a relay after login.
 // Pre-login the proxy passes much smaller ones.
 struct Limits {
-  std::size_t max_line = 64 * 1024;          // bytes of one line, literals excluded (no CRLF)
-  std::size_t max_tag = 64;                  // bytes of a tag
-  std::uint64_t max_literal = UINT64_MAX;    // bytes of one literal
-  std::size_t max_number_digits = 20;        // digits in a literal size
-  std::size_t max_head = 1024;               // bytes of a line kept for the event
-  std::size_t max_list_depth = 8;            // nesting of parenthesised lists
+  std::size_t max_line = 64 * 1024;        // bytes of one line, literals excluded (no CRLF)
+  std::size_t max_tag = 64;                // bytes of a tag
+  std::uint64_t max_literal = UINT64_MAX;  // bytes of one literal
+  std::size_t max_number_digits = 20;      // digits in a literal size
+  std::size_t max_head = 1024;             // bytes of a line kept for the event
+  std::size_t max_list_depth = 8;          // nesting of parenthesised lists
   // Bytes of one non-synchronizing literal `{N+}` / `~{N+}` from a client.
   // 4096 gives RFC 7888 LITERAL- semantics; a bigger one is a fatal
   // kLiteralTooLarge (the client sends the body without waiting).
@@ -46,31 +46,33 @@ struct Limits {
 enum class ErrorCode : std::uint8_t {
   kNone = 0,
   kLineTooLong,
-  kBareCR,          // CR not followed by LF
+  kBareCR,  // CR not followed by LF
   kEmptyLine,
-  kBadTag,          // empty, forbidden character, or missing
+  kBadTag,  // empty, forbidden character, or missing
   kTagTooLong,
   kMissingCommand,
-  kBadCommand,      // command name with forbidden characters
-  kBadLiteral,      // '{' with no digits, junk inside the braces
-  kNumberTooLong,   // more digits than Limits::max_number_digits
-  kLiteralTooLarge, // over Limits::max_literal (or a LITERAL- non-sync over 4096)
-  kExpectedDone,    // a line other than DONE during IDLE
-  kBadResponse,     // server line that is not *, + or TAG SP status
-  kBadSyntax,       // pre-login argument grammar
-  kUnknownCommand,  // pre-login: not a command Portico answers before login
+  kBadCommand,       // command name with forbidden characters
+  kBadLiteral,       // '{' with no digits, junk inside the braces
+  kNumberTooLong,    // more digits than Limits::max_number_digits
+  kLiteralTooLarge,  // over Limits::max_literal (or a LITERAL- non-sync over 4096)
+  kExpectedDone,     // a line other than DONE during IDLE
+  kBadResponse,      // server line that is not *, + or TAG SP status
+  kBadSyntax,        // pre-login argument grammar
+  kUnknownCommand,   // pre-login: not a command Portico answers before login
   kCount,
 };
 const char* errorCodeName(ErrorCode code);
 
 struct Error {
   ErrorCode code = ErrorCode::kNone;
-  bool fatal = false;       // true: the stream cannot be resynchronised; end the session
-  const char* message = ""; // static text fit for `TAG BAD <message>`; never holds input bytes
+  bool fatal = false;        // true: the stream cannot be resynchronised; end the session
+  const char* message = "";  // static text fit for `TAG BAD <message>`; never holds input bytes
 };
 
 enum class LiteralKind : std::uint8_t { kSync, kNonSync, kBinarySync, kBinaryNonSync };
-inline bool isSync(LiteralKind k) { return k == LiteralKind::kSync || k == LiteralKind::kBinarySync; }
+inline bool isSync(LiteralKind k) {
+  return k == LiteralKind::kSync || k == LiteralKind::kBinarySync;
+}
 
 // ---------------------------------------------------------------------------
 // Scanning state shared by both framers. An implementation detail
@@ -92,7 +94,7 @@ struct LineScan {
   bool brace_tilde = false;        // ... preceded by '~'
   bool brace_lead = false;         // still in the leading digits after it
   bool brace_overflow = false;
-  bool brace_quote = false;        // a '"' came after it
+  bool brace_quote = false;  // a '"' came after it
 };
 struct LineResult;
 }  // namespace detail
@@ -125,9 +127,9 @@ struct LineResult;
 // an ordinary line; a line ending in `{...}` (no '"' inside) whose braces
 // hold anything but digits and one optional trailing `+` is kBadLiteral. A
 // tag is 1..max_tag ASTRING-CHARs other than '+' and (as Dovecot) ']'.
-// Empty lines between commands are ignored (no event, like Dovecot). Each line of a command (before, between and after literals)
-// has its own Limits::max_line. Recoverable errors: kLineTooLong (reported
-// once: at byte max_line + 2 of a line with no LF yet, the rest of the line
+// Empty lines between commands are ignored (no event, like Dovecot). Each line of a command
+// (before, between and after literals) has its own Limits::max_line. Recoverable errors:
+// kLineTooLong (reported once: at byte max_line + 2 of a line with no LF yet, the rest of the line
 // then skipped unread; or at the LF of a line whose content exceeds
 // max_line), kBareCR, kBadTag, kTagTooLong,
 // kMissingCommand, kBadCommand (reported at the LF), kExpectedDone (a line
@@ -137,7 +139,14 @@ struct LineResult;
 // any literal error on a non-synchronizing literal, and any line error on a
 // line that announces a non-synchronizing literal (its body will follow and
 // cannot be told apart from commands).
-enum class CommandEventType : std::uint8_t { kNeedMore, kLiteral, kCommand, kIdleDone, kAuthLine, kError };
+enum class CommandEventType : std::uint8_t {
+  kNeedMore,
+  kLiteral,
+  kCommand,
+  kIdleDone,
+  kAuthLine,
+  kError
+};
 const char* commandEventTypeName(CommandEventType type);
 
 struct CommandEvent {
@@ -151,10 +160,10 @@ struct CommandEvent {
   // kCommand: the whole command, literals and CRLFs included. kLiteral and
   // kError: the command's bytes so far. kIdleDone, kAuthLine: the line.
   std::uint64_t bytes = 0;
-  std::uint32_t literals = 0;      // literals inside the command (so far)
-  std::string_view head;           // first line, up to Limits::max_head bytes, no CRLF
+  std::uint32_t literals = 0;  // literals inside the command (so far)
+  std::string_view head;       // first line, up to Limits::max_head bytes, no CRLF
   bool head_truncated = false;
-  Error error;                     // kError
+  Error error;  // kError
 };
 
 struct FeedResult {
@@ -234,7 +243,13 @@ class CommandFramer {
 // continuations carry text, never literals. code and text are views into the
 // head, so they are cut at Limits::max_head; a code with no closing `]` runs
 // to the end of the head.
-enum class ResponseEventType : std::uint8_t { kNeedMore, kUntagged, kContinuation, kTagged, kError };
+enum class ResponseEventType : std::uint8_t {
+  kNeedMore,
+  kUntagged,
+  kContinuation,
+  kTagged,
+  kError
+};
 const char* responseEventTypeName(ResponseEventType type);
 
 enum class Status : std::uint8_t { kNone, kOk, kNo, kBad, kPreauth, kBye };
@@ -242,11 +257,11 @@ const char* statusName(Status status);
 
 struct ResponseEvent {
   ResponseEventType type = ResponseEventType::kNeedMore;
-  std::string_view tag;     // kTagged
+  std::string_view tag;  // kTagged
   Status status = Status::kNone;
-  std::string_view code;    // inside [...], e.g. "UNAVAILABLE" or "CAPABILITY IMAP4rev1 ..."
-  std::string_view text;    // human text after the code
-  std::string_view head;    // first line, up to Limits::max_head bytes, no CRLF
+  std::string_view code;  // inside [...], e.g. "UNAVAILABLE" or "CAPABILITY IMAP4rev1 ..."
+  std::string_view text;  // human text after the code
+  std::string_view head;  // first line, up to Limits::max_head bytes, no CRLF
   bool head_truncated = false;
   std::uint64_t bytes = 0;  // whole response, literals included (kError: bytes so far)
   std::uint32_t literals = 0;
@@ -305,7 +320,14 @@ class ResponseFramer {
 // `{N}\r\n` headers, final CRLF included).
 
 enum class Verb : std::uint8_t {
-  kCapability, kNoop, kLogout, kId, kStarttls, kLogin, kAuthenticate, kOther,
+  kCapability,
+  kNoop,
+  kLogout,
+  kId,
+  kStarttls,
+  kLogin,
+  kAuthenticate,
+  kOther,
 };
 const char* verbName(Verb verb);
 
@@ -317,7 +339,7 @@ struct IdField {
 struct PreloginCommand {
   std::string tag;
   Verb verb = Verb::kOther;
-  std::string name;                  // upper-cased as sent
+  std::string name;  // upper-cased as sent
   // kLogin. The password is a secret: never log it or put it in an error.
   std::string user;
   std::string password;

@@ -748,8 +748,8 @@ TEST(ShippedConfigTest, DemoConfigLoads) {
   // The demo's relative paths (probe password files) are resolved from the
   // working directory, which scripts/demo.py sets to the repository and
   // fills before starting Portico; do the same in a scratch directory.
-  std::filesystem::path scratch = std::filesystem::temp_directory_path() /
-                                  ("portico-demo-" + std::to_string(::getpid()));
+  std::filesystem::path scratch =
+      std::filesystem::temp_directory_path() / ("portico-demo-" + std::to_string(::getpid()));
   std::filesystem::create_directories(scratch / ".run");
   for (const char* name : {"probe-mbx1.pass", "probe-mbx2.pass"}) {
     std::ofstream(scratch / ".run" / name) << "secret\n";
