@@ -1,6 +1,7 @@
 #include "imap_probe.h"
 
 #include <openssl/crypto.h>
+#include <openssl/ssl.h>
 
 #include <algorithm>
 #include <array>
@@ -58,6 +59,13 @@ std::string_view afterStatus(const parser::ResponseEvent& event) {
 
 }  // namespace
 
+std::string bareHost(std::string_view host) {
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  return std::string(host);
+}
+
 struct ImapProbe::WriteRequest {
   uv_write_t req{};
   std::string bytes;
@@ -73,6 +81,8 @@ ImapProbe::ImapProbe(uv_loop_t* loop, ImapProbeSpec spec, Done done)
     : loop_(loop), spec_(std::move(spec)), done_(std::move(done)) {}
 
 ImapProbe::~ImapProbe() {
+  freeTls();
+  SSL_CTX_free(tls_ctx_);
   OPENSSL_cleanse(spec_.password.data(), spec_.password.size());
 }
 
@@ -98,26 +108,28 @@ void ImapProbe::startAttempt() {
   preauth_ = false;
   saw_bye_ = false;
   login_disabled_ = false;
+  starttls_advertised_ = false;
+  freeTls();
   tag_.clear();
   command_trace_.clear();
   if (attempt_ > 0) {
     result_.trace.push_back(fmt::format("retry {} of {}", attempt_, spec_.retries));
   }
+  if (spec_.tls.mode != ProbeTls::kNone) {
+    // A trust store that cannot be loaded fails before connecting; no retry
+    // would help.
+    std::string error;
+    if (!createTls(error)) {
+      startStep(ProbeStep::kTls);
+      result_.trace.push_back("tls failed: " + error);
+      result_.failed_step = ProbeStep::kTls;
+      finish(ResultType::kFailed, error);
+      return;
+    }
+  }
   startStep(ProbeStep::kConnect);
-  if (spec_.tls != ProbeTls::kNone) {
-    // TODO(tls): implicit TLS handshakes after connect, STARTTLS after the
-    // first CAPABILITY; both through sendBytes()/receivedBytes().
-    startStep(ProbeStep::kTls);
-    result_.trace.push_back("tls not implemented");
-    result_.failed_step = ProbeStep::kTls;
-    finish(ResultType::kFailed, "TLS probes are not implemented yet");
-    return;
-  }
   sockaddr_storage address{};
-  std::string host = spec_.endpoint.host;
-  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
-  }
+  const std::string host = bareHost(spec_.endpoint.host);
   const bool v6 = spec_.endpoint.ipv6 || host.find(':') != std::string::npos;
   int rc =
       v6 ? uv_ip6_addr(host.c_str(), spec_.endpoint.port, reinterpret_cast<sockaddr_in6*>(&address))
@@ -130,6 +142,9 @@ void ImapProbe::startAttempt() {
     return;
   }
   uv_tcp_init(loop_, &tcp_);
+  // As the proxy's connections: no Nagle delay in the measured latency
+  // (TLS sends the handshake's last flight and the first command apart).
+  uv_tcp_nodelay(&tcp_, 1);
   tcp_.data = this;
   tcp_open_ = true;
   connect_req_.data = this;
@@ -150,6 +165,8 @@ std::string ImapProbe::stepLabel() const {
     case ProbeStep::kConnect:
       return fmt::format("connect {}:{}", spec_.endpoint.host, spec_.endpoint.port);
     case ProbeStep::kTls:
+      // `STARTTLS` for the command, `tls` for the handshake.
+      return command_trace_.empty() ? std::string(probeStepName(step_)) : command_trace_;
     case ProbeStep::kGreeting:
     case ProbeStep::kDone:
       return probeStepName(step_);
@@ -181,11 +198,16 @@ void ImapProbe::onConnect(uv_connect_t* req, int status) {
     return;
   }
   probe->traceStep("ok", "");
-  probe->startStep(ProbeStep::kGreeting);
+  const bool implicit = probe->spec_.tls.mode == ProbeTls::kImplicit;
+  probe->startStep(implicit ? ProbeStep::kTls : ProbeStep::kGreeting);
   const int rc = uv_read_start(reinterpret_cast<uv_stream_t*>(&probe->tcp_), &ImapProbe::onAlloc,
                                &ImapProbe::onRead);
   if (rc != 0) {
     probe->attemptFailed(fmt::format("read failed: {}", uv_strerror(rc)));
+    return;
+  }
+  if (implicit) {
+    probe->startHandshake();
   }
 }
 
@@ -203,20 +225,40 @@ void ImapProbe::onRead(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) 
     probe->receivedBytes(std::string_view(buf->base, static_cast<std::size_t>(nread)));
     return;
   }
-  if (nread == UV_EOF && probe->step_ == ProbeStep::kLogout && probe->saw_bye_) {
-    // Some servers close right after `* BYE`, before the tagged OK.
-    probe->traceStep("closed after BYE", "");
-    probe->finish(ResultType::kSucceeded, "");
+  if (nread == UV_EOF) {
+    probe->peerClosed();
     return;
   }
-  probe->attemptFailed(nread == UV_EOF
-                           ? std::string("connection closed by the server")
-                           : fmt::format("read failed: {}", uv_strerror(static_cast<int>(nread))));
+  probe->attemptFailed(fmt::format("read failed: {}", uv_strerror(static_cast<int>(nread))));
+}
+
+void ImapProbe::peerClosed() {
+  if (step_ == ProbeStep::kLogout && saw_bye_) {
+    // Some servers close right after `* BYE`, before the tagged OK.
+    traceStep("closed after BYE", "");
+    finish(ResultType::kSucceeded, "");
+    return;
+  }
+  attemptFailed("connection closed by the server");
 }
 
 void ImapProbe::receivedBytes(std::string_view bytes) {
-  // TODO(tls): decrypt here before framing.
+  if (ssl_ == nullptr) {
+    feedPlaintext(bytes);
+  } else {
+    receivedCiphertext(bytes);
+  }
+}
+
+void ImapProbe::feedPlaintext(std::string_view bytes) {
+  const SSL* const tls_before = ssl_;
   while (phase_ == Phase::kRunning && !bytes.empty()) {
+    if (ssl_ != tls_before) {
+      // The STARTTLS OK started TLS; anything after it in the same plaintext
+      // read was not protected and could be injected.
+      attemptFailed("the server sent plaintext after its STARTTLS response");
+      return;
+    }
     const parser::ResponseFeedResult fed = framer_.feed(bytes);
     bytes.remove_prefix(fed.consumed);
     if (fed.event.type != parser::ResponseEventType::kNeedMore) {
@@ -246,6 +288,7 @@ void ImapProbe::handleResponse(const parser::ResponseEvent& event) {
                                           ? event.code.substr(11)
                                           : event.text.substr(11);
         login_disabled_ = login_disabled_ || parser::hasCapability(list, "LOGINDISABLED");
+        starttls_advertised_ = starttls_advertised_ || parser::hasCapability(list, "STARTTLS");
       }
       if (step_ == ProbeStep::kGreeting) {
         if (event.status == Status::kOk || event.status == Status::kPreauth) {
@@ -283,8 +326,17 @@ void ImapProbe::nextCommand() {
     case ProbeStep::kGreeting:
       next = ProbeStep::kCapability;
       break;
+    case ProbeStep::kTls:
+      if (ssl_ == nullptr) {
+        startHandshake();  // STARTTLS answered OK
+        return;
+      }
+      next = ProbeStep::kCapability;  // again, now under TLS
+      break;
     case ProbeStep::kCapability:
-      if (spec_.login && !preauth_) {
+      if (spec_.tls.mode == ProbeTls::kStartTls && ssl_ == nullptr) {
+        next = ProbeStep::kTls;
+      } else if (spec_.login && !preauth_) {
         next = ProbeStep::kLogin;
       } else if (spec_.login && spec_.select) {
         result_.trace.push_back("LOGIN skipped: PREAUTH greeting");
@@ -330,6 +382,20 @@ void ImapProbe::nextCommand() {
     case ProbeStep::kSelect:
       sendCommand("SELECT INBOX", "SELECT INBOX");
       break;
+    case ProbeStep::kTls:
+      command_trace_ = "STARTTLS";
+      if (preauth_) {
+        traceStep("not sent", "");
+        failStep("PREAUTH greeting: STARTTLS is not allowed once authenticated");
+        return;
+      }
+      if (!starttls_advertised_) {
+        traceStep("not sent", "");
+        failStep("the server does not advertise STARTTLS");
+        return;
+      }
+      sendCommand("STARTTLS", "STARTTLS");
+      break;
     default:
       sendCommand("LOGOUT", "LOGOUT");
       break;
@@ -347,7 +413,14 @@ void ImapProbe::sendCommand(std::string command, std::string trace_text) {
 }
 
 void ImapProbe::sendBytes(std::string bytes) {
-  // TODO(tls): encrypt here.
+  if (ssl_ == nullptr) {
+    writeRaw(std::move(bytes));
+  } else {
+    sendEncrypted(std::move(bytes));
+  }
+}
+
+void ImapProbe::writeRaw(std::string bytes) {
   auto* request = new WriteRequest();
   request->bytes = std::move(bytes);
   request->req.data = this;
@@ -475,6 +548,7 @@ void ImapProbe::onRetryTimer(uv_timer_t* timer) {
 void ImapProbe::onTcpClosed(uv_handle_t* handle) {
   auto* probe = static_cast<ImapProbe*>(handle->data);
   probe->tcp_open_ = false;
+  probe->freeTls();  // here, never under an OpenSSL call further up the stack
   if (probe->phase_ == Phase::kClosingForRetry) {
     probe->phase_ = Phase::kPausing;
     const auto delay =

@@ -20,12 +20,21 @@
 //   cancel() ends it early (result Failed, error "cancelled"); the pointer
 //   is valid until `done` runs.
 //
-// TLS seam: ImapProbeSpec::tls picks plain, STARTTLS or implicit TLS. Only
-// plain is implemented; the others fail at the `tls` step. All bytes pass
-// through sendBytes() and receivedBytes(), which is where a memory-BIO TLS
-// layer (as the proxy's) goes.
+// TLS (ImapProbeSpec::tls): OpenSSL over memory BIOs, all bytes passing
+// through sendBytes() (plaintext in, ciphertext to the socket) and
+// receivedBytes() (ciphertext in, plaintext to the framer).
+// - Implicit TLS: the handshake right after connect, then the greeting.
+// - STARTTLS: after the greeting and CAPABILITY, `STARTTLS` (only if
+//   advertised); on its tagged OK the handshake, then CAPABILITY again
+//   (capabilities seen before TLS are forgotten). Bytes that follow the
+//   tagged OK in plaintext fail the probe (response injection).
+// - The handshake is the `tls` step (trace `tls ok 2.10ms "TLSv1.3 ..."`),
+//   bounded by the probe's timeout like every step. Verification, name,
+//   SNI and pin follow ProbeTlsSettings; failures read e.g. "certificate
+//   verify failed: unable to get local issuer certificate".
 #pragma once
 
+#include <openssl/ossl_typ.h>
 #include <uv.h>
 
 #include <cstdint>
@@ -39,8 +48,6 @@
 
 namespace portico::health {
 
-enum class ProbeTls : std::uint8_t { kNone, kStartTls, kImplicit };
-
 struct ImapProbeSpec {
   // Copied into the result.
   std::string probe;
@@ -48,7 +55,7 @@ struct ImapProbeSpec {
   std::string target;
 
   Endpoint endpoint;
-  ProbeTls tls = ProbeTls::kNone;
+  ProbeTlsSettings tls;  // mode kNone: plain IMAP
   // LOGIN (quoted strings) and then SELECT INBOX; no login without a user.
   bool login = false;
   bool select = false;
@@ -58,6 +65,9 @@ struct ImapProbeSpec {
   std::uint32_t retries = 0;
   Millis retry_delay{1'000};
 };
+
+// "[::1]" -> "::1"; other hosts as they are.
+std::string bareHost(std::string_view host);
 
 class ImapProbe {
  public:
@@ -83,7 +93,23 @@ class ImapProbe {
   void traceStep(std::string_view outcome, std::string_view detail);
   void sendCommand(std::string command, std::string trace_text);
   void sendBytes(std::string bytes);
+  void writeRaw(std::string bytes);
   void receivedBytes(std::string_view bytes);
+  void feedPlaintext(std::string_view bytes);
+  void peerClosed();
+  // TLS (imap_probe_tls.cc): the context (false, with `error`, if the
+  // trust store, client certificate or pin is unusable), a fresh SSL per
+  // attempt and its handshake, ciphertext in and out, plaintext out of
+  // OpenSSL.
+  bool createTls(std::string& error);
+  void receivedCiphertext(std::string_view bytes);
+  void sendEncrypted(std::string bytes);
+  void startHandshake();
+  void continueHandshake();
+  bool checkPin();
+  void readPlaintext();
+  void flushCiphertext();
+  void freeTls();
   void handleResponse(const parser::ResponseEvent& event);
   void nextCommand();
   // attemptFailed() traces the failure; failStep() is for a step whose
@@ -131,6 +157,12 @@ class ImapProbe {
   bool preauth_ = false;
   bool saw_bye_ = false;
   bool login_disabled_ = false;
+  bool starttls_advertised_ = false;
+  SSL_CTX* tls_ctx_ = nullptr;
+  SSL* ssl_ = nullptr;   // owns its BIOs
+  BIO* rbio_ = nullptr;  // ciphertext from the server
+  BIO* wbio_ = nullptr;  // ciphertext to the server
+  bool handshaking_ = false;
   std::uint64_t start_ns_ = 0;
   std::uint64_t step_start_ns_ = 0;
   char read_buffer_[16 * 1024];

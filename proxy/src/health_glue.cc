@@ -12,7 +12,9 @@ namespace portico::proxy {
 
 namespace {
 
-health::Endpoint toEndpoint(const HostPort& hp) { return health::Endpoint{hp.host, hp.port, hp.ipv6}; }
+health::Endpoint toEndpoint(const HostPort& hp) {
+  return health::Endpoint{hp.host, hp.port, hp.ipv6};
+}
 
 // Probes of Portico's own listener go to loopback when it listens on all
 // addresses.
@@ -44,15 +46,46 @@ std::optional<std::string> readSecret(const std::string& path) {
 
 health::HealthConfig makeHealthConfig(const Config& config) {
   health::HealthConfig h;
+  auto toProbeTls = [](TlsMode mode) {
+    switch (mode) {
+      case TlsMode::kStarttls:
+        return health::ProbeTls::kStartTls;
+      case TlsMode::kImplicit:
+        return health::ProbeTls::kImplicit;
+      case TlsMode::kNone:
+        break;
+    }
+    return health::ProbeTls::kNone;
+  };
   char host[256] = {};
   if (gethostname(host, sizeof(host) - 1) == 0) {
     h.server_name = host;
   }
   if (!config.listen.empty()) {
-    h.proxy_listener = probeAddress(config.listen.front().address);
+    const ListenConfig& listen = config.listen.front();
+    h.proxy_listener = probeAddress(listen.address);
+    // Our own listener: its certificate chain file is the trust anchor
+    // (partial chain, so a leaf or intermediate in it will do); no name
+    // check, as the probe does not know which name the certificate carries
+    // and sends no SNI (it dials an IP), so it gets the default certificate.
+    h.proxy_listener_tls.mode = toProbeTls(listen.tls);
+    h.proxy_listener_tls.ca = listen.cert;
+    h.proxy_listener_tls.verify = true;
+    h.proxy_listener_tls.verify_name = false;
+    h.proxy_listener_tls.partial_chain = true;
   }
   for (const BackendConfig& b : config.backends) {
-    health::BackendTarget target{b.name, toEndpoint(b.address), "", ""};
+    health::BackendTarget target;
+    target.name = b.name;
+    target.address = toEndpoint(b.address);
+    // The probes talk to a backend as the proxy does.
+    target.tls.mode = toProbeTls(b.tls);
+    target.tls.ca = b.ca;
+    target.tls.server_name = b.server_name;  // "" -> the address, as for the proxy
+    target.tls.verify = b.verify;
+    target.tls.pin_sha256 = b.pin_sha256;
+    target.tls.client_cert = b.client_cert;
+    target.tls.client_key = b.client_key;
     if (!b.probe_user.empty()) {
       if (auto secret = readSecret(b.probe_password_file)) {
         target.probe_user = b.probe_user;
@@ -67,18 +100,26 @@ health::HealthConfig makeHealthConfig(const Config& config) {
   }
   for (const auto& [name, p] : config.probes) {
     health::ProbeSettings s = health::defaultProbeSettings(name);
-    if (p.interval) s.interval = *p.interval;
-    if (p.timeout) s.timeout = *p.timeout;
-    if (p.retries) s.retries = *p.retries;
+    if (p.interval)
+      s.interval = *p.interval;
+    if (p.timeout)
+      s.timeout = *p.timeout;
+    if (p.retries)
+      s.retries = *p.retries;
     h.probes[name] = s;
   }
   for (const auto& [name, m] : config.monitors) {
     health::MonitorSettings s = health::defaultMonitorSettings(name);
-    if (m.unhealthy_after) s.unhealthy_after = *m.unhealthy_after;
-    if (m.samples) s.unhealthy_after = *m.samples;  // sampled monitors: samples in a row
-    if (m.healthy_after) s.healthy_after = *m.healthy_after;
-    if (m.threshold) s.threshold = *m.threshold;
-    if (m.interval) s.sample_interval = *m.interval;
+    if (m.unhealthy_after)
+      s.unhealthy_after = *m.unhealthy_after;
+    if (m.samples)
+      s.unhealthy_after = *m.samples;  // sampled monitors: samples in a row
+    if (m.healthy_after)
+      s.healthy_after = *m.healthy_after;
+    if (m.threshold)
+      s.threshold = *m.threshold;
+    if (m.interval)
+      s.sample_interval = *m.interval;
     h.monitors[name] = s;
   }
   h.responders.hook = config.health.hook;
@@ -119,26 +160,30 @@ std::vector<health::BackendLoad> WorkerProxyView::backendLoad() {
   return out;
 }
 
-void WorkerProxyView::setDrainedByResponder(const std::string& backend, bool drained, bool move_sessions) {
+void WorkerProxyView::setDrainedByResponder(const std::string& backend, bool drained,
+                                            bool move_sessions) {
   std::size_t slot = registry_.slot(backend);
   if (slot >= kMaxBackends) {
     return;
   }
   shared_.drained_by_responder[slot].store(drained, std::memory_order_relaxed);
   logging::log(logging::Level::kWarn, "health", "backend {} {} by responder{}", backend,
-               drained ? "drained" : "restored", drained && move_sessions ? ", moving its sessions" : "");
+               drained ? "drained" : "restored",
+               drained && move_sessions ? ", moving its sessions" : "");
   if (drained && move_sessions) {
     moveSessions(backend);
   }
 }
 
-bool WorkerProxyView::setDrainedByOperator(const std::string& backend, bool drained, bool move_sessions) {
+bool WorkerProxyView::setDrainedByOperator(const std::string& backend, bool drained,
+                                           bool move_sessions) {
   RuntimeConfigPtr config = config_();
   for (std::size_t i = 0; i < config->config.backends.size(); ++i) {
     if (config->config.backends[i].name == backend) {
       shared_.drained_by_operator[config->stats_slot[i]].store(drained, std::memory_order_relaxed);
       logging::log(logging::Level::kWarn, "admin", "backend {} {} by operator{}", backend,
-                   drained ? "drained" : "enabled", drained && move_sessions ? ", moving its sessions" : "");
+                   drained ? "drained" : "enabled",
+                   drained && move_sessions ? ", moving its sessions" : "");
       if (drained && move_sessions) {
         moveSessions(backend);
       }

@@ -218,6 +218,9 @@ void Session::processPreloginOnce() {
       case parser::CommandEventType::kCommand: {
         std::size_t begin = pending_parsed_ - static_cast<std::size_t>(ev.bytes);
         std::string command = client_pending_.substr(begin, static_cast<std::size_t>(ev.bytes));
+        // Zero the command (it may hold a password) before the buffer is
+        // compacted, so no copy of it stays behind in the spare capacity.
+        std::fill_n(client_pending_.begin(), pending_parsed_, '\0');
         client_pending_.erase(0, pending_parsed_);
         pending_parsed_ = 0;
         handlePreloginCommand(command);

@@ -1284,12 +1284,6 @@ def test_tls_backpressure_slow_client_both_sides_tls(setup, pki, tls_backends):
 # health probes and TLS
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Portico bug: the health probes ignore TLS (health_glue.cc passes no TLS mode; "
-    "imap_probe.cc: 'TLS probes are not implemented yet'). Probes speak plaintext to "
-    "implicit-TLS backends and listeners, time out at the greeting, and the responders "
-    "drain the backend and take Portico out of rotation; to STARTTLS backends the deep "
-    "probe sends its LOGIN in plaintext."))
 def test_health_probes_respect_tls(portico_factory, pki, wild_leaf, tls_backends, tmp_path):
     import urllib.error
     import urllib.request

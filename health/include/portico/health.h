@@ -21,6 +21,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace portico::health {
@@ -28,7 +29,14 @@ namespace portico::health {
 using Millis = std::chrono::milliseconds;
 using SystemTime = std::chrono::system_clock::time_point;
 
-enum class AlertValue : std::uint8_t { kUnknown, kHealthy, kDegraded, kUnhealthy, kRepairing, kDisabled };
+enum class AlertValue : std::uint8_t {
+  kUnknown,
+  kHealthy,
+  kDegraded,
+  kUnhealthy,
+  kRepairing,
+  kDisabled
+};
 const char* alertValueName(AlertValue value);
 // Worse-first order used to combine monitors into a health set: higher is
 // worse (Unhealthy > Repairing > Degraded > Unknown > Healthy > Disabled).
@@ -37,18 +45,27 @@ int severity(AlertValue value);
 enum class ResultType : std::uint8_t { kSucceeded, kFailed, kTimedOut };
 const char* resultTypeName(ResultType type);
 
-enum class ProbeStep : std::uint8_t { kConnect, kTls, kGreeting, kCapability, kLogin, kSelect, kLogout, kDone };
+enum class ProbeStep : std::uint8_t {
+  kConnect,
+  kTls,
+  kGreeting,
+  kCapability,
+  kLogin,
+  kSelect,
+  kLogout,
+  kDone
+};
 const char* probeStepName(ProbeStep step);
 
 struct ProbeResult {
-  std::string probe;        // e.g. "ImapDeepTestProbe"
-  std::string health_set;   // e.g. "IMAP.Protocol"
-  std::string target;       // backend name, or "" for the proxy itself
+  std::string probe;       // e.g. "ImapDeepTestProbe"
+  std::string health_set;  // e.g. "IMAP.Protocol"
+  std::string target;      // backend name, or "" for the proxy itself
   ResultType result = ResultType::kFailed;
   SystemTime start{};
   SystemTime end{};
-  double sample_ms = 0;     // latency
-  std::string error;        // empty on success; never holds a password
+  double sample_ms = 0;  // latency
+  std::string error;     // empty on success; never holds a password
   ProbeStep failed_step = ProbeStep::kDone;
   std::vector<std::string> trace;  // "greeting ok 1.2ms", "login NO ...", ...
   std::uint32_t retry_count = 0;
@@ -60,11 +77,50 @@ struct Endpoint {
   bool ipv6 = false;
 };
 
+// How a probe speaks TLS to its target. Trust: `ca` (a PEM file, or a
+// directory of hashed certificates) or, when empty, the system store. The
+// expected name is `server_name`, or the endpoint's host when empty; a name
+// is checked with SSL_set1_host and sent as SNI, an IP address is checked
+// with X509_VERIFY_PARAM_set1_ip_asc and sends no SNI. Any failure (trust,
+// name, pin, handshake, timeout) ends the probe at step `tls`.
+enum class ProbeTls : std::uint8_t { kNone, kStartTls, kImplicit };
+
+struct ProbeTlsSettings {
+  ProbeTls mode = ProbeTls::kNone;
+  std::string ca;           // CA file or directory; "" for the system store
+  std::string server_name;  // expected name and SNI; "" for the endpoint's host
+  std::string pin_sha256;   // optional: hex SHA-256 of the certificate's SPKI (64 hex digits)
+  bool verify = true;       // false: no chain or name check (a pin still applies)
+  // Portico's own listener: the name is not checked (the probe does not
+  // know which name the listener's certificate carries), but the chain
+  // still has to verify.
+  bool verify_name = true;
+  // Every certificate in `ca` is a trust anchor, even one that is not
+  // self-signed (X509_V_FLAG_PARTIAL_CHAIN): lets a listener's own chain
+  // file serve as its trust store.
+  bool partial_chain = false;
+  // Optional client certificate chain and key (PEM), for backends that ask.
+  std::string client_cert;
+  std::string client_key;
+};
+
 struct BackendTarget {
+  BackendTarget() = default;
+  // Not an aggregate, so that `{name, address, user, password}` (without
+  // TLS) stays free of -Wmissing-field-initializers.
+  BackendTarget(std::string name_in, Endpoint address_in, std::string user_in = {},
+                std::string password_in = {}, ProbeTlsSettings tls_in = {})
+      : name(std::move(name_in)),
+        address(std::move(address_in)),
+        probe_user(std::move(user_in)),
+        probe_password(std::move(password_in)),
+        tls(std::move(tls_in)) {}
+
   std::string name;
   Endpoint address;
   std::string probe_user;
   std::string probe_password;  // secret
+  ProbeTlsSettings tls;        // ImapSelfTestProbe and ImapDeepTestProbe
 };
 
 struct ProbeSettings {
@@ -81,23 +137,28 @@ struct MonitorSettings {
 };
 
 struct ResponderSettings {
-  std::string hook;                   // command run through /bin/sh -c; empty: none
+  std::string hook;  // command run through /bin/sh -c; empty: none
   Millis hook_timeout{30'000};
   std::vector<Millis> hook_after{Millis(2 * 60'000), Millis(20 * 60'000)};
   Millis escalate_after{40 * 60'000};
   Millis escalate_every{4 * 3600'000};
-  bool move_sessions = false;         // drained backend: BYE its sessions between commands
+  bool move_sessions = false;  // drained backend: BYE its sessions between commands
 };
 
 struct HealthConfig {
-  std::string server_name;            // "Server" column; the host name by default
-  Endpoint proxy_listener;            // Portico's own listener, for the proxy test and CTP
+  std::string server_name;  // "Server" column; the host name by default
+  Endpoint proxy_listener;  // Portico's own listener, for the proxy test and CTP
+  // How ImapProxyTestProbe and ImapCTPProbe reach that listener. The proxy
+  // fills it from the listener's `tls` mode with its certificate chain file
+  // as `ca`, verify_name off and partial_chain on: the chain must verify,
+  // the name is not checked.
+  ProbeTlsSettings proxy_listener_tls;
   std::vector<BackendTarget> backends;
   std::map<std::string, ProbeSettings> probes;      // by probe name; Exchange's defaults if absent
   std::map<std::string, MonitorSettings> monitors;  // by monitor name
   ResponderSettings responders;
   Endpoint status_listen{"127.0.0.1", 8080, false};
-  std::string status_token;           // optional bearer token
+  std::string status_token;  // optional bearer token
 };
 
 // Exchange's defaults for the probe and monitor names in DESIGN.md.
@@ -121,7 +182,8 @@ class ProxyView {
   virtual std::vector<BackendLoad> backendLoad() = 0;
   // Responder drain: routing skips the backend; with move_sessions its open
   // sessions get `* BYE [UNAVAILABLE]` between commands.
-  virtual void setDrainedByResponder(const std::string& backend, bool drained, bool move_sessions) = 0;
+  virtual void setDrainedByResponder(const std::string& backend, bool drained,
+                                     bool move_sessions) = 0;
   virtual bool listenersUp() = 0;
   // Prometheus text for the proxy's own counters (connections, commands,
   // histograms, bytes, per-backend sessions); appended to /metrics.
@@ -148,12 +210,12 @@ class HealthService {
 
   // Runs one probe now (Invoke-MonitoringProbe); the callback gets the result.
   // Returns false if no such probe/target.
-  bool invokeProbe(const std::string& health_set, const std::string& probe, const std::string& target,
-                   std::function<void(const ProbeResult&)> done);
+  bool invokeProbe(const std::string& health_set, const std::string& probe,
+                   const std::string& target, std::function<void(const ProbeResult&)> done);
 
   // JSON texts, as served by the status endpoint and the admin socket.
-  std::string healthJson(const std::string& set_glob) const;   // Get-ServerHealth
-  std::string reportJson() const;                               // Get-HealthReport
+  std::string healthJson(const std::string& set_glob) const;  // Get-ServerHealth
+  std::string reportJson() const;                             // Get-HealthReport
   std::string probesJson(const std::string& health_set, const std::string& probe) const;
   std::string backendsJson() const;
   // Prometheus text, as served on /metrics (the proxy's metrics appended).

@@ -1,11 +1,14 @@
 // A tiny IMAP server on a libuv loop, for probe and service tests. It
 // listens on 127.0.0.1 with an ephemeral port and answers CAPABILITY, LOGIN
 // (quoted strings), SELECT, LOGOUT; its greeting behaviour is switchable.
+// With Options::tls it speaks TLS (OpenSSL over memory BIOs): implicit TLS,
+// or STARTTLS (advertised, and LOGINDISABLED only before it).
 // stop() closes the listener and every connection; after the loop has run,
 // no handle of it is left.
 #pragma once
 
 #include <netinet/in.h>
+#include <openssl/ssl.h>
 #include <uv.h>
 
 #include <cctype>
@@ -31,6 +34,9 @@ class FakeImapServer {
     std::string password = "s3cret-pw";
     bool echo_password = false;   // the LOGIN NO text repeats the password, decoded and as sent
     bool login_disabled = false;  // advertise LOGINDISABLED
+    SSL_CTX* tls = nullptr;       // server context (owned by the test): TLS on
+    bool implicit_tls = false;    // with `tls`: handshake first; else STARTTLS
+    std::string after_starttls;   // plaintext sent right after the STARTTLS OK (injection)
   };
 
   FakeImapServer(uv_loop_t* loop, Options options) : loop_(loop), options_(std::move(options)) {
@@ -51,6 +57,9 @@ class FakeImapServer {
   int connections() const { return accepted_; }
   // Every command line received, as sent (the LOGIN line holds the password).
   const std::vector<std::string>& received() const { return received_; }
+  // The SNI name of the last TLS handshake that completed ("" if none).
+  const std::string& lastServerName() const { return last_server_name_; }
+  int handshakes() const { return handshakes_; }
 
   void stop() {
     if (stopped_) {
@@ -69,8 +78,73 @@ class FakeImapServer {
     uv_tcp_t tcp{};
     std::string buffer;
     bool closing = false;
+    SSL* ssl = nullptr;  // with its memory BIOs
+    BIO* rbio = nullptr;
+    BIO* wbio = nullptr;
+    bool handshake_done = false;
+
+    ~Connection() { SSL_free(ssl); }
+
+    void startTls() {
+      ssl = SSL_new(server->options_.tls);
+      rbio = BIO_new(BIO_s_mem());
+      wbio = BIO_new(BIO_s_mem());
+      BIO_set_mem_eof_return(rbio, -1);
+      SSL_set_bio(ssl, rbio, wbio);
+      SSL_set_accept_state(ssl);
+    }
+    // Ciphertext from the client: the handshake, then plaintext into `buffer`.
+    void receivedTls(const char* data, std::size_t size) {
+      BIO_write(rbio, data, static_cast<int>(size));
+      if (!handshake_done) {
+        const int rc = SSL_do_handshake(ssl);
+        flush();
+        if (rc != 1) {
+          const int err = SSL_get_error(ssl, rc);
+          if (err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE) {
+            close();
+          }
+          return;
+        }
+        handshake_done = true;
+        ++server->handshakes_;
+        const char* name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+        server->last_server_name_ = name != nullptr ? name : "";
+        if (server->options_.implicit_tls) {
+          server->greet(*this);
+        }
+      }
+      char plain[4096];
+      int n;
+      while ((n = SSL_read(ssl, plain, sizeof(plain))) > 0) {
+        buffer.append(plain, static_cast<std::size_t>(n));
+      }
+      flush();
+    }
+    void flush() {
+      while (BIO_ctrl_pending(wbio) > 0) {
+        std::string out(BIO_ctrl_pending(wbio), '\0');
+        const int n = BIO_read(wbio, out.data(), static_cast<int>(out.size()));
+        if (n <= 0) {
+          break;
+        }
+        out.resize(static_cast<std::size_t>(n));
+        sendRaw(std::move(out));
+      }
+    }
 
     void send(std::string bytes) {
+      if (closing) {
+        return;
+      }
+      if (ssl != nullptr) {
+        SSL_write(ssl, bytes.data(), static_cast<int>(bytes.size()));
+        flush();
+        return;
+      }
+      sendRaw(std::move(bytes));
+    }
+    void sendRaw(std::string bytes) {
       if (closing) {
         return;
       }
@@ -121,6 +195,7 @@ class FakeImapServer {
       return;
     }
     ++self->accepted_;
+    uv_tcp_nodelay(&c->tcp, 1);  // TLS writes come in pairs: no Nagle wait
     if (self->mode_ == Mode::kHangUp) {
       c->close();
       return;
@@ -138,14 +213,37 @@ class FakeImapServer {
             conn->close();
             return;
           }
-          conn->buffer.append(buf->base, static_cast<std::size_t>(nread));
-          conn->server->process(*conn);
+          if (conn->ssl != nullptr && conn->server->mode_ != Mode::kSilent) {
+            conn->receivedTls(buf->base, static_cast<std::size_t>(nread));
+          } else {
+            conn->buffer.append(buf->base, static_cast<std::size_t>(nread));
+          }
+          if (!conn->closing) {
+            conn->server->process(*conn);
+          }
         });
     if (self->mode_ == Mode::kNormal) {
-      c->send(std::string("* OK [CAPABILITY IMAP4rev1 LITERAL+") +
-              (self->options_.login_disabled ? " LOGINDISABLED" : "") + "] fake ready\r\n");
+      if (self->options_.tls != nullptr && self->options_.implicit_tls) {
+        c->startTls();  // greets once the handshake is done
+      } else {
+        self->greet(*c);
+      }
     }
   }
+
+  // Capabilities as the connection's state has them.
+  std::string capabilities(const Connection& c) const {
+    std::string out = "IMAP4rev1 LITERAL+";
+    if (options_.tls != nullptr && c.ssl == nullptr) {
+      out += " STARTTLS";
+    }
+    if (options_.login_disabled && c.ssl == nullptr) {
+      out += " LOGINDISABLED";
+    }
+    return out;
+  }
+
+  void greet(Connection& c) { c.send("* OK [CAPABILITY " + capabilities(c) + "] fake ready\r\n"); }
 
   // Reads one quoted string at `pos`; advances past it.
   static std::string unquote(std::string_view line, std::size_t& pos) {
@@ -185,7 +283,12 @@ class FakeImapServer {
         ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
       }
       if (command == "CAPABILITY") {
-        c.send("* CAPABILITY IMAP4rev1 LITERAL+ IDLE\r\n" + tag + " OK done\r\n");
+        c.send("* CAPABILITY " + capabilities(c) + " IDLE\r\n" + tag + " OK done\r\n");
+      } else if (command == "STARTTLS" && options_.tls != nullptr && c.ssl == nullptr) {
+        c.send(tag + " OK Begin TLS negotiation now\r\n" + options_.after_starttls);
+        c.buffer.clear();
+        c.startTls();
+        return;
       } else if (command == "LOGIN") {
         std::size_t pos = arg;
         const std::string user = unquote(rest, pos);
@@ -221,6 +324,8 @@ class FakeImapServer {
   bool stopped_ = false;
   std::set<Connection*> open_;
   std::vector<std::string> received_;
+  std::string last_server_name_;
+  int handshakes_ = 0;
 };
 
 }  // namespace portico::health::fakes
