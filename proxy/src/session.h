@@ -208,7 +208,6 @@ class Session : public TransportHandler {
 
   std::string client_pending_;  // pre-login bytes not yet handled
   std::size_t pending_parsed_ = 0;
-  std::size_t command_start_ = 0;
   std::string backend_pending_;  // backend bytes during login
   std::size_t backend_parsed_ = 0;
   std::string login_untagged_;       // untagged backend lines during login, sent on success
