@@ -524,18 +524,8 @@ def markdown(meta: dict) -> str:
 
 
 def write_section(path: Path, section: str) -> None:
-    """Replaces our section (heading up to the next '## ') or appends it."""
-    text = path.read_text() if path.exists() else "# Portico benchmark results\n\n"
-    start = text.find(HEADING + "\n")
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        nxt = text.find("\n## ", start + len(HEADING))
-        end = len(text) if nxt < 0 else nxt + 1
-        text = text[:start] + section + ("\n" if nxt >= 0 else "") + text[end:]
-    tmp = path.with_name(path.name + ".plog.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Rewrites only this script's section of bench/RESULTS.md."""
+    rc.write_section(path, section, HEADING)
 
 
 def emit(meta: dict, results: str | None) -> None:

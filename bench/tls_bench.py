@@ -52,9 +52,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "integration"))
+sys.path.insert(0, str(REPO / "bench" / "load"))
 
 from harness import PASSWORD, Dovecot, Portico, free_port, make_message  # noqa: E402
 from tls_certs import TestPki  # noqa: E402
+
+import run_compare as rc  # noqa: E402  (shared RESULTS.md writer)
 
 HEADING = "## TLS"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -471,20 +474,8 @@ def render(args, mach, build, results) -> str:
 
 
 def write_section(path: Path, section: str) -> None:
-    """Replaces our section (heading up to the next '## ') or appends it."""
-    text = path.read_text() if path.exists() else "# Portico benchmark results\n\n"
-    start = text.find(HEADING + "\n")
-    if start < 0:
-        if not text.endswith("\n\n"):
-            text = text.rstrip("\n") + "\n\n"
-        text += section
-    else:
-        nxt = text.find("\n## ", start + len(HEADING))
-        end = len(text) if nxt < 0 else nxt + 1
-        text = text[:start] + section + ("\n" if nxt >= 0 else "") + text[end:]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Rewrites only this script's section of bench/RESULTS.md."""
+    rc.write_section(path, section, HEADING)
 
 
 # --------------------------------------------------------------------------

@@ -270,19 +270,22 @@ def markdown(meta: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replaces our section (heading up to the next '## ') or appends it."""
+def write_section(path: Path, section: str, heading: str = HEADING) -> None:
+    """Replaces the section under `heading` (up to the next '## ') or appends it.
+
+    Shared by the benchmark scripts in bench/ so each rewrites only its own
+    section of bench/RESULTS.md."""
     text = path.read_text() if path.exists() else "# Portico benchmark results\n\n"
-    start = text.find(HEADING + "\n")
+    start = text.find(heading + "\n")
     if start < 0:
         if not text.endswith("\n\n"):
             text = text.rstrip("\n") + "\n\n"
         text += section
     else:
-        nxt = text.find("\n## ", start + len(HEADING))
+        nxt = text.find("\n## ", start + len(heading))
         end = len(text) if nxt < 0 else nxt + 1
         text = text[:start] + section + ("\n" if nxt >= 0 else "") + text[end:]
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(path.name + ".%d.tmp" % os.getpid())
     tmp.write_text(text)
     os.replace(tmp, path)
 
