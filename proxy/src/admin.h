@@ -9,6 +9,7 @@
 //   backend list | backend drain NAME [--move-sessions] | backend enable NAME
 //   sessions [--user U] [--ip IP] [--backend B]
 //   kick SESSION-ID | kick --user U
+//   monitor disable|repairing|enable MONITOR [TARGET]
 //   stats
 //   reload
 //

@@ -340,6 +340,36 @@ void probeCommand(Control& c, const std::vector<std::string>& words, AdminServer
   }
 }
 
+// monitor disable|repairing|enable NAME [TARGET]: an operator's override
+// (Disabled silences a monitor and releases its responders; Repairing
+// keeps a drain in place while someone works on the backend).
+void monitorCommand(Control& c, const std::vector<std::string>& words, AdminServer::Reply& reply) {
+  if (words.size() < 3 || words.size() > 4) {
+    reply(fail("usage: monitor disable|repairing|enable MONITOR [TARGET]"));
+    return;
+  }
+  const std::string& verb = words[1];
+  health::AlertValue value;
+  if (verb == "disable") {
+    value = health::AlertValue::kDisabled;
+  } else if (verb == "repairing") {
+    value = health::AlertValue::kRepairing;
+  } else if (verb == "enable") {
+    value = health::AlertValue::kUnknown;  // clears the override
+  } else {
+    reply(fail("monitor: expected disable, repairing or enable, not '" + verb + "'"));
+    return;
+  }
+  std::string target = words.size() == 4 ? words[3] : "";
+  if (!c.health->setMonitorOverride(words[2], target, value)) {
+    reply(fail("monitor: no monitor " + words[2] + (target.empty() ? "" : " for target " + target)));
+    return;
+  }
+  logging::log(logging::Level::kInfo, "admin", "monitor {}{} {} by operator", words[2],
+               target.empty() ? "" : "/" + target, verb);
+  reply(ok(json{{"monitor", words[2]}, {"target", target}, {"override", verb}}));
+}
+
 void statsCommand(Control& c, AdminServer::Reply& reply) {
   std::vector<const WorkerStats*> stats;
   for (const auto& w : c.workers) {
@@ -410,6 +440,8 @@ void handleAdminCommand(Control& c, const AdminRequest& request, AdminServer::Re
     sessionsCommand(c, words, std::move(reply));
   } else if (command == "kick") {
     kickCommand(c, words, std::move(reply));
+  } else if (command == "monitor") {
+    monitorCommand(c, words, reply);
   } else if (command == "stats") {
     statsCommand(c, reply);
   } else if (command == "reload") {
@@ -424,7 +456,8 @@ void handleAdminCommand(Control& c, const AdminRequest& request, AdminServer::Re
         {"commands",
          {"protocol-log on [--user U] [--ip CIDR] [--ttl D] | off | status", "health [SET-GLOB]",
           "probe SET\\PROBE [TARGET]", "backend list | drain NAME [--move-sessions] | enable NAME",
-          "sessions [--user U] [--ip IP] [--backend B]", "kick SESSION-ID | --user U", "stats",
+          "sessions [--user U] [--ip IP] [--backend B]", "kick SESSION-ID | --user U",
+                    "monitor disable|repairing|enable MONITOR [TARGET]", "stats",
           "reload"}}}));
   } else {
     reply(fail("unknown command '" + command + "' (try 'help')"));

@@ -572,6 +572,15 @@ int run(int argc, char** argv) {
       kick->add_option("session-id", kick_id, "Session id (16 hex digits, from `sessions`)");
   auto* ok_user = kick->add_option("--user", kick_user, "End all of this user's sessions");
 
+  // monitor overrides
+  std::string m_verb, m_name, m_target;
+  auto* monitor = app.add_subcommand("monitor", "Override a monitor: disable, repairing, enable");
+  monitor->add_option("action", m_verb, "disable | repairing | enable")
+      ->required()
+      ->check(CLI::IsMember({"disable", "repairing", "enable"}));
+  monitor->add_option("monitor", m_name, "Monitor name, e.g. ImapDeepTestMonitor")->required();
+  monitor->add_option("target", m_target, "Target resource (a backend name)");
+
   auto* stats = app.add_subcommand("stats", "Counters: connections, bytes, commands per backend");
   auto* reload = app.add_subcommand("reload", "Re-read the configuration file");
   auto* help = app.add_subcommand("commands", "The commands the admin socket knows (its `help`)");
@@ -632,6 +641,11 @@ int run(int argc, char** argv) {
       w.push_back(kick_id);
     } else {
       addOption(w, ok_user, "--user", kick_user);
+    }
+  } else if (monitor->parsed()) {
+    w = {"monitor", m_verb, m_name};
+    if (!m_target.empty()) {
+      w.push_back(m_target);
     }
   } else if (stats->parsed()) {
     w.push_back("stats");

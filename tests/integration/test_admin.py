@@ -595,3 +595,26 @@ def test_porticoctl(portico, tmp_path):
         assert time.monotonic() - started < 5
     finally:
         silent.close()
+
+
+def test_monitor_override_disable_repairing_enable(portico):
+    """An operator can disable a monitor or mark it Repairing, and clear it."""
+
+    def alert(name, target):
+        monitors = ok(portico, "health")["health"]["Monitors"]
+        for m in monitors:
+            if m["Name"] == name and (m.get("TargetResource") or "") == target:
+                return m["AlertValue"]
+        raise AssertionError("no monitor %s/%s in %r" % (name, target, monitors))
+
+    ok(portico, "monitor disable ImapSelfTestMonitor mbx1")
+    assert alert("ImapSelfTestMonitor", "mbx1") == "Disabled"
+    assert alert("ImapSelfTestMonitor", "mbx2") != "Disabled"
+    ok(portico, "monitor repairing ImapSelfTestMonitor mbx2")
+    assert alert("ImapSelfTestMonitor", "mbx2") == "Repairing"
+    ok(portico, "monitor enable ImapSelfTestMonitor mbx1")
+    ok(portico, "monitor enable ImapSelfTestMonitor mbx2")
+    assert alert("ImapSelfTestMonitor", "mbx1") not in ("Disabled", "Repairing")
+    assert alert("ImapSelfTestMonitor", "mbx2") not in ("Disabled", "Repairing")
+    refused(portico, "monitor disable NoSuchMonitor mbx1", "no monitor")
+    refused(portico, "monitor mute ImapSelfTestMonitor mbx1", "expected disable")
