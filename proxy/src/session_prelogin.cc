@@ -1,0 +1,429 @@
+// Session: the pre-login dialogue, STARTTLS, and choosing and connecting a backend.
+#include "session.h"
+
+#include <netinet/in.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "portico/logging.h"
+#include "portico/proxy.h"
+#include "session_internal.h"
+
+namespace portico::proxy {
+
+using namespace session_detail;  // NOLINT: this file's own helpers
+
+// ---------------------------------------------------------------------------
+// Pre-login.
+
+void Session::processPrelogin() {
+  if (processing_) {
+    process_again_ = true;
+    return;
+  }
+  processing_ = true;
+  do {
+    process_again_ = false;
+    processPreloginOnce();
+  } while (process_again_);
+  processing_ = false;
+}
+
+void Session::processPreloginOnce() {
+  const Limits& limits = config_->config.limits;
+  const std::size_t max_pending =
+      2 * static_cast<std::size_t>(limits.prelogin_max_line) + 2 * limits.prelogin_max_literal;
+  while (client_ != nullptr &&
+         (state_ == SessionState::kPrelogin || state_ == SessionState::kAuthContinuation)) {
+    if (state_ == SessionState::kAuthContinuation) {
+      // One SASL response line; read here rather than by the framer so the
+      // payload never sits in the framer's head buffer.
+      auto lf = client_pending_.find('\n');
+      if (lf == std::string::npos) {
+        if (client_pending_.size() > limits.prelogin_max_line) {
+          closeWithBye("* BYE SASL response too long\r\n", "sasl response too long");
+        }
+        return;
+      }
+      std::string line = client_pending_.substr(0, lf);
+      if (!line.empty() && line.back() == '\r') {
+        line.pop_back();
+      }
+      client_pending_.erase(0, lf + 1);
+      handleAuthLine(line);
+      wipe(line);
+      continue;
+    }
+    if (pending_parsed_ >= client_pending_.size()) {
+      return;
+    }
+    std::string_view rest(client_pending_.data() + pending_parsed_,
+                          client_pending_.size() - pending_parsed_);
+    parser::FeedResult r = command_framer_.feed(rest);
+    pending_parsed_ += r.consumed;
+    const parser::CommandEvent& ev = r.event;
+    switch (ev.type) {
+      case parser::CommandEventType::kNeedMore:
+        if (client_pending_.size() > max_pending) {
+          writeClient("* BAD Command too long\r\n");
+          closeWithBye("* BYE Command too long\r\n", "command too long");
+        }
+        return;
+      case parser::CommandEventType::kLiteral:
+        if (parser::isSync(ev.literal_kind)) {
+          writeClient("+ Ready for literal data\r\n");
+        }
+        break;
+      case parser::CommandEventType::kCommand: {
+        std::size_t begin = pending_parsed_ - static_cast<std::size_t>(ev.bytes);
+        std::string command = client_pending_.substr(begin, static_cast<std::size_t>(ev.bytes));
+        // Zero the command (it may hold a password) before the buffer is
+        // compacted, so no copy of it stays behind in the spare capacity.
+        std::fill_n(client_pending_.begin(), pending_parsed_, '\0');
+        client_pending_.erase(0, pending_parsed_);
+        pending_parsed_ = 0;
+        handlePreloginCommand(command);
+        wipe(command);
+        break;
+      }
+      case parser::CommandEventType::kAuthLine:
+      case parser::CommandEventType::kIdleDone:
+        // Not reachable before login: AUTHENTICATE lines are read above and
+        // IDLE is refused. Drop what was consumed.
+        client_pending_.erase(0, pending_parsed_);
+        pending_parsed_ = 0;
+        break;
+      case parser::CommandEventType::kError: {
+        std::string tag = ev.tag.empty() ? std::string("*") : std::string(ev.tag);
+        client_pending_.erase(0, pending_parsed_);
+        pending_parsed_ = 0;
+        host_.stats().prelogin_bad_commands.add();
+        if (ev.error.fatal || ev.error.code == parser::ErrorCode::kLineTooLong) {
+          // The rest of the stream cannot be trusted (or is not worth
+          // reading before login): answer, then end the session.
+          writeClient(fmt::format("{} BAD {}\r\n", tag, ev.error.message));
+          closeWithBye(fmt::format("* BYE {}\r\n", ev.error.message),
+                       parser::errorCodeName(ev.error.code));
+          return;
+        }
+        badCommand(tag, ev.error.message);
+        break;
+      }
+    }
+  }
+}
+
+void Session::badCommand(std::string_view tag, std::string_view message) {
+  writeClient(fmt::format("{} BAD {}\r\n", tag, message));
+  if (++bad_in_row_ >= config_->config.limits.max_bad_commands) {
+    closeWithBye("* BYE Too many invalid commands\r\n", "too many invalid commands");
+  }
+}
+
+void Session::handlePreloginCommand(std::string_view bytes) {
+  parser::Limits limits;
+  limits.max_line = config_->config.limits.prelogin_max_line;
+  limits.max_literal = config_->config.limits.prelogin_max_literal;
+  parser::PreloginResult result = parser::parsePrelogin(bytes, limits);
+  parser::PreloginCommand& cmd = result.command;
+  const std::string tag = cmd.tag.empty() ? std::string("*") : cmd.tag;
+  if (!result.ok) {
+    // Arguments of a command that did not parse are never logged: a
+    // mistyped LOGIN could carry a password.
+    tracePrelogin(cmd, std::string_view(), std::string("BAD ") + result.error.message);
+    host_.stats().prelogin_bad_commands.add();
+    if (result.error.code == parser::ErrorCode::kUnknownCommand) {
+      badCommand(tag, "Command not allowed before login");
+    } else {
+      badCommand(tag, result.error.message);
+    }
+    wipe(cmd.password);
+    return;
+  }
+  bad_in_row_ = 0;
+  switch (cmd.verb) {
+    case parser::Verb::kCapability:
+      writeClient(fmt::format("* CAPABILITY {}\r\n{} OK Pre-login capabilities listed.\r\n",
+                              capabilities(), tag));
+      tracePrelogin(cmd, bytes, "OK");
+      return;
+    case parser::Verb::kNoop:
+      writeClient(fmt::format("{} OK NOOP completed.\r\n", tag));
+      tracePrelogin(cmd, bytes, "OK");
+      return;
+    case parser::Verb::kLogout:
+      writeClient(fmt::format("* BYE Logging out\r\n{} OK Logout completed.\r\n", tag));
+      tracePrelogin(cmd, bytes, "OK");
+      closeWithBye("", "client logout");
+      return;
+    case parser::Verb::kId:
+      client_id_ = std::move(cmd.id);
+      writeClient(
+          fmt::format("* ID (\"name\" \"Portico\" \"version\" \"{}\")\r\n{} OK ID completed.\r\n",
+                      version(), tag));
+      tracePrelogin(cmd, bytes, "OK");
+      return;
+    case parser::Verb::kStarttls:
+      tracePrelogin(cmd, bytes, listener_tls_ == TlsMode::kStarttls && !client_tls_ ? "OK" : "BAD");
+      if (listener_tls_ != TlsMode::kStarttls || client_tls_) {
+        writeClient(fmt::format(
+            "{} BAD {}\r\n", tag,
+            client_tls_ ? "TLS is already active." : "STARTTLS is not available on this port."));
+        return;
+      }
+      startClientStarttls(tag);
+      return;
+    case parser::Verb::kLogin:
+      if (require_tls_ && !client_tls_) {
+        writeClient(
+            fmt::format("{} NO [PRIVACYREQUIRED] Use STARTTLS before logging in.\r\n", tag));
+        return;
+      }
+      login_kind_ = LoginKind::kLogin;
+      login_tag_ = cmd.tag;
+      noteLoginParameters(cmd, bytes);
+      user_ = std::move(cmd.user);
+      trace_generation_ = 0;  // the user is known now: re-evaluate tracing
+      password_ = std::move(cmd.password);
+      wipe(cmd.password);
+      startLogin();
+      return;
+    case parser::Verb::kAuthenticate:
+      command_framer_.endAuthentication();  // the SASL lines are read by the session
+      if (require_tls_ && !client_tls_) {
+        writeClient(
+            fmt::format("{} NO [PRIVACYREQUIRED] Use STARTTLS before logging in.\r\n", tag));
+        return;
+      }
+      if (!isSupportedMechanism(cmd.mechanism)) {
+        writeClient(fmt::format("{} NO Unsupported authentication mechanism.\r\n", tag));
+        return;
+      }
+      login_tag_ = cmd.tag;
+      mechanism_ = cmd.mechanism;
+      noteLoginParameters(cmd, bytes);
+      if (cmd.initial_response) {
+        beginAuthenticate(*cmd.initial_response);
+        wipe(*cmd.initial_response);
+      } else {
+        writeClient("+ \r\n");
+        state_ = SessionState::kAuthContinuation;
+      }
+      return;
+    case parser::Verb::kOther:
+      badCommand(tag, "Command not allowed before login");
+      return;
+  }
+}
+
+void Session::startClientStarttls(const std::string& tag) {
+  writeClient(fmt::format("{} OK Begin TLS negotiation now.\r\n", tag));
+  // Bytes pipelined after STARTTLS in plaintext are dropped, never run after
+  // the handshake (the CVE-2011-0411 class of injection).
+  wipe(client_pending_);
+  pending_parsed_ = 0;
+  command_framer_.reset();
+  Transport* tls = host_.startServerTls(client_, listener_tls_context_);
+  if (tls == nullptr) {
+    closeWithBye("* BYE TLS is not available.\r\n", "tls unavailable");
+    return;
+  }
+  client_ = tls;
+  client_->setHandler(this);
+  client_tls_ = true;
+}
+
+void Session::handleAuthLine(std::string_view line) {
+  state_ = SessionState::kPrelogin;
+  if (line == "*") {
+    writeClient(fmt::format("{} BAD Authentication cancelled.\r\n", login_tag_));
+    return;
+  }
+  beginAuthenticate(line);
+}
+
+void Session::beginAuthenticate(std::string_view initial_response) {
+  std::optional<std::string> decoded = parser::decodeBase64(initial_response);
+  if (!decoded) {
+    writeClient(fmt::format("{} BAD Invalid base64 in SASL response.\r\n", login_tag_));
+    return;
+  }
+  std::optional<std::string> user = parser::saslUser(mechanism_, *decoded);
+  wipe(*decoded);
+  if (!user || user->empty()) {
+    failLogin(fmt::format("{} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n", login_tag_),
+              true);
+    return;
+  }
+  login_kind_ = LoginKind::kAuthenticate;
+  user_ = std::move(*user);
+  trace_generation_ = 0;
+  sasl_.assign(initial_response);
+  startLogin();
+}
+
+void Session::noteLoginParameters(const parser::PreloginCommand& command, std::string_view bytes) {
+  std::string_view line = bytes.substr(0, bytes.find_first_of("\r\n"));
+  for (int words = 2; words > 0 && !line.empty(); --words) {
+    auto sp = line.find(' ');
+    line = sp == std::string_view::npos ? std::string_view() : line.substr(sp + 1);
+  }
+  login_parameters_ = logging::redactCommandParameters(command.name, line);
+  login_request_bytes_ = bytes.size();
+  login_started_ = host_.now();
+}
+
+void Session::startLogin() {
+  const RuntimeConfig& rc = *config_;
+  std::vector<bool> enabled(rc.config.backends.size(), true);
+  for (std::size_t i = 0; i < enabled.size(); ++i) {
+    enabled[i] = !host_.shared().drained(rc.stats_slot[i]);
+  }
+  std::string user = normaliseUser(user_);
+  if (auto probe = rc.probe_users.find(user); probe != rc.probe_users.end()) {
+    candidates_ = {probe->second};
+  } else {
+    candidates_ = rc.selector.candidates(user, enabled);
+  }
+  candidate_pos_ = 0;
+  if (candidates_.empty()) {
+    failLogin(fmt::format("{} NO [UNAVAILABLE] No mailbox server is available.\r\n", login_tag_),
+              false);
+    return;
+  }
+  connectNext();
+}
+
+void Session::connectNext() {
+  const RuntimeConfig& rc = *config_;
+  if (candidate_pos_ >= candidates_.size() || candidate_pos_ > rc.config.routing.connect_retries) {
+    failLogin(fmt::format("{} NO [UNAVAILABLE] Mailbox server unavailable, try again later.\r\n",
+                          login_tag_),
+              false);
+    return;
+  }
+  backend_index_ = candidates_[candidate_pos_++];
+  const BackendConfig& backend = rc.config.backends[backend_index_];
+  backend_name_ = backend.name;
+  state_ = SessionState::kConnecting;
+  updateClientReading();
+  login_sent_ = false;
+  sasl_sent_ = false;
+  backend_caps_.clear();
+  backend_pending_.clear();
+  backend_parsed_ = 0;
+  login_untagged_.clear();
+  response_framer_.reset();
+  deadline_ = host_.now() + rc.config.timeouts.backend_connect;
+  armTimer();
+  if (backend.tls == TlsMode::kImplicit) {
+    backend_ = backend_index_ < rc.backend_tls.size()
+                   ? host_.connectBackendTls(backend, rc.backend_tls[backend_index_], this)
+                   : nullptr;
+  } else {
+    backend_ = host_.connectBackend(backend, this);
+  }
+  if (backend_ == nullptr) {
+    backendStats()->connect_failures.add();
+    connectNext();
+  }
+}
+
+void Session::onConnected(Transport* transport, bool ok, std::string_view error) {
+  if (transport != backend_) {
+    return;
+  }
+  if (!ok) {
+    backendStats()->connect_failures.add();
+    logging::log(logging::Level::kWarn, "session",
+                 "id={:016x} backend {} ({}) connect failed: {}; client={} user={}", id_,
+                 backend_name_, config_->config.backends[backend_index_].address.text(), error,
+                 client_address_, user_);
+    return;  // onClosed follows and tries the next candidate
+  }
+  if (state_ == SessionState::kBackendTlsHandshake) {
+    // STARTTLS done: capabilities may differ under TLS, so ask again.
+    backend_->write(std::string_view("P0CAP CAPABILITY\r\n"));
+    state_ = SessionState::kBackendCapability;
+    return;
+  }
+  backend_->setHighWatermark(config_->config.limits.write_high_watermark);
+  state_ = SessionState::kBackendGreeting;
+  deadline_ = host_.now() + config_->config.timeouts.backend_login;
+  armTimer();
+  if (config_->config.backends[backend_index_].proxy_protocol) {
+    sendProxyHeader();
+  }
+}
+
+void Session::backendFailed(std::string_view why) {
+  logging::log(logging::Level::kWarn, "session",
+               "id={:016x} backend {} failed while {}: {}; client={} user={}", id_, backend_name_,
+               sessionStateName(state_), why, client_address_, user_);
+  backendStats()->connect_failures.add();
+  if (backend_ != nullptr) {
+    backend_->close();  // onClosed decides: next candidate or NO [UNAVAILABLE]
+  }
+}
+
+void Session::failLogin(std::string_view client_line, bool count_failure) {
+  if (backend_ != nullptr) {
+    orphans_.push_back(backend_);
+    backend_->close();
+    backend_ = nullptr;
+  }
+  wipeSecrets();
+  if (tracing()) {
+    std::string_view result =
+        client_line.substr(std::min(client_line.size(), login_tag_.size() + 1));
+    while (!result.empty() && (result.back() == '\n' || result.back() == '\r')) {
+      result.remove_suffix(1);
+    }
+    traceRecord(login_kind_ == LoginKind::kLogin ? "LOGIN" : "AUTHENTICATE", login_parameters_,
+                fmt::format("R={};B={}", result, backend_name_.empty() ? "-" : backend_name_),
+                duration_cast<milliseconds>(host_.now() - login_started_).count(),
+                login_request_bytes_, client_line.size());
+  }
+  state_ = SessionState::kPrelogin;
+  if (client_ == nullptr) {
+    finishIfClosed();
+    return;
+  }
+  if (shutdown_pending_) {
+    // requestBye() came while the login was in progress: its answer was
+    // the command to wait for, so the BYE follows it now.
+    writeClient(client_line);
+    closeWithBye(fmt::format("* BYE {}\r\n", shutdown_text_), shutdown_end_reason_);
+    return;
+  }
+  const Config& cfg = config_->config;
+  if (count_failure) {
+    ++login_failures_;
+    if (login_failures_ >= cfg.limits.max_login_failures) {
+      writeClient(client_line);
+      closeWithBye("* BYE Too many failed login attempts.\r\n", "too many failed logins");
+      return;
+    }
+    // Growing delay before the answer: slows password guessing without
+    // holding anything but a timer.
+    auto delay = milliseconds(cfg.limits.login_failure_delay.count()
+                              << std::min<std::uint32_t>(login_failures_ - 1, 6));
+    delayed_reply_.assign(client_line);
+    state_ = SessionState::kLoginDelay;
+    updateClientReading();
+    deadline_ = host_.now() + delay;
+    armTimer();
+    return;
+  }
+  writeClient(client_line);
+  deadline_ = started_ + cfg.timeouts.prelogin;
+  armTimer();
+  updateClientReading();
+  processPrelogin();
+}
+
+}  // namespace portico::proxy

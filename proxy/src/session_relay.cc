@@ -1,0 +1,221 @@
+// Session: the two-way relay with per-command accounting.
+#include "session.h"
+
+#include <netinet/in.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "portico/logging.h"
+#include "portico/proxy.h"
+#include "session_internal.h"
+
+namespace portico::proxy {
+
+using namespace session_detail;  // NOLINT: this file's own helpers
+
+// ---------------------------------------------------------------------------
+// Relay.
+
+void Session::relayFromClient(Chunk chunk) {
+  const auto now = host_.now();
+  last_activity_ = now;
+  bytes_in_ += chunk.size();
+  host_.stats().bytes_from_clients.add(chunk.size());
+  BackendStats* stats = backendStats();
+  std::string_view view = chunk.view();
+  std::size_t pos = 0;
+  std::size_t forward_from = 0;
+  constexpr std::size_t kUnknown = static_cast<std::size_t>(-1);
+  std::size_t command_start = kUnknown;
+  while (pos < view.size()) {
+    if (command_framer_.atCommandStart()) {
+      command_start = pos;
+    }
+    parser::FeedResult r = command_framer_.feed(view.substr(pos));
+    pos += r.consumed;
+    if (r.event.type == parser::CommandEventType::kNeedMore) {
+      break;
+    }
+    if (r.event.type == parser::CommandEventType::kError && r.event.error.fatal) {
+      // A literal that cannot be skipped: the stream cannot be
+      // resynchronised, and a failed framer consumes nothing more.
+      closeWithBye(fmt::format("* BYE {}\r\n", r.event.error.message),
+                   parser::errorCodeName(r.event.error.code));
+      return;
+    }
+    if (r.event.type != parser::CommandEventType::kCommand) {
+      continue;  // literals, DONE, malformed lines: the backend answers them
+    }
+    ++commands_;
+    CommandId command = commandId(r.event.name);
+    if (command == CommandId::kCOMPRESS) {
+      // Portico relays plain bytes; a compressed stream would blind the
+      // framers. Refuse it here instead of passing it on.
+      std::string tag(r.event.tag);
+      if (command_start == kUnknown) {
+        closeWithBye("* BYE [UNAVAILABLE] COMPRESS is not supported.\r\n", "compress refused");
+        return;
+      }
+      if (command_start > forward_from) {
+        stats->bytes_to_backend.add(command_start - forward_from);
+        backend_->write(chunk.slice(forward_from, command_start - forward_from));
+      }
+      forward_from = pos;
+      writeClient(fmt::format("{} NO [CANNOT] COMPRESS is not supported by this proxy.\r\n", tag));
+      continue;
+    }
+    InFlight& f = inflight_.emplace_back();
+    f.tag.assign(r.event.tag);
+    f.command = command;
+    f.idle = command == CommandId::kIDLE;
+    f.sent = now;
+    f.request_bytes = r.event.bytes;
+    if (tracing()) {
+      // Parameters: the head after "tag [UID ]NAME ".
+      std::string_view head = r.event.head;
+      for (int words = r.event.uid ? 3 : 2; words > 0 && !head.empty(); --words) {
+        auto sp = head.find(' ');
+        head = sp == std::string_view::npos ? std::string_view() : head.substr(sp + 1);
+      }
+      f.traced = true;
+      f.name = r.event.uid ? "UID " + std::string(r.event.name) : std::string(r.event.name);
+      f.parameters = logging::redactCommandParameters(r.event.name, head);
+    }
+    stats->commands_in_flight.add();
+  }
+  if (forward_from < view.size() && backend_ != nullptr) {
+    std::size_t n = view.size() - forward_from;
+    stats->bytes_to_backend.add(n);
+    backend_->write(forward_from == 0 ? std::move(chunk) : chunk.slice(forward_from, n));
+    if (backend_->queuedBytes() > config_->config.limits.write_high_watermark) {
+      client_paused_ = true;
+      updateClientReading();
+    }
+  }
+}
+
+void Session::relayFromBackend(Chunk chunk) {
+  if (command_framer_.idling()) {
+    last_activity_ = host_.now();  // keep-alives during IDLE keep the session
+  }
+  bytes_out_ += chunk.size();
+  BackendStats* stats = backendStats();
+  stats->bytes_from_backend.add(chunk.size());
+  std::string_view view = chunk.view();
+  std::size_t pos = 0;
+  std::size_t forward_from = 0;
+  constexpr std::size_t kUnknown = static_cast<std::size_t>(-1);
+  std::size_t response_start = kUnknown;
+  while (pos < view.size()) {
+    if (response_framer_.atResponseStart()) {
+      response_start = pos;
+    }
+    parser::ResponseFeedResult r = response_framer_.feed(view.substr(pos));
+    pos += r.consumed;
+    const parser::ResponseEvent& ev = r.event;
+    if (ev.type == parser::ResponseEventType::kNeedMore) {
+      break;
+    }
+    if (ev.type == parser::ResponseEventType::kError && ev.error.fatal) {
+      // As for the client: nothing after an unskippable literal can be read.
+      logging::log(logging::Level::kWarn, "session",
+                   "id={:016x} backend {} sent an unreadable response ({}); client={} user={}", id_,
+                   backend_name_, parser::errorCodeName(ev.error.code), client_address_, user_);
+      closeWithBye("* BYE [UNAVAILABLE] Mailbox server connection lost.\r\n",
+                   "backend protocol error");
+      return;
+    }
+    if (ev.type == parser::ResponseEventType::kTagged) {
+      completeCommand(ev);
+    } else if (!inflight_.empty()) {
+      inflight_.front().response_bytes += ev.bytes;  // untagged data: the oldest command's
+    }
+    if (ev.type != parser::ResponseEventType::kUntagged &&
+        ev.type != parser::ResponseEventType::kTagged) {
+      continue;
+    }
+    if (ev.type == parser::ResponseEventType::kUntagged && ev.status == parser::Status::kBye) {
+      logout_seen_ = true;  // the backend says goodbye itself: no second BYE
+    }
+    // Capability lists (untagged, or a [CAPABILITY ...] code in any status
+    // response) lose COMPRESS: Portico relays plain bytes. Only these rare
+    // lines are copied; everything else passes untouched.
+    bool capability_list =
+        startsWithNoCase(ev.head, "* CAPABILITY ") || startsWithNoCase(ev.code, "CAPABILITY ");
+    if (capability_list && response_start != kUnknown &&
+        (ev.head.find("COMPRESS=") != std::string_view::npos ||
+         ev.head.find("compress=") != std::string_view::npos)) {
+      if (response_start > forward_from) {
+        host_.stats().bytes_to_clients.add(response_start - forward_from);
+        client_->write(chunk.slice(forward_from, response_start - forward_from));
+      }
+      bytes_out_ -= pos - response_start;  // writeClient counts the edited line instead
+      writeClient(parser::editCapabilities(view.substr(response_start, pos - response_start),
+                                           {"COMPRESS="}, {}));
+      forward_from = pos;
+    }
+  }
+  if (forward_from < view.size() && client_ != nullptr) {
+    std::size_t n = view.size() - forward_from;
+    host_.stats().bytes_to_clients.add(n);
+    client_->write(forward_from == 0 ? std::move(chunk) : chunk.slice(forward_from, n));
+    if (backend_ != nullptr &&
+        client_->queuedBytes() > config_->config.limits.write_high_watermark) {
+      backend_paused_ = true;
+      backend_->pauseReading();
+    }
+  }
+  maybeByeOnShutdown();
+}
+
+void Session::completeCommand(const parser::ResponseEvent& ev) {
+  auto it = std::find_if(inflight_.begin(), inflight_.end(),
+                         [&ev](const InFlight& f) { return f.tag == ev.tag; });
+  if (it == inflight_.end()) {
+    return;  // a tag we did not see sent (e.g. inside a malformed line)
+  }
+  auto time = duration_cast<microseconds>(host_.now() - it->sent);
+  BackendStats* stats = backendStats();
+  if (it->idle) {
+    stats->recordIdle(time);
+  } else {
+    stats->recordCommand(it->command, ev.status, time);
+  }
+  stats->commands_in_flight.sub();
+  if (it->traced) {
+    std::string_view result = ev.head.substr(std::min(ev.head.size(), ev.tag.size() + 1));
+    traceRecord(it->name, it->parameters, fmt::format("R={};B={}", result, backend_name_),
+                duration_cast<milliseconds>(time).count(), it->request_bytes,
+                it->response_bytes + ev.bytes);
+  }
+  if (it->command == CommandId::kLOGOUT) {
+    logout_seen_ = true;
+  }
+  if (it->command == CommandId::kAUTHENTICATE && command_framer_.authenticating()) {
+    command_framer_.endAuthentication();
+  }
+  if (it->idle && command_framer_.idling()) {
+    // IDLE answered before DONE (refused, say): no DONE follows, so the
+    // client's next line is a command again.
+    command_framer_.endIdle();
+  }
+  inflight_.erase(it);
+}
+
+void Session::maybeByeOnShutdown() {
+  if (!shutdown_pending_ || state_ != SessionState::kRelay || client_ == nullptr) {
+    return;
+  }
+  bool only_idle =
+      std::all_of(inflight_.begin(), inflight_.end(), [](const InFlight& f) { return f.idle; });
+  bool between_commands = command_framer_.atCommandStart() || command_framer_.idling();
+  if (only_idle && between_commands) {
+    closeWithBye(fmt::format("* BYE {}\r\n", shutdown_text_), shutdown_end_reason_);
+  }
+}
+
+}  // namespace portico::proxy
