@@ -27,10 +27,11 @@ namespace portico::proxy {
 #define PORTICO_COMMANDS(X)                                                                        \
   X(CAPABILITY)                                                                                    \
   X(NOOP)                                                                                          \
-  X(LOGOUT) X(STARTTLS) X(AUTHENTICATE) X(LOGIN) X(ENABLE) X(SELECT) X(EXAMINE) X(CREATE)          \
-      X(DELETE) X(RENAME) X(SUBSCRIBE) X(UNSUBSCRIBE) X(LIST) X(LSUB) X(NAMESPACE) X(STATUS)       \
-          X(APPEND) X(IDLE) X(CHECK) X(CLOSE) X(UNSELECT) X(EXPUNGE) X(SEARCH) X(FETCH) X(STORE)   \
-              X(COPY) X(MOVE) X(ID) X(GETQUOTA) X(GETQUOTAROOT) X(SETQUOTA) X(GETACL) X(SETACL)    \
+  X(LOGOUT)                                                                                        \
+  X(STARTTLS) X(AUTHENTICATE) X(LOGIN) X(ENABLE) X(SELECT) X(EXAMINE) X(CREATE) X(DELETE)          \
+      X(RENAME) X(SUBSCRIBE) X(UNSUBSCRIBE) X(LIST) X(LSUB) X(NAMESPACE) X(STATUS) X(APPEND)       \
+          X(IDLE) X(CHECK) X(CLOSE) X(UNSELECT) X(EXPUNGE) X(SEARCH) X(FETCH) X(STORE) X(COPY)     \
+              X(MOVE) X(ID) X(GETQUOTA) X(GETQUOTAROOT) X(SETQUOTA) X(GETACL) X(SETACL)            \
                   X(MYRIGHTS) X(SORT) X(THREAD) X(COMPRESS) X(GETMETADATA) X(SETMETADATA) X(XLIST) \
                       X(OTHER)
 

@@ -362,7 +362,8 @@ void monitorCommand(Control& c, const std::vector<std::string>& words, AdminServ
   }
   std::string target = words.size() == 4 ? words[3] : "";
   if (!c.health->setMonitorOverride(words[2], target, value)) {
-    reply(fail("monitor: no monitor " + words[2] + (target.empty() ? "" : " for target " + target)));
+    reply(
+        fail("monitor: no monitor " + words[2] + (target.empty() ? "" : " for target " + target)));
     return;
   }
   logging::log(logging::Level::kInfo, "admin", "monitor {}{} {} by operator", words[2],
@@ -457,8 +458,7 @@ void handleAdminCommand(Control& c, const AdminRequest& request, AdminServer::Re
          {"protocol-log on [--user U] [--ip CIDR] [--ttl D] | off | status", "health [SET-GLOB]",
           "probe SET\\PROBE [TARGET]", "backend list | drain NAME [--move-sessions] | enable NAME",
           "sessions [--user U] [--ip IP] [--backend B]", "kick SESSION-ID | --user U",
-                    "monitor disable|repairing|enable MONITOR [TARGET]", "stats",
-          "reload"}}}));
+          "monitor disable|repairing|enable MONITOR [TARGET]", "stats", "reload"}}}));
   } else {
     reply(fail("unknown command '" + command + "' (try 'help')"));
   }

@@ -61,11 +61,12 @@ class SessionHost {
   virtual void sessionEnded(Session* session) = 0;
 };
 
-#define PORTICO_SESSION_STATES(X)                                                          \
-  X(Prelogin)                                                                              \
-  X(AuthContinuation)                                                                      \
-  X(LoginDelay) X(Connecting) X(BackendGreeting) X(BackendStarttls) X(BackendTlsHandshake) \
-      X(BackendCapability) X(BackendId) X(BackendLogin) X(Relay) X(Closing)
+#define PORTICO_SESSION_STATES(X)                                                                 \
+  X(Prelogin)                                                                                     \
+  X(AuthContinuation)                                                                             \
+  X(LoginDelay)                                                                                   \
+  X(Connecting) X(BackendGreeting) X(BackendStarttls) X(BackendTlsHandshake) X(BackendCapability) \
+      X(BackendId) X(BackendLogin) X(Relay) X(Closing)
 
 enum class SessionState : std::uint8_t {
 #define PORTICO_ENUM(name) k##name,
