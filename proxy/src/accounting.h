@@ -24,16 +24,17 @@
 namespace portico::proxy {
 
 // Command names Portico counts by name; everything else is OTHER.
-#define PORTICO_COMMANDS(X)                                                                        \
-  X(CAPABILITY)                                                                                    \
-  X(NOOP)                                                                                          \
-  X(LOGOUT)                                                                                        \
-  X(STARTTLS) X(AUTHENTICATE) X(LOGIN) X(ENABLE) X(SELECT) X(EXAMINE) X(CREATE) X(DELETE)          \
-      X(RENAME) X(SUBSCRIBE) X(UNSUBSCRIBE) X(LIST) X(LSUB) X(NAMESPACE) X(STATUS) X(APPEND)       \
-          X(IDLE) X(CHECK) X(CLOSE) X(UNSELECT) X(EXPUNGE) X(SEARCH) X(FETCH) X(STORE) X(COPY)     \
-              X(MOVE) X(ID) X(GETQUOTA) X(GETQUOTAROOT) X(SETQUOTA) X(GETACL) X(SETACL)            \
-                  X(MYRIGHTS) X(SORT) X(THREAD) X(COMPRESS) X(GETMETADATA) X(SETMETADATA) X(XLIST) \
-                      X(OTHER)
+// clang-format 14 cannot lay out this X-macro list stably (it changes it on
+// every run), so it is left as written.
+// clang-format off
+#define PORTICO_COMMANDS(X) \
+  X(CAPABILITY) X(NOOP) X(LOGOUT) X(STARTTLS) X(AUTHENTICATE) X(LOGIN) X(ENABLE) \
+  X(SELECT) X(EXAMINE) X(CREATE) X(DELETE) X(RENAME) X(SUBSCRIBE) X(UNSUBSCRIBE) \
+  X(LIST) X(LSUB) X(NAMESPACE) X(STATUS) X(APPEND) X(IDLE) X(CHECK) X(CLOSE) \
+  X(UNSELECT) X(EXPUNGE) X(SEARCH) X(FETCH) X(STORE) X(COPY) X(MOVE) X(ID) \
+  X(GETQUOTA) X(GETQUOTAROOT) X(SETQUOTA) X(GETACL) X(SETACL) X(MYRIGHTS) \
+  X(SORT) X(THREAD) X(COMPRESS) X(GETMETADATA) X(SETMETADATA) X(XLIST) X(OTHER)
+// clang-format on
 
 enum class CommandId : std::uint8_t {
 #define PORTICO_ENUM(name) k##name,
