@@ -17,6 +17,7 @@ Every socket read and every subprocess has a timeout.
 """
 
 import imaplib
+import json
 import os
 import re
 import signal
@@ -558,12 +559,13 @@ def resumption_ctx(pki, variant):
     return ctx
 
 
-def first_session(port, ctx, sni, close_by):
+def first_session(portico, port, ctx, sni, close_by):
     """One connection; returns its session after closing it by `close_by`:
     "logout" (Portico ends the TLS session), "close_notify" (the client
     sends close_notify, then closes) or "drop" (the client closes the
     socket)."""
     s, greeting = greeting_over_tls(port, ctx, sni=sni)
+    client_port = s.getsockname()[1]
     try:
         assert greeting.startswith(b"* OK")
         assert not s.session_reused
@@ -578,7 +580,9 @@ def first_session(port, ctx, sni, close_by):
             s.unwrap()
     finally:
         s.close()
-    time.sleep(0.1)  # let Portico finish its side of the close
+    # Portico's side of the close (and its SSL_free, which decides whether
+    # the session stays cached) is done once it logs the session's end.
+    portico.wait_for_session_ends([client_port], timeout=10)
     return session
 
 
@@ -586,7 +590,7 @@ def first_session(port, ctx, sni, close_by):
 def test_session_resumption(setup, pki, variant):
     ctx = resumption_ctx(pki, variant)
     sni = "other.test" if variant.endswith("other") else "mail.test"
-    session = first_session(setup.implicit_port, ctx, sni, "logout")
+    session = first_session(setup.p, setup.implicit_port, ctx, sni, "logout")
     assert session.has_ticket == (variant != "tls12-session-id")
     s2, greeting = greeting_over_tls(setup.implicit_port, ctx, sni=sni, session=session)
     with s2:
@@ -601,7 +605,7 @@ def test_session_resumption(setup, pki, variant):
 def test_ticket_resumption_after_client_close(setup, pki, variant, close_by):
     # Tickets live with the client: how it closed does not matter.
     ctx = resumption_ctx(pki, variant)
-    session = first_session(setup.implicit_port, ctx, "mail.test", close_by)
+    session = first_session(setup.p, setup.implicit_port, ctx, "mail.test", close_by)
     s2, _ = greeting_over_tls(setup.implicit_port, ctx, session=session)
     with s2:
         assert s2.session_reused
@@ -614,7 +618,7 @@ def test_session_id_resumption_after_client_close(setup, pki, close_by):
     # d9d9427, SSL_free without SSL_SENT_SHUTDOWN evicted it
     # (ssl_clear_bad_session), so only Portico-initiated closes resumed.
     ctx = resumption_ctx(pki, "tls12-session-id")
-    session = first_session(setup.implicit_port, ctx, "mail.test", close_by)
+    session = first_session(setup.p, setup.implicit_port, ctx, "mail.test", close_by)
     assert not session.has_ticket
     s2, _ = greeting_over_tls(setup.implicit_port, ctx, session=session)
     with s2:
@@ -1305,8 +1309,25 @@ def test_health_probes_respect_tls(portico_factory, pki, wild_leaf, tls_backends
          tls_backend_entry("tlsstart", st.address, "starttls", pki,
                            probe_user="user41", probe_password_file=str(secret))],
         extra={"health": health})
-    time.sleep(6)  # several probe rounds at 1 s
     p = setup.p
+    sets = {"ImapProxyTestProbe": "IMAP.Proxy", "ImapCTPProbe": "IMAP",
+            "ImapSelfTestProbe": "IMAP.Protocol", "ImapDeepTestProbe": "IMAP.Protocol"}
+
+    def rounds_done():
+        # Every probe of every target has run at least 3 times: enough for
+        # the monitors (unhealthy_after 2) to have acted on plaintext probes.
+        for probe, hs in sets.items():
+            url = "http://127.0.0.1:%d/probes/%s/%s" % (p.status_port, hs, probe)
+            with urllib.request.urlopen(url, timeout=5) as r:
+                targets = json.loads(r.read().decode())["Targets"]
+            if not targets or any(len(t["Results"]) < 3 for t in targets):
+                return False
+        return True
+
+    deadline = time.monotonic() + 20
+    while not rounds_done():
+        assert time.monotonic() < deadline, "probes did not run 3 rounds within 20 s"
+        time.sleep(0.2)  # poll interval of a bounded wait, not a synchronisation
     problems = [l for l in p.lines() if "drained by responder" in l or "out of rotation" in l]
     try:
         ready = urllib.request.urlopen("http://127.0.0.1:%d/readyz" % p.status_port, timeout=5).status
