@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <thread>
 
@@ -37,50 +38,63 @@ RuntimeConfigPtr makeRuntime(Config config, BackendRegistry& registry, std::stri
   return buildRuntime(std::move(config), std::move(slots), error);
 }
 
-// Descriptors beyond two per session: stdio, the control loop, the status
-// endpoint and admin socket with their clients, health probes, the log
-// files; per worker its loop, wake-up handle, two reserve descriptors and
-// one socket per listener.
-std::uint64_t descriptorsNeeded(const Config& config, std::size_t workers) {
-  return 2ull * config.limits.max_connections + 64 + 4ull * config.backends.size() +
-         workers * (4 + config.listen.size());
+// Descriptors open now (listeners, loops, logs, ...); 0 if unknown.
+std::uint64_t openDescriptors() {
+  std::error_code ec;
+  std::uint64_t n = 0;
+  for (auto it = std::filesystem::directory_iterator("/proc/self/fd", ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    ++n;
+  }
+  return ec ? 0 : n;
 }
 
+// Headroom beyond what is open at start: health probe connections, admin
+// and status clients, protocol log files, TLS files read on reload.
+constexpr std::uint64_t kDescriptorHeadroom = 32;
+
 // At the open-file limit new connections can only be answered with a BYE,
-// so the soft limit goes up to the hard one at start, and an operator hears
-// when even that is below what max_connections needs.
-void checkOpenFileLimit(const Config& config, std::size_t workers, bool raise) {
+// so the soft limit goes up to the hard one at start (before anything is
+// opened).
+void raiseOpenFileLimit() {
   struct rlimit limit {};
-  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) {
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur >= limit.rlim_max) {
     return;
   }
-  if (raise && limit.rlim_cur < limit.rlim_max) {
-    struct rlimit wanted = limit;
-    wanted.rlim_cur = limit.rlim_max;
-    if (setrlimit(RLIMIT_NOFILE, &wanted) == 0) {
-      logging::log(logging::Level::kInfo, "main", "open-file limit raised from {} to {}",
-                   static_cast<std::uint64_t>(limit.rlim_cur),
-                   static_cast<std::uint64_t>(wanted.rlim_cur));
-      limit = wanted;
-    } else {
-      logging::log(logging::Level::kWarn, "main",
-                   "cannot raise the open-file limit from {} to {}: {}",
-                   static_cast<std::uint64_t>(limit.rlim_cur),
-                   static_cast<std::uint64_t>(limit.rlim_max), std::strerror(errno));
-    }
+  struct rlimit wanted = limit;
+  wanted.rlim_cur = limit.rlim_max;
+  if (setrlimit(RLIMIT_NOFILE, &wanted) == 0) {
+    logging::log(logging::Level::kInfo, "main", "open-file limit raised from {} to {}",
+                 static_cast<std::uint64_t>(limit.rlim_cur),
+                 static_cast<std::uint64_t>(wanted.rlim_cur));
+  } else {
+    logging::log(logging::Level::kWarn, "main",
+                 "cannot raise the open-file limit from {} to {}: {}",
+                 static_cast<std::uint64_t>(limit.rlim_cur),
+                 static_cast<std::uint64_t>(limit.rlim_max), std::strerror(errno));
   }
-  const std::uint64_t needed = descriptorsNeeded(config, workers);
+}
+
+// An operator hears when the limit is below what max_connections needs:
+// two descriptors per session (client and backend) on top of what is open
+// now, plus headroom.
+void checkOpenFileLimit(const Config& config) {
+  struct rlimit limit {};
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) {
+    return;
+  }
   const auto soft = static_cast<std::uint64_t>(limit.rlim_cur);
-  if (limit.rlim_cur != RLIM_INFINITY && soft < needed) {
-    const std::uint64_t overhead = needed - 2ull * config.limits.max_connections;
+  const std::uint64_t open = openDescriptors();
+  const std::uint64_t needed = 2ull * config.limits.max_connections + open + kDescriptorHeadroom;
+  if (soft < needed) {
     logging::log(logging::Level::kWarn, "main",
                  "open-file limit {} (hard {}) is below the {} descriptors that "
-                 "limits.max_connections = {} needs (2 per session plus {}): past about {} "
-                 "sessions new connections get * BYE [UNAVAILABLE]; raise the hard limit "
-                 "(LimitNOFILE= in systemd, ulimit -Hn) or lower max_connections",
+                 "limits.max_connections = {} needs (2 per session, {} open now, {} spare): about "
+                 "{} logged-in sessions fit, further connections get * BYE [UNAVAILABLE]; raise "
+                 "the hard limit (LimitNOFILE= in systemd, ulimit -Hn) or lower max_connections",
                  soft, static_cast<std::uint64_t>(limit.rlim_max), needed,
-                 config.limits.max_connections, overhead,
-                 soft > overhead ? (soft - overhead) / 2 : 0);
+                 config.limits.max_connections, open, kDescriptorHeadroom,
+                 soft > open ? (soft - open) / 2 : 0);
   }
 }
 
@@ -192,7 +206,7 @@ bool reloadConfig(Control& c, std::string& error) {
                  c.workers.size());
   }
   if (next->config.limits.max_connections != c.config->config.limits.max_connections) {
-    checkOpenFileLimit(next->config, c.workers.size(), false);
+    checkOpenFileLimit(next->config);
   }
   const ProtocolLogConfig before = c.config->config.protocol_log;
   c.config = next;
@@ -281,6 +295,7 @@ int runProxy(const std::string& config_path) {
     return 2;
   }
   signal(SIGPIPE, SIG_IGN);
+  raiseOpenFileLimit();
   auto control = std::make_unique<Control>();
   Control& c = *control;
   c.config_path = config_path;
@@ -294,7 +309,6 @@ int runProxy(const std::string& config_path) {
   if (n == 0) {
     n = std::max(1u, std::thread::hardware_concurrency());
   }
-  checkOpenFileLimit(c.config->config, n, true);
   for (std::size_t i = 0; i < n; ++i) {
     c.workers.push_back(std::make_unique<Worker>(i, c.config, c.shared, c.limiter));
     if (!c.workers.back()->bindListeners(error)) {
@@ -356,6 +370,7 @@ int runProxy(const std::string& config_path) {
     std::_Exit(1);
   }
 
+  checkOpenFileLimit(c.config->config);
   std::string addresses;
   for (const ListenConfig& l : c.config->config.listen) {
     addresses += (addresses.empty() ? "" : ", ") + l.address.text();

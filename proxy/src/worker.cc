@@ -308,7 +308,7 @@ void Worker::noteRefused(std::uint64_t count, const std::string& where, int erro
                "connection{} with * BYE [UNAVAILABLE]{}",
                where, uv_err_name(-error), std::strerror(error),
                static_cast<std::uint64_t>(limit.rlim_cur), count, summary ? "more " : "",
-               count == 1 ? "" : "s", summary ? " in the last second" : "");
+               count == 1 ? "" : "s", summary ? " since the last report" : "");
 }
 
 void Worker::pauseAccepting(Listener& listener, int error) {
@@ -349,6 +349,9 @@ void Worker::armThrottleFlush() {
   }
   auto interval =
       std::chrono::duration_cast<std::chrono::milliseconds>(shared_.accept_refused.interval());
+  // Timers count from the loop's cached time, which may lag the clock the
+  // throttle reads: refresh it, so the flush is not a hair early.
+  uv_update_time(&loop_);
   uv_timer_start(
       &throttle_timer_,
       [](uv_timer_t* t) {
