@@ -102,7 +102,8 @@ ListenSocket ListenSocket::open(const HostPort& host_port, std::string& error) {
   ListenSocket s;
   s.fd_ = ::socket(address.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (s.fd_ < 0) {
-    error = fmt::format("cannot listen on {}: {}", host_port.text(), uv_strerror(-errno));
+    int saved_errno = errno;
+    error = fmt::format("cannot listen on {}: {}", host_port.text(), uv_strerror(-saved_errno));
     return {};
   }
   int one = 1;
@@ -116,7 +117,8 @@ ListenSocket ListenSocket::open(const HostPort& host_port, std::string& error) {
   socklen_t length = host_port.ipv6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
   if (::bind(s.fd_, reinterpret_cast<const sockaddr*>(&address), length) != 0 ||
       ::listen(s.fd_, kListenBacklog) != 0) {
-    error = fmt::format("cannot listen on {}: {}", host_port.text(), uv_strerror(-errno));
+    int saved_errno = errno;
+    error = fmt::format("cannot listen on {}: {}", host_port.text(), uv_strerror(-saved_errno));
     return {};
   }
   return s;
@@ -153,22 +155,29 @@ bool Worker::bindListeners(std::string& error) {
     if (!socket.valid()) {
       return false;
     }
-    addListener(listen.address.text(), std::move(socket));
+    if (!addListener(listen.address.text(), std::move(socket), error)) {
+      return false;
+    }
   }
   return true;
 }
 
-void Worker::addListener(std::string address, ListenSocket socket) {
+bool Worker::addListener(std::string address, ListenSocket socket, std::string& error) {
   auto* listener = new Listener{};
+  if (int rc = uv_poll_init(&loop_, &listener->poll, socket.fd()); rc != 0) {
+    error = fmt::format("cannot listen on {}: {}", address, uv_strerror(rc));
+    delete listener;
+    return false;  // `socket` closes the descriptor
+  }
   listener->worker = this;
   listener->fd = socket.release();
   listener->address = std::move(address);
-  uv_poll_init(&loop_, &listener->poll, listener->fd);
   listener->poll.data = listener;
   listeners_.push_back(listener);
   if (!accept_paused_) {
     uv_poll_start(&listener->poll, UV_READABLE, &Worker::onListenerReadable);
   }
+  return true;
 }
 
 void Worker::closeListener(Listener* listener) {
@@ -186,7 +195,12 @@ void Worker::reconfigure(RuntimeConfigPtr config, ListenerUpdate update) {
     return;  // listeners are closed for good; `update` closes its sockets
   }
   for (auto& [address, socket] : update.added) {
-    addListener(address, std::move(socket));
+    std::string error;
+    if (!addListener(address, std::move(socket), error)) {
+      // Bound and listening on the control thread, so this is not expected;
+      // the other workers' sockets on the address still serve it.
+      logging::log(logging::Level::kError, "worker", "worker {}: {}", index_, error);
+    }
   }
   for (const std::string& address : update.removed) {
     for (auto it = listeners_.begin(); it != listeners_.end();) {

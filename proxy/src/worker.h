@@ -47,6 +47,7 @@ class ListenSocket {
   ListenSocket& operator=(const ListenSocket&) = delete;
   ~ListenSocket();
   bool valid() const { return fd_ >= 0; }
+  int fd() const { return fd_; }
   int release() { return std::exchange(fd_, -1); }
 
  private:
@@ -116,7 +117,7 @@ class Worker final : public SessionHost {
     std::string address;  // key into RuntimeConfig::listener_index
   };
   static void onListenerReadable(uv_poll_t* handle, int status, int events);
-  void addListener(std::string address, ListenSocket socket);
+  bool addListener(std::string address, ListenSocket socket, std::string& error);
   void closeListener(Listener* listener);
   void acceptPending(Listener& listener);
   void serve(Listener& listener, int fd);
