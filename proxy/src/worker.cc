@@ -137,6 +137,14 @@ Worker::Worker(std::size_t index, RuntimeConfigPtr config, SharedState& shared, 
   accept_resume_timer_.data = this;
   throttle_timer_.data = this;
   reserve_fd_ = openReserve();
+  // libuv opens a reserve descriptor of its own per loop the first time a
+  // stream is made on it (for uv_listen's EMFILE handling, unused here).
+  // Make that happen now rather than at some first session, so that the
+  // process's descriptor count is steady from start-up on.
+  auto* primer = new uv_tcp_t;
+  uv_tcp_init(&loop_, primer);
+  uv_close(reinterpret_cast<uv_handle_t*>(primer),
+           [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
 }
 
 Worker::~Worker() {
