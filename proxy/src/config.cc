@@ -874,6 +874,12 @@ std::optional<HostPort> parseHostPort(const std::string& text) {
     if (::inet_pton(AF_INET6, out.host.c_str(), &address) != 1) {
       return std::nullopt;
     }
+    // One spelling per address ("::0001" -> "::1"): listeners are matched
+    // across reloads, and duplicates found, by the address text.
+    char canonical[INET6_ADDRSTRLEN];
+    if (::inet_ntop(AF_INET6, &address, canonical, sizeof(canonical)) != nullptr) {
+      out.host = canonical;
+    }
   } else {
     std::size_t colon = text.find(':');
     if (colon == std::string::npos) {

@@ -1,9 +1,14 @@
 // The process: config, workers, and the control loop on the main thread
 // (signals, the status endpoint, the admin socket, probes and monitors).
 #include <signal.h>
+#include <sys/resource.h>
 #include <uv.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <memory>
 #include <thread>
 
@@ -31,6 +36,66 @@ RuntimeConfigPtr makeRuntime(Config config, BackendRegistry& registry, std::stri
     slots.push_back(slot);
   }
   return buildRuntime(std::move(config), std::move(slots), error);
+}
+
+// Descriptors open now (listeners, loops, logs, ...); 0 if unknown.
+std::uint64_t openDescriptors() {
+  std::error_code ec;
+  std::uint64_t n = 0;
+  for (auto it = std::filesystem::directory_iterator("/proc/self/fd", ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    ++n;
+  }
+  return ec ? 0 : n;
+}
+
+// Headroom beyond what is open at start: health probe connections, admin
+// and status clients, protocol log files, TLS files read on reload.
+constexpr std::uint64_t kDescriptorHeadroom = 32;
+
+// At the open-file limit new connections can only be answered with a BYE,
+// so the soft limit goes up to the hard one at start (before anything is
+// opened).
+void raiseOpenFileLimit() {
+  struct rlimit limit {};
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur >= limit.rlim_max) {
+    return;
+  }
+  struct rlimit wanted = limit;
+  wanted.rlim_cur = limit.rlim_max;
+  if (setrlimit(RLIMIT_NOFILE, &wanted) == 0) {
+    logging::log(logging::Level::kInfo, "main", "open-file limit raised from {} to {}",
+                 static_cast<std::uint64_t>(limit.rlim_cur),
+                 static_cast<std::uint64_t>(wanted.rlim_cur));
+  } else {
+    logging::log(logging::Level::kWarn, "main",
+                 "cannot raise the open-file limit from {} to {}: {}",
+                 static_cast<std::uint64_t>(limit.rlim_cur),
+                 static_cast<std::uint64_t>(limit.rlim_max), std::strerror(errno));
+  }
+}
+
+// An operator hears when the limit is below what max_connections needs:
+// two descriptors per session (client and backend) on top of what is open
+// now, plus headroom.
+void checkOpenFileLimit(const Config& config) {
+  struct rlimit limit {};
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) {
+    return;
+  }
+  const auto soft = static_cast<std::uint64_t>(limit.rlim_cur);
+  const std::uint64_t open = openDescriptors();
+  const std::uint64_t needed = 2ull * config.limits.max_connections + open + kDescriptorHeadroom;
+  if (soft < needed) {
+    logging::log(logging::Level::kWarn, "main",
+                 "open-file limit {} (hard {}) is below the {} descriptors that "
+                 "limits.max_connections = {} needs (2 per session, {} open now, {} spare): about "
+                 "{} logged-in sessions fit, further connections get * BYE [UNAVAILABLE]; raise "
+                 "the hard limit (LimitNOFILE= in systemd, ulimit -Hn) or lower max_connections",
+                 soft, static_cast<std::uint64_t>(limit.rlim_max), needed,
+                 config.limits.max_connections, open, kDescriptorHeadroom,
+                 soft > open ? (soft - open) / 2 : 0);
+  }
 }
 
 void applyConfiguredTrace(Control& c) {
@@ -100,6 +165,49 @@ bool reloadConfig(Control& c, std::string& error) {
                  "reload: failed: {}; keeping the running configuration", error);
     return false;
   }
+  // Listeners are matched by address. Every added address is bound for
+  // every worker before anything changes: a reload that cannot listen
+  // where the new file says is refused whole, and the running listeners
+  // keep serving with their old, matching settings.
+  ListenerChanges listeners = diffListeners(c.config->config, next->config);
+  std::vector<ListenerUpdate> updates(c.workers.size());
+  for (const std::string& address : listeners.added) {
+    const ListenConfig& entry = next->config.listen[next->listener_index.at(address)];
+    for (ListenerUpdate& update : updates) {
+      ListenSocket socket = ListenSocket::open(entry.address, error);
+      if (!socket.valid()) {
+        logging::log(logging::Level::kError, "reload",
+                     "reload: failed: new listener {}; keeping the running configuration", error);
+        return false;  // `updates` closes what was bound so far
+      }
+      update.added.emplace_back(address, std::move(socket));
+    }
+  }
+  for (ListenerUpdate& update : updates) {
+    update.removed = listeners.removed;
+  }
+  for (const std::string& address : listeners.added) {
+    const ListenConfig& entry = next->config.listen[next->listener_index.at(address)];
+    logging::log(logging::Level::kInfo, "reload", "reload: listening on {} (tls {})", address,
+                 tlsModeName(entry.tls));
+  }
+  for (const std::string& address : listeners.removed) {
+    logging::log(logging::Level::kInfo, "reload",
+                 "reload: closing listener {}; its open sessions go on", address);
+  }
+  for (const std::string& change : listeners.changed) {
+    logging::log(logging::Level::kInfo, "reload",
+                 "reload: listener {}: applies to new connections; open sessions keep theirs",
+                 change);
+  }
+  if (next->config.workers != c.config->config.workers) {
+    logging::log(logging::Level::kWarn, "reload",
+                 "reload: 'workers' changed; it takes effect at the next restart ({} running)",
+                 c.workers.size());
+  }
+  if (next->config.limits.max_connections != c.config->config.limits.max_connections) {
+    checkOpenFileLimit(next->config);
+  }
   const ProtocolLogConfig before = c.config->config.protocol_log;
   c.config = next;
   const ProtocolLogConfig& after = next->config.protocol_log;
@@ -125,12 +233,16 @@ bool reloadConfig(Control& c, std::string& error) {
   if (c.health) {
     c.health->reconfigure(makeHealthConfig(next->config));
   }
-  for (auto& w : c.workers) {
-    w->post([next](Worker& worker) { worker.setConfig(next); });
+  for (std::size_t i = 0; i < c.workers.size(); ++i) {
+    // Shared: a posted task must be copyable. Sockets a stopped worker never
+    // takes are closed with the last copy.
+    auto update = std::make_shared<ListenerUpdate>(std::move(updates[i]));
+    c.workers[i]->post(
+        [next, update](Worker& worker) { worker.reconfigure(next, std::move(*update)); });
   }
   logging::log(logging::Level::kInfo, "reload",
-               "reload: done ({} backends; certificates re-read; listeners unchanged)",
-               next->config.backends.size());
+               "reload: done ({} backends; certificates re-read; {})", next->config.backends.size(),
+               listeners.summary());
   return true;
 }
 
@@ -183,6 +295,7 @@ int runProxy(const std::string& config_path) {
     return 2;
   }
   signal(SIGPIPE, SIG_IGN);
+  raiseOpenFileLimit();
   auto control = std::make_unique<Control>();
   Control& c = *control;
   c.config_path = config_path;
@@ -257,6 +370,7 @@ int runProxy(const std::string& config_path) {
     std::_Exit(1);
   }
 
+  checkOpenFileLimit(c.config->config);
   std::string addresses;
   for (const ListenConfig& l : c.config->config.listen) {
     addresses += (addresses.empty() ? "" : ", ") + l.address.text();
