@@ -125,6 +125,10 @@ bool reloadConfig(Control& c, std::string& error) {
   if (c.health) {
     c.health->reconfigure(makeHealthConfig(next->config));
   }
+  if (c.admin) {
+    c.admin->setIdleTimeout(next->config.admin.idle_timeout);
+  }
+  setDumpable(next->config.process.dumpable);
   for (auto& w : c.workers) {
     w->post([next](Worker& worker) { worker.setConfig(next); });
   }
@@ -183,6 +187,7 @@ int runProxy(const std::string& config_path) {
     return 2;
   }
   signal(SIGPIPE, SIG_IGN);
+  setDumpable(result.config->process.dumpable);
   auto control = std::make_unique<Control>();
   Control& c = *control;
   c.config_path = config_path;
@@ -251,7 +256,8 @@ int runProxy(const std::string& config_path) {
       &c.loop, c.config->config.admin.socket, c.config->config.admin.group,
       [&c](const AdminRequest& request, AdminServer::Reply reply) {
         handleAdminCommand(c, request, std::move(reply));
-      });
+      },
+      c.config->config.admin.idle_timeout);
   if (!c.admin->start(error)) {
     std::fprintf(stderr, "portico: not starting: %s\n", error.c_str());
     std::_Exit(1);
