@@ -114,11 +114,10 @@ std::string HealthService::Impl::health(const std::string& glob) const {
                        {"Reason", a.reason},
                        {"Outcome", a.outcome}});
   }
-  return json{{"Server", config_.server_name},
-              {"Offline", ladder_.offline()},
-              {"Monitors", std::move(monitors)},
-              {"ResponderActions", std::move(actions)}}
-      .dump();
+  return jsonText(json{{"Server", config_.server_name},
+                       {"Offline", ladder_.offline()},
+                       {"Monitors", std::move(monitors)},
+                       {"ResponderActions", std::move(actions)}});
 }
 
 std::string HealthService::Impl::report() const {
@@ -131,7 +130,7 @@ std::string HealthService::Impl::report() const {
                     {"LastTransitionTime", timeOrNull(state.last_transition)},
                     {"MonitorCount", state.monitors}});
   }
-  return json{{"Server", config_.server_name}, {"HealthSets", std::move(sets)}}.dump();
+  return jsonText(json{{"Server", config_.server_name}, {"HealthSets", std::move(sets)}});
 }
 
 json HealthService::Impl::probes(const std::string& set, const std::string& probe,
@@ -170,7 +169,7 @@ std::string HealthService::Impl::backends() const {
                     {"average_processing_ms", b.average_processing_ms},
                     {"recent_commands", b.recent_commands}});
   }
-  return json{{"backends", std::move(list)}}.dump();
+  return jsonText(json{{"backends", std::move(list)}});
 }
 
 std::string HealthService::Impl::metrics() const {

@@ -99,7 +99,15 @@ struct StatusConfig {
 
 struct AdminConfig {
   std::string socket = "/run/portico/admin.sock";
-  std::string group;  // optional: socket mode 0660 with this group (else 0600)
+  std::string group;            // optional: socket mode 0660 with this group (else 0600)
+  Millis idle_timeout{60'000};  // a connection with no request this long is closed
+};
+
+// [process]: how the process guards its memory.
+struct ProcessConfig {
+  // false: PR_SET_DUMPABLE 0, so no core dump and no ptrace attach by other
+  // processes of the same user can read passwords from memory.
+  bool dumpable = false;
 };
 
 struct ProtocolLogConfig {
@@ -144,6 +152,7 @@ struct Config {
   Limits limits;
   StatusConfig status;
   AdminConfig admin;
+  ProcessConfig process;
   ProtocolLogConfig protocol_log;
   std::map<std::string, ProbeSettings> probes;
   std::map<std::string, MonitorSettings> monitors;

@@ -1,8 +1,16 @@
 #include "runtime.h"
 
+#include <sys/prctl.h>
+
 #include <fmt/format.h>
 
+#include "portico/proxy.h"
+
 namespace portico::proxy {
+
+bool setDumpable(bool dumpable) {
+  return ::prctl(PR_SET_DUMPABLE, dumpable ? 1 : 0, 0, 0, 0) == 0;
+}
 
 namespace {
 // What Portico itself offers before login. Post-login capabilities come

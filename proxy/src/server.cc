@@ -233,6 +233,10 @@ bool reloadConfig(Control& c, std::string& error) {
   if (c.health) {
     c.health->reconfigure(makeHealthConfig(next->config));
   }
+  if (c.admin) {
+    c.admin->setIdleTimeout(next->config.admin.idle_timeout);
+  }
+  setDumpable(next->config.process.dumpable);
   for (std::size_t i = 0; i < c.workers.size(); ++i) {
     // Shared: a posted task must be copyable. Sockets a stopped worker never
     // takes are closed with the last copy.
@@ -295,6 +299,7 @@ int runProxy(const std::string& config_path) {
     return 2;
   }
   signal(SIGPIPE, SIG_IGN);
+  setDumpable(result.config->process.dumpable);
   raiseOpenFileLimit();
   auto control = std::make_unique<Control>();
   Control& c = *control;
@@ -364,7 +369,8 @@ int runProxy(const std::string& config_path) {
       &c.loop, c.config->config.admin.socket, c.config->config.admin.group,
       [&c](const AdminRequest& request, AdminServer::Reply reply) {
         handleAdminCommand(c, request, std::move(reply));
-      });
+      },
+      c.config->config.admin.idle_timeout);
   if (!c.admin->start(error)) {
     std::fprintf(stderr, "portico: not starting: %s\n", error.c_str());
     std::_Exit(1);
