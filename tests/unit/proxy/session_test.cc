@@ -1042,6 +1042,34 @@ TEST_F(SessionTest, IdleRefusedByTheBackendLeavesTheNextCommandCounted) {
   EXPECT_EQ(backend->takeWritten(), "i1 IDLE\r\ni2 NOOP\r\n");
 }
 
+TEST_F(SessionTest, LiteralRefusedByTheBackendLeavesTheNextCommandCounted) {
+  start();
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  // Dovecot answers an APPEND to a missing mailbox at once, without "+";
+  // the client sends no body but its next command.
+  client_->deliver("a2 APPEND nosuch {8}\r\n");
+  backend->deliver("a2 NO [TRYCREATE] Mailbox doesn't exist\r\n");
+  EXPECT_EQ(client_->takeWritten(), "a2 NO [TRYCREATE] Mailbox doesn't exist\r\n");
+  client_->deliver("a3 IDLE\r\n");
+  EXPECT_EQ(session_->commandsInFlight(), 1u) << "a3 IDLE is a command, not a literal body";
+  backend->deliver("+ idling\r\n");
+  client_->deliver("DONE\r\n");
+  backend->deliver("a3 OK Idle completed\r\n");
+  EXPECT_EQ(session_->commandsInFlight(), 0u);
+  EXPECT_EQ(backend->takeWritten(), "a2 APPEND nosuch {8}\r\na3 IDLE\r\nDONE\r\n");
+  // A literal the backend invites is still a body.
+  client_->deliver("a4 APPEND INBOX {8}\r\n");
+  backend->deliver("+ OK\r\n");
+  client_->deliver("a5 NOOP!");  // the 8 bytes of the message
+  EXPECT_EQ(session_->commandsInFlight(), 0u);
+  client_->deliver("\r\n");
+  EXPECT_EQ(session_->commandsInFlight(), 1u) << "a4 is complete";
+  backend->deliver("a4 OK appended\r\n");
+  EXPECT_EQ(session_->commandsInFlight(), 0u);
+  EXPECT_EQ(commandStats(CommandId::kAPPEND).count.get(), 1u);
+}
+
 TEST_F(SessionTest, CompressIsRefusedAndNeverForwarded) {
   start();
   FakeTransport* backend = loginToRelay();
