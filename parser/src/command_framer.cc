@@ -441,8 +441,8 @@ bool CommandFramer::lineEnded(const LineResult& line, CommandEvent& event) {
   } else if (line.bare_cr) {
     error = ErrorCode::kBareCR;
   }
-  if (first_line && error == ErrorCode::kNone && !uid_ && currentName() == "ID" &&
-      limits_.max_id_line > limits_.max_line) {
+  if (limits_.max_id_line > limits_.max_line && first_line && error == ErrorCode::kNone && !uid_ &&
+      currentName() == "ID") {
     id_command_ = true;  // its lines after literals get the ID allowance too
   }
   const Marker marker = detail::markerOf(scan_, line, limits_.max_number_digits);
