@@ -217,12 +217,35 @@ void CommandFramer::endIdle() {
   }
 }
 
+void CommandFramer::returnToCommandMode() {
+  if (state_ == State::kFailed) {
+    return;
+  }
+  mode_ = Mode::kCommand;
+  if (awaiting_) {
+    // A synchronizing literal the server did not invite: the client sends
+    // no body, so its next byte starts a new command.
+    awaiting_ = false;
+    startCommand();
+  }
+}
+
+std::string_view CommandFramer::currentTag() const {
+  return name_read_ ? std::string_view(tag_.data(), tag_len_) : std::string_view();
+}
+
+std::string_view CommandFramer::currentName() const {
+  return name_read_ ? std::string_view(name_.data(), name_len_) : std::string_view();
+}
+
 void CommandFramer::startCommand() {
   state_ = State::kLine;
   first_line_ = true;
   command_bytes_ = 0;
   literal_left_ = 0;
   literals_ = 0;
+  name_read_ = false;
+  id_command_ = false;
   detail::resetLine(scan_);
 }
 
@@ -256,6 +279,36 @@ void CommandFramer::parseHead(bool complete) {
   name_len_ = head.name_known ? static_cast<std::uint32_t>(head.name_len) : 0;
   uid_ = head.name_known && head.uid;
   head_error_ = head.error;
+  name_read_ = head.name_known;
+}
+
+std::uint64_t CommandFramer::lineLimit() const {
+  return id_command_ ? std::max(limits_.max_line, limits_.max_id_line) : limits_.max_line;
+}
+
+// Whether the first line that just passed max_line is an ID command's, which
+// may go on up to Limits::max_id_line. Decided from its first max_line + 1
+// bytes only, which every split of the input has kept by then (at the byte
+// that showed the line too long, or at its LF), so the answer is the same
+// whatever the split.
+bool CommandFramer::startsIdCommand() {
+  if (id_command_ || !first_line_ || mode_ != Mode::kCommand ||
+      limits_.max_id_line <= limits_.max_line) {
+    return false;
+  }
+  const std::size_t kept = std::min<std::uint64_t>(scan_.stored, limits_.max_line + 1);
+  const CommandHead head =
+      parseCommandHead(head_.data(), kept, false, limits_, tag_.data(), name_.data());
+  // No error with a line known to go on means "ID" was followed by SP.
+  if (head.error == ErrorCode::kNone && head.name_known && !head.uid && head.name_len == 2 &&
+      name_[0] == 'I' && name_[1] == 'D') {
+    id_command_ = true;
+    tag_len_ = static_cast<std::uint32_t>(head.tag_len);
+    name_len_ = 2;
+    uid_ = false;
+    name_read_ = true;
+  }
+  return id_command_;
 }
 
 FeedResult CommandFramer::feed(std::string_view input) {
@@ -293,7 +346,7 @@ FeedResult CommandFramer::feed(std::string_view input) {
     }
     const bool keep = first_line_ && mode_ != Mode::kAuth;  // SASL lines carry credentials
     const LineResult line =
-        detail::scanLine(scan_, data + pos, size - pos, limits_.max_line, head_.data(),
+        detail::scanLine(scan_, data + pos, size - pos, lineLimit(), head_.data(),
                          keep ? head_.size() : 0, mode_ == Mode::kCommand);
     pos += line.used;
     command_bytes_ += line.used;
@@ -301,6 +354,9 @@ FeedResult CommandFramer::feed(std::string_view input) {
       continue;
     }
     if (line.status == LineStatus::kTooLong) {
+      if (startsIdCommand()) {
+        continue;  // an ID: the same line goes on under its larger limit
+      }
       lineTooLong(event);
       result.consumed = pos;
       return result;
@@ -365,10 +421,14 @@ bool CommandFramer::lineEnded(const LineResult& line, CommandEvent& event) {
     return true;
   }
   ErrorCode error = ErrorCode::kNone;
-  if (first_line_) {
+  const bool first_line = first_line_;
+  if (first_line) {
     if (content == 0) {  // an empty line between commands: ignored
       startCommand();
       return false;
+    }
+    if (content > limits_.max_line) {
+      startsIdCommand();  // an ID's line may be longer
     }
     first_line_ = false;
     head_len_ = static_cast<std::uint32_t>(std::min<std::uint64_t>(content, limits_.max_head));
@@ -376,10 +436,14 @@ bool CommandFramer::lineEnded(const LineResult& line, CommandEvent& event) {
     parseHead(content == scan_.stored);
     error = head_error_;
   }
-  if (content > limits_.max_line) {
+  if (content > lineLimit()) {
     error = ErrorCode::kLineTooLong;
   } else if (line.bare_cr) {
     error = ErrorCode::kBareCR;
+  }
+  if (limits_.max_id_line > limits_.max_line && first_line && error == ErrorCode::kNone && !uid_ &&
+      currentName() == "ID") {
+    id_command_ = true;  // its lines after literals get the ID allowance too
   }
   const Marker marker = detail::markerOf(scan_, line, limits_.max_number_digits);
   if (marker.kind == MarkerKind::kBadLiteral) {

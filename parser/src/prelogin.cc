@@ -8,6 +8,7 @@
 // is a string literal: nothing from the input (a password above all) can reach
 // it.
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <optional>
@@ -29,10 +30,6 @@ using internal::upperAscii;
 constexpr std::size_t kMaxTokens = 256;
 // Longest command name kept; real IMAP command names are far shorter.
 constexpr std::size_t kMaxNameBytes = 64;
-// RFC 2971 section 3.3 limits.
-constexpr std::size_t kMaxIdPairs = 30;
-constexpr std::size_t kMaxIdKeyBytes = 30;
-constexpr std::size_t kMaxIdValueBytes = 1024;
 
 constexpr std::array<const char*, static_cast<std::size_t>(Verb::kOther) + 1> kVerbNames = {
     "CAPABILITY", "NOOP", "LOGOUT", "ID", "STARTTLS", "LOGIN", "AUTHENTICATE", "OTHER",
@@ -131,7 +128,10 @@ class PreloginParser {
   // The command ends with CRLF, a bare LF, or the end of the input; nothing
   // may follow.
   bool readLineEnd() {
-    if (pos_ - literal_bytes_ > limits_.max_line) {
+    const std::size_t max_line = result_.command.verb == Verb::kId
+                                     ? std::max(limits_.max_line, limits_.max_id_line)
+                                     : limits_.max_line;
+    if (pos_ - literal_bytes_ > max_line) {
       return fail(ErrorCode::kLineTooLong, "Command line too long");
     }
     if (!atEnd() && cur() == '\r') {
@@ -290,6 +290,9 @@ class PreloginParser {
     return true;
   }
 
+  // RFC 9051 QUOTED-CHAR: 7-bit text other than CR and LF (Portico also
+  // refuses the other controls), `\"` and `\\`, and well-formed UTF-8
+  // (UTF8-2 / UTF8-3 / UTF8-4), as UTF8=ACCEPT clients send in LOGIN.
   bool readQuoted(std::string& out) {
     ++pos_;  // opening quote
     while (true) {
@@ -297,6 +300,15 @@ class PreloginParser {
         return syntax("Unterminated quoted string");
       }
       const unsigned char c = cur();
+      if (c >= 0x80) {
+        const std::size_t n = internal::utf8SequenceLength(in_.substr(pos_));
+        if (n == 0) {
+          return syntax("Invalid UTF-8 in quoted string");
+        }
+        out.append(in_.substr(pos_, n));
+        pos_ += n;
+        continue;
+      }
       ++pos_;
       if (c == '"') {
         return true;
@@ -312,7 +324,7 @@ class PreloginParser {
         ++pos_;
         continue;
       }
-      if (c >= 0x80 || isCtl(c)) {
+      if (isCtl(c)) {
         return syntax("Invalid characters in quoted string");
       }
       out.push_back(static_cast<char>(c));
@@ -481,7 +493,7 @@ class PreloginParser {
     const std::size_t last = tokens_.size() - 1;
     std::vector<IdField> fields;
     for (std::size_t i = first; i < last; i += 2) {
-      if (fields.size() >= kMaxIdPairs) {
+      if (fields.size() >= kIdMaxPairs) {
         return syntax("Too many ID fields");
       }
       Token& key = tokens_[i];
@@ -491,7 +503,7 @@ class PreloginParser {
       if (!isString(key)) {
         return syntax("ID field name must be a string");
       }
-      if (key.value.size() > kMaxIdKeyBytes) {
+      if (key.value.size() > kIdMaxFieldBytes) {
         return syntax("ID field name too long");
       }
       if (i + 1 >= last) {
@@ -504,7 +516,7 @@ class PreloginParser {
       IdField field;
       field.key = std::move(key.value);
       if (isString(value)) {
-        if (value.value.size() > kMaxIdValueBytes) {
+        if (value.value.size() > kIdMaxValueBytes) {
           return syntax("ID field value too long");
         }
         field.value = std::move(value.value);

@@ -81,10 +81,7 @@ void Session::start() {
   timer_ = host_.createTimer([this] { onTimer(); });
   host_.stats().connections_unauthenticated.add();
 
-  parser::Limits limits;
-  limits.max_line = cfg.limits.prelogin_max_line;
-  limits.max_literal = cfg.limits.prelogin_max_literal;
-  command_framer_.setLimits(limits);
+  command_framer_.setLimits(preloginLimits(cfg.limits));
   writeClient(fmt::format("* OK [CAPABILITY {}] {}\r\n", capabilities(), cfg.greeting));
   if (tracing()) {
     traceRecord("Connect", "",

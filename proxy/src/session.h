@@ -156,6 +156,7 @@ class Session : public TransportHandler {
   void handlePreloginCommand(std::string_view bytes);
   void handleAuthLine(std::string_view line);
   void beginAuthenticate(std::string_view initial_response);
+  bool refuseLiteral(const parser::CommandEvent& event);
   void badCommand(std::string_view tag, std::string_view message);
   void startLogin();
   void connectNext();

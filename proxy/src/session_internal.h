@@ -8,6 +8,9 @@
 #include <string>
 #include <string_view>
 
+#include "config.h"
+#include "portico/parser.h"
+
 namespace portico::proxy::session_detail {
 
 using std::chrono::duration_cast;
@@ -17,6 +20,33 @@ using std::chrono::milliseconds;
 inline constexpr std::size_t kMaxBackendLoginBytes = 64 * 1024;
 inline constexpr const char* kForwardIdTag = "P0ID";
 
+// The parser's limits before login: small lines and literals, except that an
+// ID may take every line RFC 2971 allows it.
+inline parser::Limits preloginLimits(const Limits& limits) {
+  parser::Limits out;
+  out.max_line = limits.prelogin_max_line;
+  out.max_literal = limits.prelogin_max_literal;
+  out.max_id_line = parser::idMaxLine(out.max_tag);
+  return out;
+}
+
+// Bytes of one pre-login command (`name` as far as the framer has read it)
+// held until it is whole: two lines and two literals (LOGIN), or any ID
+// within RFC 2971's limits.
+inline std::size_t preloginMaxCommand(const Limits& limits, std::string_view name) {
+  const std::size_t common = 2 * static_cast<std::size_t>(limits.prelogin_max_line) +
+                             2 * static_cast<std::size_t>(limits.prelogin_max_literal);
+  if (name == "ID") {
+    const std::size_t id = preloginLimits(limits).max_id_line + 2;  // + CRLF
+    return common > id ? common : id;
+  }
+  return common;
+}
+
+// A LOGIN argument Portico sends to a backend as a quoted string. 8-bit
+// bytes (UTF-8 user names and passwords) are not: an IMAP4rev1 server without
+// UTF8=ACCEPT may refuse them there, while SASL PLAIN (RFC 4616 is UTF-8) and
+// literals (CHAR8) carry the same bytes to any server.
 inline bool quotable(std::string_view s) {
   for (unsigned char c : s) {
     if (c == '\r' || c == '\n' || c == '\0' || c >= 0x80) {

@@ -35,8 +35,6 @@ void Session::processPrelogin() {
 
 void Session::processPreloginOnce() {
   const Limits& limits = config_->config.limits;
-  const std::size_t max_pending =
-      2 * static_cast<std::size_t>(limits.prelogin_max_line) + 2 * limits.prelogin_max_literal;
   while (client_ != nullptr &&
          (state_ == SessionState::kPrelogin || state_ == SessionState::kAuthContinuation)) {
     if (state_ == SessionState::kAuthContinuation) {
@@ -68,17 +66,22 @@ void Session::processPreloginOnce() {
     const parser::CommandEvent& ev = r.event;
     switch (ev.type) {
       case parser::CommandEventType::kNeedMore:
-        if (client_pending_.size() > max_pending) {
+        if (client_pending_.size() > preloginMaxCommand(limits, command_framer_.currentName())) {
           writeClient("* BAD Command too long\r\n");
           closeWithBye("* BYE Command too long\r\n", "command too long");
         }
         return;
       case parser::CommandEventType::kLiteral:
-        if (parser::isSync(ev.literal_kind)) {
+        if (parser::isSync(ev.literal_kind) && !refuseLiteral(ev)) {
           writeClient("+ Ready for literal data\r\n");
         }
         break;
       case parser::CommandEventType::kCommand: {
+        // Before login the session answers every command itself, and reads
+        // AUTHENTICATE's SASL lines itself: whatever it answers (a refusal
+        // above all), the client's next line is a command again, not DONE
+        // or a SASL line.
+        command_framer_.returnToCommandMode();
         std::size_t begin = pending_parsed_ - static_cast<std::size_t>(ev.bytes);
         std::string command = client_pending_.substr(begin, static_cast<std::size_t>(ev.bytes));
         // Zero the command (it may hold a password) before the buffer is
@@ -92,8 +95,8 @@ void Session::processPreloginOnce() {
       }
       case parser::CommandEventType::kAuthLine:
       case parser::CommandEventType::kIdleDone:
-        // Not reachable before login: AUTHENTICATE lines are read above and
-        // IDLE is refused. Drop what was consumed.
+        // Not reachable before login: the framer is put back in command mode
+        // after every command. Drop what was consumed.
         client_pending_.erase(0, pending_parsed_);
         pending_parsed_ = 0;
         break;
@@ -117,6 +120,48 @@ void Session::processPreloginOnce() {
   }
 }
 
+// A synchronizing literal is invited only where a pre-login command can take
+// one: LOGIN's user name and password and ID's strings. Anything else is
+// refused at the literal's header, before its body is sent (a server may
+// answer it with a tagged BAD or NO instead of `+`), and so is a LOGIN that
+// must wait for TLS, before a password crosses the wire in the clear. The
+// framer drops the refused command; the client's next line is a new one.
+bool Session::refuseLiteral(const parser::CommandEvent& ev) {
+  const std::string tag(ev.tag);
+  const std::string_view name = ev.uid ? std::string_view() : ev.name;
+  std::string no;
+  const char* bad = nullptr;
+  if (name == "LOGIN") {
+    if (require_tls_ && !client_tls_) {
+      no = fmt::format("{} NO [PRIVACYREQUIRED] Use STARTTLS before logging in.\r\n", tag);
+    }
+  } else if (name == "ID") {
+    if (ev.literal_size > parser::kIdMaxValueBytes) {
+      bad = "ID field value too long";
+    }
+  } else if (name == "AUTHENTICATE") {
+    bad = "SASL mechanism and initial response must be atoms";
+  } else if (name == "CAPABILITY" || name == "NOOP" || name == "LOGOUT" || name == "STARTTLS") {
+    bad = "Extra arguments";
+  } else {
+    bad = "Command not allowed before login";
+  }
+  if (bad == nullptr && no.empty()) {
+    return false;
+  }
+  command_framer_.returnToCommandMode();
+  std::fill_n(client_pending_.begin(), pending_parsed_, '\0');  // may hold a user name
+  client_pending_.erase(0, pending_parsed_);
+  pending_parsed_ = 0;
+  if (!no.empty()) {
+    writeClient(no);
+    return true;
+  }
+  host_.stats().prelogin_bad_commands.add();
+  badCommand(tag, bad);
+  return true;
+}
+
 void Session::badCommand(std::string_view tag, std::string_view message) {
   writeClient(fmt::format("{} BAD {}\r\n", tag, message));
   if (++bad_in_row_ >= config_->config.limits.max_bad_commands) {
@@ -125,10 +170,8 @@ void Session::badCommand(std::string_view tag, std::string_view message) {
 }
 
 void Session::handlePreloginCommand(std::string_view bytes) {
-  parser::Limits limits;
-  limits.max_line = config_->config.limits.prelogin_max_line;
-  limits.max_literal = config_->config.limits.prelogin_max_literal;
-  parser::PreloginResult result = parser::parsePrelogin(bytes, limits);
+  parser::PreloginResult result =
+      parser::parsePrelogin(bytes, preloginLimits(config_->config.limits));
   parser::PreloginCommand& cmd = result.command;
   const std::string tag = cmd.tag.empty() ? std::string("*") : cmd.tag;
   if (!result.ok) {
@@ -193,7 +236,6 @@ void Session::handlePreloginCommand(std::string_view bytes) {
       startLogin();
       return;
     case parser::Verb::kAuthenticate:
-      command_framer_.endAuthentication();  // the SASL lines are read by the session
       if (require_tls_ && !client_tls_) {
         writeClient(
             fmt::format("{} NO [PRIVACYREQUIRED] Use STARTTLS before logging in.\r\n", tag));

@@ -130,6 +130,12 @@ void Session::relayFromBackend(Chunk chunk) {
       return;
     }
     if (ev.type == parser::ResponseEventType::kTagged) {
+      if (command_framer_.awaitingContinuation() && ev.tag == command_framer_.currentTag()) {
+        // A synchronizing literal refused instead of invited (APPEND to a
+        // missing mailbox: NO [TRYCREATE]): no body follows, so the
+        // client's next byte starts a new command.
+        command_framer_.returnToCommandMode();
+      }
       completeCommand(ev);
     } else if (!inflight_.empty()) {
       inflight_.front().response_bytes += ev.bytes;  // untagged data: the oldest command's

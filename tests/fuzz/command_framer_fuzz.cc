@@ -2,8 +2,10 @@
 //
 // Input layout: byte 0 picks which limits are made small (bytes 1-3 give
 // their values) and whether to end AUTHENTICATE / IDLE from the "server"
-// side after events; bytes 4-7 seed the chunk sizes of two split runs; the
-// rest is the client stream.
+// side after events; the top bits of bytes 1 and 2 make the "server" refuse
+// every command / every synchronizing literal (returnToCommandMode()); bytes
+// 4-7 seed the chunk sizes of two split runs, and bytes 6-7 also give ID
+// lines an allowance over max_line; the rest is the client stream.
 //
 // Invariants checked (abort on violation): no crash or out-of-bounds read
 // (every piece ends at a guard page); consumed <= input and progress on
@@ -89,8 +91,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (flags & 32) {
     limits.max_nonsync_literal = data[1] % 24;
   }
+  if (data[6] & 1) {
+    limits.max_id_line = limits.max_line + 1 + data[7] % 48;
+  }
   const bool end_auth = flags & 64;
   const bool end_idle = flags & 128;
+  const bool refuse_commands = data[1] & 0x80;
+  const bool refuse_literals = data[2] & 0x80;
   const std::string_view stream(reinterpret_cast<const char*>(data) + 8, size - 8);
   if (stream.size() > (1 << 20)) {
     return 0;
@@ -101,6 +108,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     }
     if (end_idle && e.type == CommandEventType::kCommand && e.name == "IDLE") {
       framer.endIdle();
+    }
+    if ((refuse_commands && e.type == CommandEventType::kCommand) ||
+        (refuse_literals && e.type == CommandEventType::kLiteral && isSync(e.literal_kind))) {
+      framer.returnToCommandMode();
+      if (framer.awaitingContinuation() || framer.idling() || framer.authenticating()) {
+        fail("not in command mode after returnToCommandMode()", testing::describe(e));
+      }
     }
   };
 

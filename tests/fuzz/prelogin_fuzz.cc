@@ -14,6 +14,9 @@
 //   that decodes the same.
 // - saslUser results are bounded by the payload; editCapabilities is
 //   idempotent and keeps the line end.
+// - A quoted password that parses is well-formed UTF-8 (checked here by an
+//   independent decoder); the ID line allowance accepts what max_line
+//   accepts, and more only for ID.
 
 #include <cstdint>
 #include <cstdio>
@@ -98,6 +101,33 @@ PreloginResult checkedParse(std::string_view input, const Limits& limits) {
   return r;
 }
 
+// Well-formed UTF-8 (RFC 3629), decoded to code points rather than matched
+// byte range by byte range as the parser does.
+bool wellFormedUtf8(std::string_view s) {
+  std::size_t i = 0;
+  while (i < s.size()) {
+    const unsigned char lead = static_cast<unsigned char>(s[i]);
+    std::size_t n = lead < 0x80 ? 1 : lead >= 0xf0 ? 4 : lead >= 0xe0 ? 3 : lead >= 0xc0 ? 2 : 0;
+    if (n == 0 || lead > 0xf7 || i + n > s.size()) {
+      return false;
+    }
+    std::uint32_t cp = n == 1 ? lead : lead & (0x7f >> n);
+    for (std::size_t j = 1; j < n; ++j) {
+      const unsigned char c = static_cast<unsigned char>(s[i + j]);
+      if ((c & 0xc0) != 0x80) {
+        return false;
+      }
+      cp = (cp << 6) | (c & 0x3f);
+    }
+    const std::uint32_t min = n == 1 ? 0 : n == 2 ? 0x80 : n == 3 ? 0x800 : 0x10000;
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
+      return false;
+    }
+    i += n;
+  }
+  return true;
+}
+
 void fuzzLogin(std::string_view tail, const Limits& limits) {
   const std::string marker(kPasswordMarker);
   const std::string forms[] = {
@@ -112,6 +142,9 @@ void fuzzLogin(std::string_view tail, const Limits& limits) {
     if (r.ok) {
       check(r.command.verb == Verb::kLogin && r.command.user == "user", "LOGIN user");
       check(r.command.password.compare(0, marker.size(), marker) == 0, "LOGIN password");
+      if (&input == &forms[1]) {
+        check(wellFormedUtf8(r.command.password), "quoted password is well-formed UTF-8");
+      }
     }
   }
 }
@@ -177,6 +210,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     check(b.ok && b.command.verb == a.command.verb && b.command.password == a.command.password,
           "default limits accept what small limits accept");
   }
+  Limits with_id = small;
+  with_id.max_id_line = 600;
+  const PreloginResult c = checkedParse(input, with_id);
+  check(!a.ok || c.ok, "the ID allowance accepts what max_line accepts");
+  check(!c.ok || a.ok || c.command.verb == Verb::kId, "the allowance is for ID only");
 
   fuzzLogin(input, small);
   fuzzBase64(input);

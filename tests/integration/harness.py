@@ -12,7 +12,9 @@ Dovecot
     die with the master, which is what "the backend dies mid-session" means.
     ``start()`` again reuses the same port and maildirs. With ``tls=``
     (cert/key paths) it also does TLS: STARTTLS on the plain port and
-    implicit TLS on ``imaps_port``.
+    implicit TLS on ``imaps_port``. Besides ``users`` (all with one
+    password) it always has ``UTF8_USER`` with ``UTF8_PASSWORD``: a UTF-8
+    name and password, as UTF8=ACCEPT clients send them.
 
 Portico
     Writes a TOML config (from a dict or a template string), starts the
@@ -52,6 +54,9 @@ PASSWORD = "secret-PW-123"
 USERS = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"] + [
     "user%02d" % i for i in range(100)
 ]
+# A user whose name and password are UTF-8 (2-, 3- and 4-byte sequences).
+UTF8_USER = "j\u00f6rg-\u6771"
+UTF8_PASSWORD = "p\u00e4ssw\u00f6rd-\u20ac-\U0001f511"
 
 DOVECOT_BIN = shutil.which("dovecot") or "/usr/sbin/dovecot"
 # Unprivileged owner of the maildirs; Dovecot's imap processes run as it.
@@ -262,6 +267,9 @@ $ssl_settings
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 auth_failure_delay = 0
+# Empty: any user name, UTF-8 too (the default allows only ASCII letters,
+# digits and ".-_@").
+auth_username_chars =
 login_trusted_networks = 127.0.0.0/8
 log_path = $log_path
 info_log_path = $log_path
@@ -390,6 +398,8 @@ class Dovecot:
         users_file = self.root / "users"
         users_file.write_text(
             "".join("%s:{PLAIN}%s::::::\n" % (u, self.password) for u in self.users)
+            + "%s:{PLAIN}%s::::::\n" % (UTF8_USER, UTF8_PASSWORD),
+            encoding="utf-8",
         )
         # Dovecot's auth process runs as the "dovecot" user and must read it.
         try:

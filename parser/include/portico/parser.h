@@ -41,7 +41,27 @@ struct Limits {
   // 4096 gives RFC 7888 LITERAL- semantics; a bigger one is a fatal
   // kLiteralTooLarge (the client sends the body without waiting).
   std::uint64_t max_nonsync_literal = UINT64_MAX;
+  // Bytes of each line of an `ID` command (literals excluded, no CRLF) when
+  // that is more than max_line. Before login max_line is small, but RFC 2971
+  // lets ID carry 30 pairs of up to 30- and 1024-octet strings: pass
+  // idMaxLine(max_tag) to accept every ID within those limits. 0: max_line.
+  std::size_t max_id_line = 0;
 };
+
+// RFC 2971 section 3.3: field names up to 30 octets, values up to 1024
+// octets, at most 30 field/value pairs.
+inline constexpr std::size_t kIdMaxPairs = 30;
+inline constexpr std::size_t kIdMaxFieldBytes = 30;
+inline constexpr std::size_t kIdMaxValueBytes = 1024;
+// The longest first line an ID within those limits takes, tag included (no
+// CRLF): `TAG ID (` pairs `)` with every field and value a quoted string in
+// which every octet is escaped. Literals, NIL and plain octets only make an
+// ID shorter, so idMaxLine() + 2 (the CRLF) also bounds the whole command,
+// literal bodies included.
+constexpr std::size_t idMaxLine(std::size_t max_tag) {
+  constexpr std::size_t kPair = (2 + 2 * kIdMaxFieldBytes) + 1 + (2 + 2 * kIdMaxValueBytes);
+  return max_tag + 1 + 3 + 1 + kIdMaxPairs * kPair + (kIdMaxPairs - 1) + 1;
+}
 
 enum class ErrorCode : std::uint8_t {
   kNone = 0,
@@ -111,7 +131,9 @@ struct LineResult;
 // - kCommand: the command's last byte (literals included) was consumed.
 //   tag/name/uid describe it. After `IDLE` the framer expects `DONE`;
 //   after `AUTHENTICATE` it treats lines as SASL responses until the caller
-//   says endAuthentication().
+//   says endAuthentication(). Both assume the server accepts the command:
+//   when it refuses it instead (a tagged reply, no continuation), or answers
+//   it itself, call returnToCommandMode().
 // - kIdleDone: the `DONE` line (any case) that ends IDLE; tag/name are the
 //   IDLE command's.
 // - kAuthLine: one client line answering an AUTHENTICATE continuation
@@ -128,7 +150,9 @@ struct LineResult;
 // hold anything but digits and one optional trailing `+` is kBadLiteral. A
 // tag is 1..max_tag ASTRING-CHARs other than '+' and (as Dovecot) ']'.
 // Empty lines between commands are ignored (no event, like Dovecot). Each line of a command
-// (before, between and after literals) has its own Limits::max_line. Recoverable errors:
+// (before, between and after literals) has its own Limits::max_line, or Limits::max_id_line for
+// an `ID` command (one whose first max_line + 1 bytes start with `TAG SP ID SP`, any case, or
+// whose first line ended as an ID). Recoverable errors:
 // kLineTooLong (reported once: at byte max_line + 2 of a line with no LF yet, the rest of the line
 // then skipped unread; or at the LF of a line whose content exceeds
 // max_line), kBareCR, kBadTag, kTagTooLong,
@@ -187,6 +211,20 @@ class CommandFramer {
   bool failed() const;                // a fatal error was reported; only reset() helps
   void endAuthentication();           // the server sent the tagged reply to AUTHENTICATE
   void endIdle();                     // the server answered IDLE with a tagged reply before DONE
+  // The server refused the command just framed (a tagged reply and no
+  // continuation), or answers it itself: back to command mode. Leaves IDLE
+  // or AUTHENTICATE mode, and while awaitingContinuation() drops the
+  // command, since no literal body follows a refused `+`. Call it right
+  // after the command's event (kCommand, or kLiteral for a synchronizing
+  // literal the server will not invite), before feeding more. No effect
+  // once failed().
+  void returnToCommandMode();
+  // The tag and upper-cased name of the command being framed once the
+  // framer has read them (its first line ended, or passed max_line); ""
+  // before that and between commands. Valid until the next feed(),
+  // setLimits() or reset().
+  std::string_view currentTag() const;
+  std::string_view currentName() const;
   // Allocates (resizes the buffers); call between commands, not per feed.
   void setLimits(const Limits& limits);
   void reset();
@@ -200,6 +238,8 @@ class CommandFramer {
   void fillCommand(CommandEvent& event) const;
   void fail(CommandEvent& event, ErrorCode code, bool fatal);
   void parseHead(bool complete);
+  std::uint64_t lineLimit() const;
+  bool startsIdCommand();
   void lineTooLong(CommandEvent& event);
   bool lineEnded(const detail::LineResult& line, CommandEvent& event);
 
@@ -220,6 +260,8 @@ class CommandFramer {
   bool head_truncated_ = false;
   bool uid_ = false;
   bool awaiting_ = false;
+  bool name_read_ = false;   // tag_ and name_ hold the current command's
+  bool id_command_ = false;  // the current command is ID: lines get Limits::max_id_line
   ErrorCode head_error_ = ErrorCode::kNone;
   ErrorCode failed_code_ = ErrorCode::kNone;
   const char* failed_message_ = "";
@@ -317,7 +359,11 @@ class ResponseFramer {
 // ---------------------------------------------------------------------------
 // Pre-login commands: full argument grammar over one whole command (the
 // bytes the CommandFramer framed, literal bodies inline after their
-// `{N}\r\n` headers, final CRLF included).
+// `{N}\r\n` headers, final CRLF included). Quoted strings may hold
+// well-formed UTF-8 (RFC 9051, UTF8=ACCEPT); malformed UTF-8 and control
+// characters are kBadSyntax. The line bytes of a command (literal bodies
+// excluded) are bounded by Limits::max_line, for ID by Limits::max_id_line
+// when that is larger; ID arguments must keep to RFC 2971 (kIdMax*).
 
 enum class Verb : std::uint8_t {
   kCapability,

@@ -44,7 +44,28 @@ struct Case {
   std::vector<Expect> events;
   Limits limits = {};
   bool end_auth_after_auth_line = false;  // call endAuthentication() after each kAuthLine
+  // The "server" refuses: returnToCommandMode() after each kCommand, or after
+  // each kLiteral of a synchronizing literal.
+  bool refuse_commands = false;
+  bool refuse_sync_literals = false;
 };
+
+// A case whose server refuses what the hook says (see Case).
+Case refusing(std::string name, std::string input, std::vector<Expect> events, bool commands,
+              bool literals) {
+  Case c{std::move(name), std::move(input), std::move(events)};
+  c.refuse_commands = commands;
+  c.refuse_sync_literals = literals;
+  return c;
+}
+
+// Small limits for ID allowance cases, so they run split at every offset.
+Limits idLimits(std::size_t max_line = 16, std::size_t max_id_line = 40) {
+  Limits l;
+  l.max_line = max_line;
+  l.max_id_line = max_id_line;
+  return l;
+}
 
 Limits limits(std::size_t max_line, std::size_t max_tag = 64,
               std::uint64_t max_literal = UINT64_MAX, std::size_t max_head = 1024,
@@ -280,6 +301,98 @@ std::vector<Case> cases() {
                 {.offset = 34, .tag = "b", .name = "NOOP"}},
                limits(10)});
 
+  // A refused command (or one the server answers itself) puts the framer back
+  // in command mode: the next line is a command, not DONE or a SASL line.
+  c.push_back(refusing("RefusedAuthenticate", "a1 AUTHENTICATE PLAIN dXNlcg\r\na2 NOOP\r\n",
+                       {{.offset = 30, .tag = "a1", .name = "AUTHENTICATE"},
+                        {.offset = 39, .tag = "a2", .name = "NOOP", .bytes = 9}},
+                       true, false));
+  c.push_back(refusing("RefusedIdle", "i1 IDLE\r\na2 NOOP\r\nDONE\r\n",
+                       {{.offset = 9, .tag = "i1", .name = "IDLE"},
+                        {.offset = 18, .tag = "a2", .name = "NOOP"},
+                        error(24, ErrorCode::kMissingCommand, false, "DONE")},
+                       true, false));
+  c.push_back(refusing("AcceptedCommandsAreUnchangedByRefusal",
+                       "a1 NOOP\r\na2 LOGIN {1}\r\nx y\r\n",
+                       {{.offset = 9, .tag = "a1"},
+                        {.type = Type::kLiteral, .offset = 23, .tag = "a2"},
+                        {.offset = 28, .tag = "a2", .name = "LOGIN", .bytes = 19}},
+                       true, false));
+  // A synchronizing literal answered with a tagged reply instead of `+`: the
+  // client sends no body, so the next line is a new command.
+  c.push_back(refusing("RefusedSyncLiteral", "a1 LOGIN {5}\r\na2 NOOP\r\n",
+                       {{.type = Type::kLiteral, .offset = 14, .tag = "a1", .size = 5},
+                        {.offset = 23, .tag = "a2", .name = "NOOP", .bytes = 9}},
+                       false, true));
+  c.push_back(refusing("RefusedZeroLiteral", "a1 LOGIN {0}\r\na2 NOOP\r\n",
+                       {{.type = Type::kLiteral, .offset = 14, .tag = "a1", .size = 0},
+                        {.offset = 23, .tag = "a2", .name = "NOOP", .bytes = 9}},
+                       false, true));
+  c.push_back(refusing("RefusedSecondLiteral", "a1 LOGIN {1+}\r\nu {5}\r\na2 NOOP\r\n",
+                       {{.type = Type::kLiteral, .offset = 15, .tag = "a1", .size = 1},
+                        {.type = Type::kLiteral, .offset = 22, .tag = "a1", .size = 5},
+                        {.offset = 31, .tag = "a2", .name = "NOOP", .bytes = 9}},
+                       false, true));
+  // A non-synchronizing body comes whatever the server says: it stays a body.
+  c.push_back(refusing("NonSyncLiteralIsNotDropped", "a1 LOGIN {5+}\r\nb NOOP pw\r\na2 NOOP\r\n",
+                       {{.type = Type::kLiteral, .offset = 15, .tag = "a1"},
+                        {.offset = 26, .tag = "a1", .name = "LOGIN"},
+                        {.offset = 35, .tag = "a2", .name = "NOOP"}},
+                       false, true));
+
+  // ID lines get Limits::max_id_line (here 40; max_line 16).
+  c.push_back({"IdLineUsesItsAllowance",
+               "a ID (\"k\" \"" + std::string(24, 'v') + "\")\r\nb NOOP\r\n",
+               {{.offset = 39, .tag = "a", .name = "ID", .bytes = 39},
+                {.offset = 47, .tag = "b", .name = "NOOP"}},
+               idLimits()});
+  c.push_back({"IdLineAtItsAllowance",
+               "a id (\"k\" \"" + std::string(27, 'v') + "\")\n",
+               {{.offset = 41, .tag = "a", .name = "ID", .bytes = 41}},
+               idLimits()});
+  c.push_back({"IdLineOverItsAllowance",
+               "a ID (\"k\" \"" + std::string(28, 'v') + "\")\r\nb NOOP\r\n",
+               {Expect{.type = Type::kError,
+                       .offset = 42,
+                       .tag = "a",
+                       .name = "ID",
+                       .code = ErrorCode::kLineTooLong,
+                       .fatal = false},
+                {.offset = 51, .tag = "b", .name = "NOOP"}},
+               idLimits()});
+  c.push_back({"IdLineOfMaxLinePlusOne",
+               "a ID (\"kkkkkkkk\")\na ID (\"kkkkkkkk\")\r\n",
+               {{.offset = 18, .name = "ID"}, {.offset = 37, .name = "ID"}},
+               idLimits()});
+  c.push_back({"OtherLinesKeepMaxLine",
+               "a NOOP " + std::string(20, 'x') + "\r\nb NOOP\r\n",
+               {error(18, ErrorCode::kLineTooLong, false, "a"), {.offset = 37, .tag = "b"}},
+               idLimits()});
+  c.push_back({"UidIdIsNotId",
+               "a UID ID " + std::string(20, 'x') + "\r\n",
+               {error(18, ErrorCode::kLineTooLong, false, "a")},
+               idLimits()});
+  c.push_back({"IdMustBeTheWholeName",
+               "a IDX (" + std::string(20, 'x') + ")\r\n",
+               {error(18, ErrorCode::kLineTooLong, false, "a")},
+               idLimits()});
+  // Decided from the first max_line + 1 bytes: a tag that pushes "ID " past
+  // them leaves the line at max_line, also when its LF comes right after.
+  c.push_back({"IdNameBeyondMaxLinePlusOne",
+               std::string(15, 't') + " ID (\"x\")\r\n" + std::string(14, 't') + " ID\n",
+               {error(18, ErrorCode::kLineTooLong, false, std::string(15, 't')),
+                error(44, ErrorCode::kLineTooLong, false, std::string(14, 't'))},
+               idLimits()});
+  c.push_back({"IdLinesAfterALiteralUseTheAllowance",
+               "a ID ({1}\r\nk \"" + std::string(30, 'v') + "\")\r\n",
+               {{.type = Type::kLiteral, .offset = 11, .name = "ID"},
+                {.offset = 48, .tag = "a", .name = "ID", .literals = 1}},
+               idLimits()});
+  c.push_back({"NoAllowanceWhenNotLarger",
+               "a ID (\"k\" \"" + std::string(24, 'v') + "\")\r\n",
+               {error(18, ErrorCode::kLineTooLong, false, "a")},
+               idLimits(16, 16)});
+
   // Malformed lines.
   c.push_back({"BareCr",
                "a1 NO\rOP\r\nb NOOP\r\n",
@@ -465,14 +578,15 @@ void expectEvent(const Expect& want, const OwnedCommandEvent& got) {
 
 TEST_P(CommandFramerTable, SameEventsWholeAndSplit) {
   const Case& c = GetParam();
-  testing::EventHook<CommandFramer> hook;
-  if (c.end_auth_after_auth_line) {
-    hook = [](CommandFramer& framer, const OwnedCommandEvent& e) {
-      if (e.type == Type::kAuthLine) {
-        framer.endAuthentication();
-      }
-    };
-  }
+  testing::EventHook<CommandFramer> hook = [&c](CommandFramer& framer, const OwnedCommandEvent& e) {
+    if (c.end_auth_after_auth_line && e.type == Type::kAuthLine) {
+      framer.endAuthentication();
+    }
+    if ((c.refuse_commands && e.type == Type::kCommand) ||
+        (c.refuse_sync_literals && e.type == Type::kLiteral && isSync(e.literal_kind))) {
+      framer.returnToCommandMode();
+    }
+  };
   std::string mismatch;
   const auto run = testing::runAllSplits<CommandFramer>(c.limits, c.input, &mismatch, hook);
   EXPECT_EQ("", mismatch);
@@ -553,6 +667,127 @@ TEST(CommandFramer, IdleAndAuthenticateModes) {
   EXPECT_FALSE(framer.authenticating());
   r = framer.feed("c NOOP\r\n");
   EXPECT_EQ(Type::kCommand, r.event.type);
+}
+
+TEST(CommandFramer, ReturnToCommandModeLeavesIdleAndAuthenticate) {
+  CommandFramer framer;
+  framer.feed("a IDLE\r\n");
+  EXPECT_TRUE(framer.idling());
+  framer.returnToCommandMode();
+  EXPECT_FALSE(framer.idling());
+  EXPECT_TRUE(framer.atCommandStart());
+  framer.feed("b AUTHENTICATE PLAIN\r\n");
+  EXPECT_TRUE(framer.authenticating());
+  framer.returnToCommandMode();
+  EXPECT_FALSE(framer.authenticating());
+  EXPECT_TRUE(framer.atCommandStart());
+  auto r = framer.feed("c NOOP\r\n");
+  EXPECT_EQ(Type::kCommand, r.event.type);
+  EXPECT_EQ("c", r.event.tag);
+}
+
+TEST(CommandFramer, ReturnToCommandModeDropsOnlyAnUninvitedLiteral) {
+  CommandFramer framer;
+  auto r = framer.feed("a LOGIN {5}\r\n");
+  ASSERT_EQ(Type::kLiteral, r.event.type);
+  framer.returnToCommandMode();  // answered `a NO ...` instead of `+`
+  EXPECT_FALSE(framer.awaitingContinuation());
+  EXPECT_FALSE(framer.inLiteral());
+  EXPECT_TRUE(framer.atCommandStart());
+  // Once the body has begun, the literal is the client's and stays one.
+  r = framer.feed("b LOGIN {5}\r\n");
+  ASSERT_EQ(Type::kLiteral, r.event.type);
+  r = framer.feed("al");
+  framer.returnToCommandMode();
+  EXPECT_TRUE(framer.inLiteral());
+  r = framer.feed("ice pw\r\n");
+  EXPECT_EQ(Type::kCommand, r.event.type);
+  EXPECT_EQ("b", r.event.tag);
+  EXPECT_EQ(23u, r.event.bytes);
+}
+
+TEST(CommandFramer, ReturnToCommandModeKeepsAFatalError) {
+  CommandFramer framer;
+  auto r = framer.feed("a X {}\r\n");
+  ASSERT_TRUE(r.event.error.fatal);
+  framer.returnToCommandMode();
+  EXPECT_TRUE(framer.failed());
+  r = framer.feed("b NOOP\r\n");
+  EXPECT_EQ(0u, r.consumed);
+  EXPECT_EQ(ErrorCode::kBadLiteral, r.event.error.code);
+}
+
+TEST(CommandFramer, CurrentNameOnceTheFramerHasReadIt) {
+  CommandFramer framer(limits(16));
+  EXPECT_EQ("", framer.currentName());
+  framer.feed("a login {5}\r\n");
+  EXPECT_EQ("LOGIN", framer.currentName()) << "after a literal header";
+  EXPECT_EQ("a", framer.currentTag());
+  framer.feed("alice x\r\n");
+  EXPECT_EQ("", framer.currentName()) << "between commands";
+  EXPECT_EQ("", framer.currentTag());
+  framer.feed("a NOOP");
+  EXPECT_EQ("", framer.currentName()) << "the first line has not ended";
+  framer.feed("\r\n");
+  Limits id = limits(16);
+  id.max_id_line = 100;
+  framer.setLimits(id);
+  framer.feed("a ID (\"name\" \"long enough\"");
+  EXPECT_EQ("ID", framer.currentName()) << "an ID line past max_line";
+  EXPECT_EQ("a", framer.currentTag());
+}
+
+// The limits the proxy uses before login: an 8 KiB line, but every ID within
+// RFC 2971 (30 pairs of 30- and 1024-octet strings) is whole.
+Limits preloginLimits() {
+  Limits l;
+  l.max_line = 8192;
+  l.max_literal = 8192;
+  l.max_id_line = idMaxLine(l.max_tag);
+  return l;
+}
+
+std::string idCommand(const std::string& tag, const std::string& field, const std::string& value,
+                      std::size_t pairs) {
+  std::string line = tag + " ID (";
+  for (std::size_t i = 0; i < pairs; ++i) {
+    line += (i ? " \"" : "\"") + field + "\" \"" + value + "\"";
+  }
+  return line + ")\r\n";
+}
+
+TEST(CommandFramer, IdAtRfc2971LimitsFitsThePreloginAllowance) {
+  const std::string tag(64, 't');
+  // Every octet escaped: the longest line such an ID takes.
+  const std::string longest = idCommand(tag, std::string(60, '\\'), std::string(2048, '\\'), 30);
+  ASSERT_EQ(idMaxLine(64) + 2, longest.size());
+  const std::string plain = idCommand("a1", std::string(30, 'k'), std::string(1024, 'v'), 30);
+  // One byte more than the longest.
+  std::string over =
+      idCommand(std::string(63, 't') + "2", std::string(60, '\\'), std::string(2048, '\\'), 30);
+  over.insert(over.size() - 4, "v");
+  const std::string input = longest + plain + over + "a3 NOOP\r\n";
+  std::string mismatch;
+  const auto run =
+      testing::runAllSplits<CommandFramer>(preloginLimits(), input, &mismatch, {}, 4096, 16);
+  EXPECT_EQ("", mismatch);
+  ASSERT_EQ(4u, run.events.size()) << testing::describeAll(run.events);
+  EXPECT_EQ(Type::kCommand, run.events[0].type);
+  EXPECT_EQ("ID", run.events[0].name);
+  EXPECT_EQ(longest.size(), run.events[0].bytes);
+  EXPECT_EQ(Type::kCommand, run.events[1].type);
+  EXPECT_EQ(plain.size(), run.events[1].bytes);
+  EXPECT_EQ(Type::kError, run.events[2].type);
+  EXPECT_EQ(ErrorCode::kLineTooLong, run.events[2].code);
+  EXPECT_FALSE(run.events[2].fatal);
+  EXPECT_EQ(std::string(63, 't') + "2", run.events[2].tag);
+  EXPECT_EQ(longest.size() + plain.size() + idMaxLine(64) + 2, run.events[2].offset);
+  EXPECT_EQ("a3", run.events[3].tag);
+  // Any other command keeps the 8 KiB line.
+  CommandFramer framer(preloginLimits());
+  auto r = framer.feed("a LOGIN " + std::string(9000, 'x') + "\r\n");
+  EXPECT_EQ(ErrorCode::kLineTooLong, r.event.error.code);
+  EXPECT_EQ(8194u, r.consumed);
 }
 
 TEST(CommandFramer, FatalErrorIsStickyUntilReset) {

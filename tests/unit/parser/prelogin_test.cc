@@ -123,7 +123,18 @@ INSTANTIATE_TEST_SUITE_P(
         LoginCase{"a LOGIN us]er NIL\r\n", "us]er", "NIL"},
         LoginCase{"a LOGIN {4}\r\nuser \"pw\"\r\n", "user", "pw"},
         LoginCase{"a LOGIN \"user\" {2}\r\npw", "user", "pw"},
-        LoginCase{"a LOGIN {004}\r\nuser pw\r\n", "user", "pw"}));
+        LoginCase{"a LOGIN {004}\r\nuser pw\r\n", "user", "pw"},
+        // RFC 9051 QUOTED-CHAR includes UTF8-2, UTF8-3 and UTF8-4.
+        LoginCase{"a LOGIN \"j\xc3\xb6rg\" \"p\xc3\xa4ssword\"\r\n", "j\xc3\xb6rg",
+                  "p\xc3\xa4ssword"},
+        LoginCase{"a LOGIN \"\xe6\x9d\xb1\\\"\" \"\xf0\x9f\x94\x91\"\r\n", "\xe6\x9d\xb1\"",
+                  "\xf0\x9f\x94\x91"},
+        // The ends of each range: U+0080, U+07FF, U+0800, U+D7FF, U+E000,
+        // U+FFFF, U+10000, U+10FFFF.
+        LoginCase{"a LOGIN \"\xc2\x80\xdf\xbf\xe0\xa0\x80\xed\x9f\xbf\" "
+                  "\"\xee\x80\x80\xef\xbf\xbf\xf0\x90\x80\x80\xf4\x8f\xbf\xbf\"\r\n",
+                  "\xc2\x80\xdf\xbf\xe0\xa0\x80\xed\x9f\xbf",
+                  "\xee\x80\x80\xef\xbf\xbf\xf0\x90\x80\x80\xf4\x8f\xbf\xbf"}));
 
 // --- AUTHENTICATE -----------------------------------------------------------
 
@@ -339,10 +350,41 @@ INSTANTIATE_TEST_SUITE_P(
         ErrorCase{"a LOGIN user \"pa\\\r\n", kSyntax, "Invalid escape in quoted string"},
         ErrorCase{"a LOGIN user \"pa\x01ss\"\r\n", kSyntax, "Invalid characters in quoted string"},
         ErrorCase{"a LOGIN user \"pa\tss\"\r\n", kSyntax, "Invalid characters in quoted string"},
-        ErrorCase{"a LOGIN user \"p\xc3\xa9\"\r\n", kSyntax, "Invalid characters in quoted string"},
+
         ErrorCase{"a LOGIN \"us\0er\" pass\r\n"s, kSyntax, "Invalid characters in quoted string"},
         ErrorCase{"a LOGIN user pass)\r\n", kSyntax, "Unexpected ')'"},
         ErrorCase{"a LOGIN user pass(\r\n", kSyntax, "Invalid characters in atom"}));
+
+// Malformed UTF-8 in a quoted string (RFC 3629 section 4).
+const char kBadUtf8[] = "Invalid UTF-8 in quoted string";
+
+INSTANTIATE_TEST_SUITE_P(
+    Utf8, PreloginErrorTest,
+    ::testing::Values(
+        ErrorCase{"a LOGIN user \"p\x80\"\r\n", kSyntax, kBadUtf8},             // lone continuation
+        ErrorCase{"a LOGIN user \"p\xbf\"\r\n", kSyntax, kBadUtf8},             // lone continuation
+        ErrorCase{"a LOGIN user \"p\xc3\"\r\n", kSyntax, kBadUtf8},             // truncated
+        ErrorCase{"a LOGIN user \"p\xc3", kSyntax, kBadUtf8},                   // truncated at end
+        ErrorCase{"a LOGIN user \"p\xc3\r\n", kSyntax, kBadUtf8},               // CR for a tail
+        ErrorCase{"a LOGIN user \"p\xe3\x81\"\r\n", kSyntax, kBadUtf8},         // truncated
+        ErrorCase{"a LOGIN user \"p\xf0\x9f\x94\"\r\n", kSyntax, kBadUtf8},     // truncated
+        ErrorCase{"a LOGIN user \"\xc0\xaf\"\r\n", kSyntax, kBadUtf8},          // overlong '/'
+        ErrorCase{"a LOGIN user \"\xc1\xbf\"\r\n", kSyntax, kBadUtf8},          // overlong
+        ErrorCase{"a LOGIN user \"\xe0\x9f\xbf\"\r\n", kSyntax, kBadUtf8},      // overlong
+        ErrorCase{"a LOGIN user \"\xf0\x8f\xbf\xbf\"\r\n", kSyntax, kBadUtf8},  // overlong
+        ErrorCase{"a LOGIN user \"\xed\xa0\x80\"\r\n", kSyntax, kBadUtf8},      // U+D800
+        ErrorCase{"a LOGIN user \"\xed\xbf\xbf\"\r\n", kSyntax, kBadUtf8},      // U+DFFF
+        ErrorCase{"a LOGIN user \"\xf4\x90\x80\x80\"\r\n", kSyntax, kBadUtf8},  // > U+10FFFF
+        ErrorCase{"a LOGIN user \"\xf5\x80\x80\x80\"\r\n", kSyntax, kBadUtf8},
+        ErrorCase{"a LOGIN user \"\xfe\xff\"\r\n", kSyntax, kBadUtf8},
+        ErrorCase{"a LOGIN user \"\xc3\xa4\xa4\"\r\n", kSyntax, kBadUtf8},  // extra tail
+        // NUL and other controls stay refused, also next to UTF-8.
+        ErrorCase{"a LOGIN user \"\xc3\xa4\0\"\r\n"s, kSyntax,
+                  "Invalid characters in quoted string"},
+        ErrorCase{"a ID (\"name\" \"\xc3\xa4\x1b[2J\")\r\n", kSyntax,
+                  "Invalid characters in quoted string"},
+        // Atoms stay 7-bit.
+        ErrorCase{"a LOGIN j\xc3\xb6rg pass\r\n", kSyntax, "Invalid characters in atom"}));
 
 INSTANTIATE_TEST_SUITE_P(
     Literals, PreloginErrorTest,
@@ -419,6 +461,66 @@ INSTANTIATE_TEST_SUITE_P(
         ErrorCase{"a ID " + std::string(100000, '(') + "\r\n", kSyntax, "Lists nested too deeply"},
         ErrorCase{"a ID ((\"k\" \"v\"))\r\n", kSyntax, "Lists nested too deeply", "a",
                   withDepth(1)}));
+
+// The limits the proxy passes before login (see proxy/src/session_internal.h).
+Limits preloginLimits() {
+  Limits l;
+  l.max_line = 8192;
+  l.max_literal = 8192;
+  l.max_id_line = idMaxLine(l.max_tag);
+  return l;
+}
+
+std::string idCommand(const std::string& field, const std::string& value, int pairs,
+                      const std::string& tag = "a") {
+  std::string s = tag + " ID (";
+  for (int i = 0; i < pairs; ++i) {
+    s += (i ? " \"" : "\"") + field + "\" \"" + value + "\"";
+  }
+  return s + ")\r\n";
+}
+
+TEST(PreloginTest, IdAtRfc2971LimitsParsesUnderThePreloginLimits) {
+  const PreloginResult r =
+      parseExact(idCommand(std::string(30, 'k'), std::string(1024, 'v'), 30), preloginLimits());
+  ASSERT_TRUE(r.ok) << r.error.message;
+  ASSERT_EQ(r.command.id->size(), 30u);
+  EXPECT_EQ(r.command.id->back().value, std::string(1024, 'v'));
+  // Every octet escaped, a 64-byte tag: the longest such ID.
+  const std::string longest =
+      idCommand(std::string(60, '\\'), std::string(2048, '\\'), 30, std::string(64, 't'));
+  ASSERT_EQ(longest.size(), idMaxLine(64) + 2);
+  const PreloginResult r2 = parseExact(longest, preloginLimits());
+  ASSERT_TRUE(r2.ok) << r2.error.message;
+  EXPECT_EQ(r2.command.id->front().key, std::string(30, '\\'));
+  EXPECT_EQ(r2.command.id->front().value, std::string(1024, '\\'));
+  // UTF-8 values count in octets.
+  const PreloginResult r3 =
+      parseExact(idCommand("name", "\xc3\xa4" + std::string(1022, 'v'), 1), preloginLimits());
+  EXPECT_TRUE(r3.ok) << r3.error.message;
+}
+
+TEST(PreloginTest, IdBeyondRfc2971LimitsIsRefusedPrecisely) {
+  const Limits limits = preloginLimits();
+  const std::string k30(30, 'k');
+  const std::string v1024(1024, 'v');
+  PreloginResult r = parseExact(idCommand(k30, v1024, 31), limits);
+  EXPECT_STREQ(r.error.message, "Too many ID fields");
+  r = parseExact(idCommand(k30, v1024 + "v", 30), limits);
+  EXPECT_STREQ(r.error.message, "ID field value too long");
+  r = parseExact(idCommand(k30 + "k", "v", 1), limits);
+  EXPECT_STREQ(r.error.message, "ID field name too long");
+  r = parseExact(idCommand("name", "\xc3\xa4" + std::string(1023, 'v'), 1), limits);
+  EXPECT_STREQ(r.error.message, "ID field value too long");
+  // Without the ID allowance the 8 KiB pre-login line refuses the ID...
+  Limits no_allowance = limits;
+  no_allowance.max_id_line = 0;
+  r = parseExact(idCommand(k30, v1024, 30), no_allowance);
+  EXPECT_EQ(r.error.code, ErrorCode::kLineTooLong);
+  // ... and with it every other command keeps the 8 KiB line.
+  r = parseExact("a LOGIN user " + std::string(8200, 'p') + "\r\n", limits);
+  EXPECT_EQ(r.error.code, ErrorCode::kLineTooLong);
+}
 
 TEST(PreloginTest, NestingWithinTheLimitReachesTheVerbCheck) {
   // Eight levels parse; ID then refuses the shape, not the depth.

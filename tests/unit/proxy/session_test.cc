@@ -137,7 +137,8 @@ class SessionTest : public ::testing::Test {
     }
   }
 
-  void start(Config cfg = baseConfig()) {
+  // require_tls: a plaintext client on a STARTTLS listener that requires TLS.
+  void start(Config cfg = baseConfig(), bool require_tls = false) {
     std::vector<std::size_t> slots;
     for (std::size_t i = 0; i < cfg.backends.size(); ++i) {
       slots.push_back(slotOf(i));
@@ -145,6 +146,9 @@ class SessionTest : public ::testing::Test {
     runtime_ = std::make_shared<RuntimeConfig>(std::move(cfg), std::move(slots));
     client_ = host_.newClient();
     session_ = new Session(host_, runtime_, client_, 0x1234);
+    if (require_tls) {
+      session_->setListener(TlsMode::kStarttls, true, nullptr, false);
+    }
     session_->start();
     greeting_ = client_->takeWritten();
   }
@@ -699,6 +703,192 @@ TEST_F(SessionTest, AuthenticateCancelledOrRefusedStaysBeforeLogin) {
 }
 
 // ---------------------------------------------------------------------------
+// Refusals before login leave the session usable (issue 9, defect 4).
+
+TEST_F(SessionTest, RefusedCommandsLeaveTheNextLineACommand) {
+  start();
+  const std::vector<std::pair<std::string, std::string>> refusals = {
+      {"a1 AUTHENTICATE PLAIN dXNlcg\r\n", "a1 BAD Invalid base64 in initial response"},
+      {"a2 AUTHENTICATE PLAIN dXNlcg== extra\r\n", "a2 BAD Extra arguments"},
+      {"a3 AUTHENTICATE PLAIN {8}\r\n", "a3 BAD "},  // refused before its body: no "+"
+      {"a4 AUTHENTICATE PLAIN {8+}\r\nAHVzZXIA\r\n", "a4 BAD Invalid initial response"},
+      {"a5 AUTHENTICATE CRAM-MD5\r\n", "a5 NO "},
+      {"a6 AUTHENTICATE\r\n", "a6 BAD Missing SASL mechanism"},
+      {"i1 IDLE\r\n", "i1 BAD Command not allowed before login"},
+      {"s1 STARTTLS\r\n", "s1 BAD "},
+      {"x1 SELECT {5}\r\n", "x1 BAD Command not allowed before login"},
+      {"x2 NOOP {5}\r\n", "x2 BAD Extra arguments"},
+      {"d1 ID (\"name\" {1025}\r\n", "d1 BAD ID field value too long"},
+  };
+  for (bool bytewise : {false, true}) {
+    for (std::size_t i = 0; i < refusals.size(); ++i) {
+      const auto& [input, answer] = refusals[i];
+      SCOPED_TRACE(input + (bytewise ? " (byte by byte)" : ""));
+      const std::string next = "n" + std::to_string(i);
+      const std::string both = input + next + " NOOP\r\n";  // pipelined
+      bytewise ? client_->deliverBytewise(both) : client_->deliver(both);
+      EXPECT_THAT(lines(client_->takeWritten()),
+                  ElementsAre(StartsWith(answer), StartsWith(next + " OK ")));
+    }
+  }
+  EXPECT_EQ(state(), SessionState::kPrelogin);
+  EXPECT_FALSE(client_->shutdownCalled());
+  EXPECT_THAT(host_.connects(), IsEmpty());
+  // A login still works.
+  client_->deliver("a7 AUTHENTICATE PLAIN\r\n");
+  EXPECT_EQ(client_->takeWritten(), "+ \r\n");
+  client_->deliver(std::string(kPlainAliceSecret) + "\r\n");
+  ASSERT_EQ(host_.connects().size(), 1u);
+}
+
+TEST_F(SessionTest, IdleRefusedBeforeLoginThenDoneIsAnOrdinaryLine) {
+  start();
+  client_->deliver("i1 IDLE\r\nDONE\r\nn1 NOOP\r\n");
+  EXPECT_THAT(lines(client_->takeWritten()),
+              ElementsAre(StartsWith("i1 BAD "), StartsWith("DONE BAD "), StartsWith("n1 OK ")));
+}
+
+TEST_F(SessionTest, LoginIsRefusedAtItsFirstLiteralWhenTlsIsRequired) {
+  start(baseConfig(), true);
+  // The password never crosses the wire in the clear: no "+" invites it.
+  client_->deliver("l1 LOGIN alice {6}\r\n");
+  EXPECT_THAT(lines(client_->takeWritten()), ElementsAre(StartsWith("l1 NO [PRIVACYREQUIRED]")));
+  client_->deliver("l2 LOGIN {5}\r\n");
+  EXPECT_THAT(lines(client_->takeWritten()), ElementsAre(StartsWith("l2 NO [PRIVACYREQUIRED]")));
+  client_->deliver("l3 LOGIN alice secret\r\nn1 NOOP\r\n");
+  EXPECT_THAT(lines(client_->takeWritten()),
+              ElementsAre(StartsWith("l3 NO [PRIVACYREQUIRED]"), StartsWith("n1 OK ")));
+  EXPECT_THAT(host_.connects(), IsEmpty());
+  EXPECT_FALSE(client_->shutdownCalled());
+}
+
+// ---------------------------------------------------------------------------
+// ID within RFC 2971 (issue 9, defect 9).
+
+std::string idCommand(const std::string& tag, const std::string& field, const std::string& value,
+                      std::size_t pairs) {
+  std::string line = tag + " ID (";
+  for (std::size_t i = 0; i < pairs; ++i) {
+    line += (i ? " \"" : "\"") + field + "\" \"" + value + "\"";
+  }
+  return line + ")\r\n";
+}
+
+TEST_F(SessionTest, IdWithinRfc2971LimitsIsAnsweredWhateverItsEncoding) {
+  start();
+  ASSERT_EQ(config().limits.prelogin_max_line, 8192u);
+  // 30 pairs of 30- and 1024-octet strings: about 31 KiB on one line.
+  client_->deliver(idCommand("d1", std::string(30, 'k'), std::string(1024, 'v'), 30));
+  EXPECT_THAT(lines(client_->takeWritten()),
+              ElementsAre(StartsWith("* ID (\"name\" \"Portico\""), StartsWith("d1 OK ")));
+  // The longest: a 64-byte tag, every octet escaped (about 62 KiB), byte by byte.
+  const std::string tag(64, 't');
+  client_->deliverBytewise(idCommand(tag, std::string(60, '\\'), std::string(2048, '\\'), 30));
+  EXPECT_THAT(lines(client_->takeWritten()), ElementsAre(StartsWith("* ID "), StartsWith(tag)));
+  // As synchronizing literals, each invited.
+  std::string pairs;
+  for (int i = 0; i < 30; ++i) {
+    client_->deliver((i == 0 ? "d3 ID (" : " ") + std::string("{30}\r\n"));
+    EXPECT_EQ(client_->takeWritten(), "+ Ready for literal data\r\n");
+    client_->deliver(std::string(30, 'k') + " {1024}\r\n");
+    EXPECT_EQ(client_->takeWritten(), "+ Ready for literal data\r\n");
+    client_->deliver(std::string(1024, 'v'));
+  }
+  client_->deliver(")\r\n");
+  EXPECT_THAT(lines(client_->takeWritten()),
+              ElementsAre(StartsWith("* ID "), StartsWith("d3 OK ")));
+  EXPECT_FALSE(client_->shutdownCalled());
+}
+
+TEST_F(SessionTest, IdHeldWholeEvenWhenPreloginLimitsAreSmall) {
+  Config cfg = baseConfig();
+  cfg.limits.prelogin_max_line = 1024;
+  cfg.limits.prelogin_max_literal = 1024;  // other commands: 4 KiB at most
+  start(cfg);
+  std::string id = "d1 ID (";
+  for (int i = 0; i < 30; ++i) {
+    id += (i ? " " : "") + std::string("\"f") + std::to_string(i) + "\" {1024+}\r\n" +
+          std::string(1024, 'v');
+  }
+  id += ")\r\n";
+  // In two reads, so that about 16 KiB of it wait for the rest.
+  client_->deliver(id.substr(0, id.size() / 2));
+  EXPECT_EQ(client_->takeWritten(), "");
+  client_->deliver(id.substr(id.size() / 2));
+  EXPECT_THAT(lines(client_->takeWritten()),
+              ElementsAre(StartsWith("* ID "), StartsWith("d1 OK ")));
+  // Any other command is held up to 2 lines and 2 literals (4 KiB here).
+  std::string login = "l1 LOGIN";
+  for (int i = 0; i < 5; ++i) {
+    login += " {1000+}\r\n" + std::string(1000, 'x');
+  }
+  client_->deliver(login);
+  EXPECT_THAT(lines(client_->takeWritten()),
+              ElementsAre("* BAD Command too long", "* BYE Command too long"));
+}
+
+TEST_F(SessionTest, IdBeyondRfc2971LimitsGetsBadAndTheSessionGoesOn) {
+  start();
+  const std::string k30(30, 'k');
+  const std::string v1024(1024, 'v');
+  client_->deliver(idCommand("e1", k30, v1024, 31) + "n1 NOOP\r\n");
+  EXPECT_THAT(lines(client_->takeWritten()),
+              ElementsAre("e1 BAD Too many ID fields", StartsWith("n1 OK ")));
+  client_->deliver(idCommand("e2", k30, v1024 + "v", 30) + "n2 NOOP\r\n");
+  EXPECT_THAT(lines(client_->takeWritten()),
+              ElementsAre("e2 BAD ID field value too long", StartsWith("n2 OK ")));
+  client_->deliver(idCommand("e3", k30 + "k", "v", 1) + "n3 NOOP\r\n");
+  EXPECT_THAT(lines(client_->takeWritten()),
+              ElementsAre("e3 BAD ID field name too long", StartsWith("n3 OK ")));
+  EXPECT_FALSE(client_->shutdownCalled());
+  // Longer than any RFC 2971 ID can be: not read on, like any over-long line.
+  client_->deliver(idCommand("e4", k30, v1024, 70));
+  EXPECT_THAT(lines(client_->takeWritten()),
+              ElementsAre("e4 BAD Line too long", "* BYE Line too long"));
+  EXPECT_TRUE(client_->shutdownCalled());
+}
+
+// ---------------------------------------------------------------------------
+// UTF-8 in quoted strings (issue 9, defect 10).
+
+TEST_F(SessionTest, Utf8LoginIsReplayedWithTheSameBytes) {
+  start();
+  const std::string user = "j\xc3\xb6rg";
+  const std::string password = "p\xc3\xa4ss \xe2\x82\xac\xf0\x9f\x94\x91";
+  client_->deliver("a1 LOGIN \"" + user + "\" \"" + password + "\"\r\n");
+  FakeTransport* backend = host_.lastBackend();
+  ASSERT_NE(backend, nullptr) << client_->takeWritten();
+  EXPECT_EQ(session_->user(), user);
+  backend->connectOk();
+  backend->deliver(kGreetingSaslIr);
+  // SASL PLAIN (RFC 4616 is UTF-8) carries the same bytes to any server.
+  EXPECT_EQ(
+      backend->takeWritten(),
+      "a1 AUTHENTICATE PLAIN " + parser::encodeBase64("\0"s + user + "\0"s + password) + "\r\n");
+  backend->deliver("a1 NO [AUTHENTICATIONFAILED] no\r\n");
+  host_.advance(2s);
+  client_->takeWritten();
+  // Without SASL-IR: LOGIN with literals, byte for byte.
+  client_->deliver("a2 LOGIN \"" + user + "\" \"" + password + "\"\r\n");
+  backend = host_.lastBackend();
+  backend->connectOk();
+  backend->deliver(kGreetingNoSaslIr);
+  EXPECT_EQ(backend->takeWritten(), "a2 LOGIN {5+}\r\n" + user + " {13+}\r\n" + password + "\r\n");
+  backend->deliver("a2 OK Logged in\r\n");
+  EXPECT_EQ(client_->takeWritten(), "a2 OK Logged in\r\n");
+  EXPECT_EQ(state(), SessionState::kRelay);
+}
+
+TEST_F(SessionTest, MalformedUtf8InAQuotedStringGetsBad) {
+  start();
+  client_->deliver("a1 LOGIN \"j\xffrg\" \"pw\"\r\na2 LOGIN \"\xed\xa0\x80\" pw\r\nn1 NOOP\r\n");
+  EXPECT_THAT(lines(client_->takeWritten()),
+              ElementsAre("a1 BAD Invalid UTF-8 in quoted string",
+                          "a2 BAD Invalid UTF-8 in quoted string", StartsWith("n1 OK ")));
+  EXPECT_THAT(host_.connects(), IsEmpty());
+}
+
+// ---------------------------------------------------------------------------
 // Relay.
 
 TEST_F(SessionTest, RelayPassesBytesUnchangedBothWays) {
@@ -850,6 +1040,34 @@ TEST_F(SessionTest, IdleRefusedByTheBackendLeavesTheNextCommandCounted) {
   backend->deliver("i2 OK done\r\n");
   EXPECT_EQ(commandStats(CommandId::kNOOP).count.get(), 1u);
   EXPECT_EQ(backend->takeWritten(), "i1 IDLE\r\ni2 NOOP\r\n");
+}
+
+TEST_F(SessionTest, LiteralRefusedByTheBackendLeavesTheNextCommandCounted) {
+  start();
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  // Dovecot answers an APPEND to a missing mailbox at once, without "+";
+  // the client sends no body but its next command.
+  client_->deliver("a2 APPEND nosuch {8}\r\n");
+  backend->deliver("a2 NO [TRYCREATE] Mailbox doesn't exist\r\n");
+  EXPECT_EQ(client_->takeWritten(), "a2 NO [TRYCREATE] Mailbox doesn't exist\r\n");
+  client_->deliver("a3 IDLE\r\n");
+  EXPECT_EQ(session_->commandsInFlight(), 1u) << "a3 IDLE is a command, not a literal body";
+  backend->deliver("+ idling\r\n");
+  client_->deliver("DONE\r\n");
+  backend->deliver("a3 OK Idle completed\r\n");
+  EXPECT_EQ(session_->commandsInFlight(), 0u);
+  EXPECT_EQ(backend->takeWritten(), "a2 APPEND nosuch {8}\r\na3 IDLE\r\nDONE\r\n");
+  // A literal the backend invites is still a body.
+  client_->deliver("a4 APPEND INBOX {8}\r\n");
+  backend->deliver("+ OK\r\n");
+  client_->deliver("a5 NOOP!");  // the 8 bytes of the message
+  EXPECT_EQ(session_->commandsInFlight(), 0u);
+  client_->deliver("\r\n");
+  EXPECT_EQ(session_->commandsInFlight(), 1u) << "a4 is complete";
+  backend->deliver("a4 OK appended\r\n");
+  EXPECT_EQ(session_->commandsInFlight(), 0u);
+  EXPECT_EQ(commandStats(CommandId::kAPPEND).count.get(), 1u);
 }
 
 TEST_F(SessionTest, CompressIsRefusedAndNeverForwarded) {
