@@ -35,12 +35,14 @@ class SessionHost {
   virtual TimerPtr createTimer(std::function<void()> callback) = 0;
   // Starts a connection to `backend`; results arrive at `handler`.
   virtual Transport* connectBackend(const BackendConfig& backend, TransportHandler* handler) = 0;
-  // Implicit TLS to a backend: connect, then handshake; the handler hears
-  // onConnected() once the certificate is verified. nullptr: not supported.
+  // Implicit TLS to a backend: connect, write `preamble` (a PROXY protocol
+  // header, or nothing) on the raw TCP connection, then handshake; the
+  // handler hears onConnected() once the certificate is verified.
+  // nullptr: not supported.
   virtual Transport* connectBackendTls(const BackendConfig& backend,
                                        std::shared_ptr<const ClientTlsContext> tls,
-                                       TransportHandler* handler) {
-    (void)backend, (void)tls, (void)handler;
+                                       TransportHandler* handler, std::string preamble) {
+    (void)backend, (void)tls, (void)handler, (void)preamble;
     return nullptr;
   }
   // STARTTLS: runs TLS over `plain` (which it takes over). nullptr: not supported.
@@ -166,7 +168,7 @@ class Session : public TransportHandler {
   void onBackendLoginData(Chunk chunk);
   bool handleBackendLine(const parser::ResponseEvent& event, std::string_view line);
   void sendBackendLogin();
-  void sendProxyHeader();
+  std::string proxyHeader() const;
   void sendForwardId();
   void enterRelay(std::size_t backend_consumed);
   void afterBackendCapabilities();

@@ -211,7 +211,7 @@ void Session::sendForwardId() {
   state_ = SessionState::kBackendId;
 }
 
-void Session::sendProxyHeader() {
+std::string Session::proxyHeader() const {
   // PROXY protocol v2 (HAProxy's proxy-protocol.txt, section 2.2).
   const sockaddr_storage& src = client_->peerAddress();
   const sockaddr_storage& dst = client_->localAddress();
@@ -243,7 +243,7 @@ void Session::sendProxyHeader() {
     header.push_back(static_cast<char>(0x00));  // UNSPEC: addresses unknown
     put16(0);
   }
-  backend_->write(header);
+  return header;
 }
 
 void Session::enterRelay(std::size_t backend_consumed) {

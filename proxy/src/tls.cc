@@ -244,10 +244,12 @@ TlsTransport* TlsTransport::client(Transport* inner,
                                    std::shared_ptr<const ClientTlsContext> context,
                                    const TimerFactory& timers,
                                    std::chrono::milliseconds handshake_timeout, BufferPool& pool,
-                                   bool inner_connected, TransportHandler* handler) {
+                                   bool inner_connected, TransportHandler* handler,
+                                   std::string preamble) {
   SSL* ssl = SSL_new(context->context());
   auto* t = new TlsTransport(inner, ssl, timers, handshake_timeout, pool, true);
   t->handler_ = handler;
+  t->preamble_ = std::move(preamble);
   const std::string& name = context->serverName();
   if (!isIpAddress(name)) {
     SSL_set_tlsext_host_name(ssl, name.c_str());
@@ -487,6 +489,12 @@ void TlsTransport::onConnected(Transport*, bool ok, std::string_view error) {
       handler_->onConnected(this, false, error);
     }
     return;  // the inner transport closes itself; onClosed follows
+  }
+  if (!preamble_.empty()) {
+    // Cleartext ahead of TLS (a PROXY header): the inner transport sends
+    // it before the ClientHello that startHandshake() queues.
+    inner_->write(std::string_view(preamble_));
+    preamble_ = std::string();
   }
   startHandshake();
 }

@@ -357,6 +357,8 @@ class FakeHost final : public SessionHost {
   struct Connect {
     std::string backend;  // BackendConfig::name
     FakeTransport* transport;
+    bool tls = false;      // connectBackendTls(): connectOk() means "handshake done"
+    std::string preamble;  // cleartext asked for before the ClientHello
   };
 
   FakeHost() = default;
@@ -373,7 +375,17 @@ class FakeHost final : public SessionHost {
     FakeTransport* transport = newTransport("backend " + backend.name, ipv4Address("10.1.0.1", 143),
                                             ipv4Address("10.0.0.5", 40000));
     transport->setHandler(handler);
-    connects_.push_back(Connect{backend.name, transport});
+    connects_.push_back(Connect{backend.name, transport, false, {}});
+    return transport;
+  }
+  // Implicit TLS as the session sees it: one transport whose connectOk()
+  // stands for "connected, preamble sent, handshake done".
+  Transport* connectBackendTls(const BackendConfig& backend,
+                               std::shared_ptr<const ClientTlsContext> /*tls*/,
+                               TransportHandler* handler, std::string preamble) override {
+    Transport* transport = connectBackend(backend, handler);
+    connects_.back().tls = true;
+    connects_.back().preamble = std::move(preamble);
     return transport;
   }
   WorkerStats& stats() override { return *stats_; }

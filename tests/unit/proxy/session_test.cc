@@ -142,7 +142,11 @@ class SessionTest : public ::testing::Test {
     for (std::size_t i = 0; i < cfg.backends.size(); ++i) {
       slots.push_back(slotOf(i));
     }
-    runtime_ = std::make_shared<RuntimeConfig>(std::move(cfg), std::move(slots));
+    auto runtime = std::make_shared<RuntimeConfig>(std::move(cfg), std::move(slots));
+    // One (absent) TLS context per backend, as buildRuntime() lays them out;
+    // the fake host needs none.
+    runtime->backend_tls.resize(runtime->config.backends.size());
+    runtime_ = std::move(runtime);
     client_ = host_.newClient();
     session_ = new Session(host_, runtime_, client_, 0x1234);
     session_->start();
@@ -641,6 +645,47 @@ TEST_F(SessionTest, ProxyHeaderAndForwardedIdPrecedeTheLogin) {
   EXPECT_EQ(backend->takeWritten(), "a1 LOGIN \"alice\" \"secret\"\r\n");
   backend->deliver("a1 OK Logged in\r\n");
   EXPECT_EQ(client_->takeWritten(), "a1 OK Logged in\r\n") << "the ID exchange stays hidden";
+}
+
+TEST_F(SessionTest, ProxyHeaderGoesAheadOfTheTlsHandshakeOfAnImplicitTlsBackend) {
+  Config cfg = baseConfig();
+  for (BackendConfig& backend : cfg.backends) {
+    backend.proxy_protocol = true;
+    backend.tls = TlsMode::kImplicit;
+  }
+  start(cfg);
+  client_->deliver("a1 LOGIN alice secret\r\n");
+  ASSERT_EQ(host_.connects().size(), 1u);
+  EXPECT_TRUE(host_.connects()[0].tls);
+  EXPECT_EQ(host_.connects()[0].preamble,
+            "\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c"
+            "\xc0\x00\x02\x07\xc0\x00\x02\x01\xc3\xcb\x00\x8f"s)
+      << "the header travels in the clear before the ClientHello";
+  FakeTransport* backend = host_.lastBackend();
+  backend->connectOk();
+  EXPECT_EQ(backend->takeWritten(), "") << "no PROXY header inside TLS";
+  backend->deliver(kGreetingSaslIr);
+  EXPECT_EQ(backend->takeWritten(), "a1 LOGIN \"alice\" \"secret\"\r\n");
+  backend->deliver("a1 OK Logged in\r\n");
+  EXPECT_EQ(state(), SessionState::kRelay);
+}
+
+TEST_F(SessionTest, ProxyHeaderIsTheFirstByteBeforeStarttls) {
+  Config cfg = baseConfig();
+  for (BackendConfig& backend : cfg.backends) {
+    backend.proxy_protocol = true;
+    backend.tls = TlsMode::kStarttls;
+  }
+  start(cfg);
+  client_->deliver("a1 LOGIN alice secret\r\n");
+  ASSERT_EQ(host_.connects().size(), 1u);
+  EXPECT_FALSE(host_.connects()[0].tls);
+  FakeTransport* backend = host_.lastBackend();
+  backend->connectOk();
+  EXPECT_THAT(backend->takeWritten(), StartsWith("\r\n\r\n\0\r\nQUIT\n\x21"s))
+      << "sent on connect, before the greeting is read";
+  backend->deliver(kGreetingSaslIr);
+  EXPECT_EQ(backend->takeWritten(), "P0TLS STARTTLS\r\n");
 }
 
 // ---------------------------------------------------------------------------
