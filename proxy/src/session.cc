@@ -342,11 +342,33 @@ void Session::writeClient(std::string_view bytes) {
   }
 }
 
+bool Session::clientMidResponse() const {
+  // In relay the response framer has seen exactly what went to the client
+  // (a failed framer is judged by its caller, which knows where it stopped).
+  return state_ == SessionState::kRelay && !response_framer_.failed() &&
+         !response_framer_.atResponseStart();
+}
+
+void Session::noteCutResponse(std::string_view reason) {
+  logging::log(logging::Level::kWarn, "session",
+               "id={:016x} closing in the middle of a response from backend {} ({}): no BYE "
+               "sent, the client sees the connection end; client={} user={}",
+               id_, backend_name_, reason, client_address_, user_);
+  backendStats()->responses_cut.add();
+}
+
 void Session::closeWithBye(std::string_view bye_line, std::string_view reason) {
   if (end_reason_.empty()) {
     end_reason_.assign(reason);
   }
-  writeClient(bye_line);
+  if (!bye_line.empty() && clientMidResponse()) {
+    // A response (a FETCH literal, say) is part-way to the client: a BYE
+    // now would become part of the message. Closing is the only signal
+    // that cannot be mistaken for message bytes.
+    noteCutResponse(reason);
+  } else {
+    writeClient(bye_line);
+  }
   state_ = SessionState::kClosing;
   if (backend_ != nullptr) {
     backend_->close();

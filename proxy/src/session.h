@@ -183,7 +183,11 @@ class Session : public TransportHandler {
 
   // Common.
   void writeClient(std::string_view bytes);
+  // Ends the session: `bye_line` (if any) to the client, then close. A BYE
+  // is left out while a backend response is part-way to the client.
   void closeWithBye(std::string_view bye_line, std::string_view reason);
+  bool clientMidResponse() const;
+  void noteCutResponse(std::string_view reason);
   void updateClientReading();
   void armTimer();
   void onTimer();

@@ -110,6 +110,7 @@ void Session::relayFromBackend(Chunk chunk) {
   std::size_t forward_from = 0;
   constexpr std::size_t kUnknown = static_cast<std::size_t>(-1);
   std::size_t response_start = kUnknown;
+  const bool started_at_response = response_framer_.atResponseStart();
   while (pos < view.size()) {
     if (response_framer_.atResponseStart()) {
       response_start = pos;
@@ -125,8 +126,15 @@ void Session::relayFromBackend(Chunk chunk) {
       logging::log(logging::Level::kWarn, "session",
                    "id={:016x} backend {} sent an unreadable response ({}); client={} user={}", id_,
                    backend_name_, parser::errorCodeName(ev.error.code), client_address_, user_);
-      closeWithBye("* BYE [UNAVAILABLE] Mailbox server connection lost.\r\n",
-                   "backend protocol error");
+      // Nothing of this chunk went out yet: the client stands where the
+      // previous chunk left it (or after an edited response, at a boundary).
+      if (forward_from == 0 && !started_at_response) {
+        noteCutResponse("backend protocol error");
+        closeWithBye("", "backend protocol error");
+      } else {
+        closeWithBye("* BYE [UNAVAILABLE] Mailbox server connection lost.\r\n",
+                     "backend protocol error");
+      }
       return;
     }
     if (ev.type == parser::ResponseEventType::kTagged) {

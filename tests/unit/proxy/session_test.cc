@@ -1030,6 +1030,61 @@ TEST_F(SessionTest, BackendCloseSaysUnavailableAndEndsOnce) {
   EXPECT_THAT(log_.text(), HasSubstr("closed the connection (connection reset)"));
 }
 
+TEST_F(SessionTest, BackendCloseMidLiteralEndsWithoutProtocolText) {
+  start();
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  client_->deliver("a2 FETCH 1 BODY[]\r\n");
+  const std::string partial = "* 1 FETCH (BODY[] {100}\r\nSubject: half";
+  backend->deliver(partial);
+  backend->peerClose("connection reset");
+  host_.runPending();
+  EXPECT_EQ(client_->takeWritten(), partial) << "no BYE inside the message body";
+  EXPECT_EQ(client_->writtenAfterClose(), "");
+  EXPECT_TRUE(client_->shutdownCalled());
+  EXPECT_EQ(host_.endedCount(), 1);
+  EXPECT_EQ(commandStats(CommandId::kFETCH).count.get(), 0u);
+  EXPECT_EQ(backendStats(relay_backend_).responses_cut.get(), 1u);
+  EXPECT_THAT(log_.text(), HasSubstr("in the middle of a response"));
+}
+
+TEST_F(SessionTest, KickMidResponseWritesNoBye) {
+  start();
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  client_->deliver("a2 FETCH 1 FLAGS\r\n");
+  backend->deliver("* 1 FETCH (FLAGS (\\Seen");  // mid-line
+  session_->kick();
+  host_.runPending();
+  EXPECT_EQ(client_->takeWritten(), "* 1 FETCH (FLAGS (\\Seen");
+  EXPECT_EQ(backendStats(relay_backend_).responses_cut.get(), 1u);
+}
+
+TEST_F(SessionTest, ProtocolErrorInANewChunkMidLiteralWritesNoBye) {
+  start();
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  client_->deliver("a2 FETCH 1 BODY[]\r\n");
+  backend->deliver("* 1 FETCH (BODY[] {5}\r\nab");
+  backend->deliver("cde {99999999999999999999999999}\r\n");  // an unskippable literal
+  host_.runPending();
+  EXPECT_EQ(client_->takeWritten(), "* 1 FETCH (BODY[] {5}\r\nab");
+  EXPECT_EQ(backendStats(relay_backend_).responses_cut.get(), 1u);
+}
+
+TEST_F(SessionTest, ProtocolErrorAtAResponseBoundarySaysBye) {
+  start();
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  client_->deliver("a2 FETCH 1 BODY[]\r\n");
+  backend->deliver("* 1 FETCH (FLAGS ())\r\n");
+  backend->deliver("* 2 FETCH (BODY[] {99999999999999999999999999}\r\n");
+  host_.runPending();
+  EXPECT_EQ(client_->takeWritten(),
+            "* 1 FETCH (FLAGS ())\r\n* BYE [UNAVAILABLE] Mailbox server connection lost.\r\n");
+  EXPECT_EQ(backendStats(relay_backend_).responses_cut.get(), 0u);
+}
+
 TEST_F(SessionTest, ClientCloseClosesTheBackendThenEnds) {
   start();
   FakeTransport* backend = loginToRelay();
