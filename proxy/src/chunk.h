@@ -68,6 +68,18 @@ class Chunk {
   bool empty() const { return size_ == 0; }
   std::string_view view() const { return {data_, size_}; }
 
+  // Memory this chunk keeps alive: its whole block, header included. A
+  // small slice of a pooled read still pins all of the block; a copy holds
+  // about its own size.
+  std::size_t footprint() const {
+    return block_ == nullptr ? size_ : sizeof(Block) + block_->capacity;
+  }
+  // A slice of a pooled block of which it uses at most 1/`fraction`: worth
+  // copying out before it waits in a queue (see UvTcpTransport).
+  bool sparse(std::uint32_t fraction) const {
+    return block_ != nullptr && block_->pool != nullptr && size_ * fraction <= block_->capacity;
+  }
+
   // A chunk over a private heap copy of `bytes` (bytes that did not come
   // from a pooled read, such as data buffered during login).
   static Chunk copyOf(std::string_view bytes);

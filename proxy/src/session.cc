@@ -100,6 +100,8 @@ void Session::start() {
 void Session::onData(Transport* transport, Chunk chunk) {
   if (transport == client_) {
     if (state_ == SessionState::kRelay) {
+      bytes_in_ += chunk.size();
+      host_.stats().bytes_from_clients.add(chunk.size());
       relayFromClient(std::move(chunk));
       return;
     }
@@ -383,7 +385,7 @@ void Session::updateClientReading() {
   if (client_ == nullptr) {
     return;
   }
-  bool reading = !client_paused_ &&
+  bool reading = !client_paused_ && !commands_capped_ &&
                  (state_ == SessionState::kPrelogin || state_ == SessionState::kAuthContinuation ||
                   state_ == SessionState::kRelay);
   if (reading) {

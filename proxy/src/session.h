@@ -178,6 +178,8 @@ class Session : public TransportHandler {
   // Relay.
   void relayFromClient(Chunk chunk);
   void relayFromBackend(Chunk chunk);
+  bool atCommandCap() const;
+  void maybeResumeCommands();
   void completeCommand(const parser::ResponseEvent& event);
   void maybeByeOnShutdown();
 
@@ -258,8 +260,12 @@ class Session : public TransportHandler {
   std::deque<InFlight> inflight_;
   bool logout_seen_ = false;  // backend answered LOGOUT or sent BYE
   bool shutdown_pending_ = false;
-  bool client_paused_ = false;
+  bool client_paused_ = false;  // the backend's write queue is over the watermark
   bool backend_paused_ = false;
+  // At limits.max_commands_in_flight: the client is not read, and what was
+  // read past the command that reached the cap waits here, unparsed.
+  bool commands_capped_ = false;
+  Chunk client_held_;
   bool in_stats_ = false;  // counted in backend sessions_current
   bool counted_unauthenticated_ = true;
 

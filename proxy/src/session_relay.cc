@@ -20,11 +20,30 @@ using namespace session_detail;  // NOLINT: this file's own helpers
 // ---------------------------------------------------------------------------
 // Relay.
 
+bool Session::atCommandCap() const {
+  // IDLE and AUTHENTICATE wait for more from the client (DONE, a SASL
+  // line): pausing then would wedge the session, so the cap waits for the
+  // next command.
+  return inflight_.size() >= config_->config.limits.max_commands_in_flight &&
+         !command_framer_.idling() && !command_framer_.authenticating();
+}
+
+void Session::maybeResumeCommands() {
+  if (!commands_capped_ || state_ != SessionState::kRelay ||
+      inflight_.size() > config_->config.limits.max_commands_in_flight / 2) {
+    return;
+  }
+  commands_capped_ = false;
+  if (!client_held_.empty()) {
+    Chunk held = std::move(client_held_);
+    relayFromClient(std::move(held));  // may reach the cap again
+  }
+  updateClientReading();
+}
+
 void Session::relayFromClient(Chunk chunk) {
   const auto now = host_.now();
   last_activity_ = now;
-  bytes_in_ += chunk.size();
-  host_.stats().bytes_from_clients.add(chunk.size());
   BackendStats* stats = backendStats();
   std::string_view view = chunk.view();
   std::size_t pos = 0;
@@ -86,11 +105,23 @@ void Session::relayFromClient(Chunk chunk) {
       f.parameters = logging::redactCommandParameters(r.event.name, head);
     }
     stats->commands_in_flight.add();
+    if (atCommandCap()) {
+      // Enough unanswered commands: stop here, at a command boundary, and
+      // read no more from the client until half of them are answered. The
+      // rest of this read waits unparsed (one slice of its block).
+      if (pos < view.size()) {
+        client_held_ = chunk.slice(pos, view.size() - pos);
+        view = view.substr(0, pos);
+      }
+      commands_capped_ = true;
+      updateClientReading();
+      break;
+    }
   }
   if (forward_from < view.size() && backend_ != nullptr) {
     std::size_t n = view.size() - forward_from;
     stats->bytes_to_backend.add(n);
-    backend_->write(forward_from == 0 ? std::move(chunk) : chunk.slice(forward_from, n));
+    backend_->write(n == chunk.size() ? std::move(chunk) : chunk.slice(forward_from, n));
     if (backend_->queuedBytes() > config_->config.limits.write_high_watermark) {
       client_paused_ = true;
       updateClientReading();
@@ -177,6 +208,7 @@ void Session::relayFromBackend(Chunk chunk) {
       backend_->pauseReading();
     }
   }
+  maybeResumeCommands();
   maybeByeOnShutdown();
 }
 

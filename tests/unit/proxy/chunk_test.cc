@@ -120,5 +120,25 @@ TEST(ChunkTest, BlocksGoBackToTheirOwnPool) {
   EXPECT_EQ(b.blocksCached(), 1u);
 }
 
+TEST(ChunkTest, FootprintIsTheWholeBlockASliceKeepsAlive) {
+  BufferPool pool(4096, 4);
+  Chunk read = readInto(pool, "a1 OK done\r\n");
+  EXPECT_EQ(read.footprint(), sizeof(Block) + 4096u) << "12 bytes pin the whole block";
+  EXPECT_EQ(read.slice(0, 2).footprint(), sizeof(Block) + 4096u);
+  Chunk copy = Chunk::copyOf(read.view());
+  EXPECT_EQ(copy.footprint(), sizeof(Block) + read.size()) << "a copy holds its own size";
+  EXPECT_EQ(Chunk().footprint(), 0u);
+}
+
+TEST(ChunkTest, SparseOnlyForSmallSlicesOfPooledBlocks) {
+  BufferPool pool(4096, 4);
+  Chunk read = readInto(pool, std::string(4096, 'x'));
+  EXPECT_FALSE(read.sparse(8));
+  EXPECT_TRUE(read.slice(0, 512).sparse(8));
+  EXPECT_FALSE(read.slice(0, 513).sparse(8));
+  EXPECT_FALSE(Chunk::copyOf("small").sparse(8)) << "copies are already compact";
+  EXPECT_FALSE(Chunk().sparse(8));
+}
+
 }  // namespace
 }  // namespace portico::proxy

@@ -1012,6 +1012,79 @@ TEST_F(SessionTest, BackpressurePausesTheOtherSide) {
   EXPECT_EQ(client_->takeWritten(), "* 1 EXISTS\r\n");
 }
 
+TEST_F(SessionTest, CommandsInFlightAreCappedAndReadingResumesAtHalf) {
+  Config cfg = baseConfig();
+  cfg.limits.max_commands_in_flight = 4;
+  start(cfg);
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+
+  // Six commands in one read: four go out, the rest waits unparsed and the
+  // client is not read until half of the four are answered.
+  client_->deliver("b1 NOOP\r\nb2 NOOP\r\nb3 NOOP\r\nb4 NOOP\r\nb5 NOOP\r\nb6 NOOP\r\n");
+  EXPECT_EQ(backend->takeWritten(), "b1 NOOP\r\nb2 NOOP\r\nb3 NOOP\r\nb4 NOOP\r\n");
+  EXPECT_EQ(session_->commandsInFlight(), 4u);
+  EXPECT_TRUE(client_->paused());
+  client_->deliver("b7 NOOP\r\n");  // held by the (fake) kernel while paused
+  EXPECT_EQ(backend->takeWritten(), "");
+
+  backend->deliver("b1 OK done\r\n");
+  EXPECT_TRUE(client_->paused()) << "3 in flight is above half of 4";
+  EXPECT_EQ(backend->takeWritten(), "");
+  backend->deliver("b2 OK done\r\n");
+  EXPECT_EQ(backend->takeWritten(), "b5 NOOP\r\nb6 NOOP\r\n") << "the held rest, in order";
+  EXPECT_EQ(session_->commandsInFlight(), 4u);
+  EXPECT_TRUE(client_->paused()) << "the held rest reached the cap again";
+
+  backend->deliver("b3 OK done\r\nb4 OK done\r\n");
+  host_.runPending();
+  EXPECT_FALSE(client_->paused());
+  EXPECT_EQ(backend->takeWritten(), "b7 NOOP\r\n");
+  backend->deliver("b5 OK done\r\nb6 OK done\r\nb7 OK done\r\n");
+  EXPECT_EQ(client_->takeWritten(),
+            "b1 OK done\r\nb2 OK done\r\nb3 OK done\r\nb4 OK done\r\nb5 OK done\r\n"
+            "b6 OK done\r\nb7 OK done\r\n");
+  EXPECT_EQ(session_->commandsInFlight(), 0u);
+  EXPECT_EQ(commandStats(CommandId::kNOOP).count.get(), 7u);
+  EXPECT_EQ(session_->info(host_.now()).bytes_in, 23u + 63u)  // LOGIN, then the commands
+      << "held bytes are counted once";
+}
+
+TEST_F(SessionTest, CommandCapNeverPausesInsideIdle) {
+  Config cfg = baseConfig();
+  cfg.limits.max_commands_in_flight = 2;
+  start(cfg);
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  client_->deliver("b1 NOOP\r\nb2 IDLE\r\n");
+  EXPECT_FALSE(client_->paused()) << "IDLE waits for the client's DONE";
+  backend->deliver("+ idling\r\n");
+  client_->deliver("DONE\r\nb3 NOOP\r\nb4 NOOP\r\n");
+  EXPECT_EQ(backend->takeWritten(), "b1 NOOP\r\nb2 IDLE\r\nDONE\r\nb3 NOOP\r\n");
+  EXPECT_TRUE(client_->paused());
+  backend->deliver("b1 OK done\r\nb2 OK idle done\r\n");
+  EXPECT_EQ(backend->takeWritten(), "b4 NOOP\r\n");
+  backend->deliver("b3 OK done\r\nb4 OK done\r\n");
+  EXPECT_FALSE(client_->paused());
+}
+
+TEST_F(SessionTest, WatermarkDrainDoesNotLiftTheCommandCap) {
+  Config cfg = baseConfig();
+  cfg.limits.max_commands_in_flight = 1;
+  start(cfg);
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  backend->setQueuedBytes(config().limits.write_high_watermark + 1);
+  client_->deliver("b1 NOOP\r\nb2 NOOP\r\n");
+  EXPECT_TRUE(client_->paused());
+  backend->drain();
+  EXPECT_TRUE(client_->paused()) << "still one command unanswered";
+  backend->deliver("b1 OK done\r\n");
+  EXPECT_EQ(backend->takeWritten(), "b1 NOOP\r\nb2 NOOP\r\n");
+  backend->deliver("b2 OK done\r\n");
+  EXPECT_FALSE(client_->paused());
+}
+
 // ---------------------------------------------------------------------------
 // Ends.
 
