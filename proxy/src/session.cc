@@ -39,6 +39,11 @@ Session::Session(SessionHost& host, RuntimeConfigPtr config, Transport* client, 
 
 Session::~Session() {
   wipeSecrets();
+  // What was read before login, spare capacity included, and the command
+  // framer's copy of the last pre-login command line (setLimits() zeroes
+  // its buffers in place: the session never changes their sizes).
+  wipeAll(client_pending_);
+  command_framer_.setLimits(parser::Limits{});
 }
 
 void Session::setListener(TlsMode mode, bool require_tls,
@@ -110,7 +115,8 @@ void Session::onData(Transport* transport, Chunk chunk) {
     }
     bytes_in_ += chunk.size();
     host_.stats().bytes_from_clients.add(chunk.size());
-    client_pending_.append(chunk.data(), chunk.size());
+    appendWiping(client_pending_, chunk.view());  // may hold a password
+    chunk.reset();                                // its block is wiped now
     processPrelogin();
     return;
   }

@@ -222,6 +222,17 @@ TlsTransport::TlsTransport(Transport* inner, SSL* ssl, const TimerFactory& timer
   BIO_set_mem_eof_return(rbio_, -1);  // empty means "want more", not EOF
   SSL_set_bio(ssl_, rbio_, wbio_);
   inner_->setHandler(this);
+  inner_->setCarriesSecrets(false);  // ciphertext
+  setCarriesSecrets(true);
+}
+
+void TlsTransport::setCarriesSecrets(bool on) {
+  secrets_ = on;
+  if (on) {
+    SSL_set_options(ssl_, SSL_OP_CLEANSE_PLAINTEXT);
+  } else {
+    SSL_clear_options(ssl_, SSL_OP_CLEANSE_PLAINTEXT);
+  }
 }
 
 TlsTransport::~TlsTransport() {
@@ -301,6 +312,9 @@ void TlsTransport::continueHandshake() {
       std::string out = std::move(pending_out_);
       pending_out_.clear();
       write(out);
+      if (secrets_) {
+        explicit_bzero(out.data(), out.size());
+      }
     }
     readPlaintext();
     return;
@@ -435,6 +449,9 @@ void TlsTransport::readPlaintext() {
     // Read the error state now: the handler below may write on this SSL.
     int err = n > 0 ? SSL_ERROR_NONE : SSL_get_error(ssl_, n);
     std::string errors = err == SSL_ERROR_SSL || err == SSL_ERROR_SYSCALL ? sslErrors() : "";
+    if (secrets_) {
+      block->wipe_len = static_cast<std::uint32_t>(filled);  // plaintext of a login
+    }
     if (filled > 0) {
       if (handler_ != nullptr) {
         handler_->onData(this, Chunk(block, block->data(), filled));

@@ -97,6 +97,10 @@ class TlsTransport final : public Transport, public TransportHandler {
   void resumeReading() override;
   void shutdown() override;
   void close() override;
+  // Marks decrypted blocks for wiping and has OpenSSL cleanse the
+  // plaintext it keeps (SSL_OP_CLEANSE_PLAINTEXT). The inner transport
+  // carries only ciphertext and never wipes.
+  void setCarriesSecrets(bool on) override;
   const sockaddr_storage& peerAddress() const override { return inner_->peerAddress(); }
   const sockaddr_storage& localAddress() const override { return inner_->localAddress(); }
 
@@ -137,6 +141,7 @@ class TlsTransport final : public Transport, public TransportHandler {
   bool handshake_started_ = false;
   bool handshake_done_ = false;
   bool want_read_ = true;
+  bool secrets_ = false;
   bool closing_ = false;
   bool in_read_ = false;
   bool tls_error_ = false;  // a TLS failure: do not keep the session for resumption

@@ -151,6 +151,9 @@ void UvTcpTransport::onRead(uv_stream_t* stream, ssize_t nread, const uv_buf_t* 
   if (nread > 0) {
     Chunk chunk(t->read_block_, buf->base, static_cast<std::size_t>(nread));
     t->read_block_ = nullptr;
+    if (t->secrets_) {
+      chunk.markSecret();
+    }
     if (t->handler_ != nullptr && !t->closed_) {
       t->handler_->onData(t, std::move(chunk));
     }
@@ -207,14 +210,14 @@ void UvTcpTransport::write(std::string_view bytes) {
       return;
     }
   }
-  queueWrite(Chunk::copyOf(bytes));
+  queueWrite(Chunk::copyOf(bytes, secrets_));
 }
 
 void UvTcpTransport::queueWrite(Chunk chunk) {
   if (chunk.sparse(kSparseFraction)) {
     // A few bytes of a pooled read (one small answer, say) would pin the
     // whole block while they wait for a slow peer: keep a copy instead.
-    chunk = Chunk::copyOf(chunk.view());
+    chunk = Chunk::copyOf(chunk.view(), chunk.secret());
   }
   WriteReq* w;
   if (!t_free_write_reqs.empty()) {

@@ -38,6 +38,7 @@ class UvTcpTransport final : public Transport {
   void resumeReading() override;
   void shutdown() override;
   void close() override;
+  void setCarriesSecrets(bool on) override { secrets_ = on; }
   const sockaddr_storage& peerAddress() const override { return peer_; }
   const sockaddr_storage& localAddress() const override { return local_; }
 
@@ -80,6 +81,7 @@ class UvTcpTransport final : public Transport {
   std::size_t high_ = 256 * 1024;
   bool above_high_ = false;
   bool want_read_ = true;
+  bool secrets_ = true;  // mark read blocks and copies for wiping (see Transport)
   bool reading_ = false;
   bool connected_ = false;
   bool shutting_down_ = false;

@@ -217,6 +217,10 @@ class FakeTransport final : public Transport {
     close_called_ = true;
     closeSoon("closed");
   }
+  void setCarriesSecrets(bool on) override {
+    check("setCarriesSecrets");
+    carries_secrets_ = on;
+  }
   const sockaddr_storage& peerAddress() const override { return peer_; }
   const sockaddr_storage& localAddress() const override { return local_; }
 
@@ -233,6 +237,7 @@ class FakeTransport final : public Transport {
   // Writes after close() or shutdown(): dropped by a real transport.
   const std::string& writtenAfterClose() const { return written_late_; }
   bool paused() const { return paused_; }
+  bool carriesSecrets() const { return carries_secrets_; }
   bool shutdownCalled() const { return shutdown_called_; }
   bool closeCalled() const { return close_called_; }
   bool closing() const { return close_queued_; }
@@ -346,6 +351,7 @@ class FakeTransport final : public Transport {
   std::size_t queued_ = 0;
   std::size_t high_watermark_ = 0;
   bool paused_ = false;
+  bool carries_secrets_ = true;  // the Transport default
   bool shutdown_called_ = false;
   bool close_called_ = false;
   bool close_queued_ = false;

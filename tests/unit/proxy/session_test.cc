@@ -647,6 +647,19 @@ TEST_F(SessionTest, ProxyHeaderAndForwardedIdPrecedeTheLogin) {
   EXPECT_EQ(client_->takeWritten(), "a1 OK Logged in\r\n") << "the ID exchange stays hidden";
 }
 
+TEST_F(SessionTest, TransportsWipeWhatTheyCarryUntilTheLoginIsOver) {
+  start();
+  EXPECT_TRUE(client_->carriesSecrets()) << "pre-login bytes may hold a password";
+  FakeTransport* refused = refusedLogin("a1");
+  EXPECT_TRUE(refused->carriesSecrets());
+  EXPECT_TRUE(client_->carriesSecrets()) << "back in pre-login";
+  host_.advance(10s);  // the failed-login delay
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  EXPECT_FALSE(client_->carriesSecrets()) << "the relay pays nothing for wiping";
+  EXPECT_FALSE(backend->carriesSecrets());
+}
+
 TEST_F(SessionTest, ProxyHeaderGoesAheadOfTheTlsHandshakeOfAnImplicitTlsBackend) {
   Config cfg = baseConfig();
   for (BackendConfig& backend : cfg.backends) {

@@ -26,7 +26,10 @@ using Clock = std::chrono::steady_clock;
 class Recorder final : public TransportHandler {
  public:
   void onConnected(Transport*, bool ok, std::string_view) override { connected = ok ? 1 : -1; }
-  void onData(Transport*, Chunk chunk) override { data.append(chunk.view()); }
+  void onData(Transport*, Chunk chunk) override {
+    data.append(chunk.view());
+    last_read = chunk.data();  // the chunk (and its block) is released on return
+  }
   void onDrained(Transport*) override { ++drained; }
   void onClosed(Transport*, std::string_view) override { closed = true; }
 
@@ -34,6 +37,7 @@ class Recorder final : public TransportHandler {
   int drained = 0;
   bool closed = false;
   std::string data;
+  const char* last_read = nullptr;
 };
 
 // A chunk over a fresh pooled block holding `bytes`, as a read makes one.
@@ -188,6 +192,32 @@ TEST_F(UvTransportTest, ManySmallQueuedAnswersHoldAboutTheirOwnSize) {
   ASSERT_TRUE(runUntil([&] { return received_.size() >= expected.size(); }, true));
   EXPECT_TRUE(received_ == expected);
   EXPECT_EQ(transport_->queuedBytes(), 0u);
+}
+
+TEST_F(UvTransportTest, AReadThatCarriedALoginIsZeroedWhenReleased) {
+  // Pre-login (the default): the block a LOGIN was read into goes back to
+  // the pool zeroed, so no later session's read block still holds it.
+  const std::string login = "a1 LOGIN alice s3cret-pw\r\n";
+  ASSERT_EQ(::write(peer_fd_, login.data(), login.size()), static_cast<ssize_t>(login.size()));
+  ASSERT_TRUE(runUntil([&] { return handler_.data.size() >= login.size(); }));
+  EXPECT_EQ(handler_.data, login);
+  ASSERT_EQ(pool_.blocksInUse(), 0u);
+  Block* block = pool_.acquire();  // the cached block the read used
+  ASSERT_EQ(block->data(), handler_.last_read);
+  EXPECT_EQ(std::string(block->data(), login.size()), std::string(login.size(), '\0'))
+      << "the password survived in the pool";
+  pool_.release(block);
+
+  // In relay the session turns it off: the relay path wipes nothing.
+  transport_->setCarriesSecrets(false);
+  handler_.data.clear();
+  const std::string relay = "b1 FETCH 1 BODY[]\r\n";
+  ASSERT_EQ(::write(peer_fd_, relay.data(), relay.size()), static_cast<ssize_t>(relay.size()));
+  ASSERT_TRUE(runUntil([&] { return handler_.data.size() >= relay.size(); }));
+  block = pool_.acquire();
+  ASSERT_EQ(block->data(), handler_.last_read);
+  EXPECT_EQ(std::string(block->data(), relay.size()), relay);
+  pool_.release(block);
 }
 
 }  // namespace
