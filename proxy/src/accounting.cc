@@ -155,6 +155,7 @@ StatsSnapshot snapshot(const std::vector<const WorkerStats*>& workers) {
       o.bytes_from += b.bytes_from_backend.get();
       o.login_failures += b.login_failures.get();
       o.connect_failures += b.connect_failures.get();
+      o.responses_cut += b.responses_cut.get();
       for (std::size_t c = 0; c < kCommandCount; ++c) {
         addInto(o.commands[c], b.commands[c]);
       }

@@ -83,6 +83,7 @@ struct alignas(64) BackendStats {
   Counter bytes_from_backend;
   Counter login_failures;
   Counter connect_failures;
+  Counter responses_cut;  // sessions closed part-way through a response, without a BYE
   std::array<CommandStats, kCommandCount> commands;
   CommandStats idle;  // IDLE ... DONE, kept apart from processing time
 
@@ -136,6 +137,7 @@ struct StatsSnapshot {
   struct Backend {
     std::uint64_t sessions_current = 0, sessions_total = 0, in_flight = 0;
     std::uint64_t bytes_to = 0, bytes_from = 0, login_failures = 0, connect_failures = 0;
+    std::uint64_t responses_cut = 0;
     std::array<Command, kCommandCount> commands{};
     Command idle;
     std::uint64_t recent_sum_us = 0, recent_count = 0;  // moving-average inputs

@@ -421,6 +421,7 @@ void statsCommand(Control& c, AdminServer::Reply& reply) {
              {"average_processing_ms", b.averageProcessingMs()},
              {"login_failures", b.login_failures},
              {"connect_failures", b.connect_failures},
+             {"responses_cut", b.responses_cut},
              {"bytes_to", b.bytes_to},
              {"bytes_from", b.bytes_from},
              {"commands", commands},

@@ -6,6 +6,17 @@
 
 namespace portico::proxy {
 
+namespace {
+// Zeroes what a secret left in a block before the memory is reused or
+// freed; explicit_bzero is never optimised away.
+void wipeSecret(Block* block) {
+  if (block->wipe_len != 0) {
+    explicit_bzero(block->data(), std::min(block->wipe_len, block->capacity));
+    block->wipe_len = 0;
+  }
+}
+}  // namespace
+
 BufferPool::BufferPool(std::uint32_t block_size, std::size_t max_free)
     : block_size_(block_size), max_free_(max_free) {}
 
@@ -32,12 +43,14 @@ Block* BufferPool::acquire() {
   block->refs = 1;
   block->capacity = block_size_;
   block->next_free = nullptr;
+  block->wipe_len = 0;
   ++in_use_;
   return block;
 }
 
 void BufferPool::release(Block* block) {
   --in_use_;
+  wipeSecret(block);
   if (free_count_ >= max_free_) {
     std::free(block);
     return;
@@ -47,7 +60,7 @@ void BufferPool::release(Block* block) {
   ++free_count_;
 }
 
-Chunk Chunk::copyOf(std::string_view bytes) {
+Chunk Chunk::copyOf(std::string_view bytes, bool secret) {
   auto* block = static_cast<Block*>(std::malloc(sizeof(Block) + bytes.size() + 1));
   if (block == nullptr) {
     throw std::bad_alloc();
@@ -56,6 +69,7 @@ Chunk Chunk::copyOf(std::string_view bytes) {
   block->refs = 1;
   block->capacity = static_cast<std::uint32_t>(bytes.size());
   block->next_free = nullptr;
+  block->wipe_len = secret ? static_cast<std::uint32_t>(bytes.size()) : 0;
   if (!bytes.empty()) {
     std::memcpy(block->data(), bytes.data(), bytes.size());
   }
@@ -66,6 +80,7 @@ void Chunk::releaseBlock(Block* block) {
   if (block->pool != nullptr) {
     block->pool->release(block);
   } else {
+    wipeSecret(block);
     std::free(block);
   }
 }

@@ -3,8 +3,14 @@
 // describes the bytes read is handed to the other side's write and the
 // Block goes back to the pool when the last Chunk referring to it is gone.
 // Single-threaded: a Block never leaves the worker that allocated it.
+//
+// Secrets: a block that held a password or SASL payload is marked
+// (Chunk::markSecret(), Chunk::copyOf(bytes, true)) and zeroed when it goes
+// back to the pool or is freed. Unmarked blocks, all of the relay's after
+// login, cost nothing extra.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
@@ -20,6 +26,7 @@ struct Block {
   std::uint32_t refs;
   std::uint32_t capacity;
   Block* next_free;
+  std::uint32_t wipe_len;  // bytes from data() to zero on release (secrets); 0: none
   char* data() { return reinterpret_cast<char*>(this + 1); }
 };
 
@@ -68,9 +75,32 @@ class Chunk {
   bool empty() const { return size_ == 0; }
   std::string_view view() const { return {data_, size_}; }
 
+  // Memory this chunk keeps alive: its whole block, header included. A
+  // small slice of a pooled read still pins all of the block; a copy holds
+  // about its own size.
+  std::size_t footprint() const {
+    return block_ == nullptr ? size_ : sizeof(Block) + block_->capacity;
+  }
+  // A slice of a pooled block of which it uses at most 1/`fraction`: worth
+  // copying out before it waits in a queue (see UvTcpTransport).
+  bool sparse(std::uint32_t fraction) const {
+    return block_ != nullptr && block_->pool != nullptr && size_ * fraction <= block_->capacity;
+  }
+
   // A chunk over a private heap copy of `bytes` (bytes that did not come
-  // from a pooled read, such as data buffered during login).
-  static Chunk copyOf(std::string_view bytes);
+  // from a pooled read, such as data buffered during login). `secret`: the
+  // copy is zeroed when freed.
+  static Chunk copyOf(std::string_view bytes, bool secret = false);
+
+  // The block holds a secret up to the end of this chunk: zero that much
+  // when the block is released.
+  void markSecret() {
+    if (block_ != nullptr) {
+      auto end = static_cast<std::uint32_t>(data_ + size_ - block_->data());
+      block_->wipe_len = std::max(block_->wipe_len, end);
+    }
+  }
+  bool secret() const { return block_ != nullptr && block_->wipe_len != 0; }
 
   // Another reference to bytes [offset, offset + length) of this chunk.
   Chunk slice(std::size_t offset, std::size_t length) const {

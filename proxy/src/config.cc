@@ -773,7 +773,7 @@ void ConfigReader::readLimits(const toml::table& t, Limits& limits) {
   checkKeys(t,
             {"max_connections", "max_connections_per_ip", "max_bad_commands", "max_login_failures",
              "login_failure_delay", "prelogin_max_line", "prelogin_max_literal", "max_line",
-             "write_high_watermark"},
+             "write_high_watermark", "max_commands_in_flight"},
             "in [limits]");
   readCount(t, "max_connections", 1, limits.max_connections);
   readCount(t, "max_connections_per_ip", 1, limits.max_connections_per_ip);
@@ -784,6 +784,7 @@ void ConfigReader::readLimits(const toml::table& t, Limits& limits) {
   readCount(t, "prelogin_max_literal", 1024, limits.prelogin_max_literal);
   readCount(t, "max_line", 1024, limits.max_line);
   readCount(t, "write_high_watermark", 4096, limits.write_high_watermark);
+  readCount(t, "max_commands_in_flight", 1, limits.max_commands_in_flight);
 }
 
 template <typename Names, typename Read>

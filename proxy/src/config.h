@@ -82,6 +82,9 @@ struct Limits {
   std::uint32_t prelogin_max_literal = 8'192;
   std::uint32_t max_line = 65'536;                  // relay framer limit after login
   std::uint32_t write_high_watermark = 256 * 1024;  // low watermark is half
+  // Commands sent to the backend and not yet answered, per session; at the
+  // cap Portico stops reading the client until half of them are answered.
+  std::uint32_t max_commands_in_flight = 1'000;
 };
 
 struct RoutingConfig {

@@ -39,6 +39,11 @@ Session::Session(SessionHost& host, RuntimeConfigPtr config, Transport* client, 
 
 Session::~Session() {
   wipeSecrets();
+  // What was read before login, spare capacity included, and the command
+  // framer's copy of the last pre-login command line (setLimits() zeroes
+  // its buffers in place: the session never changes their sizes).
+  wipeAll(client_pending_);
+  command_framer_.setLimits(parser::Limits{});
 }
 
 void Session::setListener(TlsMode mode, bool require_tls,
@@ -97,6 +102,8 @@ void Session::start() {
 void Session::onData(Transport* transport, Chunk chunk) {
   if (transport == client_) {
     if (state_ == SessionState::kRelay) {
+      bytes_in_ += chunk.size();
+      host_.stats().bytes_from_clients.add(chunk.size());
       relayFromClient(std::move(chunk));
       return;
     }
@@ -105,7 +112,8 @@ void Session::onData(Transport* transport, Chunk chunk) {
     }
     bytes_in_ += chunk.size();
     host_.stats().bytes_from_clients.add(chunk.size());
-    client_pending_.append(chunk.data(), chunk.size());
+    appendWiping(client_pending_, chunk.view());  // may hold a password
+    chunk.reset();                                // its block is wiped now
     processPrelogin();
     return;
   }
@@ -339,11 +347,33 @@ void Session::writeClient(std::string_view bytes) {
   }
 }
 
+bool Session::clientMidResponse() const {
+  // In relay the response framer has seen exactly what went to the client
+  // (a failed framer is judged by its caller, which knows where it stopped).
+  return state_ == SessionState::kRelay && !response_framer_.failed() &&
+         !response_framer_.atResponseStart();
+}
+
+void Session::noteCutResponse(std::string_view reason) {
+  logging::log(logging::Level::kWarn, "session",
+               "id={:016x} closing in the middle of a response from backend {} ({}): no BYE "
+               "sent, the client sees the connection end; client={} user={}",
+               id_, backend_name_, reason, client_address_, user_);
+  backendStats()->responses_cut.add();
+}
+
 void Session::closeWithBye(std::string_view bye_line, std::string_view reason) {
   if (end_reason_.empty()) {
     end_reason_.assign(reason);
   }
-  writeClient(bye_line);
+  if (!bye_line.empty() && clientMidResponse()) {
+    // A response (a FETCH literal, say) is part-way to the client: a BYE
+    // now would become part of the message. Closing is the only signal
+    // that cannot be mistaken for message bytes.
+    noteCutResponse(reason);
+  } else {
+    writeClient(bye_line);
+  }
   state_ = SessionState::kClosing;
   if (backend_ != nullptr) {
     backend_->close();
@@ -358,7 +388,7 @@ void Session::updateClientReading() {
   if (client_ == nullptr) {
     return;
   }
-  bool reading = !client_paused_ &&
+  bool reading = !client_paused_ && !commands_capped_ &&
                  (state_ == SessionState::kPrelogin || state_ == SessionState::kAuthContinuation ||
                   state_ == SessionState::kRelay);
   if (reading) {

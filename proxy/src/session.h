@@ -35,12 +35,14 @@ class SessionHost {
   virtual TimerPtr createTimer(std::function<void()> callback) = 0;
   // Starts a connection to `backend`; results arrive at `handler`.
   virtual Transport* connectBackend(const BackendConfig& backend, TransportHandler* handler) = 0;
-  // Implicit TLS to a backend: connect, then handshake; the handler hears
-  // onConnected() once the certificate is verified. nullptr: not supported.
+  // Implicit TLS to a backend: connect, write `preamble` (a PROXY protocol
+  // header, or nothing) on the raw TCP connection, then handshake; the
+  // handler hears onConnected() once the certificate is verified.
+  // nullptr: not supported.
   virtual Transport* connectBackendTls(const BackendConfig& backend,
                                        std::shared_ptr<const ClientTlsContext> tls,
-                                       TransportHandler* handler) {
-    (void)backend, (void)tls, (void)handler;
+                                       TransportHandler* handler, std::string preamble) {
+    (void)backend, (void)tls, (void)handler, (void)preamble;
     return nullptr;
   }
   // STARTTLS: runs TLS over `plain` (which it takes over). nullptr: not supported.
@@ -167,7 +169,7 @@ class Session : public TransportHandler {
   void onBackendLoginData(Chunk chunk);
   bool handleBackendLine(const parser::ResponseEvent& event, std::string_view line);
   void sendBackendLogin();
-  void sendProxyHeader();
+  std::string proxyHeader() const;
   void sendForwardId();
   void enterRelay(std::size_t backend_consumed);
   void afterBackendCapabilities();
@@ -177,12 +179,18 @@ class Session : public TransportHandler {
   // Relay.
   void relayFromClient(Chunk chunk);
   void relayFromBackend(Chunk chunk);
+  bool atCommandCap() const;
+  void maybeResumeCommands();
   void completeCommand(const parser::ResponseEvent& event);
   void maybeByeOnShutdown();
 
   // Common.
   void writeClient(std::string_view bytes);
+  // Ends the session: `bye_line` (if any) to the client, then close. A BYE
+  // is left out while a backend response is part-way to the client.
   void closeWithBye(std::string_view bye_line, std::string_view reason);
+  bool clientMidResponse() const;
+  void noteCutResponse(std::string_view reason);
   void updateClientReading();
   void armTimer();
   void onTimer();
@@ -253,8 +261,12 @@ class Session : public TransportHandler {
   std::deque<InFlight> inflight_;
   bool logout_seen_ = false;  // backend answered LOGOUT or sent BYE
   bool shutdown_pending_ = false;
-  bool client_paused_ = false;
+  bool client_paused_ = false;  // the backend's write queue is over the watermark
   bool backend_paused_ = false;
+  // At limits.max_commands_in_flight: the client is not read, and what was
+  // read past the command that reached the cap waits here, unparsed.
+  bool commands_capped_ = false;
+  Chunk client_held_;
   bool in_stats_ = false;  // counted in backend sessions_current
   bool counted_unauthenticated_ = true;
 

@@ -110,7 +110,9 @@ bool Session::handleBackendLine(const parser::ResponseEvent& ev, std::string_vie
       switch (ev.type) {
         case ResponseEventType::kContinuation:
           if (login_kind_ == LoginKind::kAuthenticate && !sasl_sent_) {
-            std::string response = sasl_.empty() ? std::string("=") : sasl_;
+            std::string response;
+            response.reserve(sasl_.size() + 3);
+            response.append(sasl_.empty() ? std::string_view("=") : std::string_view(sasl_));
             response.append("\r\n");
             backend_->write(response);
             wipe(response);
@@ -160,30 +162,43 @@ void Session::afterBackendCapabilities() {
 }
 
 void Session::sendBackendLogin() {
+  // One buffer, reserved big enough up front, and no temporaries: the only
+  // copies of the secret made here are `out` (and `plain`/`encoded`), each
+  // wiped below, never a reallocated or temporary one.
   std::string out;
+  out.reserve(login_tag_.size() + mechanism_.size() +
+              2 * (user_.size() + password_.size() + sasl_.size()) + 96);
   if (login_kind_ == LoginKind::kLogin) {
     if (quotable(user_) && quotable(password_)) {
-      out = fmt::format("{} LOGIN {} {}\r\n", login_tag_, quote(user_), quote(password_));
+      out.append(login_tag_).append(" LOGIN ");
+      appendQuoted(out, user_);
+      out.push_back(' ');
+      appendQuoted(out, password_);
+      out.append("\r\n");
     } else if (parser::hasCapability(backend_caps_, "AUTH=PLAIN") &&
                parser::hasCapability(backend_caps_, "SASL-IR")) {
       std::string plain;
+      plain.reserve(user_.size() + password_.size() + 2);
       plain.push_back('\0');
       plain.append(user_).push_back('\0');
       plain.append(password_);
-      out = fmt::format("{} AUTHENTICATE PLAIN {}\r\n", login_tag_, parser::encodeBase64(plain));
+      std::string encoded = parser::encodeBase64(plain);
+      out.append(login_tag_).append(" AUTHENTICATE PLAIN ").append(encoded).append("\r\n");
       wipe(plain);
+      wipe(encoded);
     } else {
       // Unquotable bytes and no SASL-IR: LOGIN with non-synchronizing
       // literals needs LITERAL+.
-      out = fmt::format("{} LOGIN {{{}+}}\r\n{} {{{}+}}\r\n{}\r\n", login_tag_, user_.size(), user_,
-                        password_.size(), password_);
+      out.append(login_tag_).append(" LOGIN {").append(std::to_string(user_.size()));
+      out.append("+}\r\n").append(user_).append(" {").append(std::to_string(password_.size()));
+      out.append("+}\r\n").append(password_).append("\r\n");
     }
   } else if (parser::hasCapability(backend_caps_, "SASL-IR")) {
-    out = fmt::format("{} AUTHENTICATE {} {}\r\n", login_tag_, mechanism_,
-                      sasl_.empty() ? std::string("=") : sasl_);
+    out.append(login_tag_).append(" AUTHENTICATE ").append(mechanism_).push_back(' ');
+    out.append(sasl_.empty() ? std::string_view("=") : std::string_view(sasl_)).append("\r\n");
     sasl_sent_ = true;
   } else {
-    out = fmt::format("{} AUTHENTICATE {}\r\n", login_tag_, mechanism_);
+    out.append(login_tag_).append(" AUTHENTICATE ").append(mechanism_).append("\r\n");
   }
   backend_->write(out);
   wipe(out);
@@ -211,7 +226,7 @@ void Session::sendForwardId() {
   state_ = SessionState::kBackendId;
 }
 
-void Session::sendProxyHeader() {
+std::string Session::proxyHeader() const {
   // PROXY protocol v2 (HAProxy's proxy-protocol.txt, section 2.2).
   const sockaddr_storage& src = client_->peerAddress();
   const sockaddr_storage& dst = client_->localAddress();
@@ -243,13 +258,16 @@ void Session::sendProxyHeader() {
     header.push_back(static_cast<char>(0x00));  // UNSPEC: addresses unknown
     put16(0);
   }
-  backend_->write(header);
+  return header;
 }
 
 void Session::enterRelay(std::size_t backend_consumed) {
   const Config& cfg = config_->config;
   state_ = SessionState::kRelay;
   wipeSecrets();
+  // The login is over: from here the transports relay without wiping.
+  client_->setCarriesSecrets(false);
+  backend_->setCarriesSecrets(false);
   host_.stats().connections_unauthenticated.sub();
   counted_unauthenticated_ = false;
   BackendStats* stats = backendStats();
@@ -286,8 +304,9 @@ void Session::enterRelay(std::size_t backend_consumed) {
     relayFromBackend(Chunk::copyOf(backend_rest));
   }
   if (!client_rest.empty() && backend_ != nullptr) {
-    relayFromClient(Chunk::copyOf(client_rest));
+    relayFromClient(Chunk::copyOf(client_rest, true));
   }
+  wipeAll(client_rest);  // the buffer the LOGIN was read into
   updateClientReading();
   maybeByeOnShutdown();
 }

@@ -2,6 +2,7 @@
 // any public interface.
 #pragma once
 
+#include <algorithm>
 #include <cctype>
 #include <chrono>
 #include <cstddef>
@@ -77,6 +78,38 @@ inline void wipe(std::string& s) {
     p[i] = 0;
   }
   s.clear();
+}
+
+// wipe() over the whole buffer, spare capacity included: erase() and
+// clear() leave old bytes there.
+inline void wipeAll(std::string& s) {
+  s.resize(s.capacity());
+  wipe(s);
+}
+
+// Appends to a buffer that may hold secrets without leaving a copy behind
+// when it grows: the old buffer is wiped before it is freed.
+inline void appendWiping(std::string& s, std::string_view bytes) {
+  if (s.size() + bytes.size() > s.capacity()) {
+    std::string bigger;
+    bigger.reserve(std::max(s.size() + bytes.size(), 2 * s.capacity()));
+    bigger.append(s);
+    wipeAll(s);
+    s.swap(bigger);  // `bigger` now owns the wiped old buffer
+  }
+  s.append(bytes);
+}
+
+// quote(), appended in place (no temporary copy of a secret).
+inline void appendQuoted(std::string& out, std::string_view s) {
+  out.push_back('"');
+  for (char c : s) {
+    if (c == '"' || c == '\\') {
+      out.push_back('\\');
+    }
+    out.push_back(c);
+  }
+  out.push_back('"');
 }
 
 inline bool startsWithNoCase(std::string_view s, std::string_view prefix) {

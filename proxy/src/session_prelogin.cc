@@ -363,8 +363,11 @@ void Session::connectNext() {
   deadline_ = host_.now() + rc.config.timeouts.backend_connect;
   armTimer();
   if (backend.tls == TlsMode::kImplicit) {
+    // The PROXY header goes in the clear before the ClientHello, as HAProxy
+    // and nginx send it; inside TLS the backend would refuse the connection.
     backend_ = backend_index_ < rc.backend_tls.size()
-                   ? host_.connectBackendTls(backend, rc.backend_tls[backend_index_], this)
+                   ? host_.connectBackendTls(backend, rc.backend_tls[backend_index_], this,
+                                             backend.proxy_protocol ? proxyHeader() : "")
                    : nullptr;
   } else {
     backend_ = host_.connectBackend(backend, this);
@@ -397,8 +400,11 @@ void Session::onConnected(Transport* transport, bool ok, std::string_view error)
   state_ = SessionState::kBackendGreeting;
   deadline_ = host_.now() + config_->config.timeouts.backend_login;
   armTimer();
-  if (config_->config.backends[backend_index_].proxy_protocol) {
-    sendProxyHeader();
+  const BackendConfig& backend = config_->config.backends[backend_index_];
+  if (backend.proxy_protocol && backend.tls != TlsMode::kImplicit) {
+    // The first bytes on the connection, before the greeting is read (and
+    // before STARTTLS); implicit TLS sent it ahead of the handshake.
+    backend_->write(proxyHeader());
   }
 }
 

@@ -20,11 +20,30 @@ using namespace session_detail;  // NOLINT: this file's own helpers
 // ---------------------------------------------------------------------------
 // Relay.
 
+bool Session::atCommandCap() const {
+  // IDLE and AUTHENTICATE wait for more from the client (DONE, a SASL
+  // line): pausing then would wedge the session, so the cap waits for the
+  // next command.
+  return inflight_.size() >= config_->config.limits.max_commands_in_flight &&
+         !command_framer_.idling() && !command_framer_.authenticating();
+}
+
+void Session::maybeResumeCommands() {
+  if (!commands_capped_ || state_ != SessionState::kRelay ||
+      inflight_.size() > config_->config.limits.max_commands_in_flight / 2) {
+    return;
+  }
+  commands_capped_ = false;
+  if (!client_held_.empty()) {
+    Chunk held = std::move(client_held_);
+    relayFromClient(std::move(held));  // may reach the cap again
+  }
+  updateClientReading();
+}
+
 void Session::relayFromClient(Chunk chunk) {
   const auto now = host_.now();
   last_activity_ = now;
-  bytes_in_ += chunk.size();
-  host_.stats().bytes_from_clients.add(chunk.size());
   BackendStats* stats = backendStats();
   std::string_view view = chunk.view();
   std::size_t pos = 0;
@@ -86,11 +105,23 @@ void Session::relayFromClient(Chunk chunk) {
       f.parameters = logging::redactCommandParameters(r.event.name, head);
     }
     stats->commands_in_flight.add();
+    if (atCommandCap()) {
+      // Enough unanswered commands: stop here, at a command boundary, and
+      // read no more from the client until half of them are answered. The
+      // rest of this read waits unparsed (one slice of its block).
+      if (pos < view.size()) {
+        client_held_ = chunk.slice(pos, view.size() - pos);
+        view = view.substr(0, pos);
+      }
+      commands_capped_ = true;
+      updateClientReading();
+      break;
+    }
   }
   if (forward_from < view.size() && backend_ != nullptr) {
     std::size_t n = view.size() - forward_from;
     stats->bytes_to_backend.add(n);
-    backend_->write(forward_from == 0 ? std::move(chunk) : chunk.slice(forward_from, n));
+    backend_->write(n == chunk.size() ? std::move(chunk) : chunk.slice(forward_from, n));
     if (backend_->queuedBytes() > config_->config.limits.write_high_watermark) {
       client_paused_ = true;
       updateClientReading();
@@ -110,6 +141,7 @@ void Session::relayFromBackend(Chunk chunk) {
   std::size_t forward_from = 0;
   constexpr std::size_t kUnknown = static_cast<std::size_t>(-1);
   std::size_t response_start = kUnknown;
+  const bool started_at_response = response_framer_.atResponseStart();
   while (pos < view.size()) {
     if (response_framer_.atResponseStart()) {
       response_start = pos;
@@ -125,8 +157,15 @@ void Session::relayFromBackend(Chunk chunk) {
       logging::log(logging::Level::kWarn, "session",
                    "id={:016x} backend {} sent an unreadable response ({}); client={} user={}", id_,
                    backend_name_, parser::errorCodeName(ev.error.code), client_address_, user_);
-      closeWithBye("* BYE [UNAVAILABLE] Mailbox server connection lost.\r\n",
-                   "backend protocol error");
+      // Nothing of this chunk went out yet: the client stands where the
+      // previous chunk left it (or after an edited response, at a boundary).
+      if (forward_from == 0 && !started_at_response) {
+        noteCutResponse("backend protocol error");
+        closeWithBye("", "backend protocol error");
+      } else {
+        closeWithBye("* BYE [UNAVAILABLE] Mailbox server connection lost.\r\n",
+                     "backend protocol error");
+      }
       return;
     }
     if (ev.type == parser::ResponseEventType::kTagged) {
@@ -175,6 +214,7 @@ void Session::relayFromBackend(Chunk chunk) {
       backend_->pauseReading();
     }
   }
+  maybeResumeCommands();
   maybeByeOnShutdown();
 }
 

@@ -222,6 +222,17 @@ TlsTransport::TlsTransport(Transport* inner, SSL* ssl, const TimerFactory& timer
   BIO_set_mem_eof_return(rbio_, -1);  // empty means "want more", not EOF
   SSL_set_bio(ssl_, rbio_, wbio_);
   inner_->setHandler(this);
+  inner_->setCarriesSecrets(false);  // ciphertext
+  setCarriesSecrets(true);
+}
+
+void TlsTransport::setCarriesSecrets(bool on) {
+  secrets_ = on;
+  if (on) {
+    SSL_set_options(ssl_, SSL_OP_CLEANSE_PLAINTEXT);
+  } else {
+    SSL_clear_options(ssl_, SSL_OP_CLEANSE_PLAINTEXT);
+  }
 }
 
 TlsTransport::~TlsTransport() {
@@ -244,10 +255,12 @@ TlsTransport* TlsTransport::client(Transport* inner,
                                    std::shared_ptr<const ClientTlsContext> context,
                                    const TimerFactory& timers,
                                    std::chrono::milliseconds handshake_timeout, BufferPool& pool,
-                                   bool inner_connected, TransportHandler* handler) {
+                                   bool inner_connected, TransportHandler* handler,
+                                   std::string preamble) {
   SSL* ssl = SSL_new(context->context());
   auto* t = new TlsTransport(inner, ssl, timers, handshake_timeout, pool, true);
   t->handler_ = handler;
+  t->preamble_ = std::move(preamble);
   const std::string& name = context->serverName();
   if (!isIpAddress(name)) {
     SSL_set_tlsext_host_name(ssl, name.c_str());
@@ -299,6 +312,9 @@ void TlsTransport::continueHandshake() {
       std::string out = std::move(pending_out_);
       pending_out_.clear();
       write(out);
+      if (secrets_) {
+        explicit_bzero(out.data(), out.size());
+      }
     }
     readPlaintext();
     return;
@@ -433,6 +449,9 @@ void TlsTransport::readPlaintext() {
     // Read the error state now: the handler below may write on this SSL.
     int err = n > 0 ? SSL_ERROR_NONE : SSL_get_error(ssl_, n);
     std::string errors = err == SSL_ERROR_SSL || err == SSL_ERROR_SYSCALL ? sslErrors() : "";
+    if (secrets_) {
+      block->wipe_len = static_cast<std::uint32_t>(filled);  // plaintext of a login
+    }
     if (filled > 0) {
       if (handler_ != nullptr) {
         handler_->onData(this, Chunk(block, block->data(), filled));
@@ -487,6 +506,12 @@ void TlsTransport::onConnected(Transport*, bool ok, std::string_view error) {
       handler_->onConnected(this, false, error);
     }
     return;  // the inner transport closes itself; onClosed follows
+  }
+  if (!preamble_.empty()) {
+    // Cleartext ahead of TLS (a PROXY header): the inner transport sends
+    // it before the ClientHello that startHandshake() queues.
+    inner_->write(std::string_view(preamble_));
+    preamble_ = std::string();
   }
   startHandshake();
 }

@@ -74,12 +74,16 @@ class TlsTransport final : public Transport, public TransportHandler {
                               std::chrono::milliseconds handshake_timeout, BufferPool& pool);
   // Client side. With `inner_connected` false the handshake starts when the
   // inner connection is up (implicit TLS); true starts it now (STARTTLS).
+  // `preamble` (implicit TLS only) goes out in the clear on the inner
+  // connection before the ClientHello: a PROXY protocol header, which the
+  // peer reads before TLS as HAProxy and nginx send it.
   // The handler hears onConnected() once the handshake and verification are
   // done (or failed).
   static TlsTransport* client(Transport* inner, std::shared_ptr<const ClientTlsContext> context,
                               const TimerFactory& timers,
                               std::chrono::milliseconds handshake_timeout, BufferPool& pool,
-                              bool inner_connected, TransportHandler* handler);
+                              bool inner_connected, TransportHandler* handler,
+                              std::string preamble = {});
 
   bool handshakeDone() const { return handshake_done_; }
 
@@ -93,6 +97,10 @@ class TlsTransport final : public Transport, public TransportHandler {
   void resumeReading() override;
   void shutdown() override;
   void close() override;
+  // Marks decrypted blocks for wiping and has OpenSSL cleanse the
+  // plaintext it keeps (SSL_OP_CLEANSE_PLAINTEXT). The inner transport
+  // carries only ciphertext and never wipes.
+  void setCarriesSecrets(bool on) override;
   const sockaddr_storage& peerAddress() const override { return inner_->peerAddress(); }
   const sockaddr_storage& localAddress() const override { return inner_->localAddress(); }
 
@@ -127,11 +135,13 @@ class TlsTransport final : public Transport, public TransportHandler {
   std::shared_ptr<const ServerTlsContext> server_context_;
   std::shared_ptr<const ClientTlsContext> client_context_;
   std::string pending_out_;  // plaintext written before the handshake finished
+  std::string preamble_;     // cleartext for the inner connection before the ClientHello
   std::string close_reason_;
   bool is_client_;
   bool handshake_started_ = false;
   bool handshake_done_ = false;
   bool want_read_ = true;
+  bool secrets_ = false;
   bool closing_ = false;
   bool in_read_ = false;
   bool tls_error_ = false;  // a TLS failure: do not keep the session for resumption

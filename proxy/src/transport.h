@@ -48,6 +48,11 @@ class Transport {
   virtual void shutdown() = 0;
   // Close now, dropping queued writes. Idempotent.
   virtual void close() = 0;
+  // While on (the default from the start), what this transport reads or
+  // copies may hold a secret (a LOGIN, a SASL payload): the buffers that
+  // held it are zeroed before they are reused or freed. The session turns
+  // it off once the login is over, so the relay pays nothing for it.
+  virtual void setCarriesSecrets(bool on) = 0;
   virtual const sockaddr_storage& peerAddress() const = 0;
   virtual const sockaddr_storage& localAddress() const = 0;
 };

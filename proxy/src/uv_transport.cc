@@ -11,9 +11,12 @@ struct UvTcpTransport::WriteReq {
   uv_write_t req;
   UvTcpTransport* transport;
   Chunk chunk;
-  std::string owned;
-  std::size_t bytes;
+  std::size_t held;  // counted in queued_
 };
+
+std::size_t UvTcpTransport::writeOverhead() {
+  return sizeof(WriteReq);
+}
 
 namespace {
 // Write requests are recycled per thread: the relay path allocates none in
@@ -151,6 +154,9 @@ void UvTcpTransport::onRead(uv_stream_t* stream, ssize_t nread, const uv_buf_t* 
   if (nread > 0) {
     Chunk chunk(t->read_block_, buf->base, static_cast<std::size_t>(nread));
     t->read_block_ = nullptr;
+    if (t->secrets_) {
+      chunk.markSecret();
+    }
     if (t->handler_ != nullptr && !t->closed_) {
       t->handler_->onData(t, std::move(chunk));
     }
@@ -186,7 +192,7 @@ void UvTcpTransport::write(Chunk chunk) {
       return;
     }
   }
-  queueWrite(std::move(chunk), std::string());
+  queueWrite(std::move(chunk));
 }
 
 void UvTcpTransport::write(std::string_view bytes) {
@@ -207,10 +213,15 @@ void UvTcpTransport::write(std::string_view bytes) {
       return;
     }
   }
-  queueWrite(Chunk(), std::string(bytes));
+  queueWrite(Chunk::copyOf(bytes, secrets_));
 }
 
-void UvTcpTransport::queueWrite(Chunk chunk, std::string owned) {
+void UvTcpTransport::queueWrite(Chunk chunk) {
+  if (chunk.sparse(kSparseFraction)) {
+    // A few bytes of a pooled read (one small answer, say) would pin the
+    // whole block while they wait for a slow peer: keep a copy instead.
+    chunk = Chunk::copyOf(chunk.view(), chunk.secret());
+  }
   WriteReq* w;
   if (!t_free_write_reqs.empty()) {
     w = t_free_write_reqs.back();
@@ -220,20 +231,16 @@ void UvTcpTransport::queueWrite(Chunk chunk, std::string owned) {
   }
   w->transport = this;
   w->chunk = std::move(chunk);
-  w->owned = std::move(owned);
   w->req.data = w;
   uv_buf_t buf =
-      w->owned.empty()
-          ? uv_buf_init(const_cast<char*>(w->chunk.data()), static_cast<unsigned>(w->chunk.size()))
-          : uv_buf_init(w->owned.data(), static_cast<unsigned>(w->owned.size()));
-  w->bytes = buf.len;
-  queued_ += w->bytes;
+      uv_buf_init(const_cast<char*>(w->chunk.data()), static_cast<unsigned>(w->chunk.size()));
+  w->held = w->chunk.footprint() + sizeof(WriteReq);
+  queued_ += w->held;
   int rc =
       uv_write(&w->req, reinterpret_cast<uv_stream_t*>(&tcp_), &buf, 1, &UvTcpTransport::onWrite);
   if (rc != 0) {
-    queued_ -= w->bytes;
+    queued_ -= w->held;
     w->chunk.reset();
-    w->owned.clear();
     t_free_write_reqs.push_back(w);
     closeWithReason(uv_strerror(rc));
     return;
@@ -246,22 +253,18 @@ void UvTcpTransport::queueWrite(Chunk chunk, std::string owned) {
 void UvTcpTransport::onWrite(uv_write_t* req, int status) {
   auto* w = static_cast<WriteReq*>(req->data);
   UvTcpTransport* t = w->transport;
-  std::size_t bytes = w->bytes;
+  std::size_t held = w->held;
   w->chunk.reset();
-  w->owned.clear();
-  if (w->owned.capacity() > 4096) {
-    w->owned.shrink_to_fit();
-  }
   if (t_free_write_reqs.size() < 1024) {
     t_free_write_reqs.push_back(w);
   } else {
     delete w;
   }
-  t->afterWrite(bytes, status);
+  t->afterWrite(held, status);
 }
 
-void UvTcpTransport::afterWrite(std::size_t bytes, int status) {
-  queued_ -= bytes;
+void UvTcpTransport::afterWrite(std::size_t held, int status) {
+  queued_ -= held;
   if (status != 0) {
     if (status != UV_ECANCELED) {
       closeWithReason(uv_strerror(status));

@@ -2,6 +2,14 @@
 // outgoing) reading into the worker's BufferPool and writing Chunks without
 // copying, and a Timer. Both free themselves only after libuv's close
 // callbacks, as libuv requires.
+//
+// Write queue accounting: queuedBytes() is the memory the queue holds, not
+// its payload. A queued chunk counts its whole block plus the write request,
+// so a peer that never reads reaches the high watermark after a bounded
+// amount of memory however small the chunks are. Small slices of pooled
+// blocks (under 1/kSparseFraction of a block) are copied out when they have
+// to wait, so they hold about their own size instead of a whole block; a
+// chunk written at once (the usual case) is never copied.
 #pragma once
 
 #include <uv.h>
@@ -32,11 +40,16 @@ class UvTcpTransport final : public Transport {
   void resumeReading() override;
   void shutdown() override;
   void close() override;
+  void setCarriesSecrets(bool on) override { secrets_ = on; }
   const sockaddr_storage& peerAddress() const override { return peer_; }
   const sockaddr_storage& localAddress() const override { return local_; }
 
   // How long shutdown() may take to flush before the connection is dropped.
   static constexpr std::uint64_t kShutdownFlushMs = 5'000;
+  // Queued chunks using at most 1/kSparseFraction of a pooled block are copied.
+  static constexpr std::uint32_t kSparseFraction = 8;
+  // What one queued write costs besides its chunk.
+  static std::size_t writeOverhead();
 
  public:
   struct WriteReq;  // public so the per-thread free list can name it
@@ -47,8 +60,8 @@ class UvTcpTransport final : public Transport {
 
   void closeWithReason(std::string_view reason);
   void startReading();
-  void queueWrite(Chunk chunk, std::string owned);
-  void afterWrite(std::size_t bytes, int status);
+  void queueWrite(Chunk chunk);
+  void afterWrite(std::size_t held, int status);
   void readAddresses();
 
   static void onAlloc(uv_handle_t* handle, std::size_t suggested, uv_buf_t* buf);
@@ -66,10 +79,11 @@ class UvTcpTransport final : public Transport {
   BufferPool& pool_;
   TransportHandler* handler_ = nullptr;
   Block* read_block_ = nullptr;
-  std::size_t queued_ = 0;
+  std::size_t queued_ = 0;  // memory held by queued writes (see above)
   std::size_t high_ = 256 * 1024;
   bool above_high_ = false;
   bool want_read_ = true;
+  bool secrets_ = true;  // mark read blocks and copies for wiping (see Transport)
   bool reading_ = false;
   bool connected_ = false;
   bool shutting_down_ = false;

@@ -465,7 +465,7 @@ Transport* Worker::connectBackend(const BackendConfig& backend, TransportHandler
 
 Transport* Worker::connectBackendTls(const BackendConfig& backend,
                                      std::shared_ptr<const ClientTlsContext> tls,
-                                     TransportHandler* handler) {
+                                     TransportHandler* handler, std::string preamble) {
   if (!tls) {
     return nullptr;
   }
@@ -474,7 +474,8 @@ Transport* Worker::connectBackendTls(const BackendConfig& backend,
   Transport* plain =
       UvTcpTransport::connect(&loop_, reinterpret_cast<const sockaddr*>(&address), pool_, nullptr);
   return TlsTransport::client(plain, std::move(tls), timerFactory(),
-                              config_->config.timeouts.tls_handshake, pool_, false, handler);
+                              config_->config.timeouts.tls_handshake, pool_, false, handler,
+                              std::move(preamble));
 }
 
 Transport* Worker::startServerTls(Transport* plain, std::shared_ptr<const ServerTlsContext> tls) {

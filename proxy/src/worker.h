@@ -100,7 +100,7 @@ class Worker final : public SessionHost {
   Transport* connectBackend(const BackendConfig& backend, TransportHandler* handler) override;
   Transport* connectBackendTls(const BackendConfig& backend,
                                std::shared_ptr<const ClientTlsContext> tls,
-                               TransportHandler* handler) override;
+                               TransportHandler* handler, std::string preamble) override;
   Transport* startServerTls(Transport* plain, std::shared_ptr<const ServerTlsContext> tls) override;
   Transport* startClientTls(Transport* plain, std::shared_ptr<const ClientTlsContext> tls,
                             TransportHandler* handler) override;

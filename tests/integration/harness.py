@@ -14,7 +14,12 @@ Dovecot
     (cert/key paths) it also does TLS: STARTTLS on the plain port and
     implicit TLS on ``imaps_port``. Besides ``users`` (all with one
     password) it always has ``UTF8_USER`` with ``UTF8_PASSWORD``: a UTF-8
-    name and password, as UTF8=ACCEPT clients send them.
+    name and password, as UTF8=ACCEPT clients send them. With
+    ``haproxy=True`` it also has
+    listeners that expect a PROXY protocol header from 127.0.0.0/8 first
+    (``haproxy_port``, plain/STARTTLS; ``haproxy_imaps_port``, implicit
+    TLS, with ``tls=``), and its login lines show the client address the
+    header carried (rip/rport) beside the connection's own (real_rip/real_rport).
 
 Portico
     Writes a TOML config (from a dict or a template string), starts the
@@ -271,6 +276,7 @@ auth_failure_delay = 0
 # digits and ".-_@").
 auth_username_chars =
 login_trusted_networks = 127.0.0.0/8
+$haproxy_settings
 log_path = $log_path
 info_log_path = $log_path
 debug_log_path = $log_path
@@ -307,6 +313,7 @@ service imap-login {
   inet_listener imaps {
 $imaps_listener
   }
+$haproxy_listeners
   # High-performance mode: a few login processes serve every connection,
   # so hundreds of concurrent logins need no hundreds of forks.
   service_count = 0
@@ -342,18 +349,27 @@ class Dovecot:
         port: Optional[int] = None,
         root: Optional[Union[str, Path]] = None,
         tls: Optional[dict] = None,
+        haproxy: bool = False,
     ):
         """tls: None (plaintext only, the default) or a dict with
         cert, key (PEM paths), required (bool, default True: ssl = required;
         note Dovecot treats loopback clients as secure anyway, so check its
         log's ", TLS" login lines to see TLS was used) and imaps (bool,
         default True: an implicit-TLS listener on self.imaps_port, a second
-        free port). STARTTLS is offered on the plain port either way."""
+        free port). STARTTLS is offered on the plain port either way.
+
+        haproxy: also listen for connections that start with a PROXY
+        protocol header (v1 or v2) from 127.0.0.0/8: haproxy_port (plain and
+        STARTTLS) and, with tls, haproxy_imaps_port (implicit TLS, the
+        header before the ClientHello)."""
         self.name = name
         self.tls = dict(tls) if tls else None
         self.imaps_port = 0
         if self.tls is not None and self.tls.get("imaps", True):
             self.imaps_port = self.tls.get("imaps_port") or free_port()
+        self.haproxy = haproxy
+        self.haproxy_port = free_port() if haproxy else 0
+        self.haproxy_imaps_port = free_port() if haproxy and self.tls is not None else 0
         self.users = list(users)
         self.password = password
         self.port = port or free_port()
@@ -416,9 +432,25 @@ class Dovecot:
             imaps_listener = "    address = 127.0.0.1\n    port = %d\n    ssl = yes" % self.imaps_port
         else:
             imaps_listener = "    port = 0"
+        haproxy_settings = ""
+        haproxy_listeners = ""
+        if self.haproxy:
+            haproxy_settings = (
+                "haproxy_trusted_networks = 127.0.0.0/8\n"
+                "login_log_format_elements = user=<%u> method=%m rip=%r rport=%{rport} lip=%l "
+                "lport=%{lport} real_rip=%{real_rip} real_rport=%{real_rport} mpid=%e %c "
+                "session=<%{session}>")
+            haproxy_listeners = ("  inet_listener imap_haproxy {\n    address = 127.0.0.1\n"
+                                 "    port = %d\n    haproxy = yes\n  }\n" % self.haproxy_port)
+            if self.haproxy_imaps_port:
+                haproxy_listeners += ("  inet_listener imaps_haproxy {\n    address = 127.0.0.1\n"
+                                      "    port = %d\n    ssl = yes\n    haproxy = yes\n  }\n"
+                                      % self.haproxy_imaps_port)
         conf = string.Template(_DOVECOT_CONF).substitute(
             ssl_settings=ssl_settings,
             imaps_listener=imaps_listener,
+            haproxy_settings=haproxy_settings,
+            haproxy_listeners=haproxy_listeners,
             name=self.name,
             base_dir=self.root / "run",
             state_dir=self.root / "state",

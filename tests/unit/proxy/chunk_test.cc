@@ -120,5 +120,83 @@ TEST(ChunkTest, BlocksGoBackToTheirOwnPool) {
   EXPECT_EQ(b.blocksCached(), 1u);
 }
 
+bool allZero(const char* data, std::size_t size) {
+  for (std::size_t i = 0; i < size; ++i) {
+    if (data[i] != 0) {
+      return false;
+    }
+  }
+  return true;
+}
+
+TEST(ChunkTest, ABlockThatCarriedALoginIsZeroedWhenReleased) {
+  BufferPool pool(4096, 4);
+  const std::string login = "a1 LOGIN alice s3cret-pw\r\n";
+  Chunk chunk = readInto(pool, login);
+  chunk.markSecret();
+  EXPECT_TRUE(chunk.secret());
+  const char* bytes = chunk.data();
+  Chunk user = chunk.slice(9, 5);  // a slice keeps the block (and the mark)
+  chunk.reset();
+  EXPECT_EQ(std::string(bytes, login.size()), login) << "not wiped while a slice holds it";
+  user.reset();
+  ASSERT_EQ(pool.blocksCached(), 1u);
+  Block* again = pool.acquire();  // the same block, back from the pool
+  ASSERT_EQ(again->data(), bytes);
+  EXPECT_TRUE(allZero(again->data(), login.size())) << "the password survived in the pool";
+  EXPECT_EQ(again->wipe_len, 0u) << "a reused block starts unmarked";
+  pool.release(again);
+}
+
+TEST(ChunkTest, AMarkedSliceWipesItsBlockUpToItsEnd) {
+  BufferPool pool(4096, 4);
+  Chunk chunk = readInto(pool, "b1 NOOP\r\na1 LOGIN alice pw\r\n");
+  Chunk login = chunk.slice(9, 20);
+  login.markSecret();
+  EXPECT_EQ(chunk.slice(0, 1).secret(), true) << "the mark belongs to the block";
+  const char* bytes = chunk.data();
+  chunk.reset();
+  login.reset();
+  Block* again = pool.acquire();
+  ASSERT_EQ(again->data(), bytes);
+  EXPECT_TRUE(allZero(again->data(), 29)) << "zeroed up to the end of the marked slice";
+  pool.release(again);
+}
+
+TEST(ChunkTest, RelayBlocksAreNotWiped) {
+  // No per-chunk cost on the relay path: unmarked blocks keep their bytes.
+  BufferPool pool(4096, 4);
+  Chunk chunk = readInto(pool, "* 1 FETCH (FLAGS (\\Seen))\r\n");
+  EXPECT_FALSE(chunk.secret());
+  const char* bytes = chunk.data();
+  chunk.reset();
+  Block* again = pool.acquire();
+  EXPECT_EQ(std::string(again->data(), 9), "* 1 FETCH");
+  EXPECT_EQ(again->data(), bytes);
+  pool.release(again);
+  EXPECT_FALSE(Chunk::copyOf("x").secret());
+  EXPECT_TRUE(Chunk::copyOf("a1 LOGIN a b\r\n", true).secret());
+}
+
+TEST(ChunkTest, FootprintIsTheWholeBlockASliceKeepsAlive) {
+  BufferPool pool(4096, 4);
+  Chunk read = readInto(pool, "a1 OK done\r\n");
+  EXPECT_EQ(read.footprint(), sizeof(Block) + 4096u) << "12 bytes pin the whole block";
+  EXPECT_EQ(read.slice(0, 2).footprint(), sizeof(Block) + 4096u);
+  Chunk copy = Chunk::copyOf(read.view());
+  EXPECT_EQ(copy.footprint(), sizeof(Block) + read.size()) << "a copy holds its own size";
+  EXPECT_EQ(Chunk().footprint(), 0u);
+}
+
+TEST(ChunkTest, SparseOnlyForSmallSlicesOfPooledBlocks) {
+  BufferPool pool(4096, 4);
+  Chunk read = readInto(pool, std::string(4096, 'x'));
+  EXPECT_FALSE(read.sparse(8));
+  EXPECT_TRUE(read.slice(0, 512).sparse(8));
+  EXPECT_FALSE(read.slice(0, 513).sparse(8));
+  EXPECT_FALSE(Chunk::copyOf("small").sparse(8)) << "copies are already compact";
+  EXPECT_FALSE(Chunk().sparse(8));
+}
+
 }  // namespace
 }  // namespace portico::proxy

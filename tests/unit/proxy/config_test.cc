@@ -122,6 +122,7 @@ prelogin_max_line = 4096
 prelogin_max_literal = 2048
 max_line = 131072
 write_high_watermark = 65536
+max_commands_in_flight = 64
 
 [status]
 listen = "[::1]:9090"
@@ -214,6 +215,7 @@ threshold = 0.75
   EXPECT_EQ(c.limits.prelogin_max_literal, 2048u);
   EXPECT_EQ(c.limits.max_line, 131072u);
   EXPECT_EQ(c.limits.write_high_watermark, 65536u);
+  EXPECT_EQ(c.limits.max_commands_in_flight, 64u);
 
   EXPECT_EQ(c.status.listen.text(), "[::1]:9090");
   EXPECT_EQ(c.status.token, "s3cret-s3cret-s3cret");
@@ -270,6 +272,7 @@ TEST_F(ConfigTest, AbsentKeysKeepDefaults) {
   EXPECT_EQ(c.limits.prelogin_max_literal, defaults.limits.prelogin_max_literal);
   EXPECT_EQ(c.limits.max_line, defaults.limits.max_line);
   EXPECT_EQ(c.limits.write_high_watermark, defaults.limits.write_high_watermark);
+  EXPECT_EQ(c.limits.max_commands_in_flight, 1000u);
   EXPECT_EQ(c.status.listen.text(), "127.0.0.1:8080");
   EXPECT_TRUE(c.status.token.empty());
   EXPECT_EQ(c.admin.socket, "/run/portico/admin.sock");
@@ -418,13 +421,15 @@ TEST_F(ConfigTest, RangeErrors) {
 write_high_watermark = 1000
 prelogin_max_line = 100
 max_connections = 0
+max_commands_in_flight = 0
 )");
   EXPECT_THAT(result.errors,
               ElementsAre("portico.toml:1: 'workers' must be between 0 and 1024, not -1",
                           "portico.toml:8: 'weight' must be greater than 0",
                           "portico.toml:10: 'write_high_watermark' must be at least 4096, not 1000",
                           "portico.toml:11: 'prelogin_max_line' must be at least 1024, not 100",
-                          "portico.toml:12: 'max_connections' must be at least 1, not 0"));
+                          "portico.toml:12: 'max_connections' must be at least 1, not 0",
+                          "portico.toml:13: 'max_commands_in_flight' must be at least 1, not 0"));
 }
 
 TEST_F(ConfigTest, DurationErrors) {

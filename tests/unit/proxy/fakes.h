@@ -217,6 +217,10 @@ class FakeTransport final : public Transport {
     close_called_ = true;
     closeSoon("closed");
   }
+  void setCarriesSecrets(bool on) override {
+    check("setCarriesSecrets");
+    carries_secrets_ = on;
+  }
   const sockaddr_storage& peerAddress() const override { return peer_; }
   const sockaddr_storage& localAddress() const override { return local_; }
 
@@ -233,6 +237,7 @@ class FakeTransport final : public Transport {
   // Writes after close() or shutdown(): dropped by a real transport.
   const std::string& writtenAfterClose() const { return written_late_; }
   bool paused() const { return paused_; }
+  bool carriesSecrets() const { return carries_secrets_; }
   bool shutdownCalled() const { return shutdown_called_; }
   bool closeCalled() const { return close_called_; }
   bool closing() const { return close_queued_; }
@@ -346,6 +351,7 @@ class FakeTransport final : public Transport {
   std::size_t queued_ = 0;
   std::size_t high_watermark_ = 0;
   bool paused_ = false;
+  bool carries_secrets_ = true;  // the Transport default
   bool shutdown_called_ = false;
   bool close_called_ = false;
   bool close_queued_ = false;
@@ -357,6 +363,8 @@ class FakeHost final : public SessionHost {
   struct Connect {
     std::string backend;  // BackendConfig::name
     FakeTransport* transport;
+    bool tls = false;      // connectBackendTls(): connectOk() means "handshake done"
+    std::string preamble;  // cleartext asked for before the ClientHello
   };
 
   FakeHost() = default;
@@ -373,7 +381,17 @@ class FakeHost final : public SessionHost {
     FakeTransport* transport = newTransport("backend " + backend.name, ipv4Address("10.1.0.1", 143),
                                             ipv4Address("10.0.0.5", 40000));
     transport->setHandler(handler);
-    connects_.push_back(Connect{backend.name, transport});
+    connects_.push_back(Connect{backend.name, transport, false, {}});
+    return transport;
+  }
+  // Implicit TLS as the session sees it: one transport whose connectOk()
+  // stands for "connected, preamble sent, handshake done".
+  Transport* connectBackendTls(const BackendConfig& backend,
+                               std::shared_ptr<const ClientTlsContext> /*tls*/,
+                               TransportHandler* handler, std::string preamble) override {
+    Transport* transport = connectBackend(backend, handler);
+    connects_.back().tls = true;
+    connects_.back().preamble = std::move(preamble);
     return transport;
   }
   WorkerStats& stats() override { return *stats_; }

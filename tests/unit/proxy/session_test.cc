@@ -143,7 +143,11 @@ class SessionTest : public ::testing::Test {
     for (std::size_t i = 0; i < cfg.backends.size(); ++i) {
       slots.push_back(slotOf(i));
     }
-    runtime_ = std::make_shared<RuntimeConfig>(std::move(cfg), std::move(slots));
+    auto runtime = std::make_shared<RuntimeConfig>(std::move(cfg), std::move(slots));
+    // One (absent) TLS context per backend, as buildRuntime() lays them out;
+    // the fake host needs none.
+    runtime->backend_tls.resize(runtime->config.backends.size());
+    runtime_ = std::move(runtime);
     client_ = host_.newClient();
     session_ = new Session(host_, runtime_, client_, 0x1234);
     if (require_tls) {
@@ -645,6 +649,60 @@ TEST_F(SessionTest, ProxyHeaderAndForwardedIdPrecedeTheLogin) {
   EXPECT_EQ(backend->takeWritten(), "a1 LOGIN \"alice\" \"secret\"\r\n");
   backend->deliver("a1 OK Logged in\r\n");
   EXPECT_EQ(client_->takeWritten(), "a1 OK Logged in\r\n") << "the ID exchange stays hidden";
+}
+
+TEST_F(SessionTest, TransportsWipeWhatTheyCarryUntilTheLoginIsOver) {
+  start();
+  EXPECT_TRUE(client_->carriesSecrets()) << "pre-login bytes may hold a password";
+  FakeTransport* refused = refusedLogin("a1");
+  EXPECT_TRUE(refused->carriesSecrets());
+  EXPECT_TRUE(client_->carriesSecrets()) << "back in pre-login";
+  host_.advance(10s);  // the failed-login delay
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  EXPECT_FALSE(client_->carriesSecrets()) << "the relay pays nothing for wiping";
+  EXPECT_FALSE(backend->carriesSecrets());
+}
+
+TEST_F(SessionTest, ProxyHeaderGoesAheadOfTheTlsHandshakeOfAnImplicitTlsBackend) {
+  Config cfg = baseConfig();
+  for (BackendConfig& backend : cfg.backends) {
+    backend.proxy_protocol = true;
+    backend.tls = TlsMode::kImplicit;
+  }
+  start(cfg);
+  client_->deliver("a1 LOGIN alice secret\r\n");
+  ASSERT_EQ(host_.connects().size(), 1u);
+  EXPECT_TRUE(host_.connects()[0].tls);
+  EXPECT_EQ(host_.connects()[0].preamble,
+            "\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c"
+            "\xc0\x00\x02\x07\xc0\x00\x02\x01\xc3\xcb\x00\x8f"s)
+      << "the header travels in the clear before the ClientHello";
+  FakeTransport* backend = host_.lastBackend();
+  backend->connectOk();
+  EXPECT_EQ(backend->takeWritten(), "") << "no PROXY header inside TLS";
+  backend->deliver(kGreetingSaslIr);
+  EXPECT_EQ(backend->takeWritten(), "a1 LOGIN \"alice\" \"secret\"\r\n");
+  backend->deliver("a1 OK Logged in\r\n");
+  EXPECT_EQ(state(), SessionState::kRelay);
+}
+
+TEST_F(SessionTest, ProxyHeaderIsTheFirstByteBeforeStarttls) {
+  Config cfg = baseConfig();
+  for (BackendConfig& backend : cfg.backends) {
+    backend.proxy_protocol = true;
+    backend.tls = TlsMode::kStarttls;
+  }
+  start(cfg);
+  client_->deliver("a1 LOGIN alice secret\r\n");
+  ASSERT_EQ(host_.connects().size(), 1u);
+  EXPECT_FALSE(host_.connects()[0].tls);
+  FakeTransport* backend = host_.lastBackend();
+  backend->connectOk();
+  EXPECT_THAT(backend->takeWritten(), StartsWith("\r\n\r\n\0\r\nQUIT\n\x21"s))
+      << "sent on connect, before the greeting is read";
+  backend->deliver(kGreetingSaslIr);
+  EXPECT_EQ(backend->takeWritten(), "P0TLS STARTTLS\r\n");
 }
 
 // ---------------------------------------------------------------------------
@@ -1185,6 +1243,79 @@ TEST_F(SessionTest, BackpressurePausesTheOtherSide) {
   EXPECT_EQ(client_->takeWritten(), "* 1 EXISTS\r\n");
 }
 
+TEST_F(SessionTest, CommandsInFlightAreCappedAndReadingResumesAtHalf) {
+  Config cfg = baseConfig();
+  cfg.limits.max_commands_in_flight = 4;
+  start(cfg);
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+
+  // Six commands in one read: four go out, the rest waits unparsed and the
+  // client is not read until half of the four are answered.
+  client_->deliver("b1 NOOP\r\nb2 NOOP\r\nb3 NOOP\r\nb4 NOOP\r\nb5 NOOP\r\nb6 NOOP\r\n");
+  EXPECT_EQ(backend->takeWritten(), "b1 NOOP\r\nb2 NOOP\r\nb3 NOOP\r\nb4 NOOP\r\n");
+  EXPECT_EQ(session_->commandsInFlight(), 4u);
+  EXPECT_TRUE(client_->paused());
+  client_->deliver("b7 NOOP\r\n");  // held by the (fake) kernel while paused
+  EXPECT_EQ(backend->takeWritten(), "");
+
+  backend->deliver("b1 OK done\r\n");
+  EXPECT_TRUE(client_->paused()) << "3 in flight is above half of 4";
+  EXPECT_EQ(backend->takeWritten(), "");
+  backend->deliver("b2 OK done\r\n");
+  EXPECT_EQ(backend->takeWritten(), "b5 NOOP\r\nb6 NOOP\r\n") << "the held rest, in order";
+  EXPECT_EQ(session_->commandsInFlight(), 4u);
+  EXPECT_TRUE(client_->paused()) << "the held rest reached the cap again";
+
+  backend->deliver("b3 OK done\r\nb4 OK done\r\n");
+  host_.runPending();
+  EXPECT_FALSE(client_->paused());
+  EXPECT_EQ(backend->takeWritten(), "b7 NOOP\r\n");
+  backend->deliver("b5 OK done\r\nb6 OK done\r\nb7 OK done\r\n");
+  EXPECT_EQ(client_->takeWritten(),
+            "b1 OK done\r\nb2 OK done\r\nb3 OK done\r\nb4 OK done\r\nb5 OK done\r\n"
+            "b6 OK done\r\nb7 OK done\r\n");
+  EXPECT_EQ(session_->commandsInFlight(), 0u);
+  EXPECT_EQ(commandStats(CommandId::kNOOP).count.get(), 7u);
+  EXPECT_EQ(session_->info(host_.now()).bytes_in, 23u + 63u)  // LOGIN, then the commands
+      << "held bytes are counted once";
+}
+
+TEST_F(SessionTest, CommandCapNeverPausesInsideIdle) {
+  Config cfg = baseConfig();
+  cfg.limits.max_commands_in_flight = 2;
+  start(cfg);
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  client_->deliver("b1 NOOP\r\nb2 IDLE\r\n");
+  EXPECT_FALSE(client_->paused()) << "IDLE waits for the client's DONE";
+  backend->deliver("+ idling\r\n");
+  client_->deliver("DONE\r\nb3 NOOP\r\nb4 NOOP\r\n");
+  EXPECT_EQ(backend->takeWritten(), "b1 NOOP\r\nb2 IDLE\r\nDONE\r\nb3 NOOP\r\n");
+  EXPECT_TRUE(client_->paused());
+  backend->deliver("b1 OK done\r\nb2 OK idle done\r\n");
+  EXPECT_EQ(backend->takeWritten(), "b4 NOOP\r\n");
+  backend->deliver("b3 OK done\r\nb4 OK done\r\n");
+  EXPECT_FALSE(client_->paused());
+}
+
+TEST_F(SessionTest, WatermarkDrainDoesNotLiftTheCommandCap) {
+  Config cfg = baseConfig();
+  cfg.limits.max_commands_in_flight = 1;
+  start(cfg);
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  backend->setQueuedBytes(config().limits.write_high_watermark + 1);
+  client_->deliver("b1 NOOP\r\nb2 NOOP\r\n");
+  EXPECT_TRUE(client_->paused());
+  backend->drain();
+  EXPECT_TRUE(client_->paused()) << "still one command unanswered";
+  backend->deliver("b1 OK done\r\n");
+  EXPECT_EQ(backend->takeWritten(), "b1 NOOP\r\nb2 NOOP\r\n");
+  backend->deliver("b2 OK done\r\n");
+  EXPECT_FALSE(client_->paused());
+}
+
 // ---------------------------------------------------------------------------
 // Ends.
 
@@ -1201,6 +1332,61 @@ TEST_F(SessionTest, BackendCloseSaysUnavailableAndEndsOnce) {
   host_.runPending();
   EXPECT_EQ(host_.endedCount(), 1);
   EXPECT_THAT(log_.text(), HasSubstr("closed the connection (connection reset)"));
+}
+
+TEST_F(SessionTest, BackendCloseMidLiteralEndsWithoutProtocolText) {
+  start();
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  client_->deliver("a2 FETCH 1 BODY[]\r\n");
+  const std::string partial = "* 1 FETCH (BODY[] {100}\r\nSubject: half";
+  backend->deliver(partial);
+  backend->peerClose("connection reset");
+  host_.runPending();
+  EXPECT_EQ(client_->takeWritten(), partial) << "no BYE inside the message body";
+  EXPECT_EQ(client_->writtenAfterClose(), "");
+  EXPECT_TRUE(client_->shutdownCalled());
+  EXPECT_EQ(host_.endedCount(), 1);
+  EXPECT_EQ(commandStats(CommandId::kFETCH).count.get(), 0u);
+  EXPECT_EQ(backendStats(relay_backend_).responses_cut.get(), 1u);
+  EXPECT_THAT(log_.text(), HasSubstr("in the middle of a response"));
+}
+
+TEST_F(SessionTest, KickMidResponseWritesNoBye) {
+  start();
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  client_->deliver("a2 FETCH 1 FLAGS\r\n");
+  backend->deliver("* 1 FETCH (FLAGS (\\Seen");  // mid-line
+  session_->kick();
+  host_.runPending();
+  EXPECT_EQ(client_->takeWritten(), "* 1 FETCH (FLAGS (\\Seen");
+  EXPECT_EQ(backendStats(relay_backend_).responses_cut.get(), 1u);
+}
+
+TEST_F(SessionTest, ProtocolErrorInANewChunkMidLiteralWritesNoBye) {
+  start();
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  client_->deliver("a2 FETCH 1 BODY[]\r\n");
+  backend->deliver("* 1 FETCH (BODY[] {5}\r\nab");
+  backend->deliver("cde {99999999999999999999999999}\r\n");  // an unskippable literal
+  host_.runPending();
+  EXPECT_EQ(client_->takeWritten(), "* 1 FETCH (BODY[] {5}\r\nab");
+  EXPECT_EQ(backendStats(relay_backend_).responses_cut.get(), 1u);
+}
+
+TEST_F(SessionTest, ProtocolErrorAtAResponseBoundarySaysBye) {
+  start();
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  client_->deliver("a2 FETCH 1 BODY[]\r\n");
+  backend->deliver("* 1 FETCH (FLAGS ())\r\n");
+  backend->deliver("* 2 FETCH (BODY[] {99999999999999999999999999}\r\n");
+  host_.runPending();
+  EXPECT_EQ(client_->takeWritten(),
+            "* 1 FETCH (FLAGS ())\r\n* BYE [UNAVAILABLE] Mailbox server connection lost.\r\n");
+  EXPECT_EQ(backendStats(relay_backend_).responses_cut.get(), 0u);
 }
 
 TEST_F(SessionTest, ClientCloseClosesTheBackendThenEnds) {
