@@ -66,8 +66,8 @@ std::string renderProxyMetrics(const StatsSnapshot& s, const RuntimeConfig& conf
   std::string out;
   out.reserve(16 * 1024);
   auto it = std::back_inserter(out);
-  family(out, "portico_connections", "gauge", "Client connections open now.");
-  fmt::format_to(it, "portico_connections {}\n", s.connections_current);
+  family(out, "portico_connections_open", "gauge", "Client connections open now.");
+  fmt::format_to(it, "portico_connections_open {}\n", s.connections_current);
   family(out, "portico_connections_total", "counter", "Client connections accepted.");
   fmt::format_to(it, "portico_connections_total {}\n", s.connections_total);
   family(out, "portico_connections_rejected_total", "counter",
@@ -117,10 +117,10 @@ std::string renderProxyMetrics(const StatsSnapshot& s, const RuntimeConfig& conf
   for (const Row& r : rows) {
     fmt::format_to(it, "portico_backend_weight{{backend=\"{}\"}} {}\n", r.name, r.weight);
   }
-  family(out, "portico_backend_sessions", "gauge",
+  family(out, "portico_backend_sessions_open", "gauge",
          "Logged-in sessions relayed to the backend now.");
   for (const Row& r : rows) {
-    fmt::format_to(it, "portico_backend_sessions{{backend=\"{}\"}} {}\n", r.name,
+    fmt::format_to(it, "portico_backend_sessions_open{{backend=\"{}\"}} {}\n", r.name,
                    r.stats->sessions_current);
   }
   family(out, "portico_backend_sessions_total", "counter", "Sessions logged in to the backend.");
