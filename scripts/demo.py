@@ -154,7 +154,8 @@ Connect yourself:  127.0.0.1:%(port)d   users %(users)s   password %(pw)s
     curl -u alice:%(pw)s 'imap://127.0.0.1:%(port)d/INBOX;UID=1'     (fetch message 1)
     /usr/bin/python3 -c "import imaplib; m=imaplib.IMAP4('127.0.0.1', %(port)d); print(m.login('bob', '%(pw)s')); print(m.select('INBOX')); m.logout()"
     nc -C 127.0.0.1 %(port)d   (if installed; type: a LOGIN alice %(pw)s, b SELECT INBOX, c LOGOUT)
-  Status: http://127.0.0.1:%(status)d/health   (also /health/report, /backends, /metrics, /readyz)
+  Status page (open in a browser): http://127.0.0.1:%(status)d/
+  Status: http://127.0.0.1:%(status)d/health   (also /health/report, /backends, /commands, /metrics, /readyz)
   Admin:  build/proxy/porticoctl --socket .run/admin.sock sessions
           build/proxy/porticoctl --socket .run/admin.sock protocol-log on --user alice --ttl 5m
           build/proxy/porticoctl --socket .run/admin.sock backend drain mbx1 --move-sessions

@@ -1,6 +1,7 @@
-// HealthService's HTTP routes on the status endpoint: /healthz, /readyz,
-// /health, /health/report, /backends, /metrics and /probes/<Set>/<Probe>
-// (GET for the results, POST to invoke).
+// HealthService's HTTP routes on the status endpoint: / (the status page),
+// /healthz, /readyz, /health, /health/report, /backends, /commands,
+// /protocol-log, /metrics and /probes/<Set>/<Probe> (GET for the results,
+// POST to invoke).
 #include <cctype>
 #include <map>
 #include <memory>
@@ -13,6 +14,7 @@
 
 #include "portico/json_text.h"
 #include "service_impl.h"
+#include "status_page.h"
 
 namespace portico::health {
 namespace {
@@ -59,11 +61,18 @@ HttpResponse jsonResponse(int status, std::string body) {
   HttpResponse response;
   response.status = status;
   response.body = std::move(body);
+  // Never rendered as anything but data, even by a browser that sniffs.
+  response.headers.emplace_back("X-Content-Type-Options", "nosniff");
   return response;
 }
 
 HttpResponse errorResponse(int status, std::string_view message) {
   return jsonResponse(status, jsonError(status, message));
+}
+
+// A JSON text the proxy provides, or 404 when it has none to offer.
+HttpResponse fromProxy(std::string body) {
+  return body.empty() ? errorResponse(404, "not available") : jsonResponse(200, std::move(body));
 }
 
 HttpResponse methodNotAllowed(std::string_view allow) {
@@ -88,7 +97,9 @@ void HealthService::Impl::handle(const HttpRequest& request, Responder respond) 
       respond(body());
     }
   };
-  if (path == "/healthz") {
+  if (path == "/") {
+    only_get([] { return statusPageResponse(); });
+  } else if (path == "/healthz") {
     only_get([] { return jsonResponse(200, R"({"status":"alive"})"); });
   } else if (path == "/readyz") {
     only_get([&] {
@@ -103,6 +114,10 @@ void HealthService::Impl::handle(const HttpRequest& request, Responder respond) 
     only_get([&] { return jsonResponse(200, report()); });
   } else if (path == "/backends") {
     only_get([&] { return jsonResponse(200, backends()); });
+  } else if (path == "/commands") {
+    only_get([&] { return fromProxy(proxy_.commandsJson()); });
+  } else if (path == "/protocol-log") {
+    only_get([&] { return fromProxy(proxy_.protocolLogJson()); });
   } else if (path == "/metrics") {
     only_get([&] {
       HttpResponse response = jsonResponse(200, metrics());

@@ -462,8 +462,12 @@ bool StatusServer::Impl::authorized(const HttpRequest& request) const {
   if (token.empty()) {
     return true;
   }
-  if ((request.method == "GET" || request.method == "HEAD") && request.path == "/healthz") {
-    return true;  // load balancers probe liveness without credentials
+  if ((request.method == "GET" || request.method == "HEAD") &&
+      (request.path == "/healthz" || request.path == "/")) {
+    // Load balancers probe liveness without credentials; the status page is
+    // static (no data in it) and a browser cannot send a bearer token when
+    // it opens it: its script asks for the token and sends it on every fetch.
+    return true;
   }
   const auto it = request.headers.find("authorization");
   if (it == request.headers.end()) {

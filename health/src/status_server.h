@@ -179,8 +179,8 @@ class StatusServer {
  public:
   // `listen.host` is a literal IP (IPv6 without brackets when listen.ipv6);
   // port 0 picks a free port. An empty token turns authentication off;
-  // otherwise every request but GET/HEAD /healthz needs
-  // "Authorization: Bearer <token>" and gets 401 without it.
+  // otherwise every request but GET/HEAD /healthz and / (the static status
+  // page) needs "Authorization: Bearer <token>" and gets 401 without it.
   StatusServer(uv_loop_t* loop, Endpoint listen, std::string token, Handler handler,
                StatusServerLimits limits = {});
   ~StatusServer();

@@ -161,6 +161,7 @@ std::string HealthService::Impl::backends() const {
                         : b.drained_by_responder ? "drained-by-responder"
                                                  : "enabled";
     list.push_back({{"name", b.name},
+                    {"weight", b.weight},
                     {"state", state},
                     {"drained_by_responder", b.drained_by_responder},
                     {"drained_by_operator", b.drained_by_operator},

@@ -138,6 +138,8 @@ StatsSnapshot snapshot(const std::vector<const WorkerStats*>& workers) {
     out.connections_tls += w->connections_tls.get();
     out.bytes_from_clients += w->bytes_from_clients.get();
     out.bytes_to_clients += w->bytes_to_clients.get();
+    out.logins_rejected += w->logins_rejected.get();
+    out.logins_unavailable += w->logins_unavailable.get();
     for (std::size_t i = 0; i < w->backends.size(); ++i) {
       const BackendStats* bp = w->backends[i].load(std::memory_order_acquire);
       if (bp == nullptr) {

@@ -108,6 +108,11 @@ struct alignas(64) WorkerStats {
   Counter bytes_from_clients;
   Counter bytes_to_clients;
   Counter prelogin_bad_commands;
+  // Logins Portico answered NO: refused (the backend said NO, or the SASL
+  // payload named no user) or unavailable (no backend could be reached).
+  // Successful logins are BackendStats::sessions_total.
+  Counter logins_rejected;
+  Counter logins_unavailable;
   // By backend stats slot (BackendRegistry); allocated by the worker on first
   // use and published with release, read by the control thread with acquire.
   std::array<std::atomic<BackendStats*>, 256> backends{};
@@ -148,6 +153,7 @@ struct StatsSnapshot {
   std::uint64_t connections_current = 0, connections_total = 0, connections_rejected = 0;
   std::uint64_t connections_unauthenticated = 0, bytes_from_clients = 0, bytes_to_clients = 0;
   std::uint64_t connections_tls = 0;
+  std::uint64_t logins_rejected = 0, logins_unavailable = 0;
   std::vector<Backend> backends;
 };
 

@@ -109,6 +109,14 @@ json protocolLogStatus(Control& c) {
   return out;
 }
 
+}  // namespace
+
+std::string protocolLogStatusText(Control& c) {
+  return protocolLogStatus(c).dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+namespace {
+
 void protocolLogCommand(Control& c, const std::vector<std::string>& words,
                         AdminServer::Reply& reply) {
   if (words.size() < 2) {

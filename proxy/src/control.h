@@ -46,6 +46,10 @@ bool reloadConfig(Control& control, std::string& error);
 // config); false with `error`.
 bool ensureProtocolLog(Control& control, std::string& error);
 
+// `porticoctl protocol-log status` as JSON text, for the status endpoint's
+// GET /protocol-log.
+std::string protocolLogStatusText(Control& control);
+
 // Serves one admin socket command.
 void handleAdminCommand(Control& control, const AdminRequest& request, AdminServer::Reply reply);
 

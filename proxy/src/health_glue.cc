@@ -148,6 +148,7 @@ std::vector<health::BackendLoad> WorkerProxyView::backendLoad() {
     load.name = config->config.backends[i].name;
     load.drained_by_responder = shared_.drained_by_responder[slot].load(std::memory_order_relaxed);
     load.drained_by_operator = shared_.drained_by_operator[slot].load(std::memory_order_relaxed);
+    load.weight = config->config.backends[i].weight;
     if (slot < s.backends.size()) {
       const StatsSnapshot::Backend& b = s.backends[slot];
       load.sessions = b.sessions_current;
@@ -201,6 +202,10 @@ void WorkerProxyView::moveSessions(const std::string& backend) {
 
 std::string WorkerProxyView::proxyMetrics() {
   return renderProxyMetrics(snapshotNow(), *config_(), shared_);
+}
+
+std::string WorkerProxyView::commandsJson() {
+  return renderCommandsJson(snapshotNow(), *config_());
 }
 
 }  // namespace portico::proxy

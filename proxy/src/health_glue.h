@@ -29,6 +29,14 @@ class WorkerProxyView final : public health::ProxyView {
   void setDrainedByResponder(const std::string& backend, bool drained, bool move_sessions) override;
   bool listenersUp() override { return listening_; }
   std::string proxyMetrics() override;
+  std::string commandsJson() override;
+  std::string protocolLogJson() override {
+    return protocol_log_status_ ? protocol_log_status_() : "";
+  }
+  // Where protocolLogJson() reads from (the control loop's protocol-log state).
+  void setProtocolLogStatus(std::function<std::string()> status) {
+    protocol_log_status_ = std::move(status);
+  }
 
   void setListening(bool up) { listening_ = up; }
   // Operator drain (admin socket): same effect, separate flag.
@@ -43,6 +51,7 @@ class WorkerProxyView final : public health::ProxyView {
   BackendRegistry& registry_;
   std::function<RuntimeConfigPtr()> config_;
   bool listening_ = false;
+  std::function<std::string()> protocol_log_status_;
 };
 
 }  // namespace portico::proxy

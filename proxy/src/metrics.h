@@ -1,4 +1,5 @@
-// Prometheus text for the proxy's own counters, from a StatsSnapshot.
+// Prometheus text for the proxy's own counters, from a StatsSnapshot, and
+// the same histograms as JSON for the status page.
 #pragma once
 
 #include <string>
@@ -12,5 +13,12 @@ namespace portico::proxy {
 // Only the backends configured now (`config`) are shown, by name.
 std::string renderProxyMetrics(const StatsSnapshot& stats, const RuntimeConfig& config,
                                const SharedState& shared);
+
+// GET /commands on the status endpoint (the status page draws it): per
+// configured backend, every command seen with its count, NO, BAD, sum of
+// processing times in seconds and non-cumulative bucket counts, plus IDLE
+// (or null); "bucket_upper_seconds" holds the buckets' upper bounds, null
+// for the last (+Inf).
+std::string renderCommandsJson(const StatsSnapshot& stats, const RuntimeConfig& config);
 
 }  // namespace portico::proxy

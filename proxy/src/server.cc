@@ -359,6 +359,7 @@ int runProxy(const std::string& config_path) {
   c.view =
       std::make_unique<WorkerProxyView>(c.workers, c.shared, c.registry, [&c] { return c.config; });
   c.view->setListening(true);
+  c.view->setProtocolLogStatus([&c] { return protocolLogStatusText(c); });
   c.health =
       std::make_unique<health::HealthService>(&c.loop, makeHealthConfig(c.config->config), *c.view);
   if (!c.health->start(error)) {

@@ -419,6 +419,7 @@ void Session::backendFailed(std::string_view why) {
 }
 
 void Session::failLogin(std::string_view client_line, bool count_failure) {
+  (count_failure ? host_.stats().logins_rejected : host_.stats().logins_unavailable).add();
   if (backend_ != nullptr) {
     orphans_.push_back(backend_);
     backend_->close();

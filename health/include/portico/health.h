@@ -174,6 +174,7 @@ struct BackendLoad {
   std::uint64_t queued = 0;           // commands sent, not yet answered
   double average_processing_ms = 0;   // moving average of the last 1,024 commands
   std::uint64_t recent_commands = 0;  // how many commands that average covers
+  double weight = 1.0;                // routing weight from the config
 };
 
 class ProxyView {
@@ -188,6 +189,13 @@ class ProxyView {
   // Prometheus text for the proxy's own counters (connections, commands,
   // histograms, bytes, per-backend sessions); appended to /metrics.
   virtual std::string proxyMetrics() = 0;
+  // JSON for GET /commands: per backend and command, the processing-time
+  // histogram (bucket upper bounds in seconds, non-cumulative counts), count,
+  // NO/BAD and the sum. Empty: the route answers 404.
+  virtual std::string commandsJson() { return {}; }
+  // JSON for GET /protocol-log: the protocol log's state and the active
+  // trace, as `porticoctl protocol-log status` shows it. Empty: 404.
+  virtual std::string protocolLogJson() { return {}; }
 };
 
 class HealthService {

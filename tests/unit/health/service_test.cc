@@ -139,10 +139,10 @@ TEST(HealthService, MonitorsAndJsonShapesFromConfig) {
 
     const json backends = json::parse(service.backendsJson());
     ASSERT_EQ(backends["backends"].size(), 2u);
-    EXPECT_EQ(
-        keys(backends["backends"][0]),
-        (std::set<std::string>{"name", "state", "drained_by_responder", "drained_by_operator",
-                               "sessions", "queued", "average_processing_ms", "recent_commands"}));
+    EXPECT_EQ(keys(backends["backends"][0]),
+              (std::set<std::string>{"name", "weight", "state", "drained_by_responder",
+                                     "drained_by_operator", "sessions", "queued",
+                                     "average_processing_ms", "recent_commands"}));
     EXPECT_EQ(backends["backends"][0]["state"], "enabled");
 
     const std::string metrics = service.metricsText();

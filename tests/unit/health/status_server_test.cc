@@ -970,8 +970,24 @@ TEST_F(StatusServerTest, BearerToken) {
   r = c.read();
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 401);
+  // The status page is static and a browser opening it sends no token: GET
+  // and HEAD / pass; its script sends the token on every fetch.
+  ASSERT_TRUE(c.send(get("/")));
+  r = c.read();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  ASSERT_TRUE(c.send("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"));
+  r = c.read();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 401);
+  for (const char* path : {"//", "/index.html", "/./"}) {
+    ASSERT_TRUE(c.send(get(path)));
+    r = c.read();
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 401) << path;
+  }
   std::lock_guard lock(mutex_);
-  EXPECT_EQ(seen_.size(), 3u) << "unauthorised requests must not reach the handler";
+  EXPECT_EQ(seen_.size(), 4u) << "unauthorised requests must not reach the handler";
 }
 
 TEST_F(StatusServerTest, AsyncResponderAfterClientLeftIsDropped) {

@@ -838,6 +838,8 @@ TEST(TlsModeTest, Names) {
 
 // The shipped configs must load: the reference documents every key, and the
 // demo is what scripts and outside harnesses start.
+// From the source tree's path, not __FILE__: ccache's base_dir makes
+// __FILE__ relative to the build directory, not to where the test runs.
 std::filesystem::path confDir() {
   return std::filesystem::path(PORTICO_SOURCE_DIR) / "conf";
 }
