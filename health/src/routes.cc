@@ -1,6 +1,6 @@
 // HealthService's HTTP routes on the status endpoint: /healthz, /readyz,
-// /health, /health/report, /backends, /metrics and /probes/<Set>/<Probe>
-// (GET for the results, POST to invoke).
+// /health, /health/report, /health/actions, /backends, /metrics and
+// /probes/<Set>/<Probe> (GET for the results, POST to invoke).
 #include <cctype>
 #include <map>
 #include <memory>
@@ -99,6 +99,9 @@ void HealthService::Impl::handle(const HttpRequest& request, Responder respond) 
     only_get([&] { return jsonResponse(200, health(query["set"])); });
   } else if (path == "/health/report") {
     only_get([&] { return jsonResponse(200, report()); });
+  } else if (path == "/health/actions") {
+    // What responders and operators did, newest first (bounded ring).
+    only_get([&] { return jsonResponse(200, actions_.json().dump()); });
   } else if (path == "/backends") {
     only_get([&] { return jsonResponse(200, backends()); });
   } else if (path == "/metrics") {
