@@ -130,7 +130,18 @@ struct MonitorSettings {
 struct HealthConfig {
   std::string hook;  // command the operator-hook responder runs; empty: none
   Millis hook_timeout{30'000};
-  bool move_sessions = false;  // drained backends: BYE their sessions between commands
+  bool move_sessions = false;          // drained backends: BYE their sessions between commands
+  bool responders_dry_run = false;     // responders = "dry-run": record, do nothing
+  std::uint32_t action_history = 256;  // entries kept for GET /health/actions
+};
+
+// [process]: what the process becomes once its sockets are bound.
+struct ProcessConfig {
+  // Started as root with `user` set: after binding the listeners, the
+  // status endpoint and the admin socket, switch to this user (and `group`,
+  // default the user's primary group) for good. Empty: stay as started.
+  std::string user;
+  std::string group;
 };
 
 struct Config {
@@ -148,6 +159,7 @@ struct Config {
   std::map<std::string, ProbeSettings> probes;
   std::map<std::string, MonitorSettings> monitors;
   HealthConfig health;
+  ProcessConfig process;
 };
 
 struct ConfigResult {
