@@ -673,4 +673,16 @@ bool HealthService::dryRun() const {
   return impl_->config_.responders.dry_run;
 }
 
+void HealthService::setComponentActive(bool active, const std::string& by) {
+  if (active) {
+    impl_->inactive_by_.reset();
+  } else {
+    impl_->inactive_by_ = by;
+  }
+}
+
+bool HealthService::componentActive() const {
+  return !impl_->inactive_by_;
+}
+
 }  // namespace portico::health

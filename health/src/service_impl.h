@@ -149,6 +149,7 @@ struct HealthService::Impl {
   std::map<std::string, ServiceTimer*> sample_timers_;
   ServiceTimer* ladder_timer_ = nullptr;
   ServiceTimer* override_timer_ = nullptr;
+  std::optional<std::string> inactive_by_;  // ImapProxy set Inactive by an operator
   std::set<ImapProbe*> inflight_;
   std::unique_ptr<StatusServer> server_;
   std::function<void()> stop_done_;

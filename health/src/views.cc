@@ -124,6 +124,7 @@ std::string HealthService::Impl::health(const std::string& glob) const {
   return json{{"Server", config_.server_name},
               {"Offline", takenOffline()},
               {"Responders", config_.responders.dry_run ? "dry-run" : "act"},
+              {"ComponentState", inactive_by_ ? "Inactive" : "Active"},
               {"Monitors", std::move(monitors)},
               {"ResponderActions", std::move(actions)}}
       .dump();
@@ -239,6 +240,9 @@ bool HealthService::Impl::ready(std::string* reason) const {
   }
   if (takenOffline()) {
     reasons.emplace_back("taken offline by ImapProxyTestMonitor");
+  }
+  if (inactive_by_) {
+    reasons.emplace_back("ImapProxy set Inactive by " + *inactive_by_);
   }
   if (reason != nullptr) {
     *reason = fmt::format("{}", fmt::join(reasons, "; "));

@@ -13,6 +13,7 @@
 //   monitor override MONITOR [--target B] --duration D [--state S]
 //   monitor override remove MONITOR [--target B]
 //   actions
+//   component [ImapProxy active|inactive]
 //   stats
 //   reload
 //

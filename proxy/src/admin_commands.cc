@@ -544,6 +544,9 @@ std::pair<std::string, std::string> actionOf(const std::vector<std::string>& wor
   if (command == "reload") {
     return {"reload", "configuration"};
   }
+  if (command == "component" && words.size() == 3) {
+    return {"component " + word(2), word(1)};
+  }
   return {};
 }
 
@@ -624,6 +627,19 @@ void handleAdminCommand(Control& c, const AdminRequest& request, AdminServer::Re
     kickCommand(c, words, std::move(reply));
   } else if (command == "monitor") {
     monitorCommand(c, words, request.peer, reply);
+  } else if (command == "component") {
+    // Get-/Set-ServerComponentState for Portico's one component.
+    if (words.size() == 3 && words[1] == "ImapProxy" &&
+        (words[2] == "active" || words[2] == "inactive")) {
+      c.health->setComponentActive(words[2] == "active", request.peer);
+      logging::log(logging::Level::kInfo, "admin", "component ImapProxy set {} by {}", words[2],
+                   request.peer);
+    } else if (words.size() != 1) {
+      reply(fail("usage: component [ImapProxy active|inactive]"));
+      return;
+    }
+    reply(ok(json{{"component", "ImapProxy"},
+                  {"state", c.health->componentActive() ? "Active" : "Inactive"}}));
   } else if (command == "actions") {
     if (words.size() != 1) {
       reply(fail("usage: actions"));
@@ -649,7 +665,7 @@ void handleAdminCommand(Control& c, const AdminRequest& request, AdminServer::Re
           "monitor disable|repairing|enable MONITOR [TARGET]",
           "monitor override MONITOR [--target B] --duration D [--state S] | override remove "
           "MONITOR [--target B]",
-          "actions", "stats", "reload"}}}));
+          "actions", "component [ImapProxy active|inactive]", "stats", "reload"}}}));
   } else {
     reply(fail("unknown command '" + command + "' (try 'help')"));
   }

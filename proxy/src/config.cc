@@ -464,8 +464,9 @@ Config ConfigReader::read(const toml::table& root) {
     checkKeys(*t, {"user", "group"}, "in [process]");
     for (auto [key, out] :
          {std::pair{"user", &config.process.user}, std::pair{"group", &config.process.group}}) {
-      if (readString(*t, key, *out) && (out->empty() || out->size() > 32 ||
-                                        out->find_first_of(" \t:/\n") != std::string::npos)) {
+      // "" is the default: stay as started.
+      if (readString(*t, key, *out) &&
+          (out->size() > 32 || out->find_first_of(" \t:/\n") != std::string::npos)) {
         error(lineOf(*t->get(key)), quoted(key) + " must be a user or group name");
       }
     }

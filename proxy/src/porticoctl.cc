@@ -512,6 +512,8 @@ void printHuman(const std::string& command, const std::vector<std::string>& word
     std::printf("configuration reloaded\n");
   } else if (command == "actions") {
     printActions(r);
+  } else if (command == "component") {
+    std::printf("%s: %s\n", field(r, "component").c_str(), field(r, "state").c_str());
   } else if (command == "monitor" && words.size() > 1 && words[1] == "override") {
     if (r.contains("removed")) {
       for (const json& k : r["removed"]) {
@@ -646,6 +648,13 @@ int run(int argc, char** argv) {
   auto* mr_target_opt =
       m_override_remove->add_option("--target", mr_target, "Only this target (default: every)");
 
+  std::string comp_name, comp_state;
+  auto* component = app.add_subcommand(
+      "component", "Show or set ImapProxy Active/Inactive (like Set-ServerComponentState)");
+  component->add_option("component", comp_name, "ImapProxy")->check(CLI::IsMember({"ImapProxy"}));
+  component->add_option("state", comp_state, "active | inactive (Inactive: /readyz answers 503)")
+      ->check(CLI::IsMember({"active", "inactive"}));
+
   auto* actions = app.add_subcommand(
       "actions", "What responders and operators did, newest first (GET /health/actions)");
 
@@ -733,6 +742,16 @@ int run(int argc, char** argv) {
     }
   } else if (actions->parsed()) {
     w.push_back("actions");
+  } else if (component->parsed()) {
+    if (comp_name.empty() != comp_state.empty()) {
+      std::fprintf(stderr, "porticoctl: component needs both ImapProxy and active|inactive\n");
+      return kExitUsage;
+    }
+    w.push_back("component");
+    if (!comp_name.empty()) {
+      w.push_back(comp_name);
+      w.push_back(comp_state);
+    }
   } else if (stats->parsed()) {
     w.push_back("stats");
   } else if (reload->parsed()) {

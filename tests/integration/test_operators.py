@@ -219,6 +219,7 @@ def test_operator_actions_record_who_did_them(backends, portico_factory):
     p = portico_factory(backends, config={"admin": {"group": "nogroup"},
                                           "health": {"probe": quiet_probes()}})
     os.chmod(p.workdir, 0o711)  # nobody must reach the socket in it
+    nobody = "nobody (uid %d)" % pwd.getpwnam("nobody").pw_uid
     assert ctl(p, "backend", "drain", "mbx1").returncode == 0
     r = ctl(p, "backend", "enable", "mbx1", user="nobody")
     assert r.returncode == 0, r
@@ -233,9 +234,20 @@ def test_operator_actions_record_who_did_them(backends, portico_factory):
     assert ctl(p, "kick", "--user", "alice").returncode == 1  # nothing left to kick: refused, recorded
     assert ctl(p, "reload").returncode == 0
     p.reload()  # SIGHUP
+    # Set-ServerComponentState ImapProxy Inactive: out of the load balancer.
+    r = ctl(p, "component", "ImapProxy", "inactive", user="nobody")
+    assert r.returncode == 0 and r.stdout == "ImapProxy: Inactive\n", r
+    conn = http.client.HTTPConnection("127.0.0.1", p.status_port, timeout=10)
+    conn.request("GET", "/readyz")
+    ready = conn.getresponse()
+    assert ready.status == 503 and "ImapProxy set Inactive by %s" % nobody in ready.read().decode()
+    conn.close()
+    assert get_json(p, "/health")["ComponentState"] == "Inactive"
+    assert ImapConn(p.port).login("bob").split(b" ")[1] == b"OK", "Inactive must not refuse logins"
+    assert ctl(p, "component", "ImapProxy", "active").returncode == 0
+    assert status_code(p, "/readyz") == 200
     assert ctl(p, "sessions").returncode == 0  # a read: not recorded
 
-    nobody = "nobody (uid %d)" % pwd.getpwnam("nobody").pw_uid
     hist = [(a["action"], a["target"], a["by"], a["result"]) for a in reversed(actions(p))]
     assert hist == [
         ("backend drain", "mbx1", ROOT, "done"),
@@ -248,6 +260,8 @@ def test_operator_actions_record_who_did_them(backends, portico_factory):
         ("kick", "user alice", ROOT, "refused: kick: no matching session"),
         ("reload", "configuration", ROOT, "done"),
         ("reload", "configuration", "signal SIGHUP", "done"),
+        ("component inactive", "ImapProxy", nobody, "done"),
+        ("component active", "ImapProxy", ROOT, "done"),
     ], hist
     assert all(a["kind"] == "operator" for a in actions(p))
     c.close()

@@ -37,7 +37,7 @@ def complete(*words: str, path_dir: str | None = None) -> list:
 
 def test_completion_of_commands_sub_commands_and_options():
     assert complete("porticoctl", "") == ["sessions", "kick", "health", "probe", "backend", "monitor", "actions",
-                                          "protocol-log", "stats", "reload", "commands", "help"]
+                                          "component", "protocol-log", "stats", "reload", "commands", "help"]
     assert complete("porticoctl", "mon") == ["monitor"]
     assert complete("porticoctl", "--json", "pro") == ["probe", "protocol-log"]
     assert complete("porticoctl", "-") == ["--socket", "--json", "--timeout", "--help", "--help-all"]
@@ -49,6 +49,7 @@ def test_completion_of_commands_sub_commands_and_options():
         "Disabled", "Repairing", "Healthy", "Degraded"]
     assert complete("porticoctl", "monitor", "override", "rem") == ["remove"]
     assert complete("porticoctl", "backend", "") == ["list", "drain", "enable"]
+    assert complete("porticoctl", "component", "ImapProxy", "") == ["active", "inactive"]
     assert complete("porticoctl", "protocol-log", "on", "--") == ["--user", "--ip", "--ttl", "--json", "--help"]
     assert complete("porticoctl", "protocol-log", "") == ["on", "off", "status"]
     assert complete("porticoctl", "probe", "IMAP.Protocol/ImapD") == ["IMAP.Protocol/ImapDeepTestProbe"]

@@ -283,6 +283,13 @@ class HealthService {
   // True when [health] responders = "dry-run".
   bool dryRun() const;
 
+  // The ImapProxy component's operator state (Set-ServerComponentState
+  // -Component ImapProxy -State Inactive): while Inactive, /readyz answers
+  // 503 so load balancers take Portico out of rotation; sessions and
+  // logins go on. `by` is who set it.
+  void setComponentActive(bool active, const std::string& by);
+  bool componentActive() const;
+
   struct Impl;
 
  private:

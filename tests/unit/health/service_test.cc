@@ -91,9 +91,11 @@ TEST(HealthService, MonitorsAndJsonShapesFromConfig) {
     FakeProxy proxy;
     HealthService service(&loop, baseConfig(1, 2), proxy);
     const json health = json::parse(service.healthJson("*"));
-    EXPECT_EQ(keys(health), (std::set<std::string>{"Server", "Offline", "Responders", "Monitors",
-                                                   "ResponderActions"}));
+    EXPECT_EQ(keys(health),
+              (std::set<std::string>{"Server", "Offline", "Responders", "ComponentState",
+                                     "Monitors", "ResponderActions"}));
     EXPECT_EQ(health["Responders"], "act");
+    EXPECT_EQ(health["ComponentState"], "Active");
     std::multiset<std::string> names;
     for (const json& m : health["Monitors"]) {
       names.insert(m["Name"].get<std::string>() + "/" + m["TargetResource"].get<std::string>());
@@ -162,6 +164,15 @@ TEST(HealthService, MonitorsAndJsonShapesFromConfig) {
     EXPECT_FALSE(service.ready(&reason));
     EXPECT_EQ(reason, "every backend is drained");
     EXPECT_EQ(json::parse(service.backendsJson())["backends"][0]["state"], "drained-by-operator");
+
+    proxy.all_drained_by_operator = false;
+    service.setComponentActive(false, "root (uid 0)");
+    EXPECT_FALSE(service.ready(&reason));
+    EXPECT_EQ(reason, "ImapProxy set Inactive by root (uid 0)");
+    EXPECT_EQ(json::parse(service.healthJson("*"))["ComponentState"], "Inactive");
+    service.setComponentActive(true, "root (uid 0)");
+    EXPECT_TRUE(service.ready(&reason)) << reason;
+    EXPECT_TRUE(service.componentActive());
 
     EXPECT_TRUE(service.setMonitorOverride("ImapSelfTestMonitor", "mbx2", AlertValue::kDisabled));
     EXPECT_FALSE(service.setMonitorOverride("ImapSelfTestMonitor", "mbx2", AlertValue::kHealthy));
