@@ -65,4 +65,8 @@ nlohmann::json ActionLog::json() const {
   return nlohmann::json{{"actions", std::move(list)}};
 }
 
+std::string ActionLog::text() const {
+  return json().dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
 }  // namespace portico::health

@@ -36,6 +36,10 @@ class ActionLog {
   // {"actions":[{"time","kind","action","target","reason","by","result"}]},
   // newest first, times in ISO-8601 UTC with milliseconds.
   nlohmann::json json() const;
+  // json() as text. Reasons and targets can carry an operator's words as
+  // they came over the admin socket: invalid UTF-8 becomes U+FFFD instead
+  // of an exception.
+  std::string text() const;
 
  private:
   struct Entry {

@@ -101,7 +101,7 @@ void HealthService::Impl::handle(const HttpRequest& request, Responder respond) 
     only_get([&] { return jsonResponse(200, report()); });
   } else if (path == "/health/actions") {
     // What responders and operators did, newest first (bounded ring).
-    only_get([&] { return jsonResponse(200, actions_.json().dump()); });
+    only_get([&] { return jsonResponse(200, actions_.text()); });
   } else if (path == "/backends") {
     only_get([&] { return jsonResponse(200, backends()); });
   } else if (path == "/metrics") {

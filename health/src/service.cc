@@ -666,7 +666,7 @@ void HealthService::setActionResult(std::uint64_t id, std::string result) {
 }
 
 std::string HealthService::actionsJson() const {
-  return impl_->actions_.json().dump();
+  return impl_->actions_.text();
 }
 
 bool HealthService::dryRun() const {

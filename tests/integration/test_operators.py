@@ -17,6 +17,7 @@ import json
 import os
 import pwd
 import re
+import socket
 import subprocess
 import time
 
@@ -265,3 +266,12 @@ def test_operator_actions_record_who_did_them(backends, portico_factory):
     ], hist
     assert all(a["kind"] == "operator" for a in actions(p))
     c.close()
+
+    # Words that are not UTF-8 reach the history replaced, and the history
+    # still serialises.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(p.admin_socket))
+        s.sendall(b"kick --user \xff\xfeuser\n")
+        assert b'"ok":false' in s.recv(65536)
+    assert actions(p)[0]["target"] == "user \ufffd\ufffduser", actions(p)[0]

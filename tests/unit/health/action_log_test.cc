@@ -80,5 +80,15 @@ TEST(ActionLog, JsonShapeIsExact) {
   EXPECT_EQ(ActionLog(4).json().dump(), R"({"actions":[]})");
 }
 
+TEST(ActionLog, InvalidUtf8FromAnOperatorIsReplacedNotThrown) {
+  ActionLog log;
+  log.add(ActionRecord{kT0, "operator", "kick", "user \xff\xfe", "admin socket: kick --user \xff",
+                       "root (uid 0)", "refused: kick: no matching session"});
+  std::string text;
+  ASSERT_NO_THROW(text = log.text());
+  const json j = json::parse(text);
+  EXPECT_EQ(j["actions"][0]["target"], "user \xef\xbf\xbd\xef\xbf\xbd");
+}
+
 }  // namespace
 }  // namespace portico::health
