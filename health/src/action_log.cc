@@ -8,6 +8,8 @@
 
 #include <fmt/format.h>
 
+#include "portico/json_text.h"
+
 namespace portico::health {
 
 std::string formatIsoTime(SystemTime time) {
@@ -66,7 +68,7 @@ nlohmann::json ActionLog::json() const {
 }
 
 std::string ActionLog::text() const {
-  return json().dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  return jsonText(json());
 }
 
 }  // namespace portico::health

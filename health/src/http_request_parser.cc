@@ -3,6 +3,7 @@
 #include "status_server.h"
 
 #include "http_util.h"
+#include "portico/json_text.h"
 
 #include <algorithm>
 #include <array>
@@ -58,38 +59,10 @@ const char* httpReasonPhrase(int status) {
 }
 
 std::string jsonError(int status, std::string_view message) {
-  std::string out = "{\"error\":{\"status\":" + std::to_string(status) + ",\"message\":\"";
-  for (char ch : message) {
-    const auto c = static_cast<unsigned char>(ch);
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (c < 0x20 || c == 0x7f) {
-          static constexpr char kHex[] = "0123456789abcdef";
-          out += "\\u00";
-          out += kHex[c >> 4];
-          out += kHex[c & 0xf];
-        } else {
-          out += ch;  // UTF-8 passes through; our messages are ASCII
-        }
-    }
-  }
-  out += "\"}}";
-  return out;
+  // The message can hold request bytes (a percent-decoded target, say):
+  // jsonText escapes control characters and replaces invalid UTF-8.
+  return "{\"error\":{\"status\":" + std::to_string(status) +
+         ",\"message\":" + jsonText(nlohmann::json(std::string(message))) + "}}";
 }
 
 const char* httpParseEventTypeName(HttpParseEventType type) {

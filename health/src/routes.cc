@@ -11,6 +11,7 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
+#include "portico/json_text.h"
 #include "service_impl.h"
 
 namespace portico::health {
@@ -92,8 +93,9 @@ void HealthService::Impl::handle(const HttpRequest& request, Responder respond) 
   } else if (path == "/readyz") {
     only_get([&] {
       std::string why;
-      return ready(&why) ? jsonResponse(200, R"({"status":"ready"})")
-                         : jsonResponse(503, json{{"status", "not ready"}, {"reason", why}}.dump());
+      return ready(&why)
+                 ? jsonResponse(200, R"({"status":"ready"})")
+                 : jsonResponse(503, jsonText(json{{"status", "not ready"}, {"reason", why}}));
     });
   } else if (path == "/health") {
     only_get([&] { return jsonResponse(200, health(query["set"])); });
@@ -145,7 +147,7 @@ void HealthService::Impl::handleProbe(const HttpRequest& request,
       respond(errorResponse(404, fmt::format("no target \"{}\" for {}", *target, probe)));
       return;
     }
-    respond(jsonResponse(200, body.dump()));
+    respond(jsonResponse(200, jsonText(body)));
     return;
   }
   if (request.method != "POST") {
@@ -167,7 +169,15 @@ void HealthService::Impl::handleProbe(const HttpRequest& request,
   auto shared = std::make_shared<Responder>(std::move(respond));
   if (!invoke(defs.front()->health_set, defs.front()->probe, *target,
               [shared](const ProbeResult& result) {
-                (*shared)(jsonResponse(200, resultJson(result).dump()));
+                // Runs later, outside the server's request boundary: an
+                // exception here must still end as an answer.
+                HttpResponse response;
+                try {
+                  response = jsonResponse(200, jsonText(resultJson(result)));
+                } catch (const std::exception&) {
+                  response = errorResponse(500, "internal error");
+                }
+                (*shared)(std::move(response));
               })) {
     (*shared)(errorResponse(stopping_ ? 503 : 404,
                             stopping_ ? "stopping" : fmt::format("no target \"{}\"", *target)));

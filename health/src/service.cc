@@ -568,7 +568,7 @@ std::string HealthService::reportJson() const {
 }
 std::string HealthService::probesJson(const std::string& health_set,
                                       const std::string& probe) const {
-  return impl_->probes(health_set, probe, std::nullopt).dump();
+  return jsonText(impl_->probes(health_set, probe, std::nullopt));
 }
 std::string HealthService::backendsJson() const {
   return impl_->backends();

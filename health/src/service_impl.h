@@ -26,6 +26,7 @@
 #include "imap_probe.h"
 #include "monitor.h"
 #include "portico/health.h"
+#include "portico/json_text.h"
 #include "responder.h"
 #include "status_server.h"
 

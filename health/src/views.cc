@@ -121,13 +121,12 @@ std::string HealthService::Impl::health(const std::string& glob) const {
                        {"Reason", a.reason},
                        {"Outcome", a.outcome}});
   }
-  return json{{"Server", config_.server_name},
-              {"Offline", takenOffline()},
-              {"Responders", config_.responders.dry_run ? "dry-run" : "act"},
-              {"ComponentState", inactive_by_ ? "Inactive" : "Active"},
-              {"Monitors", std::move(monitors)},
-              {"ResponderActions", std::move(actions)}}
-      .dump();
+  return jsonText(json{{"Server", config_.server_name},
+                       {"Offline", takenOffline()},
+                       {"Responders", config_.responders.dry_run ? "dry-run" : "act"},
+                       {"ComponentState", inactive_by_ ? "Inactive" : "Active"},
+                       {"Monitors", std::move(monitors)},
+                       {"ResponderActions", std::move(actions)}});
 }
 
 std::string HealthService::Impl::report() const {
@@ -140,7 +139,7 @@ std::string HealthService::Impl::report() const {
                     {"LastTransitionTime", timeOrNull(state.last_transition)},
                     {"MonitorCount", state.monitors}});
   }
-  return json{{"Server", config_.server_name}, {"HealthSets", std::move(sets)}}.dump();
+  return jsonText(json{{"Server", config_.server_name}, {"HealthSets", std::move(sets)}});
 }
 
 json HealthService::Impl::probes(const std::string& set, const std::string& probe,
@@ -179,7 +178,7 @@ std::string HealthService::Impl::backends() const {
                     {"average_processing_ms", b.average_processing_ms},
                     {"recent_commands", b.recent_commands}});
   }
-  return json{{"backends", std::move(list)}}.dump();
+  return jsonText(json{{"backends", std::move(list)}});
 }
 
 std::string HealthService::Impl::metrics() const {

@@ -359,6 +359,25 @@ void ProtocolLog::Impl::startPeriod(const std::string& period_now) {
   path = fmt::format("{}/{}{}-{}{}", options.directory, options.prefix, period, seq, kLogSuffix);
 }
 
+namespace {
+
+// Creates `dir` and its missing parents, each mode 0750 (less under a
+// stricter umask): the files name users and their addresses, which are no
+// business of other local accounts. Failures show when the file is opened.
+void makeLogDirectories(const std::string& dir) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(dir, ec)) {
+    return;
+  }
+  std::filesystem::path partial;
+  for (const std::filesystem::path& part : std::filesystem::path(dir)) {
+    partial /= part;
+    ::mkdir(partial.c_str(), 0750);  // EEXIST for the parts already there
+  }
+}
+
+}  // namespace
+
 bool ProtocolLog::Impl::ensureOpen(SysTime time, const std::string& period_now) {
   if (period_now != period) {
     closeFile();
@@ -369,9 +388,11 @@ bool ProtocolLog::Impl::ensureOpen(SysTime time, const std::string& period_now) 
     return true;
   }
   path = fmt::format("{}/{}{}-{}{}", options.directory, options.prefix, period, seq, kLogSuffix);
-  std::error_code ec;
-  std::filesystem::create_directories(options.directory, ec);  // open() reports failures
-  fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  makeLogDirectories(options.directory);
+  // 0640: readable by the log's group, never by others. O_NOFOLLOW: a
+  // symlink planted at the file's name must not send the log (user names,
+  // addresses) elsewhere, or make Portico append to a file it points at.
+  fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0640);
   if (fd < 0) {
     fail(fmt::format("protocol log: cannot open {}: {}", path, errnoText(errno)), 0);
     return false;

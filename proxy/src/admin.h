@@ -17,13 +17,28 @@
 //   stats
 //   reload
 //
-// The socket is created mode 0600 (0660 with a configured group). Limits:
-// a request line of at most kMaxLine bytes (longer: error reply, then the
-// connection is closed) and at most kMaxConnections connections.
+// The socket is created mode 0600 (0660 with a configured group); a missing
+// socket directory is created mode 0750 (its parent must exist).
+//
+// Limits, each answered with an error reply rather than silence:
+// - a request line of at most kMaxLine bytes (longer: error, then close);
+// - at most kMaxQueuedLines lines / kMaxQueuedBytes bytes waiting their turn
+//   on one connection (more: error, then close). Requests are served one
+//   after another in a loop, never by recursion, so a long pipeline costs
+//   no stack;
+// - replies not yet read by the client: above kMaxPendingReplyBytes the
+//   server stops reading and serving that connection until they drain;
+// - at most kMaxConnections connections (one more: error, then close);
+// - a connection with no request for `idle_timeout` (and none being
+//   answered) gets an error reply and is closed, so idle clients cannot
+//   hold every slot.
+// Errors: a request whose handling throws gets {"ok":false,...}; nothing
+// from a request reaches the event loop as an exception.
 #pragma once
 
 #include <uv.h>
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <string>
@@ -52,25 +67,39 @@ class AdminServer {
 
   static constexpr std::size_t kMaxLine = 64 * 1024;
   static constexpr std::size_t kMaxConnections = 16;
+  static constexpr std::size_t kMaxQueuedLines = 1024;
+  static constexpr std::size_t kMaxQueuedBytes = 1024 * 1024;
+  static constexpr std::size_t kMaxPendingReplyBytes = 4 * 1024 * 1024;
+  static constexpr std::chrono::milliseconds kDefaultIdleTimeout{60'000};
 
-  AdminServer(uv_loop_t* loop, std::string path, std::string group, Handler handler);
+  AdminServer(uv_loop_t* loop, std::string path, std::string group, Handler handler,
+              std::chrono::milliseconds idle_timeout = kDefaultIdleTimeout);
   ~AdminServer();
 
   bool start(std::string& error);
   void stop();
   const std::string& path() const { return path_; }
+  // Applies to connections from now on (a reload may change it).
+  void setIdleTimeout(std::chrono::milliseconds timeout) { idle_timeout_ = timeout; }
 
+  std::chrono::milliseconds idleTimeout() const { return idle_timeout_; }
+
+  // Internal: one client connection and the callbacks that serve it.
   struct Connection;
   void closeConnection(Connection* c);
+  static void onRead(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf);
+  static void serveQueued(Connection* conn);
 
  private:
   static void onConnection(uv_stream_t* server, int status);
-  static void serveNext(Connection* conn);
+  static void serveOne(Connection* conn, std::string line);
+  bool makeSocketDirectory(std::string& error) const;
 
   uv_loop_t* loop_;
   std::string path_;
   std::string group_;
   Handler handler_;
+  std::chrono::milliseconds idle_timeout_;
   uv_pipe_t* pipe_ = nullptr;
   std::vector<Connection*> connections_;
   std::shared_ptr<bool> alive_;

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "control.h"
+#include "portico/json_text.h"
 #include "portico/logging.h"
 
 namespace portico::proxy {
@@ -20,13 +21,30 @@ namespace {
 
 using nlohmann::json;
 
+// Replies are built with jsonText: user names, backend error text and
+// request words may be any bytes, and must never make serialising throw.
 std::string ok(json body = json::object()) {
   body["ok"] = true;
-  return body.dump();
+  return jsonText(body);
 }
 
 std::string fail(const std::string& message) {
-  return json{{"ok", false}, {"error", message}}.dump();
+  return jsonText(json{{"ok", false}, {"error", message}});
+}
+
+// Answers a request from a callback that runs later on the control loop,
+// outside the admin server's request boundary: an exception while building
+// the reply becomes an error reply there too.
+template <typename Build>
+void answerLater(const AdminServer::Reply& reply, const char* command, Build build) {
+  std::string text;
+  try {
+    text = build();
+  } catch (const std::exception& e) {
+    logging::log(logging::Level::kError, "admin", "command '{}' failed: {}", command, e.what());
+    text = fail(fmt::format("internal error in '{}': {}", command, e.what()));
+  }
+  reply(std::move(text));
 }
 
 // Options "--name value" and flags "--name" after the positional words.
@@ -227,13 +245,15 @@ void sessionsCommand(Control& c, const std::vector<std::string>& words, AdminSer
   gather<std::vector<SessionInfo>>(
       c, [filter](Worker& w) { return w.listSessions(filter); },
       [reply](std::vector<std::vector<SessionInfo>> all) {
-        json list = json::array();
-        for (const auto& worker : all) {
-          for (const SessionInfo& s : worker) {
-            list.push_back(sessionJson(s));
+        answerLater(reply, "sessions", [&] {
+          json list = json::array();
+          for (const auto& worker : all) {
+            for (const SessionInfo& s : worker) {
+              list.push_back(sessionJson(s));
+            }
           }
-        }
-        reply(ok(json{{"sessions", list}, {"count", list.size()}}));
+          return ok(json{{"sessions", list}, {"count", list.size()}});
+        });
       });
 }
 
@@ -262,15 +282,13 @@ void kickCommand(Control& c, const std::vector<std::string>& words, AdminServer:
   gather<std::size_t>(
       c, [filter](Worker& w) { return w.kick(filter); },
       [reply](std::vector<std::size_t> counts) {
-        std::size_t total = 0;
-        for (std::size_t n : counts) {
-          total += n;
-        }
-        if (total == 0) {
-          reply(fail("kick: no matching session"));
-        } else {
-          reply(ok(json{{"kicked", total}}));
-        }
+        answerLater(reply, "kick", [&] {
+          std::size_t total = 0;
+          for (std::size_t n : counts) {
+            total += n;
+          }
+          return total == 0 ? fail("kick: no matching session") : ok(json{{"kicked", total}});
+        });
       });
 }
 
@@ -322,21 +340,23 @@ void probeCommand(Control& c, const std::vector<std::string>& words, AdminServer
   std::string probe = spec.substr(sep + 1);
   std::string target = words.size() == 3 ? words[2] : "";
   bool started = c.health->invokeProbe(set, probe, target, [reply](const health::ProbeResult& r) {
-    json trace = json::array();
-    for (const std::string& t : r.trace) {
-      trace.push_back(t);
-    }
-    reply(ok(json{
-        {"ResultType", health::resultTypeName(r.result)},
-        {"Probe", r.probe},
-        {"HealthSet", r.health_set},
-        {"TargetResource", r.target},
-        {"SampleValue", r.sample_ms},
-        {"Error", r.error},
-        {"FailedStep",
-         r.result == health::ResultType::kSucceeded ? "" : health::probeStepName(r.failed_step)},
-        {"RetryCount", r.retry_count},
-        {"Trace", trace}}));
+    answerLater(reply, "probe", [&] {
+      json trace = json::array();
+      for (const std::string& t : r.trace) {
+        trace.push_back(t);
+      }
+      return ok(json{
+          {"ResultType", health::resultTypeName(r.result)},
+          {"Probe", r.probe},
+          {"HealthSet", r.health_set},
+          {"TargetResource", r.target},
+          {"SampleValue", r.sample_ms},
+          {"Error", r.error},
+          {"FailedStep",
+           r.result == health::ResultType::kSucceeded ? "" : health::probeStepName(r.failed_step)},
+          {"RetryCount", r.retry_count},
+          {"Trace", trace}});
+    });
   });
   if (!started) {
     reply(fail("probe: no probe " + set + "\\" + probe +

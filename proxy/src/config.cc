@@ -9,6 +9,7 @@
 #include <cctype>
 #include <cerrno>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <exception>
 #include <fstream>
@@ -48,6 +49,7 @@ constexpr std::array<std::string_view, 6> kMonitorNames = {
 // sockaddr_un::sun_path holds 108 bytes including the terminating NUL.
 constexpr std::size_t kMaxUnixSocketPath = 107;
 constexpr std::size_t kMaxGreeting = 512;
+constexpr std::size_t kMinStatusToken = 16;
 
 using Keys = std::initializer_list<std::string_view>;
 
@@ -183,6 +185,7 @@ class ConfigReader {
   void readNamedTables(const toml::table& health, const std::string& kind, const Names& names,
                        Read read);
   void checkReadableFile(const toml::table& t, std::string_view key, const std::string& file);
+  void checkSecretFile(const toml::table& t, std::string_view key, const std::string& file);
 
   std::string path_;
   std::vector<Error> errors_;
@@ -388,12 +391,32 @@ void ConfigReader::checkReadableFile(const toml::table& t, std::string_view key,
   }
 }
 
+// A file holding a secret (a private key, a password) must be the owner's
+// alone, as OpenSSH demands of private keys: readable by group or others it
+// leaks to every local account in them, writable it can be swapped. A file
+// that cannot be read is reported elsewhere (or when the key is loaded).
+void ConfigReader::checkSecretFile(const toml::table& t, std::string_view key,
+                                   const std::string& file) {
+  const toml::node* node = t.get(key);
+  struct stat info {};
+  if (node == nullptr || file.empty() || ::stat(file.c_str(), &info) != 0) {
+    return;
+  }
+  if ((info.st_mode & 077) != 0) {
+    char mode[8];
+    std::snprintf(mode, sizeof(mode), "%04o", static_cast<unsigned>(info.st_mode & 07777));
+    error(lineOf(*node), std::string(key) + " " + quoted(file) +
+                             " is open to group or others (mode " + mode +
+                             "); a secret must be its owner's alone: chmod 600 " + quoted(file));
+  }
+}
+
 Config ConfigReader::read(const toml::table& root) {
   Config config;
   config.path = path_;
   checkKeys(root,
             {"workers", "greeting", "listen", "backend", "routing", "timeouts", "limits", "status",
-             "admin", "protocol_log", "health", "process"},
+             "admin", "process", "protocol_log", "health"},
             "at top level");
 
   std::int64_t workers = 0;
@@ -424,15 +447,37 @@ Config ConfigReader::read(const toml::table& root) {
   if (const toml::table* t = table(root, "status", "status")) {
     checkKeys(*t, {"listen", "token"}, "in [status]");
     readAddress(*t, "listen", config.status.listen);
-    readString(*t, "token", config.status.token);
+    if (readString(*t, "token", config.status.token) && !config.status.token.empty() &&
+        config.status.token.size() < kMinStatusToken) {
+      error(lineOf(*t->get("token")), "'token' is " + std::to_string(config.status.token.size()) +
+                                          " characters; a bearer token needs at least " +
+                                          std::to_string(kMinStatusToken) +
+                                          " (e.g. openssl rand -hex 16), or \"\" for none");
+    }
   }
   if (const toml::table* t = table(root, "admin", "admin")) {
-    checkKeys(*t, {"socket", "group"}, "in [admin]");
+    checkKeys(*t, {"socket", "group", "idle_timeout"}, "in [admin]");
     readString(*t, "group", config.admin.group);
+    readDuration(*t, "idle_timeout", Millis{1}, config.admin.idle_timeout);
     if (readString(*t, "socket", config.admin.socket) &&
         (config.admin.socket.empty() || config.admin.socket.size() > kMaxUnixSocketPath)) {
       error(lineOf(*t->get("socket")),
             "'socket' must be a path of 1 to " + std::to_string(kMaxUnixSocketPath) + " bytes");
+    }
+  }
+  if (const toml::table* t = table(root, "process", "process")) {
+    checkKeys(*t, {"dumpable", "user", "group"}, "in [process]");
+    readBool(*t, "dumpable", config.process.dumpable);
+    for (auto [key, out] :
+         {std::pair{"user", &config.process.user}, std::pair{"group", &config.process.group}}) {
+      // "" is the default: stay as started.
+      if (readString(*t, key, *out) &&
+          (out->size() > 32 || out->find_first_of(" \t:/\n") != std::string::npos)) {
+        error(lineOf(*t->get(key)), quoted(key) + " must be a user or group name");
+      }
+    }
+    if (config.process.user.empty() && !config.process.group.empty()) {
+      error(lineOf(*t->get("group")), "'group' needs 'user' in [process]");
     }
   }
   if (const toml::table* t = table(root, "protocol_log", "protocol_log")) {
@@ -459,20 +504,6 @@ Config ConfigReader::read(const toml::table& root) {
   }
   if (const toml::table* t = table(root, "health", "health")) {
     readHealth(*t, config);
-  }
-  if (const toml::table* t = table(root, "process", "process")) {
-    checkKeys(*t, {"user", "group"}, "in [process]");
-    for (auto [key, out] :
-         {std::pair{"user", &config.process.user}, std::pair{"group", &config.process.group}}) {
-      // "" is the default: stay as started.
-      if (readString(*t, key, *out) &&
-          (out->size() > 32 || out->find_first_of(" \t:/\n") != std::string::npos)) {
-        error(lineOf(*t->get(key)), quoted(key) + " must be a user or group name");
-      }
-    }
-    if (config.process.user.empty() && !config.process.group.empty()) {
-      error(lineOf(*t->get("group")), "'group' needs 'user' in [process]");
-    }
   }
   return config;
 }
@@ -505,6 +536,7 @@ void ConfigReader::readListeners(const toml::table& root, Config& config) {
     readTls(t, "tls", listen.tls);
     readString(t, "cert", listen.cert);
     readString(t, "key", listen.key);
+    checkSecretFile(t, "key", listen.key);
     readBool(t, "require_tls", listen.require_tls);
     if (readString(t, "tls_min_version", listen.tls_min_version) &&
         listen.tls_min_version != "TLSv1.2" && listen.tls_min_version != "TLSv1.3") {
@@ -523,6 +555,7 @@ void ConfigReader::readListeners(const toml::table& root, Config& config) {
           readString(ct, "server_name", cert.server_name);
           readString(ct, "cert", cert.cert);
           readString(ct, "key", cert.key);
+          checkSecretFile(ct, "key", cert.key);
           if (cert.server_name.empty() || cert.cert.empty() || cert.key.empty()) {
             error(lineOf(ct), "[[listen.certificate]] needs 'server_name', 'cert' and 'key'");
           }
@@ -608,8 +641,16 @@ void ConfigReader::readBackends(const toml::table& root, Config& config) {
     }
     readString(t, "client_cert", backend.client_cert);
     readString(t, "client_key", backend.client_key);
+    checkSecretFile(t, "client_key", backend.client_key);
     if (backend.client_cert.empty() != backend.client_key.empty()) {
       error(lineOf(t), "[[backend]] needs both 'client_cert' and 'client_key', or neither");
+    }
+    if (backend.tls != TlsMode::kNone && !backend.verify && backend.pin_sha256.empty()) {
+      // Without either check any certificate is accepted, so whoever sits
+      // on the path gets every password Portico replays.
+      error(lineOf(*t.get("verify")),
+            "verify = false without 'pin_sha256' accepts any certificate (a man in the middle "
+            "would read every password); set pin_sha256, or verify = true");
     }
     readBool(t, "proxy_protocol", backend.proxy_protocol);
     readBool(t, "forward_id", backend.forward_id);
@@ -617,6 +658,7 @@ void ConfigReader::readBackends(const toml::table& root, Config& config) {
     if (readString(t, "probe_password_file", backend.probe_password_file) &&
         !backend.probe_password_file.empty()) {
       checkReadableFile(t, "probe_password_file", backend.probe_password_file);
+      checkSecretFile(t, "probe_password_file", backend.probe_password_file);
     }
     if (backend.probe_user.empty() != backend.probe_password_file.empty()) {
       error(lineOf(t), "[[backend]] needs both 'probe_user' and 'probe_password_file', or neither");
@@ -900,6 +942,12 @@ std::optional<HostPort> parseHostPort(const std::string& text) {
     in6_addr address{};
     if (::inet_pton(AF_INET6, out.host.c_str(), &address) != 1) {
       return std::nullopt;
+    }
+    // One spelling per address ("::0001" -> "::1"): listeners are matched
+    // across reloads, and duplicates found, by the address text.
+    char canonical[INET6_ADDRSTRLEN];
+    if (::inet_ntop(AF_INET6, &address, canonical, sizeof(canonical)) != nullptr) {
+      out.host = canonical;
     }
   } else {
     std::size_t colon = text.find(':');

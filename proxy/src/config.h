@@ -99,7 +99,21 @@ struct StatusConfig {
 
 struct AdminConfig {
   std::string socket = "/run/portico/admin.sock";
-  std::string group;  // optional: socket mode 0660 with this group (else 0600)
+  std::string group;            // optional: socket mode 0660 with this group (else 0600)
+  Millis idle_timeout{60'000};  // a connection with no request this long is closed
+};
+
+// [process]: how the process guards its memory, and what it becomes once
+// its sockets are bound.
+struct ProcessConfig {
+  // false: PR_SET_DUMPABLE 0, so no core dump and no ptrace attach by other
+  // processes of the same user can read passwords from memory.
+  bool dumpable = false;
+  // Started as root with `user` set: after binding the listeners, the
+  // status endpoint and the admin socket, switch to this user (and `group`,
+  // default the user's primary group) for good. Empty: stay as started.
+  std::string user;
+  std::string group;
 };
 
 struct ProtocolLogConfig {
@@ -135,15 +149,6 @@ struct HealthConfig {
   std::uint32_t action_history = 256;  // entries kept for GET /health/actions
 };
 
-// [process]: what the process becomes once its sockets are bound.
-struct ProcessConfig {
-  // Started as root with `user` set: after binding the listeners, the
-  // status endpoint and the admin socket, switch to this user (and `group`,
-  // default the user's primary group) for good. Empty: stay as started.
-  std::string user;
-  std::string group;
-};
-
 struct Config {
   std::string path;           // file it was read from
   std::uint32_t workers = 0;  // 0: one per core
@@ -155,11 +160,11 @@ struct Config {
   Limits limits;
   StatusConfig status;
   AdminConfig admin;
+  ProcessConfig process;
   ProtocolLogConfig protocol_log;
   std::map<std::string, ProbeSettings> probes;
   std::map<std::string, MonitorSettings> monitors;
   HealthConfig health;
-  ProcessConfig process;
 };
 
 struct ConfigResult {

@@ -4,6 +4,9 @@
 #include "portico/proxy.h"
 
 int main(int argc, char** argv) {
+  // First of all: secrets (keys, probe passwords, client logins) are read
+  // later, and must never be in a core file.
+  portico::proxy::setDumpable(false);
   CLI::App app{"Portico: an IMAP4 proxy with inline health checks"};
   std::string config = "/etc/portico/portico.toml";
   std::string check;

@@ -29,6 +29,9 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "portico/json_text.h"
+#include "portico/logging.h"
+
 namespace {
 
 using nlohmann::json;
@@ -178,6 +181,7 @@ std::string exchange(const std::string& path, const std::string& line,
   }
 
   std::size_t sent = 0;
+  std::string send_error;
   while (sent < line.size()) {
     ssize_t n = ::send(fd.get(), line.data() + sent, line.size() - sent, MSG_NOSIGNAL);
     if (n > 0) {
@@ -194,6 +198,12 @@ std::string exchange(const std::string& path, const std::string& line,
             fmt::format("{}: could not send the request within {}", path, timeoutText(timeout))};
       }
       continue;
+    }
+    if (errno == EPIPE || errno == ECONNRESET) {
+      // Portico may have answered and closed before reading the request
+      // (too many connections): show its answer if there is one.
+      send_error = fmt::format("{}: sending the request failed: {}", path, std::strerror(errno));
+      break;
     }
     throw Failure{fmt::format("{}: sending the request failed: {}", path, std::strerror(errno))};
   }
@@ -220,11 +230,16 @@ std::string exchange(const std::string& path, const std::string& line,
       if (errno == EINTR || errno == EAGAIN) {
         continue;
       }
+      if (!send_error.empty() && reply.empty()) {
+        throw Failure{send_error};
+      }
       throw Failure{fmt::format("{}: reading the reply failed: {}", path, std::strerror(errno))};
     }
     if (n == 0) {
       if (reply.empty()) {
-        throw Failure{fmt::format("{}: Portico closed the connection without a reply", path)};
+        throw Failure{!send_error.empty()
+                          ? send_error
+                          : fmt::format("{}: Portico closed the connection without a reply", path)};
       }
       break;  // a last line without '\n'
     }
@@ -242,13 +257,20 @@ std::string exchange(const std::string& path, const std::string& line,
 // ---------------------------------------------------------------------------
 // Human-readable output
 
-// Text of a scalar JSON value ("-" for null or absent).
+// Everything printed for humans goes through shown(): a value can hold a
+// client's bytes (a user name with ESC or CR LF in it), which must not
+// drive the operator's terminal or forge output lines.
+std::string shown(const std::string& s) {
+  return portico::logging::printable(s);
+}
+
+// Text of a scalar JSON value ("-" for null or absent), safe to print.
 std::string text(const json& v) {
   if (v.is_null()) {
     return "-";
   }
   if (v.is_string()) {
-    return v.get<std::string>();
+    return shown(v.get<std::string>());
   }
   if (v.is_boolean()) {
     return v.get<bool>() ? "true" : "false";
@@ -256,7 +278,7 @@ std::string text(const json& v) {
   if (v.is_number_float()) {
     return fmt::format("{:.1f}", v.get<double>());
   }
-  return v.dump();
+  return portico::jsonText(v);
 }
 
 std::string field(const json& obj, const char* key) {
@@ -439,7 +461,7 @@ void printStats(const json& r) {
     std::printf(
         "\nbackend %s: sessions %s (total %s), queued %s, idle %s, average %s ms, "
         "login failures %s, connect failures %s, bytes to %s, from %s\n",
-        name.c_str(), field(b, "sessions").c_str(), field(b, "sessions_total").c_str(),
+        shown(name).c_str(), field(b, "sessions").c_str(), field(b, "sessions_total").c_str(),
         field(b, "queued").c_str(), field(b, "idle").c_str(),
         field(b, "average_processing_ms").c_str(), field(b, "login_failures").c_str(),
         field(b, "connect_failures").c_str(), field(b, "bytes_to").c_str(),
@@ -448,7 +470,7 @@ void printStats(const json& r) {
     if (!commands.empty()) {
       Table t({"  COMMAND", "COUNT", "NO", "BAD", "AVG_MS"});
       for (const auto& [cmd, c] : commands.items()) {
-        t.add({"  " + cmd, field(c, "count"), field(c, "no"), field(c, "bad"),
+        t.add({"  " + shown(cmd), field(c, "count"), field(c, "no"), field(c, "bad"),
                c.contains("average_ms") && c["average_ms"].is_number()
                    ? fmt::format("{:.2f}", c["average_ms"].get<double>())
                    : "-"});
@@ -478,13 +500,14 @@ void printGeneric(const json& r) {
       continue;
     }
     if (value.is_array()) {
-      std::printf("%s:\n", key.c_str());
+      std::printf("%s:\n", shown(key).c_str());
       for (const json& v : value) {
         std::printf("  %s\n", text(v).c_str());
       }
     } else {
-      std::printf("%s: %s\n", key.c_str(),
-                  value.is_structured() ? value.dump().c_str() : text(value).c_str());
+      std::printf(
+          "%s: %s\n", shown(key).c_str(),
+          value.is_structured() ? shown(portico::jsonText(value)).c_str() : text(value).c_str());
     }
   }
 }
@@ -782,24 +805,26 @@ int run(int argc, char** argv) {
     std::fprintf(stderr, "porticoctl: %s\n", f.message.c_str());
     return kExitUsage;
   } catch (const json::exception& e) {
-    std::fprintf(stderr, "porticoctl: %s: the reply is not JSON (%s): %.200s\n", o.socket.c_str(),
-                 e.what(), reply_text.c_str());
+    std::fprintf(stderr, "porticoctl: %s: the reply is not JSON (%s): %.200s\n",
+                 shown(o.socket).c_str(), e.what(), shown(reply_text).c_str());
     return kExitUsage;
   }
   if (!reply.is_object() || !reply.contains("ok") || !reply["ok"].is_boolean()) {
-    std::fprintf(stderr, "porticoctl: %s: the reply has no \"ok\": %.200s\n", o.socket.c_str(),
-                 reply_text.c_str());
+    std::fprintf(stderr, "porticoctl: %s: the reply has no \"ok\": %.200s\n",
+                 shown(o.socket).c_str(), shown(reply_text).c_str());
     return kExitUsage;
   }
   bool ok = reply["ok"].get<bool>();
   if (o.json_output) {
-    std::printf("%s\n", reply_text.c_str());
+    // Re-serialised with \uXXXX for all but ASCII: the same JSON value, and
+    // no byte of it can act on the terminal.
+    std::printf("%s\n", portico::jsonText(reply, -1, true).c_str());
   } else if (ok) {
     printHuman(w.front(), w, reply);
   }
   if (!ok) {
-    std::fprintf(stderr, "porticoctl: %s\n",
-                 reply.value("error", std::string("command failed")).c_str());
+    const json& error = reply.contains("error") ? reply["error"] : json("command failed");
+    std::fprintf(stderr, "porticoctl: %s\n", text(error).c_str());
     return kExitRefused;
   }
   return kExitOk;

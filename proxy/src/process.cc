@@ -8,7 +8,6 @@
 
 #include <cerrno>
 #include <cstring>
-#include <filesystem>
 
 #include <fmt/format.h>
 
@@ -149,24 +148,6 @@ bool dropPrivileges(const Identity& id, const std::vector<Handover>& handover, s
     error = "setuid(0) still works after the switch";
     return false;
   }
-  return true;
-}
-
-bool ensureSocketDirectory(const std::string& socket_path, bool& created, std::string& error) {
-  created = false;
-  const std::filesystem::path dir = std::filesystem::path(socket_path).parent_path();
-  if (dir.empty()) {
-    return true;
-  }
-  struct stat st {};
-  if (::stat(dir.c_str(), &st) == 0) {
-    return true;
-  }
-  if (errno != ENOENT || ::mkdir(dir.c_str(), 0750) != 0) {
-    error = fmt::format("admin socket directory {}: {}", dir.string(), std::strerror(errno));
-    return false;
-  }
-  created = true;
   return true;
 }
 

@@ -61,9 +61,4 @@ struct Handover {
 bool dropPrivileges(const Identity& identity, const std::vector<Handover>& handover,
                     std::string& error);
 
-// Creates the directory that will hold the admin socket when it is
-// missing (one level, mode 0750), as a runtime directory would be;
-// `created` says whether it did. false with `error` when it cannot.
-bool ensureSocketDirectory(const std::string& socket_path, bool& created, std::string& error);
-
 }  // namespace portico::proxy

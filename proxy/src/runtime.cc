@@ -1,6 +1,16 @@
 #include "runtime.h"
 
+#include <sys/prctl.h>
+
+#include <fmt/format.h>
+
+#include "portico/proxy.h"
+
 namespace portico::proxy {
+
+bool setDumpable(bool dumpable) {
+  return ::prctl(PR_SET_DUMPABLE, dumpable ? 1 : 0, 0, 0, 0) == 0;
+}
 
 namespace {
 // What Portico itself offers before login. Post-login capabilities come
@@ -14,6 +24,9 @@ RuntimeConfig::RuntimeConfig(Config c, std::vector<std::size_t> slots)
       selector(config.backends, config.routing.map),
       stats_slot(std::move(slots)),
       capabilities(kPreloginCapabilities) {
+  for (std::size_t i = 0; i < config.listen.size(); ++i) {
+    listener_index.emplace(config.listen[i].address.text(), i);
+  }
   for (std::size_t i = 0; i < config.backends.size(); ++i) {
     if (!config.backends[i].probe_user.empty()) {
       probe_users[normaliseUser(config.backends[i].probe_user)] = i;
@@ -45,6 +58,75 @@ RuntimeConfigPtr buildRuntime(Config config, std::vector<std::size_t> slots, std
     runtime->backend_tls.push_back(std::move(tls));
   }
   return runtime;
+}
+
+namespace {
+
+// The differences between two entries for the same address that change how
+// a new connection is served. Certificates are not listed: every reload
+// re-reads them (the "reload: done" line says so).
+std::string describeChange(const ListenConfig& a, const ListenConfig& b) {
+  std::string out;
+  auto add = [&out](const std::string& what) { out += (out.empty() ? "" : ", ") + what; };
+  if (a.tls != b.tls) {
+    add(fmt::format("tls {} -> {}", tlsModeName(a.tls), tlsModeName(b.tls)));
+  }
+  if (a.require_tls != b.require_tls) {
+    add(fmt::format("require_tls {} -> {}", a.require_tls, b.require_tls));
+  }
+  if (a.tls != TlsMode::kNone && b.tls != TlsMode::kNone &&
+      a.tls_min_version != b.tls_min_version) {
+    add(fmt::format("tls_min_version {} -> {}", a.tls_min_version, b.tls_min_version));
+  }
+  return out;
+}
+
+}  // namespace
+
+ListenerChanges diffListeners(const Config& before, const Config& after) {
+  ListenerChanges changes;
+  std::map<std::string, const ListenConfig*> old_by_address;
+  for (const ListenConfig& l : before.listen) {
+    old_by_address.emplace(l.address.text(), &l);
+  }
+  std::map<std::string, const ListenConfig*> new_by_address;
+  for (const ListenConfig& l : after.listen) {
+    std::string address = l.address.text();
+    new_by_address.emplace(address, &l);
+    auto old = old_by_address.find(address);
+    if (old == old_by_address.end()) {
+      changes.added.push_back(address);
+    } else if (std::string what = describeChange(*old->second, l); !what.empty()) {
+      changes.changed.push_back(address + " (" + what + ")");
+    }
+  }
+  for (const ListenConfig& l : before.listen) {
+    if (new_by_address.count(l.address.text()) == 0) {
+      changes.removed.push_back(l.address.text());
+    }
+  }
+  return changes;
+}
+
+std::string ListenerChanges::summary() const {
+  if (empty()) {
+    return "listeners unchanged";
+  }
+  std::string out;
+  auto list = [&out](const char* what, const std::vector<std::string>& items) {
+    if (items.empty()) {
+      return;
+    }
+    out += out.empty() ? "listeners " : "; ";
+    out += what;
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      out += (i == 0 ? " " : ", ") + items[i];
+    }
+  };
+  list("added", added);
+  list("removed", removed);
+  list("changed", changed);
+  return out;
 }
 
 }  // namespace portico::proxy

@@ -13,6 +13,7 @@
 
 #include "accounting.h"
 #include "config.h"
+#include "log_throttle.h"
 #include "portico/logging.h"
 #include "protocol_trace.h"
 #include "routing.h"
@@ -27,6 +28,10 @@ struct RuntimeConfig {
   std::string capabilities;             // pre-login capability list Portico advertises
   // TLS contexts by listener and by backend index (null where tls = "none").
   std::vector<std::shared_ptr<const ServerTlsContext>> listener_tls;
+  // Listen address (HostPort::text()) -> index into config.listen and
+  // listener_tls. Bound sockets are matched to their settings by address,
+  // never by position: a reload may reorder, add or remove [[listen]].
+  std::map<std::string, std::size_t> listener_index;
   std::vector<std::shared_ptr<const ClientTlsContext>> backend_tls;
   // Each backend's probe_user (normalised) -> that backend's index. A probe
   // account always goes to its own backend, drained or down, never to a
@@ -42,6 +47,19 @@ using RuntimeConfigPtr = std::shared_ptr<const RuntimeConfig>;
 // refuses to start; on reload the running snapshot stays in use.
 RuntimeConfigPtr buildRuntime(Config config, std::vector<std::size_t> slots, std::string& error);
 
+// What a reload changes about the listeners, matched by address. Reordering
+// [[listen]] changes nothing. Added addresses are bound and removed ones
+// closed; a changed entry's settings apply to connections accepted from
+// then on (open sessions keep the ones they started with).
+struct ListenerChanges {
+  std::vector<std::string> added;    // addresses
+  std::vector<std::string> removed;  // addresses
+  std::vector<std::string> changed;  // "ADDRESS (tls implicit -> none, ...)"
+  bool empty() const { return added.empty() && removed.empty() && changed.empty(); }
+  std::string summary() const;  // for the "reload: done" line
+};
+ListenerChanges diffListeners(const Config& before, const Config& after);
+
 // State shared by all workers and the control thread. Written rarely.
 struct SharedState {
   // Per stats slot: drained backends are skipped by routing for new logins,
@@ -53,6 +71,11 @@ struct SharedState {
            drained_by_operator[slot].load(std::memory_order_relaxed);
   }
   std::atomic<std::uint64_t> connections{0};  // across workers, for max_connections
+  // Accepts that found no file descriptor: answered with a BYE from the
+  // reserve descriptor, or (none left) paused. One log line per second
+  // across all workers, each with its count.
+  LogThrottle accept_refused{std::chrono::seconds(1)};
+  LogThrottle accept_paused{std::chrono::seconds(1)};
   // Protocol logging: which sessions, and the writer (null: not available).
   ProtocolTrace trace;
   std::atomic<logging::ProtocolLog*> protocol_log{nullptr};

@@ -1,12 +1,16 @@
 // The process: config, workers, and the control loop on the main thread
 // (signals, the status endpoint, the admin socket, probes and monitors).
 #include <signal.h>
+#include <sys/resource.h>
 #include <uv.h>
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -37,6 +41,66 @@ RuntimeConfigPtr makeRuntime(Config config, BackendRegistry& registry, std::stri
     slots.push_back(slot);
   }
   return buildRuntime(std::move(config), std::move(slots), error);
+}
+
+// Descriptors open now (listeners, loops, logs, ...); 0 if unknown.
+std::uint64_t openDescriptors() {
+  std::error_code ec;
+  std::uint64_t n = 0;
+  for (auto it = std::filesystem::directory_iterator("/proc/self/fd", ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    ++n;
+  }
+  return ec ? 0 : n;
+}
+
+// Headroom beyond what is open at start: health probe connections, admin
+// and status clients, protocol log files, TLS files read on reload.
+constexpr std::uint64_t kDescriptorHeadroom = 32;
+
+// At the open-file limit new connections can only be answered with a BYE,
+// so the soft limit goes up to the hard one at start (before anything is
+// opened).
+void raiseOpenFileLimit() {
+  struct rlimit limit {};
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur >= limit.rlim_max) {
+    return;
+  }
+  struct rlimit wanted = limit;
+  wanted.rlim_cur = limit.rlim_max;
+  if (setrlimit(RLIMIT_NOFILE, &wanted) == 0) {
+    logging::log(logging::Level::kInfo, "main", "open-file limit raised from {} to {}",
+                 static_cast<std::uint64_t>(limit.rlim_cur),
+                 static_cast<std::uint64_t>(wanted.rlim_cur));
+  } else {
+    logging::log(logging::Level::kWarn, "main",
+                 "cannot raise the open-file limit from {} to {}: {}",
+                 static_cast<std::uint64_t>(limit.rlim_cur),
+                 static_cast<std::uint64_t>(limit.rlim_max), std::strerror(errno));
+  }
+}
+
+// An operator hears when the limit is below what max_connections needs:
+// two descriptors per session (client and backend) on top of what is open
+// now, plus headroom.
+void checkOpenFileLimit(const Config& config) {
+  struct rlimit limit {};
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) {
+    return;
+  }
+  const auto soft = static_cast<std::uint64_t>(limit.rlim_cur);
+  const std::uint64_t open = openDescriptors();
+  const std::uint64_t needed = 2ull * config.limits.max_connections + open + kDescriptorHeadroom;
+  if (soft < needed) {
+    logging::log(logging::Level::kWarn, "main",
+                 "open-file limit {} (hard {}) is below the {} descriptors that "
+                 "limits.max_connections = {} needs (2 per session, {} open now, {} spare): about "
+                 "{} logged-in sessions fit, further connections get * BYE [UNAVAILABLE]; raise "
+                 "the hard limit (LimitNOFILE= in systemd, ulimit -Hn) or lower max_connections",
+                 soft, static_cast<std::uint64_t>(limit.rlim_max), needed,
+                 config.limits.max_connections, open, kDescriptorHeadroom,
+                 soft > open ? (soft - open) / 2 : 0);
+  }
 }
 
 void applyConfiguredTrace(Control& c) {
@@ -127,6 +191,49 @@ bool reloadConfigNow(Control& c, std::string& error) {
                  "reload: failed: {}; keeping the running configuration", error);
     return false;
   }
+  // Listeners are matched by address. Every added address is bound for
+  // every worker before anything changes: a reload that cannot listen
+  // where the new file says is refused whole, and the running listeners
+  // keep serving with their old, matching settings.
+  ListenerChanges listeners = diffListeners(c.config->config, next->config);
+  std::vector<ListenerUpdate> updates(c.workers.size());
+  for (const std::string& address : listeners.added) {
+    const ListenConfig& entry = next->config.listen[next->listener_index.at(address)];
+    for (ListenerUpdate& update : updates) {
+      ListenSocket socket = ListenSocket::open(entry.address, error);
+      if (!socket.valid()) {
+        logging::log(logging::Level::kError, "reload",
+                     "reload: failed: new listener {}; keeping the running configuration", error);
+        return false;  // `updates` closes what was bound so far
+      }
+      update.added.emplace_back(address, std::move(socket));
+    }
+  }
+  for (ListenerUpdate& update : updates) {
+    update.removed = listeners.removed;
+  }
+  for (const std::string& address : listeners.added) {
+    const ListenConfig& entry = next->config.listen[next->listener_index.at(address)];
+    logging::log(logging::Level::kInfo, "reload", "reload: listening on {} (tls {})", address,
+                 tlsModeName(entry.tls));
+  }
+  for (const std::string& address : listeners.removed) {
+    logging::log(logging::Level::kInfo, "reload",
+                 "reload: closing listener {}; its open sessions go on", address);
+  }
+  for (const std::string& change : listeners.changed) {
+    logging::log(logging::Level::kInfo, "reload",
+                 "reload: listener {}: applies to new connections; open sessions keep theirs",
+                 change);
+  }
+  if (next->config.workers != c.config->config.workers) {
+    logging::log(logging::Level::kWarn, "reload",
+                 "reload: 'workers' changed; it takes effect at the next restart ({} running)",
+                 c.workers.size());
+  }
+  if (next->config.limits.max_connections != c.config->config.limits.max_connections) {
+    checkOpenFileLimit(next->config);
+  }
   const ProtocolLogConfig before = c.config->config.protocol_log;
   c.config = next;
   const ProtocolLogConfig& after = next->config.protocol_log;
@@ -152,12 +259,20 @@ bool reloadConfigNow(Control& c, std::string& error) {
   if (c.health) {
     c.health->reconfigure(makeHealthConfig(next->config));
   }
-  for (auto& w : c.workers) {
-    w->post([next](Worker& worker) { worker.setConfig(next); });
+  if (c.admin) {
+    c.admin->setIdleTimeout(next->config.admin.idle_timeout);
+  }
+  setDumpable(next->config.process.dumpable);
+  for (std::size_t i = 0; i < c.workers.size(); ++i) {
+    // Shared: a posted task must be copyable. Sockets a stopped worker never
+    // takes are closed with the last copy.
+    auto update = std::make_shared<ListenerUpdate>(std::move(updates[i]));
+    c.workers[i]->post(
+        [next, update](Worker& worker) { worker.reconfigure(next, std::move(*update)); });
   }
   logging::log(logging::Level::kInfo, "reload",
-               "reload: done ({} backends; certificates re-read; listeners unchanged)",
-               next->config.backends.size());
+               "reload: done ({} backends; certificates re-read; {})", next->config.backends.size(),
+               listeners.summary());
   return true;
 }
 
@@ -216,6 +331,8 @@ int runProxy(const std::string& config_path) {
     return 2;
   }
   signal(SIGPIPE, SIG_IGN);
+  setDumpable(result.config->process.dumpable);
+  raiseOpenFileLimit();
   auto control = std::make_unique<Control>();
   Control& c = *control;
   c.config_path = config_path;
@@ -271,16 +388,17 @@ int runProxy(const std::string& config_path) {
     std::_Exit(1);
   }
   const std::string& admin_socket = c.config->config.admin.socket;
-  bool created_socket_dir = false;
-  if (!ensureSocketDirectory(admin_socket, created_socket_dir, error)) {
-    std::fprintf(stderr, "portico: not starting: %s\n", error.c_str());
-    std::_Exit(1);
-  }
-  c.admin =
-      std::make_unique<AdminServer>(&c.loop, admin_socket, c.config->config.admin.group,
-                                    [&c](const AdminRequest& request, AdminServer::Reply reply) {
-                                      handleAdminCommand(c, request, std::move(reply));
-                                    });
+  // AdminServer::start() creates the socket's directory when it is missing;
+  // one it created goes to the user Portico switches to, with the socket.
+  const std::filesystem::path socket_dir = std::filesystem::path(admin_socket).parent_path();
+  std::error_code ec;
+  const bool created_socket_dir = !socket_dir.empty() && !std::filesystem::exists(socket_dir, ec);
+  c.admin = std::make_unique<AdminServer>(
+      &c.loop, admin_socket, c.config->config.admin.group,
+      [&c](const AdminRequest& request, AdminServer::Reply reply) {
+        handleAdminCommand(c, request, std::move(reply));
+      },
+      c.config->config.admin.idle_timeout);
   if (!c.admin->start(error)) {
     std::fprintf(stderr, "portico: not starting: %s\n", error.c_str());
     std::_Exit(1);
@@ -289,14 +407,17 @@ int runProxy(const std::string& config_path) {
   // Every privileged socket is bound: become the configured user for good,
   // before any worker runs or any file is written.
   if (identity) {
-    std::vector<Handover> handover{{admin_socket, !c.config->config.admin.group.empty()}};
+    const bool admin_group = !c.config->config.admin.group.empty();
+    std::vector<Handover> handover{{admin_socket, admin_group}};
     if (created_socket_dir) {
-      handover.push_back({std::filesystem::path(admin_socket).parent_path().string(), false});
+      handover.push_back({socket_dir.string(), admin_group});
     }
     if (!dropPrivileges(*identity, handover, error)) {
       std::fprintf(stderr, "portico: not starting: cannot drop privileges: %s\n", error.c_str());
       std::_Exit(1);
     }
+    // setuid() resets the dumpable flag to the system default: set it again.
+    setDumpable(c.config->config.process.dumpable);
     logging::log(logging::Level::kInfo, "main", "running as user {} (uid {}), group {} (gid {})",
                  identity->user, identity->uid, identity->group, identity->gid);
   } else if (::geteuid() == 0) {
@@ -324,6 +445,7 @@ int runProxy(const std::string& config_path) {
     w->start();
   }
 
+  checkOpenFileLimit(c.config->config);
   std::string addresses;
   for (const ListenConfig& l : c.config->config.listen) {
     addresses += (addresses.empty() ? "" : ", ") + l.address.text();

@@ -1,5 +1,7 @@
 #include "uv_transport.h"
 
+#include <unistd.h>
+
 #include <cstring>
 #include <vector>
 
@@ -57,9 +59,10 @@ UvTcpTransport::UvTcpTransport(uv_loop_t* loop, BufferPool& pool) : pool_(pool) 
   handles_open_ = 2;
 }
 
-UvTcpTransport* UvTcpTransport::accept(uv_loop_t* loop, uv_stream_t* server, BufferPool& pool) {
+UvTcpTransport* UvTcpTransport::adopt(uv_loop_t* loop, int fd, BufferPool& pool) {
   auto* t = new UvTcpTransport(loop, pool);
-  if (uv_accept(server, reinterpret_cast<uv_stream_t*>(&t->tcp_)) != 0) {
+  if (uv_tcp_open(&t->tcp_, fd) != 0) {
+    ::close(fd);  // not the handle's: libuv took no ownership
     t->closeWithReason("accept failed");
     return nullptr;
   }

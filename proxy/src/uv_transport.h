@@ -15,8 +15,10 @@ namespace portico::proxy {
 
 class UvTcpTransport final : public Transport {
  public:
-  // Accepts a pending connection from `server`; nullptr on failure.
-  static UvTcpTransport* accept(uv_loop_t* loop, uv_stream_t* server, BufferPool& pool);
+  // Takes over `fd`, a connection the worker accepted itself (it accepts
+  // with accept4() to handle fd exhaustion, see worker.h). nullptr on
+  // failure, with `fd` closed.
+  static UvTcpTransport* adopt(uv_loop_t* loop, int fd, BufferPool& pool);
   // Starts connecting to `address`; the handler hears onConnected().
   static UvTcpTransport* connect(uv_loop_t* loop, const sockaddr* address, BufferPool& pool,
                                  TransportHandler* handler);

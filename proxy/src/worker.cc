@@ -1,7 +1,13 @@
 #include "worker.h"
 
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <fmt/format.h>
 
@@ -29,6 +35,17 @@ bool toSockaddr(const HostPort& hp, sockaddr_storage& out) {
     return uv_ip6_addr(hp.host.c_str(), hp.port, reinterpret_cast<sockaddr_in6*>(&out)) == 0;
   }
   return uv_ip4_addr(hp.host.c_str(), hp.port, reinterpret_cast<sockaddr_in*>(&out)) == 0;
+}
+
+constexpr int kListenBacklog = 1024;
+constexpr int kAcceptBatch = 64;
+constexpr std::uint64_t kAcceptPauseMs = 100;
+constexpr std::string_view kOutOfDescriptorsBye =
+    "* BYE [UNAVAILABLE] Server is out of resources, try again later.\r\n";
+
+// The descriptor given up at EMFILE to answer one connection.
+int openReserve() {
+  return ::open("/dev/null", O_RDONLY | O_CLOEXEC);
 }
 
 std::string ipOf(const sockaddr_storage& address) {
@@ -60,6 +77,53 @@ void IpLimiter::release(const std::string& ip) {
   }
 }
 
+ListenSocket& ListenSocket::operator=(ListenSocket&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) {
+      ::close(fd_);
+    }
+    fd_ = std::exchange(other.fd_, -1);
+  }
+  return *this;
+}
+
+ListenSocket::~ListenSocket() {
+  if (fd_ >= 0) {
+    ::close(fd_);
+  }
+}
+
+ListenSocket ListenSocket::open(const HostPort& host_port, std::string& error) {
+  sockaddr_storage address;
+  if (!toSockaddr(host_port, address)) {
+    error = fmt::format("bad listen address {}", host_port.text());
+    return {};
+  }
+  ListenSocket s;
+  s.fd_ = ::socket(address.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (s.fd_ < 0) {
+    int saved_errno = errno;
+    error = fmt::format("cannot listen on {}: {}", host_port.text(), uv_strerror(-saved_errno));
+    return {};
+  }
+  int one = 1;
+  setsockopt(s.fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  // Each worker has its own listening socket on the same port; the kernel
+  // spreads new connections over them.
+  setsockopt(s.fd_, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+  if (host_port.ipv6) {
+    setsockopt(s.fd_, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+  }
+  socklen_t length = host_port.ipv6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
+  if (::bind(s.fd_, reinterpret_cast<const sockaddr*>(&address), length) != 0 ||
+      ::listen(s.fd_, kListenBacklog) != 0) {
+    int saved_errno = errno;
+    error = fmt::format("cannot listen on {}: {}", host_port.text(), uv_strerror(-saved_errno));
+    return {};
+  }
+  return s;
+}
+
 Worker::Worker(std::size_t index, RuntimeConfigPtr config, SharedState& shared, IpLimiter& limiter)
     : index_(index),
       config_(std::move(config)),
@@ -68,6 +132,19 @@ Worker::Worker(std::size_t index, RuntimeConfigPtr config, SharedState& shared, 
       mailbox_((uv_loop_init(&loop_), &loop_)),
       ids_(std::random_device{}() ^ (static_cast<std::uint64_t>(index) << 32)) {
   loop_.data = this;
+  uv_timer_init(&loop_, &accept_resume_timer_);
+  uv_timer_init(&loop_, &throttle_timer_);
+  accept_resume_timer_.data = this;
+  throttle_timer_.data = this;
+  reserve_fd_ = openReserve();
+  // libuv opens a reserve descriptor of its own per loop the first time a
+  // stream is made on it (for uv_listen's EMFILE handling, unused here).
+  // Make that happen now rather than at some first session, so that the
+  // process's descriptor count is steady from start-up on.
+  auto* primer = new uv_tcp_t;
+  uv_tcp_init(&loop_, primer);
+  uv_close(reinterpret_cast<uv_handle_t*>(primer),
+           [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
 }
 
 Worker::~Worker() {
@@ -75,39 +152,75 @@ Worker::~Worker() {
     thread_.join();
   }
   uv_loop_close(&loop_);
+  if (reserve_fd_ >= 0) {
+    ::close(reserve_fd_);
+  }
 }
 
 bool Worker::bindListeners(std::string& error) {
   for (const ListenConfig& listen : config_->config.listen) {
-    sockaddr_storage address;
-    if (!toSockaddr(listen.address, address)) {
-      error = fmt::format("bad listen address {}", listen.address.text());
+    ListenSocket socket = ListenSocket::open(listen.address, error);
+    if (!socket.valid()) {
       return false;
     }
-    auto* listener = new Listener{};
-    listener->worker = this;
-    listener->index = listeners_.size();
-    uv_tcp_t* tcp = &listener->tcp;
-    uv_tcp_init_ex(&loop_, tcp, address.ss_family);
-    tcp->data = listener;
-    listeners_.push_back(listener);
-    uv_os_fd_t fd;
-    uv_fileno(reinterpret_cast<uv_handle_t*>(tcp), &fd);
-    int one = 1;
-    // Each worker has its own listening socket on the same port; the
-    // kernel spreads new connections over them.
-    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
-    int rc = uv_tcp_bind(tcp, reinterpret_cast<const sockaddr*>(&address),
-                         listen.address.ipv6 ? UV_TCP_IPV6ONLY : 0);
-    if (rc == 0) {
-      rc = uv_listen(reinterpret_cast<uv_stream_t*>(tcp), 1024, &Worker::onConnection);
-    }
-    if (rc != 0) {
-      error = fmt::format("cannot listen on {}: {}", listen.address.text(), uv_strerror(rc));
+    if (!addListener(listen.address.text(), std::move(socket), error)) {
       return false;
     }
   }
   return true;
+}
+
+bool Worker::addListener(std::string address, ListenSocket socket, std::string& error) {
+  auto* listener = new Listener{};
+  if (int rc = uv_poll_init(&loop_, &listener->poll, socket.fd()); rc != 0) {
+    error = fmt::format("cannot listen on {}: {}", address, uv_strerror(rc));
+    delete listener;
+    return false;  // `socket` closes the descriptor
+  }
+  listener->worker = this;
+  listener->fd = socket.release();
+  listener->address = std::move(address);
+  listener->poll.data = listener;
+  listeners_.push_back(listener);
+  if (!accept_paused_) {
+    uv_poll_start(&listener->poll, UV_READABLE, &Worker::onListenerReadable);
+  }
+  return true;
+}
+
+void Worker::closeListener(Listener* listener) {
+  uv_poll_stop(&listener->poll);
+  // The socket is closed only after libuv has let go of it.
+  uv_close(reinterpret_cast<uv_handle_t*>(&listener->poll), [](uv_handle_t* h) {
+    auto* l = static_cast<Listener*>(h->data);
+    ::close(l->fd);
+    delete l;
+  });
+}
+
+void Worker::reconfigure(RuntimeConfigPtr config, ListenerUpdate update) {
+  if (stopping_) {
+    return;  // listeners are closed for good; `update` closes its sockets
+  }
+  for (auto& [address, socket] : update.added) {
+    std::string error;
+    if (!addListener(address, std::move(socket), error)) {
+      // Bound and listening on the control thread, so this is not expected;
+      // the other workers' sockets on the address still serve it.
+      logging::log(logging::Level::kError, "worker", "worker {}: {}", index_, error);
+    }
+  }
+  for (const std::string& address : update.removed) {
+    for (auto it = listeners_.begin(); it != listeners_.end();) {
+      if ((*it)->address == address) {
+        closeListener(*it);
+        it = listeners_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  config_ = std::move(config);
 }
 
 void Worker::start() {
@@ -124,22 +237,163 @@ void Worker::post(std::function<void(Worker&)> fn) {
   mailbox_.post([this, fn = std::move(fn)] { fn(*this); });
 }
 
-void Worker::onConnection(uv_stream_t* server, int status) {
-  auto* listener = static_cast<Listener*>(server->data);
+void Worker::onListenerReadable(uv_poll_t* handle, int status, int) {
+  auto* listener = static_cast<Listener*>(handle->data);
   if (status != 0) {
-    logging::log(logging::Level::kWarn, "worker", "accept error: {}", uv_strerror(status));
+    logging::log(logging::Level::kWarn, "worker", "listener {}: {}", listener->address,
+                 uv_strerror(status));
     return;
   }
-  listener->worker->accept(*listener);
+  listener->worker->acceptPending(*listener);
+}
+
+void Worker::acceptPending(Listener& listener) {
+  // A bounded batch per wakeup so that one busy listener cannot starve the
+  // sessions on this loop; the poll is level-triggered and comes back.
+  for (int i = 0; i < kAcceptBatch && !stopping_ && !accept_paused_; ++i) {
+    int fd = ::accept4(listener.fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd >= 0) {
+      serve(listener, fd);
+      continue;
+    }
+    int error = errno;
+    switch (error) {
+      case EAGAIN:
+        return;
+      case EINTR:
+      case ECONNABORTED:
+      // Linux reports a pending connection's network error from accept().
+      case ENETDOWN:
+      case EPROTO:
+      case ENOPROTOOPT:
+      case EHOSTDOWN:
+      case ENONET:
+      case EHOSTUNREACH:
+      case EOPNOTSUPP:
+      case ENETUNREACH:
+        continue;
+      case EMFILE:
+      case ENFILE:
+        if (refuseWithReserve(listener, error)) {
+          continue;
+        }
+        pauseAccepting(listener, error);
+        return;
+      default:  // ENOBUFS, ENOMEM, EPERM (a firewall): try again a little later
+        pauseAccepting(listener, error);
+        return;
+    }
+  }
+}
+
+bool Worker::refuseWithReserve(Listener& listener, int error) {
+  if (reserve_fd_ < 0) {
+    reserve_fd_ = openReserve();
+    if (reserve_fd_ < 0) {
+      return false;
+    }
+  }
+  // The classic trick: give up the reserve so that accept() has a
+  // descriptor, answer, close, take the reserve back. Another thread may
+  // take the freed descriptor first; then accept() fails again and the
+  // caller pauses.
+  ::close(reserve_fd_);
+  int fd = ::accept4(listener.fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  int accept_error = errno;
+  if (fd >= 0) {
+    // A fresh connection's send buffer is empty: the line fits at once.
+    ssize_t sent = ::send(fd, kOutOfDescriptorsBye.data(), kOutOfDescriptorsBye.size(),
+                          MSG_NOSIGNAL | MSG_DONTWAIT);
+    (void)sent;
+    ::close(fd);
+  }
+  reserve_fd_ = openReserve();
+  if (fd < 0) {
+    return accept_error == EAGAIN || accept_error == ECONNABORTED;
+  }
+  stats_.connections_rejected.add();
+  last_accept_error_ = error;
+  std::uint64_t count = shared_.accept_refused.event(std::chrono::steady_clock::now());
+  if (count > 0) {
+    noteRefused(count, "accept on " + listener.address, error, false);
+  } else {
+    armThrottleFlush();
+  }
+  return true;
+}
+
+void Worker::noteRefused(std::uint64_t count, const std::string& where, int error, bool summary) {
+  struct rlimit limit {};
+  getrlimit(RLIMIT_NOFILE, &limit);
+  logging::log(logging::Level::kWarn, "worker",
+               "{}: out of file descriptors ({}: {}, open-file limit {}): refused {} {}"
+               "connection{} with * BYE [UNAVAILABLE]{}",
+               where, uv_err_name(-error), std::strerror(error),
+               static_cast<std::uint64_t>(limit.rlim_cur), count, summary ? "more " : "",
+               count == 1 ? "" : "s", summary ? " since the last report" : "");
+}
+
+void Worker::pauseAccepting(Listener& listener, int error) {
+  std::uint64_t count = shared_.accept_paused.event(std::chrono::steady_clock::now());
+  if (count > 0) {
+    logging::log(logging::Level::kWarn, "worker",
+                 "accept on {}: {} ({}){}: new connections wait in the backlog; accepting again "
+                 "in {} ms ({} time{} since the last report)",
+                 listener.address, std::strerror(error), uv_err_name(-error),
+                 error == EMFILE || error == ENFILE ? ", and no reserve descriptor left" : "",
+                 kAcceptPauseMs, count, count == 1 ? "" : "s");
+  }
+  accept_paused_ = true;
+  for (Listener* l : listeners_) {
+    uv_poll_stop(&l->poll);
+  }
+  uv_timer_start(
+      &accept_resume_timer_,
+      [](uv_timer_t* t) { static_cast<Worker*>(t->data)->resumeAccepting(); }, kAcceptPauseMs, 0);
+}
+
+void Worker::resumeAccepting() {
+  accept_paused_ = false;
+  if (stopping_) {
+    return;
+  }
+  if (reserve_fd_ < 0) {
+    reserve_fd_ = openReserve();
+  }
+  for (Listener* l : listeners_) {
+    uv_poll_start(&l->poll, UV_READABLE, &Worker::onListenerReadable);
+  }
+}
+
+void Worker::armThrottleFlush() {
+  if (uv_is_active(reinterpret_cast<uv_handle_t*>(&throttle_timer_)) || stopping_) {
+    return;
+  }
+  auto interval =
+      std::chrono::duration_cast<std::chrono::milliseconds>(shared_.accept_refused.interval());
+  // Timers count from the loop's cached time, which may lag the clock the
+  // throttle reads: refresh it, so the flush is not a hair early.
+  uv_update_time(&loop_);
+  uv_timer_start(
+      &throttle_timer_,
+      [](uv_timer_t* t) {
+        auto* w = static_cast<Worker*>(t->data);
+        std::uint64_t count = w->shared_.accept_refused.flush(std::chrono::steady_clock::now());
+        if (count > 0) {
+          w->noteRefused(count, "accept", w->last_accept_error_, true);
+        } else if (w->shared_.accept_refused.pending() > 0) {
+          w->armThrottleFlush();  // another worker reported more recently
+        }
+      },
+      static_cast<std::uint64_t>(interval.count()) + 1, 0);
 }
 
 TimerFactory Worker::timerFactory() {
   return [this](std::function<void()> callback) { return createTimer(std::move(callback)); };
 }
 
-void Worker::accept(Listener& listener) {
-  Transport* transport =
-      UvTcpTransport::accept(&loop_, reinterpret_cast<uv_stream_t*>(&listener.tcp), pool_);
+void Worker::serve(Listener& listener, int fd) {
+  Transport* transport = UvTcpTransport::adopt(&loop_, fd, pool_);
   if (transport == nullptr) {
     return;
   }
@@ -147,6 +401,13 @@ void Worker::accept(Listener& listener) {
   std::string ip = ipOf(transport->peerAddress());
   if (stopping_) {
     reject(transport, "* BYE Server shutting down.\r\n");
+    return;
+  }
+  // Settings by address: a reload may have reordered, added or removed
+  // entries; a socket whose entry is gone is being closed.
+  auto entry = config_->listener_index.find(listener.address);
+  if (entry == config_->listener_index.end()) {
+    reject(transport, "* BYE [UNAVAILABLE] This address is no longer served.\r\n");
     return;
   }
   if (shared_.connections.fetch_add(1, std::memory_order_relaxed) >= cfg.limits.max_connections) {
@@ -166,12 +427,8 @@ void Worker::accept(Listener& listener) {
   }
   stats_.connections_current.add();
   stats_.connections_total.add();
-  // Listeners are bound once; a reload may have changed their TLS settings
-  // (certificates) but not their number.
-  const ListenConfig& lc = cfg.listen[std::min(listener.index, cfg.listen.size() - 1)];
-  std::shared_ptr<const ServerTlsContext> tls = listener.index < config_->listener_tls.size()
-                                                    ? config_->listener_tls[listener.index]
-                                                    : nullptr;
+  const ListenConfig& lc = cfg.listen[entry->second];
+  std::shared_ptr<const ServerTlsContext> tls = config_->listener_tls[entry->second];
   bool implicit = lc.tls == TlsMode::kImplicit && tls != nullptr;
   if (implicit) {
     stats_.connections_tls.add();
@@ -256,10 +513,10 @@ void Worker::beginShutdown(std::string reason) {
   }
   stopping_ = true;
   for (Listener* listener : listeners_) {
-    uv_close(reinterpret_cast<uv_handle_t*>(&listener->tcp),
-             [](uv_handle_t* h) { delete static_cast<Listener*>(h->data); });
+    closeListener(listener);
   }
   listeners_.clear();
+  uv_timer_stop(&accept_resume_timer_);
   // Copy: requestBye() never ends a session synchronously, but be safe.
   std::vector<Session*> sessions;
   for (auto& [session, ip] : sessions_) {
@@ -340,6 +597,16 @@ void Worker::maybeStop() {
     uv_close(reinterpret_cast<uv_handle_t*>(shutdown_timer_),
              [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
     shutdown_timer_ = nullptr;
+  }
+  if (!timers_closed_) {
+    timers_closed_ = true;
+    // A held-back count is reported now rather than lost.
+    std::uint64_t count = shared_.accept_refused.drain();
+    if (count > 0) {
+      noteRefused(count, "accept", last_accept_error_, true);
+    }
+    uv_close(reinterpret_cast<uv_handle_t*>(&accept_resume_timer_), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&throttle_timer_), nullptr);
   }
   mailbox_.close();
 }

@@ -12,6 +12,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "mailbox.h"
@@ -31,6 +32,43 @@ class IpLimiter {
   std::unordered_map<std::string, std::uint32_t> counts_;
 };
 
+// A bound, listening TCP socket (SO_REUSEPORT, non-blocking) not yet
+// handed to a worker; closes it unless handed over. Made on the control
+// thread so that a reload which cannot bind a new address is refused before
+// any worker changes anything.
+class ListenSocket {
+ public:
+  ListenSocket() = default;
+  // Binds and listens on `address`; invalid() with `error` set on failure.
+  static ListenSocket open(const HostPort& address, std::string& error);
+  ListenSocket(ListenSocket&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  ListenSocket& operator=(ListenSocket&& other) noexcept;
+  ListenSocket(const ListenSocket&) = delete;
+  ListenSocket& operator=(const ListenSocket&) = delete;
+  ~ListenSocket();
+  bool valid() const { return fd_ >= 0; }
+  int fd() const { return fd_; }
+  int release() { return std::exchange(fd_, -1); }
+
+ private:
+  int fd_ = -1;
+};
+
+// One worker's share of a reload: sockets for added addresses (address ->
+// socket) and the addresses to close.
+struct ListenerUpdate {
+  std::vector<std::pair<std::string, ListenSocket>> added;
+  std::vector<std::string> removed;
+};
+
+// Accepting: each worker accepts with accept4() on its own listening
+// sockets (watched with uv_poll, not uv_listen: libuv's own EMFILE handling
+// closes pending connections silently and never tells the caller). When
+// the process is out of file descriptors, the worker frees its reserve
+// descriptor, accepts, writes `* BYE [UNAVAILABLE]`, closes and takes the
+// reserve back; with no reserve left it pauses accepting briefly (the
+// connections wait in the backlog). Both are logged at most once a second
+// with a count (SharedState::accept_refused / accept_paused).
 class Worker final : public SessionHost {
  public:
   Worker(std::size_t index, RuntimeConfigPtr config, SharedState& shared, IpLimiter& limiter);
@@ -44,7 +82,9 @@ class Worker final : public SessionHost {
   void post(std::function<void(Worker&)> fn);
 
   // Control-side operations, each run on the worker's loop via post().
-  void setConfig(RuntimeConfigPtr config) { config_ = std::move(config); }
+  // A reload: the new snapshot and this worker's listener changes, applied
+  // together so that no connection is served with a mismatched entry.
+  void reconfigure(RuntimeConfigPtr config, ListenerUpdate update);
   void beginShutdown(std::string reason);
   // Sends the sessions relayed to `backend` a BYE between commands.
   void moveSessions(const std::string& backend);
@@ -70,13 +110,22 @@ class Worker final : public SessionHost {
   void sessionEnded(Session* session) override;
 
  private:
-  static void onConnection(uv_stream_t* server, int status);
   struct Listener {
-    uv_tcp_t tcp;  // first: the handle's address is the Listener's
+    uv_poll_t poll;  // first: the handle's address is the Listener's
     Worker* worker;
-    std::size_t index;
+    int fd;
+    std::string address;  // key into RuntimeConfig::listener_index
   };
-  void accept(Listener& listener);
+  static void onListenerReadable(uv_poll_t* handle, int status, int events);
+  bool addListener(std::string address, ListenSocket socket, std::string& error);
+  void closeListener(Listener* listener);
+  void acceptPending(Listener& listener);
+  void serve(Listener& listener, int fd);
+  bool refuseWithReserve(Listener& listener, int error);
+  void pauseAccepting(Listener& listener, int error);
+  void resumeAccepting();
+  void noteRefused(std::uint64_t count, const std::string& where, int error, bool summary);
+  void armThrottleFlush();
   TimerFactory timerFactory();
   void reject(Transport* transport, std::string_view bye);
   void maybeStop();
@@ -95,6 +144,12 @@ class Worker final : public SessionHost {
   std::thread thread_;
   bool stopping_ = false;
   uv_timer_t* shutdown_timer_ = nullptr;
+  int reserve_fd_ = -1;             // /dev/null, given up to answer one connection at EMFILE
+  bool accept_paused_ = false;      // out of descriptors and reserve: listeners not polled
+  int last_accept_error_ = 0;       // errno of the last EMFILE/ENFILE, for the summary line
+  uv_timer_t accept_resume_timer_;  // ends a pause
+  uv_timer_t throttle_timer_;       // reports what LogThrottle held back
+  bool timers_closed_ = false;
 };
 
 }  // namespace portico::proxy

@@ -683,9 +683,14 @@ class Portico:
         binary: Optional[str] = None,
         config_path: Optional[Union[str, Path]] = None,
         cwd: Optional[Union[str, Path]] = None,
+        preexec_fn: Optional[Callable[[], None]] = None,
     ):
+        """preexec_fn: runs in the child before exec instead of the default,
+        which lifts the soft fd limit to the hard one (a test that wants a low
+        limit sets its own)."""
         self.backends = list(backends)
         self.cwd = cwd
+        self.preexec_fn = preexec_fn or _raise_nofile
         if workdir is None:
             workdir = tempfile.mkdtemp(prefix="portico-proxy-")
             self._owns_workdir = True
@@ -804,7 +809,7 @@ class Portico:
             stdin=subprocess.DEVNULL,
             stdout=self._logfile,
             stderr=subprocess.PIPE,
-            preexec_fn=_raise_nofile,
+            preexec_fn=self.preexec_fn,
             cwd=self.cwd,
         )
         self._reader = threading.Thread(target=self._read_stderr, name="portico-stderr", daemon=True)

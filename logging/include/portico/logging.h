@@ -21,7 +21,17 @@ Level level();
 // Redirects output to fd (default 2). The caller keeps the fd open.
 void setOutputFd(int fd);
 
+// Writes one line. Component and message go through appendPrintable, so
+// bytes from peers (a user name with CR LF or ESC in a LOGIN literal) can
+// neither forge a further line nor drive the terminal that shows the log.
 void write(Level level, std::string_view component, std::string_view message);
+
+// Appends `text` with every byte that is not printable shown as \xHH: C0
+// controls (CR, LF, TAB, ESC, ...), DEL, the C1 controls U+0080..U+009F and
+// bytes that are not well-formed UTF-8. Well-formed UTF-8 text ("jörg")
+// is kept as it is. A backslash is not escaped.
+void appendPrintable(std::string& out, std::string_view text);
+std::string printable(std::string_view text);
 
 template <typename... Args>
 void log(Level lvl, std::string_view component, fmt::format_string<Args...> format,

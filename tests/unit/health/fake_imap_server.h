@@ -37,6 +37,7 @@ class FakeImapServer {
     SSL_CTX* tls = nullptr;       // server context (owned by the test): TLS on
     bool implicit_tls = false;    // with `tls`: handshake first; else STARTTLS
     std::string after_starttls;   // plaintext sent right after the STARTTLS OK (injection)
+    std::string login_no_text;    // if set: the text of a failed LOGIN's NO (any bytes)
   };
 
   FakeImapServer(uv_loop_t* loop, Options options) : loop_(loop), options_(std::move(options)) {
@@ -295,6 +296,8 @@ class FakeImapServer {
         const std::string password = unquote(rest, pos);
         if (user == options_.user && password == options_.password) {
           c.send(tag + " OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n");
+        } else if (!options_.login_no_text.empty()) {
+          c.send(tag + " NO " + options_.login_no_text + "\r\n");
         } else if (options_.echo_password) {
           c.send(tag + " NO [AUTHENTICATIONFAILED] wrong password " + password + " (" + rest +
                  ")\r\n");

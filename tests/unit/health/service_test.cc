@@ -355,6 +355,77 @@ TEST(HealthService, HttpRoutes) {
   EXPECT_EQ(uv_loop_close(&loop), 0);
 }
 
+// Backend text reaches probe results as it came: bytes that are not UTF-8
+// (and control bytes) must not make any JSON view throw. Before, the
+// invoke answer threw out of a libuv callback and ended the process.
+TEST(HealthService, ProbeErrorWithInvalidUtf8IsServed) {
+  uv_loop_t loop;
+  ASSERT_EQ(uv_loop_init(&loop), 0);
+  FakeImapServer::Options options;
+  options.login_no_text = "[AUTHENTICATIONFAILED] nicht erlaubt \xff\xfe \x1b[31m\xc3";
+  FakeImapServer backend(&loop, options);
+  FakeProxy proxy;
+  HealthConfig config = baseConfig(backend.port(), backend.port());
+  config.backends[0].probe_password = "Wr0ngPass";  // so the NO text shows
+  config.probes["ImapDeepTestProbe"] = ProbeSettings{std::chrono::hours(1), Millis(3'000), 0};
+  HealthService service(&loop, config, proxy);
+  std::string error;
+  ASSERT_TRUE(service.start(error)) << error;
+  const std::uint16_t port = service.statusPort();
+
+  struct Shared {
+    HealthService* service;
+    FakeImapServer* backend;
+    std::string probes_json;
+    std::string health_json;
+    bool stopped = false;
+  } shared{&service, &backend, "", ""};
+  uv_async_t finished;
+  finished.data = &shared;
+  uv_async_init(&loop, &finished, [](uv_async_t* async) {
+    auto* s = static_cast<Shared*>(async->data);
+    // The library's own string views, on the loop thread.
+    s->probes_json = s->service->probesJson("IMAP.Protocol", "ImapDeepTestProbe");
+    s->health_json = s->service->healthJson("*");
+    s->service->stop([s] {
+      s->stopped = true;
+      s->backend->stop();
+    });
+    uv_close(reinterpret_cast<uv_handle_t*>(async), nullptr);
+  });
+  std::map<std::string, HttpReply> replies;
+  std::thread client([&] {
+    replies["invoke"] = http(port, "POST", "/probes/IMAP.Protocol/ImapDeepTestProbe?target=mbx1");
+    replies["results"] = http(port, "GET", "/probes/IMAP.Protocol/ImapDeepTestProbe");
+    replies["health"] = http(port, "GET", "/health");
+    replies["bad-target"] =
+        http(port, "POST", "/probes/IMAP.Protocol/ImapDeepTestProbe?target=%FF");
+    uv_async_send(&finished);
+  });
+  uv_run(&loop, UV_RUN_DEFAULT);
+  client.join();
+  EXPECT_TRUE(shared.stopped);
+
+  const std::string replaced = "\xef\xbf\xbd";  // U+FFFD
+  ASSERT_EQ(replies["invoke"].status, 200) << replies["invoke"].body;
+  const json invoked = json::parse(replies["invoke"].body);
+  EXPECT_EQ(invoked["ResultType"], "Failed");
+  const std::string text = invoked["Error"].get<std::string>();
+  EXPECT_NE(text.find("nicht erlaubt " + replaced + replaced + " \x1b[31m" + replaced),
+            std::string::npos)
+      << text;
+  ASSERT_EQ(replies["results"].status, 200) << replies["results"].body;
+  EXPECT_EQ(json::parse(replies["results"].body)["Targets"][0]["Results"][0]["Error"], text);
+  ASSERT_EQ(replies["health"].status, 200) << replies["health"].body;
+  EXPECT_NO_THROW(json::parse(replies["health"].body));
+  // An error message that echoes request bytes is valid JSON as well.
+  EXPECT_EQ(replies["bad-target"].status, 404);
+  EXPECT_NO_THROW(json::parse(replies["bad-target"].body)) << replies["bad-target"].body;
+  EXPECT_EQ(json::parse(shared.probes_json)["Targets"][0]["Results"][0]["Error"], text);
+  EXPECT_NO_THROW(json::parse(shared.health_json));
+  EXPECT_EQ(uv_loop_close(&loop), 0);
+}
+
 // --- the ladder through the service ------------------------------------------
 
 TEST(HealthService, FailingSelfTestDrainsRunsTheHookAndUndrainsOnRecovery) {

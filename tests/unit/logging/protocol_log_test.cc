@@ -535,6 +535,56 @@ TEST(ProtocolLog, VanishedDirectoryIsRecreated) {
   EXPECT_EQ(log.stats().records_dropped, 0u);
 }
 
+// The files name users and their addresses: the directories Portico makes
+// are 0750 and the files 0640, whatever the umask allows beyond that.
+TEST(ProtocolLog, CreatesDirectories0750AndFiles0640) {
+  TempDir dir;
+  const std::string logs = dir / "var/log/portico";
+  const mode_t old_umask = ::umask(0);
+  ProtocolLog log(1);
+  std::string error;
+  ASSERT_TRUE(log.start(optionsFor(logs), error)) << error;
+  log.submit(0, recordLine(1, 0, "a"));
+  ASSERT_TRUE(log.flush());
+  log.stop();
+  ::umask(old_umask);
+  auto mode = [](const std::string& path) {
+    struct stat st {};
+    EXPECT_EQ(::lstat(path.c_str(), &st), 0) << path;
+    return st.st_mode & 07777;
+  };
+  EXPECT_EQ(mode(dir / "var"), 0750u);
+  EXPECT_EQ(mode(dir / "var/log"), 0750u);
+  EXPECT_EQ(mode(logs), 0750u);
+  const std::vector<std::string> files = logFiles(logs);
+  ASSERT_EQ(files.size(), 1u);
+  EXPECT_EQ(mode(files[0]), 0640u);
+}
+
+// A symlink planted at the next file's name must not be followed: the log
+// would land wherever it points (or append to a file it points at).
+TEST(ProtocolLog, SymlinkAtTheFilePathIsNotFollowed) {
+  TempDir dir;
+  OpLogCapture oplog(dir);
+  const std::string logs = dir / "logs";
+  fs::create_directory(logs);
+  const std::string target = dir / "target.txt";
+  writeFile(target, "precious\n");
+  fs::create_symlink(target, logs + "/IMAP42026112721-1.LOG");
+  ProtocolLog log(1);
+  std::string error;
+  ASSERT_TRUE(log.start(optionsFor(logs), error)) << error;
+  log.submit(0, recordLine(1, 0, "secret-ish"));
+  ASSERT_TRUE(log.flush());
+  log.stop();
+  EXPECT_EQ(readFile(target), "precious\n");
+  const ProtocolLog::Stats stats = log.stats();
+  EXPECT_EQ(stats.records_written, 0u);
+  EXPECT_EQ(stats.records_dropped, 1u);
+  EXPECT_NE(stats.last_error.find("cannot open"), std::string::npos) << stats.last_error;
+  EXPECT_EQ(oplog.count("WARN [protocol_log]"), 1);
+}
+
 TEST(ProtocolLog, ReopenAfterRenameStartsAFreshFile) {
   TempDir dir;
   ProtocolLog log(1);

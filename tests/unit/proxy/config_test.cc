@@ -41,6 +41,13 @@ class ConfigTest : public ::testing::Test {
     std::ofstream(path, std::ios::binary) << content;
     return path;
   }
+  // A password file as it must be: the owner's alone (mode 0600).
+  std::string writeSecret(const std::string& name, const std::string& content) {
+    std::string path = write(name, content);
+    std::filesystem::permissions(
+        path, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+    return path;
+  }
 
   static ConfigResult parse(const std::string& text) { return parseConfig(text, "portico.toml"); }
 
@@ -56,7 +63,7 @@ std::string joined(const std::vector<std::string>& errors) {
 }
 
 TEST_F(ConfigTest, FullFileSetsEveryKey) {
-  std::string password = write("probe-mbx1.pass", "secret\n");
+  std::string password = writeSecret("probe-mbx1.pass", "secret\n");
   std::string map = write("users.map", "# comment\n\nAlice@Example.COM   mbx2\n  bob mbx1\r\n");
   std::string text = R"(workers = 4
 greeting = "Example IMAP ready"
@@ -118,10 +125,14 @@ write_high_watermark = 65536
 
 [status]
 listen = "[::1]:9090"
-token = "s3cret"
+token = "s3cret-s3cret-s3cret"
 
 [admin]
 socket = "/tmp/portico-admin.sock"
+idle_timeout = "90s"
+
+[process]
+dumpable = true
 
 [protocol_log]
 enabled = true
@@ -205,8 +216,10 @@ threshold = 0.75
   EXPECT_EQ(c.limits.write_high_watermark, 65536u);
 
   EXPECT_EQ(c.status.listen.text(), "[::1]:9090");
-  EXPECT_EQ(c.status.token, "s3cret");
+  EXPECT_EQ(c.status.token, "s3cret-s3cret-s3cret");
   EXPECT_EQ(c.admin.socket, "/tmp/portico-admin.sock");
+  EXPECT_EQ(c.admin.idle_timeout, 90s);
+  EXPECT_TRUE(c.process.dumpable);
   EXPECT_TRUE(c.protocol_log.enabled);
   EXPECT_EQ(c.protocol_log.directory, "/var/log/portico/test");
   EXPECT_EQ(c.health.hook, "/usr/local/bin/portico-hook");
@@ -260,6 +273,8 @@ TEST_F(ConfigTest, AbsentKeysKeepDefaults) {
   EXPECT_EQ(c.status.listen.text(), "127.0.0.1:8080");
   EXPECT_TRUE(c.status.token.empty());
   EXPECT_EQ(c.admin.socket, "/run/portico/admin.sock");
+  EXPECT_EQ(c.admin.idle_timeout, 60s);
+  EXPECT_FALSE(c.process.dumpable);
   EXPECT_FALSE(c.protocol_log.enabled);
   EXPECT_EQ(c.protocol_log.directory, "/var/log/portico/imap");
   EXPECT_TRUE(c.probes.empty());
@@ -507,7 +522,7 @@ TEST_F(ConfigTest, ProbePasswordFileMustBeReadable) {
                               "probe_password_file = \"" + missing + "\"\n");
   EXPECT_THAT(result.errors, ElementsAre("portico.toml:8: cannot read probe_password_file '" +
                                          missing + "': No such file or directory"));
-  std::string password = write("probe.pass", "secret\n");
+  std::string password = writeSecret("probe.pass", "secret\n");
   EXPECT_THAT(parse(std::string(kMinimal) + "probe_user = \" \"\n" + "probe_password_file = \"" +
                     password + "\"\n")
                   .errors,
@@ -515,6 +530,99 @@ TEST_F(ConfigTest, ProbePasswordFileMustBeReadable) {
   EXPECT_THAT(parse(std::string(kMinimal) + "probe_user = \"hm1\"\n").errors,
               ElementsAre("portico.toml:4: [[backend]] needs both 'probe_user' and "
                           "'probe_password_file', or neither"));
+}
+
+// Secrets must be their owner's alone (as OpenSSH insists for private
+// keys): a key or password file open to group or others is refused, naming
+// the line, the file, its mode and the fix.
+TEST_F(ConfigTest, SecretFilesMustBeOwnerOnly) {
+  auto secret = [&](const std::string& name, std::filesystem::perms perms) {
+    std::string path = write(name, "x\n");
+    std::filesystem::permissions(path, perms);
+    return path;
+  };
+  using P = std::filesystem::perms;
+  const std::string key =
+      secret("mail.key", P::owner_read | P::owner_write | P::group_read | P::others_read);
+  const std::string sni_key = secret("sni.key", P::owner_read | P::group_read);
+  const std::string client_key = secret("client.key", P::owner_read | P::others_write);
+  const std::string password =
+      secret("probe.pass", P::owner_read | P::owner_write | P::group_read | P::group_write);
+  const std::string fine = secret("fine.key", P::owner_read);
+  std::string text = R"([[listen]]
+address = "127.0.0.1:10143"
+tls = "implicit"
+cert = "/x.pem"
+key = ")" + key + R"("
+[[listen.certificate]]
+server_name = "a.example"
+cert = "/a.pem"
+key = ")" + sni_key + R"("
+[[listen.certificate]]
+server_name = "b.example"
+cert = "/b.pem"
+key = ")" + fine + R"("
+[[backend]]
+name = "mbx1"
+address = "127.0.0.1:10144"
+tls = "implicit"
+client_cert = "/c.pem"
+client_key = ")" + client_key +
+                     R"("
+probe_user = "hm1"
+probe_password_file = ")" +
+                     password + "\"\n";
+  auto refusal = [](int line, const std::string& key_name, const std::string& file,
+                    const std::string& mode) {
+    return "portico.toml:" + std::to_string(line) + ": " + key_name + " '" + file +
+           "' is open to group or others (mode " + mode +
+           "); a secret must be its owner's alone: chmod 600 '" + file + "'";
+  };
+  EXPECT_THAT(parse(text).errors,
+              ElementsAre(refusal(5, "key", key, "0644"), refusal(9, "key", sni_key, "0440"),
+                          refusal(19, "client_key", client_key, "0402"),
+                          refusal(21, "probe_password_file", password, "0660")));
+  for (const std::string& path : {key, sni_key, client_key, password}) {
+    std::filesystem::permissions(path, P::owner_read | P::owner_write);
+  }
+  EXPECT_TRUE(parse(text).errors.empty()) << joined(parse(text).errors);
+}
+
+TEST_F(ConfigTest, UnverifiedBackendNeedsAPin) {
+  const std::string backend = R"([[listen]]
+address = "127.0.0.1:10143"
+[[backend]]
+name = "mbx1"
+address = "127.0.0.1:10144"
+)";
+  EXPECT_THAT(parse(backend + "tls = \"implicit\"\nverify = false\n").errors,
+              ElementsAre("portico.toml:7: verify = false without 'pin_sha256' accepts any "
+                          "certificate (a man in the middle would read every password); set "
+                          "pin_sha256, or verify = true"));
+  EXPECT_THAT(parse(backend + "verify = false\ntls = \"starttls\"\n").errors,
+              ElementsAre(::testing::StartsWith("portico.toml:6: verify = false without")));
+  EXPECT_TRUE(parse(backend + "tls = \"implicit\"\nverify = false\npin_sha256 = \"" +
+                    std::string(64, 'a') + "\"\n")
+                  .errors.empty());
+  EXPECT_TRUE(parse(backend + "tls = \"none\"\nverify = false\n").errors.empty());
+}
+
+TEST_F(ConfigTest, StatusTokenNeedsSixteenCharacters) {
+  EXPECT_THAT(parse(std::string(kMinimal) + "[status]\ntoken = \"s3cret\"\n").errors,
+              ElementsAre("portico.toml:8: 'token' is 6 characters; a bearer token needs at least "
+                          "16 (e.g. openssl rand -hex 16), or \"\" for none"));
+  EXPECT_TRUE(
+      parse(std::string(kMinimal) + "[status]\ntoken = \"0123456789abcdef\"\n").errors.empty());
+  EXPECT_TRUE(parse(std::string(kMinimal) + "[status]\ntoken = \"\"\n").errors.empty());
+}
+
+TEST_F(ConfigTest, AdminIdleTimeoutAndProcessKeys) {
+  EXPECT_THAT(parse(std::string(kMinimal) +
+                    "[admin]\nidle_timeout = \"0s\"\n[process]\ndumpable = \"no\"\ncore = 1\n")
+                  .errors,
+              ElementsAre("portico.toml:8: 'idle_timeout' must not be zero",
+                          "portico.toml:10: expected true or false for 'dumpable'",
+                          "portico.toml:11: unknown key 'core' in [process]"));
 }
 
 TEST_F(ConfigTest, MapFileErrorsNameTheMapFileAndLine) {
@@ -548,7 +656,7 @@ TEST_F(ConfigTest, UnreadableMapFile) {
 }
 
 TEST_F(ConfigTest, ProbeUsersArePinnedToTheirBackend) {
-  std::string password = write("p.pass", "x");
+  std::string password = writeSecret("p.pass", "x");
   std::string map = write("users.map", "hm2 mbx2\nhm1 mbx2\n");
   std::string text = R"([[listen]]
 address = "127.0.0.1:10143"
@@ -758,7 +866,7 @@ TEST(TlsModeTest, Names) {
 // The shipped configs must load: the reference documents every key, and the
 // demo is what scripts and outside harnesses start.
 std::filesystem::path confDir() {
-  return std::filesystem::path(__FILE__).parent_path() / ".." / ".." / ".." / "conf";
+  return std::filesystem::path(PORTICO_SOURCE_DIR) / "conf";
 }
 
 TEST(ShippedConfigTest, ReferenceConfigLoads) {
@@ -802,6 +910,8 @@ TEST(ShippedConfigTest, DemoConfigLoads) {
   std::filesystem::create_directories(scratch / ".run");
   for (const char* name : {"probe-mbx1.pass", "probe-mbx2.pass"}) {
     std::ofstream(scratch / ".run" / name) << "secret\n";
+    std::filesystem::permissions(scratch / ".run" / name, std::filesystem::perms::owner_read |
+                                                              std::filesystem::perms::owner_write);
   }
   std::filesystem::path previous = std::filesystem::current_path();
   std::filesystem::current_path(scratch);

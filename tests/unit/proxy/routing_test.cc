@@ -216,6 +216,8 @@ TEST(BackendSelectorTest, ProbeUsersRouteToTheirOwnBackend) {
   std::string dir = pattern;
   std::string password = dir + "/probe.pass";
   std::ofstream(password) << "secret\n";
+  std::filesystem::permissions(
+      password, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
 
   // Pick probe users that the hash alone would send to the other backend,
   // so the test shows the pin, not luck.
