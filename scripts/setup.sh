@@ -38,6 +38,7 @@ PACKAGES=(
   clang-14 libclang-rt-14-dev libfuzzer-14-dev clang-format
   dovecot-imapd python3 python3-pytest curl openssl procps
   chromium fonts-dejavu-core python3-prometheus-client
+  libsystemd-dev systemd dpkg-dev groff-base man-db bash-completion
 )
 
 SUDO=""

@@ -12,12 +12,28 @@ Monitor::Monitor(MonitorKey key, std::string health_set, MonitorSettings setting
     : key_(std::move(key)), health_set_(std::move(health_set)), settings_(settings) {}
 
 bool Monitor::setOverride(std::optional<AlertValue> value, SystemTime now) {
-  const AlertValue before = this->value();
-  override_ = value;
-  if (this->value() == before) {
+  std::optional<OverrideInfo> info;
+  if (value) {
+    info = OverrideInfo{*value, std::nullopt, {}};
+  }
+  return applyOverride(std::move(info), now);
+}
+
+bool Monitor::applyOverride(std::optional<OverrideInfo> info, SystemTime now) {
+  const AlertValue before = value();
+  override_ = std::move(info);
+  if (value() == before) {
     return false;
   }
   last_transition_ = now;
+  return true;
+}
+
+bool Monitor::expireOverride(SystemTime now) {
+  if (!override_ || !override_->expires || *override_->expires > now) {
+    return false;
+  }
+  applyOverride(std::nullopt, now);
   return true;
 }
 

@@ -13,9 +13,12 @@
 //   start-up).
 // - Otherwise the value is kept: a failure or two below the threshold leaves
 //   a Healthy monitor Healthy.
-// - An operator override (Disabled or Repairing) replaces the shown value;
-//   observations are still counted underneath, so clearing the override
-//   shows the up-to-date computed value at once.
+// - An operator override (Disabled or Repairing, or for a timed override
+//   also Healthy or Degraded) replaces the shown value; observations are
+//   still counted underneath, so clearing the override shows the
+//   up-to-date computed value at once. A timed override carries its expiry;
+//   expireOverride(now) clears it once `now` reaches it (the caller's timer
+//   decides when to ask, so tests drive expiry with fake time).
 //
 // Times: FirstAlertObservedTime is when the current alert began (the
 // computed value turned Unhealthy); it is cleared when the monitor recovers.
@@ -50,12 +53,20 @@ class Monitor {
   void setSettings(const MonitorSettings& settings) { settings_ = settings; }
 
   // The shown value: the override if one is set, else the computed value.
-  AlertValue value() const { return override_ ? *override_ : computed_; }
+  AlertValue value() const { return override_ ? override_->state : computed_; }
   AlertValue computedValue() const { return computed_; }
-  std::optional<AlertValue> overrideValue() const { return override_; }
-  // Sets (kDisabled, kRepairing) or clears (nullopt) the operator override.
-  // Returns true if the shown value changed.
+  std::optional<AlertValue> overrideValue() const {
+    return override_ ? std::optional<AlertValue>(override_->state) : std::nullopt;
+  }
+  // Sets (kDisabled, kRepairing) or clears (nullopt) the operator override,
+  // with no expiry and no author. Returns true if the shown value changed.
   bool setOverride(std::optional<AlertValue> value, SystemTime now);
+  // The same with an expiry and who set it.
+  bool applyOverride(std::optional<OverrideInfo> info, SystemTime now);
+  const std::optional<OverrideInfo>& overrideInfo() const { return override_; }
+  // Clears the override if it has an expiry at or before `now`; returns
+  // true if it did.
+  bool expireOverride(SystemTime now);
 
   std::optional<SystemTime> firstAlertObservedTime() const { return first_alert_; }
   std::optional<SystemTime> lastTransitionTime() const { return last_transition_; }
@@ -76,7 +87,7 @@ class Monitor {
   std::string health_set_;
   MonitorSettings settings_;
   AlertValue computed_ = AlertValue::kUnknown;
-  std::optional<AlertValue> override_;
+  std::optional<OverrideInfo> override_;
   std::uint32_t bad_in_a_row_ = 0;
   std::uint32_t good_in_a_row_ = 0;
   std::optional<SystemTime> first_alert_;

@@ -437,8 +437,9 @@ void HookRunner::stop(std::function<void()> done) {
 // ---------------------------------------------------------------------------
 // ResponderExecutor
 
-ResponderExecutor::ResponderExecutor(ResponderLadder& ladder, HookRunner& hooks, ProxyView& proxy)
-    : ladder_(ladder), hooks_(hooks), proxy_(proxy) {}
+ResponderExecutor::ResponderExecutor(ResponderLadder& ladder, HookRunner& hooks, ProxyView& proxy,
+                                     ActionLog* log)
+    : ladder_(ladder), hooks_(hooks), proxy_(proxy), log_(log) {}
 
 HookRunner::Env ResponderExecutor::hookEnv(const ResponderAction& action) {
   return {
@@ -448,61 +449,81 @@ HookRunner::Env ResponderExecutor::hookEnv(const ResponderAction& action) {
   };
 }
 
-void ResponderExecutor::execute(const std::vector<ResponderAction>& actions) {
+void ResponderExecutor::outcome(const ResponderAction& action, std::uint64_t log_id,
+                                std::string text) {
+  if (log_ != nullptr) {
+    log_->setResult(log_id, text);
+  }
+  ladder_.setOutcome(action.id, std::move(text));
+}
+
+void ResponderExecutor::execute(const std::vector<ResponderAction>& actions, SystemTime now) {
   using logging::Level;
   const ResponderSettings& settings = ladder_.settings();
   for (const ResponderAction& action : actions) {
     const MonitorKey& key = action.key;
+    std::uint64_t log_id = 0;
+    if (log_ != nullptr) {
+      log_id = log_->add(ActionRecord{now, "responder", responderStepName(action.step), key.target,
+                                      action.reason, key.monitor, ""});
+    }
+    if (settings.dry_run) {
+      logging::log(Level::kWarn, "responder", "dry-run: would {} {}: {}",
+                   responderStepName(action.step), key.target.empty() ? "Portico" : key.target,
+                   action.reason);
+      outcome(action, log_id, "dry-run");
+      continue;
+    }
     switch (action.step) {
       case ResponderStep::kOffline:
         logging::log(Level::kWarn, "responder", "taking Portico out of rotation: {}",
                      action.reason);
-        ladder_.setOutcome(action.id, "readyz answers 503");
+        outcome(action, log_id, "readyz answers 503");
         break;
       case ResponderStep::kOnline:
         logging::log(Level::kInfo, "responder", "back in rotation: {}", action.reason);
-        ladder_.setOutcome(action.id, "readyz follows the listeners and backends again");
+        outcome(action, log_id, "readyz follows the listeners and backends again");
         break;
       case ResponderStep::kDrain:
         proxy_.setDrainedByResponder(key.target, true, settings.move_sessions);
         logging::log(Level::kWarn, "responder", "draining backend {}{}: {}", key.target,
                      settings.move_sessions ? " and moving its sessions" : "", action.reason);
-        ladder_.setOutcome(action.id,
-                           settings.move_sessions ? "drained, sessions moved" : "drained");
+        outcome(action, log_id, settings.move_sessions ? "drained, sessions moved" : "drained");
         break;
       case ResponderStep::kUndrain:
         proxy_.setDrainedByResponder(key.target, false, false);
         logging::log(Level::kInfo, "responder", "undraining backend {}: {}", key.target,
                      action.reason);
-        ladder_.setOutcome(action.id, "undrained");
+        outcome(action, log_id, "undrained");
         break;
       case ResponderStep::kHook:
-        runHook(action);
+        runHook(action, log_id);
         break;
       case ResponderStep::kEscalate:
         logging::log(Level::kError, "responder",
                      "ESCALATION: health set {} monitor {} target {} is Unhealthy: {}",
                      action.health_set, key.monitor, key.target.empty() ? "-" : key.target,
                      action.reason);
-        runHook(action);
+        runHook(action, log_id);
         break;
     }
   }
 }
 
-void ResponderExecutor::runHook(const ResponderAction& action) {
+void ResponderExecutor::runHook(const ResponderAction& action, std::uint64_t log_id) {
   const ResponderSettings& settings = ladder_.settings();
-  const std::uint64_t id = action.id;
   const std::string what = fmt::format(
       "{} for {} {} ({})", action.step == ResponderStep::kEscalate ? "escalation hook" : "hook",
       action.key.monitor, action.key.target.empty() ? "-" : action.key.target, action.health_set);
   const std::string prefix = action.step == ResponderStep::kEscalate ? "logged; hook " : "";
+  // The callback may run after this executor's caller moved on: it keeps
+  // copies of what it needs, and the action by value.
   hooks_.run(settings.hook, hookEnv(action), settings.hook_timeout,
-             [this, id, what, prefix](std::string outcome) {
-               const bool ok = outcome == "exit 0" || outcome.starts_with("not run: no hook");
+             [this, action, log_id, what, prefix](std::string result) {
+               const bool ok = result == "exit 0" || result.starts_with("not run: no hook");
                logging::log(ok ? logging::Level::kInfo : logging::Level::kWarn, "responder",
-                            "{}: {}", what, outcome);
-               ladder_.setOutcome(id, prefix + outcome);
+                            "{}: {}", what, result);
+               outcome(action, log_id, prefix + result);
              });
 }
 

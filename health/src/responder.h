@@ -44,6 +44,7 @@
 #include <utility>
 #include <vector>
 
+#include "action_log.h"
 #include "monitor.h"
 #include "portico/health.h"
 
@@ -173,20 +174,30 @@ class HookRunner {
   bool stopping_ = false;
 };
 
-// Carries out ladder actions on the control loop.
+// Carries out ladder actions on the control loop, and records each in the
+// action history (`log`, optional) with kind "responder", by = the monitor.
+// With ResponderSettings::dry_run nothing is done: each action is logged as
+// "dry-run: would ..." and its outcome and result are "dry-run".
 class ResponderExecutor {
  public:
-  ResponderExecutor(ResponderLadder& ladder, HookRunner& hooks, ProxyView& proxy);
-  void execute(const std::vector<ResponderAction>& actions);
+  ResponderExecutor(ResponderLadder& ladder, HookRunner& hooks, ProxyView& proxy,
+                    ActionLog* log = nullptr);
+  void execute(const std::vector<ResponderAction>& actions, SystemTime now);
+  void execute(const std::vector<ResponderAction>& actions) {
+    execute(actions, std::chrono::system_clock::now());
+  }
   // Hook environment for one action (exposed for tests).
   static HookRunner::Env hookEnv(const ResponderAction& action);
 
  private:
-  void runHook(const ResponderAction& action);
+  void runHook(const ResponderAction& action, std::uint64_t log_id);
+  // Sets the action's outcome in the ladder's log and the action history.
+  void outcome(const ResponderAction& action, std::uint64_t log_id, std::string text);
 
   ResponderLadder& ladder_;
   HookRunner& hooks_;
   ProxyView& proxy_;
+  ActionLog* log_;
 };
 
 }  // namespace portico::health

@@ -1,7 +1,7 @@
 // HealthService's HTTP routes on the status endpoint: / (the status page),
-// /healthz, /readyz, /health, /health/report, /backends, /commands,
-// /protocol-log, /metrics and /probes/<Set>/<Probe> (GET for the results,
-// POST to invoke).
+// /healthz, /readyz, /health, /health/report, /health/actions, /backends,
+// /commands, /protocol-log, /metrics and /probes/<Set>/<Probe> (GET for the
+// results, POST to invoke).
 #include <cctype>
 #include <map>
 #include <memory>
@@ -112,6 +112,9 @@ void HealthService::Impl::handle(const HttpRequest& request, Responder respond) 
     only_get([&] { return jsonResponse(200, health(query["set"])); });
   } else if (path == "/health/report") {
     only_get([&] { return jsonResponse(200, report()); });
+  } else if (path == "/health/actions") {
+    // What responders and operators did, newest first (bounded ring).
+    only_get([&] { return jsonResponse(200, actions_.text()); });
   } else if (path == "/backends") {
     only_get([&] { return jsonResponse(200, backends()); });
   } else if (path == "/commands") {

@@ -45,7 +45,8 @@ HealthService::Impl::Impl(uv_loop_t* loop, HealthConfig config, ProxyView& proxy
       proxy_(proxy),
       ladder_(config_.responders),
       hooks_(loop),
-      executor_(ladder_, hooks_, proxy),
+      actions_(config_.action_history),
+      executor_(ladder_, hooks_, proxy, &actions_),
       random_(std::random_device{}()) {
   build();
 }
@@ -412,6 +413,7 @@ void HealthService::Impl::stop(std::function<void()> done) {
     closeTimer(timer);
   }
   closeTimer(ladder_timer_);
+  closeTimer(override_timer_);
   for (ImapProbe* probe : std::set<ImapProbe*>(inflight_)) {
     probe->cancel();
   }
@@ -444,11 +446,84 @@ void HealthService::Impl::checkStopped() {
 }
 
 void HealthService::Impl::reconfigure(HealthConfig config) {
+  const bool was_dry_run = config_.responders.dry_run;
   config_ = std::move(config);
   ladder_.setSettings(config_.responders);
+  actions_.setCapacity(config_.action_history);
   build();
+  if (config_.responders.dry_run != was_dry_run) {
+    reconcileDrains();
+  }
   if (started_ && !stopping_) {
     schedule();
+    armOverrides();
+  }
+}
+
+// --- overrides and dry-run -------------------------------------------------
+
+void HealthService::Impl::armOverrides() {
+  if (!started_ || stopping_) {
+    return;
+  }
+  std::optional<SystemTime> next;
+  for (const auto& [key, monitor] : monitors_) {
+    const auto& info = monitor->overrideInfo();
+    if (info && info->expires && (!next || *info->expires < *next)) {
+      next = info->expires;
+    }
+  }
+  if (!next) {
+    if (override_timer_ != nullptr) {
+      uv_timer_stop(&override_timer_->handle);
+    }
+    return;
+  }
+  if (override_timer_ == nullptr) {
+    override_timer_ = newTimer([this] { expireOverrides(); });
+  }
+  // The expiry is wall-clock time (it is shown as such); the timer runs on
+  // the loop's monotonic clock. If the wall clock moves, expireOverrides()
+  // finds nothing due and arms again for what is left.
+  const auto left = std::chrono::duration_cast<Millis>(*next - wallNow());
+  startTimer(override_timer_, std::max(Millis(1), left + Millis(1)), Millis(0));
+}
+
+void HealthService::Impl::expireOverrides() {
+  const SystemTime now = wallNow();
+  for (auto& [key, monitor] : monitors_) {
+    const std::optional<OverrideInfo> info = monitor->overrideInfo();
+    if (!monitor->expireOverride(now)) {
+      continue;
+    }
+    const std::string target = key.target.empty() ? key.monitor : key.monitor + "/" + key.target;
+    logging::log(logging::Level::kInfo, "health", "override {} of {} (set by {}) expired",
+                 alertValueName(info->state), target, info->by.empty() ? "-" : info->by);
+    actions_.add(
+        ActionRecord{now, "operator", "monitor override expired", target,
+                     fmt::format("{} override reached its expiry", alertValueName(info->state)),
+                     info->by, "done"});
+    monitorUpdated(*monitor);
+  }
+  armOverrides();
+}
+
+void HealthService::Impl::reconcileDrains() {
+  const bool act = !config_.responders.dry_run;
+  for (const BackendLoad& load : proxy_.backendLoad()) {
+    const bool want = act && ladder_.drained(load.name);
+    if (load.drained_by_responder == want) {
+      continue;
+    }
+    proxy_.setDrainedByResponder(load.name, want, want && config_.responders.move_sessions);
+    const char* step = want ? "drain" : "undrain";
+    logging::log(logging::Level::kInfo, "responder", "responders switched to {}: {} backend {}",
+                 act ? "act" : "dry-run", want ? "draining" : "undraining", load.name);
+    actions_.add(ActionRecord{wallNow(), "responder", step, load.name,
+                              act ? "responders switched from dry-run to act while the ladder "
+                                    "holds this backend drained"
+                                  : "responders switched to dry-run: no responder drain stays",
+                              "reload", want ? "drained" : "undrained"});
   }
 }
 
@@ -476,7 +551,7 @@ void HealthService::reconfigure(HealthConfig config) {
   impl_->reconfigure(std::move(config));
 }
 bool HealthService::offline() const {
-  return impl_->ladder_.offline();
+  return impl_->takenOffline();
 }
 
 bool HealthService::invokeProbe(const std::string& health_set, const std::string& probe,
@@ -509,7 +584,7 @@ std::uint16_t HealthService::statusPort() const {
 }
 
 bool HealthService::setMonitorOverride(const std::string& monitor, const std::string& target,
-                                       AlertValue value) {
+                                       AlertValue value, const std::string& by) {
   if (value != AlertValue::kDisabled && value != AlertValue::kRepairing &&
       value != AlertValue::kUnknown) {
     return false;
@@ -518,13 +593,96 @@ bool HealthService::setMonitorOverride(const std::string& monitor, const std::st
   if (it == impl_->monitors_.end()) {
     return false;
   }
-  std::optional<AlertValue> override_value;
+  std::optional<OverrideInfo> info;
   if (value != AlertValue::kUnknown) {
-    override_value = value;
+    info = OverrideInfo{value, std::nullopt, by};
   }
-  it->second->setOverride(override_value, Impl::wallNow());
+  it->second->applyOverride(std::move(info), Impl::wallNow());
   impl_->monitorUpdated(*it->second);
+  impl_->armOverrides();
   return true;
+}
+
+std::vector<std::string> HealthService::addMonitorOverride(
+    const std::string& monitor, const std::optional<std::string>& target, AlertValue state,
+    std::optional<Millis> duration, const std::string& by, std::string& error) {
+  std::vector<std::string> set;
+  if (state != AlertValue::kDisabled && state != AlertValue::kRepairing &&
+      state != AlertValue::kHealthy && state != AlertValue::kDegraded) {
+    error = fmt::format("an override sets Disabled, Repairing, Healthy or Degraded, not {}",
+                        alertValueName(state));
+    return set;
+  }
+  if (duration && duration->count() <= 0) {
+    error = "the duration must be positive";
+    return set;
+  }
+  const SystemTime now = Impl::wallNow();
+  OverrideInfo info{state, std::nullopt, by};
+  if (duration) {
+    info.expires = now + *duration;
+  }
+  for (auto& [key, m] : impl_->monitors_) {
+    if (key.monitor != monitor || (target && key.target != *target)) {
+      continue;
+    }
+    m->applyOverride(info, now);
+    impl_->monitorUpdated(*m);
+    set.push_back(key.target.empty() ? key.monitor : key.monitor + "/" + key.target);
+  }
+  if (set.empty()) {
+    error = fmt::format("no monitor {}{}", monitor, target ? " for target " + *target : "");
+    return set;
+  }
+  impl_->armOverrides();
+  return set;
+}
+
+std::vector<std::string> HealthService::removeMonitorOverride(
+    const std::string& monitor, const std::optional<std::string>& target) {
+  std::vector<std::string> cleared;
+  const SystemTime now = Impl::wallNow();
+  for (auto& [key, m] : impl_->monitors_) {
+    if (key.monitor != monitor || (target && key.target != *target) || !m->overrideInfo()) {
+      continue;
+    }
+    m->applyOverride(std::nullopt, now);
+    impl_->monitorUpdated(*m);
+    cleared.push_back(key.target.empty() ? key.monitor : key.monitor + "/" + key.target);
+  }
+  impl_->armOverrides();
+  return cleared;
+}
+
+std::uint64_t HealthService::recordAction(ActionRecord record) {
+  if (record.time == SystemTime{}) {
+    record.time = Impl::wallNow();
+  }
+  return impl_->actions_.add(std::move(record));
+}
+
+void HealthService::setActionResult(std::uint64_t id, std::string result) {
+  impl_->actions_.setResult(id, std::move(result));
+}
+
+std::string HealthService::actionsJson() const {
+  return impl_->actions_.text();
+}
+
+bool HealthService::dryRun() const {
+  return impl_->config_.responders.dry_run;
+}
+
+void HealthService::setComponentActive(bool active, const std::string& by) {
+  if (active) {
+    impl_->inactive_by_.reset();
+  } else {
+    impl_->inactive_by_ = by;
+  }
+}
+
+bool HealthService::componentActive() const {
+  return !impl_->inactive_by_;
 }
 
 }  // namespace portico::health

@@ -22,6 +22,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "action_log.h"
 #include "imap_probe.h"
 #include "monitor.h"
 #include "portico/health.h"
@@ -101,6 +102,18 @@ struct HealthService::Impl {
   bool invoke(const std::string& set, const std::string& probe, const std::string& target,
               std::function<void(const ProbeResult&)> done);
 
+  // --- overrides and dry-run (service.cc) ------------------------------------
+  // Arms override_timer_ for the earliest override expiry.
+  void armOverrides();
+  // Clears the overrides that are due and records each in the history.
+  void expireOverrides();
+  // True while the proxy test's responder holds Portico out of rotation
+  // and responders act (in dry-run the hold is only shown in the history).
+  bool takenOffline() const { return !config_.responders.dry_run && ladder_.offline(); }
+  // Makes the proxy's responder drains match the ladder after the mode
+  // changed between "act" and "dry-run".
+  void reconcileDrains();
+
   // --- JSON (views.cc) -----------------------------------------------------
   nlohmann::json monitorJson(const Monitor& m) const;
   std::string health(const std::string& glob) const;
@@ -128,6 +141,7 @@ struct HealthService::Impl {
   ProxyView& proxy_;
   ResponderLadder ladder_;
   HookRunner hooks_;
+  ActionLog actions_;
   ResponderExecutor executor_;
   std::mt19937_64 random_;
   std::map<ProbeKey, ProbeDefinition> definitions_;
@@ -135,6 +149,8 @@ struct HealthService::Impl {
   std::map<std::string, SetState> sets_;
   std::map<std::string, ServiceTimer*> sample_timers_;
   ServiceTimer* ladder_timer_ = nullptr;
+  ServiceTimer* override_timer_ = nullptr;
+  std::optional<std::string> inactive_by_;  // ImapProxy set Inactive by an operator
   std::set<ImapProbe*> inflight_;
   std::unique_ptr<StatusServer> server_;
   std::function<void()> stop_done_;

@@ -70,7 +70,7 @@ json resultJson(const ProbeResult& r) {
 
 json HealthService::Impl::monitorJson(const Monitor& m) const {
   const auto result = m.lastExecutionResult();
-  return {
+  json out = {
       {"Server", config_.server_name},
       {"State", "Online"},
       {"Name", m.key().monitor},
@@ -84,6 +84,13 @@ json HealthService::Impl::monitorJson(const Monitor& m) const {
       {"LastExecutionResult", result ? json(resultTypeName(*result)) : json(nullptr)},
       {"Error", m.error()},
   };
+  // An operator's override (Add-ServerMonitoringOverride): only on the
+  // monitors that have one, so the plain shape stays Get-ServerHealth's.
+  if (const auto& o = m.overrideInfo()) {
+    out["Override"] = {
+        {"State", alertValueName(o->state)}, {"Expires", timeOrNull(o->expires)}, {"By", o->by}};
+  }
+  return out;
 }
 
 std::string HealthService::Impl::health(const std::string& glob) const {
@@ -115,7 +122,9 @@ std::string HealthService::Impl::health(const std::string& glob) const {
                        {"Outcome", a.outcome}});
   }
   return jsonText(json{{"Server", config_.server_name},
-                       {"Offline", ladder_.offline()},
+                       {"Offline", takenOffline()},
+                       {"Responders", config_.responders.dry_run ? "dry-run" : "act"},
+                       {"ComponentState", inactive_by_ ? "Inactive" : "Active"},
                        {"Monitors", std::move(monitors)},
                        {"ResponderActions", std::move(actions)}});
 }
@@ -212,7 +221,7 @@ std::string HealthService::Impl::metrics() const {
   out += fmt::format(
       "# HELP portico_offline 1 while the proxy test's responder keeps Portico out of "
       "rotation.\n# TYPE portico_offline gauge\nportico_offline {}\n",
-      ladder_.offline() ? 1 : 0);
+      takenOffline() ? 1 : 0);
   out += proxy_.proxyMetrics();
   return out;
 }
@@ -229,8 +238,11 @@ bool HealthService::Impl::ready(std::string* reason) const {
   if (!any) {
     reasons.emplace_back(loads.empty() ? "no backends" : "every backend is drained");
   }
-  if (ladder_.offline()) {
+  if (takenOffline()) {
     reasons.emplace_back("taken offline by ImapProxyTestMonitor");
+  }
+  if (inactive_by_) {
+    reasons.emplace_back("ImapProxy set Inactive by " + *inactive_by_);
   }
   if (reason != nullptr) {
     *reason = fmt::format("{}", fmt::join(reasons, "; "));

@@ -1,6 +1,8 @@
 #include "admin.h"
 
 #include <grp.h>
+#include <pwd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -35,6 +37,7 @@ struct AdminServer::Connection {
   bool rejected = false;       // over the connection cap: told so, input discarded
   bool shutting_down = false;  // closeAfterWrites() was called
   bool closing = false;
+  std::string peer = "unknown";  // SO_PEERCRED, see AdminRequest::peer
   std::shared_ptr<bool> alive = std::make_shared<bool>(true);
 
   uv_stream_t* stream() { return reinterpret_cast<uv_stream_t*>(&pipe); }
@@ -195,7 +198,30 @@ void startReading(Connection* conn) {
   }
 }
 
+// Who is at the other end of an accepted admin connection.
+std::string peerOf(uv_pipe_t* pipe) {
+  uv_os_fd_t fd = -1;
+  struct ucred cred {};
+  socklen_t len = sizeof(cred);
+  if (uv_fileno(reinterpret_cast<uv_handle_t*>(pipe), &fd) != 0 ||
+      ::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || len != sizeof(cred)) {
+    return "unknown";
+  }
+  return describeUid(cred.uid);
+}
+
 }  // namespace
+
+std::string describeUid(unsigned uid) {
+  struct passwd pw {};
+  struct passwd* found = nullptr;
+  char buf[1024];
+  if (::getpwuid_r(static_cast<uid_t>(uid), &pw, buf, sizeof(buf), &found) == 0 &&
+      found != nullptr) {
+    return fmt::format("{} (uid {})", found->pw_name, uid);
+  }
+  return fmt::format("uid {}", uid);
+}
 
 bool splitAdminLine(const std::string& line, std::vector<std::string>& words, std::string& error) {
   words.clear();
@@ -411,6 +437,7 @@ void AdminServer::serveQueued(Connection* conn) {
 
 void AdminServer::serveOne(Connection* conn, std::string line) {
   AdminRequest request;
+  request.peer = conn->peer;
   std::string error;
   if (!splitAdminLine(line, request.words, error)) {
     writeLine(conn, errorJson(error));
@@ -547,6 +574,7 @@ void AdminServer::onConnection(uv_stream_t* server_stream, int status) {
       delete req;
     }
   }
+  c->peer = peerOf(&c->pipe);
   touch(c);
   startReading(c);
 }

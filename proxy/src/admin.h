@@ -10,6 +10,10 @@
 //   sessions [--user U] [--ip IP] [--backend B]
 //   kick SESSION-ID | kick --user U
 //   monitor disable|repairing|enable MONITOR [TARGET]
+//   monitor override MONITOR [--target B] --duration D [--state S]
+//   monitor override remove MONITOR [--target B]
+//   actions
+//   component [ImapProxy active|inactive]
 //   stats
 //   reload
 //
@@ -45,7 +49,13 @@ namespace portico::proxy {
 // What one admin command line is split into.
 struct AdminRequest {
   std::vector<std::string> words;
+  // Who sent it, from the socket's SO_PEERCRED: "root (uid 0)", or "uid N"
+  // when the uid has no passwd entry; "unknown" if the kernel would not say.
+  std::string peer;
 };
+
+// "name (uid N)" for a uid, "uid N" without a passwd entry.
+std::string describeUid(unsigned uid);
 
 // Splits a line into words; nullopt-like empty vector plus error on bad quoting.
 bool splitAdminLine(const std::string& line, std::vector<std::string>& words, std::string& error);

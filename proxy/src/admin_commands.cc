@@ -1,8 +1,12 @@
 // The admin socket's commands (see admin.h for the list). Each answers with
 // one JSON object; queries that need the workers (sessions, kick) gather
 // their answers through the control loop's mailbox.
+#include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <memory>
+#include <optional>
+#include <utility>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -368,12 +372,113 @@ void probeCommand(Control& c, const std::vector<std::string>& words, AdminServer
   }
 }
 
+// "2h", "90m", "30s", "500ms" (parseDuration) or "7d".
+std::optional<Millis> parseOverrideDuration(const std::string& text) {
+  if (text.size() > 1 && text.back() == 'd') {
+    auto hours = parseDuration(text.substr(0, text.size() - 1) + "h");
+    if (hours && hours->count() <= Millis::max().count() / 24) {
+      return *hours * 24;
+    }
+    return std::nullopt;
+  }
+  return parseDuration(text);
+}
+
+// Exchange's longest override is 60 days.
+constexpr Millis kMaxOverride{60LL * 24 * 3'600'000};
+
+// monitor override MONITOR [--target B] --duration D [--state S]
+// monitor override remove MONITOR [--target B]
+// (Add-ServerMonitoringOverride / Remove-ServerMonitoringOverride.)
+void overrideCommand(Control& c, const std::vector<std::string>& words, const std::string& by,
+                     AdminServer::Reply& reply) {
+  const bool remove = words.size() > 2 && words[2] == "remove";
+  Args args = parseArgs(words, remove ? 3 : 2, {"--target", "--duration", "--state"}, {});
+  if (!args.error.empty() || args.positional.size() != 1) {
+    reply(fail(args.error.empty() ? "usage: monitor override MONITOR [--target B] --duration D "
+                                    "[--state Disabled|Repairing|Healthy|Degraded] | monitor "
+                                    "override remove MONITOR [--target B]"
+                                  : "monitor override: " + args.error));
+    return;
+  }
+  const std::string& monitor = args.positional.front();
+  std::optional<std::string> target;
+  if (auto it = args.options.find("--target"); it != args.options.end()) {
+    target = it->second;
+  }
+  const std::string where = monitor + (target ? " for target " + *target : "");
+  if (remove) {
+    if (args.options.count("--duration") != 0 || args.options.count("--state") != 0) {
+      reply(fail("monitor override remove: takes only MONITOR and --target"));
+      return;
+    }
+    std::vector<std::string> cleared = c.health->removeMonitorOverride(monitor, target);
+    if (cleared.empty()) {
+      reply(fail("monitor override remove: no override on " + where));
+      return;
+    }
+    logging::log(logging::Level::kInfo, "admin", "monitor override on {} removed by {}", where, by);
+    reply(ok(json{{"removed", cleared}}));
+    return;
+  }
+  auto duration_it = args.options.find("--duration");
+  if (duration_it == args.options.end()) {
+    reply(fail("monitor override: --duration is required (e.g. --duration 2h)"));
+    return;
+  }
+  std::optional<Millis> duration = parseOverrideDuration(duration_it->second);
+  if (!duration || duration->count() <= 0 || *duration > kMaxOverride) {
+    reply(fail("monitor override: bad --duration '" + duration_it->second +
+               "' (e.g. 30m, 2h, 7d; at most 60 days)"));
+    return;
+  }
+  health::AlertValue state = health::AlertValue::kDisabled;
+  if (auto it = args.options.find("--state"); it != args.options.end()) {
+    std::string lower = it->second;
+    std::transform(lower.begin(), lower.end(), lower.begin(),
+                   [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
+    if (lower == "disabled") {
+      state = health::AlertValue::kDisabled;
+    } else if (lower == "repairing") {
+      state = health::AlertValue::kRepairing;
+    } else if (lower == "healthy") {
+      state = health::AlertValue::kHealthy;
+    } else if (lower == "degraded") {
+      state = health::AlertValue::kDegraded;
+    } else {
+      reply(fail("monitor override: bad --state '" + it->second +
+                 "' (Disabled, Repairing, Healthy or Degraded)"));
+      return;
+    }
+  }
+  std::string error;
+  std::vector<std::string> set =
+      c.health->addMonitorOverride(monitor, target, state, *duration, by, error);
+  if (set.empty()) {
+    reply(fail("monitor override: " + error));
+    return;
+  }
+  const auto expires = std::chrono::system_clock::now() + *duration;
+  logging::log(logging::Level::kInfo, "admin", "monitor override {} on {} for {} by {}",
+               health::alertValueName(state), where, duration_it->second, by);
+  reply(ok(json{{"overrides", set},
+                {"state", health::alertValueName(state)},
+                {"expires", isoTime(expires)},
+                {"by", by}}));
+}
+
 // monitor disable|repairing|enable NAME [TARGET]: an operator's override
 // (Disabled silences a monitor and releases its responders; Repairing
-// keeps a drain in place while someone works on the backend).
-void monitorCommand(Control& c, const std::vector<std::string>& words, AdminServer::Reply& reply) {
+// keeps a drain in place while someone works on the backend), until
+// cleared; `monitor override` sets one that expires by itself.
+void monitorCommand(Control& c, const std::vector<std::string>& words, const std::string& by,
+                    AdminServer::Reply& reply) {
+  if (words.size() >= 2 && words[1] == "override") {
+    overrideCommand(c, words, by, reply);
+    return;
+  }
   if (words.size() < 3 || words.size() > 4) {
-    reply(fail("usage: monitor disable|repairing|enable MONITOR [TARGET]"));
+    reply(fail("usage: monitor disable|repairing|enable MONITOR [TARGET] | monitor override ..."));
     return;
   }
   const std::string& verb = words[1];
@@ -385,18 +490,92 @@ void monitorCommand(Control& c, const std::vector<std::string>& words, AdminServ
   } else if (verb == "enable") {
     value = health::AlertValue::kUnknown;  // clears the override
   } else {
-    reply(fail("monitor: expected disable, repairing or enable, not '" + verb + "'"));
+    reply(fail("monitor: expected disable, repairing, enable or override, not '" + verb + "'"));
     return;
   }
   std::string target = words.size() == 4 ? words[3] : "";
-  if (!c.health->setMonitorOverride(words[2], target, value)) {
+  if (!c.health->setMonitorOverride(words[2], target, value, by)) {
     reply(
         fail("monitor: no monitor " + words[2] + (target.empty() ? "" : " for target " + target)));
     return;
   }
-  logging::log(logging::Level::kInfo, "admin", "monitor {}{} {} by operator", words[2],
-               target.empty() ? "" : "/" + target, verb);
+  logging::log(logging::Level::kInfo, "admin", "monitor {}{} {} by {}", words[2],
+               target.empty() ? "" : "/" + target, verb, by);
   reply(ok(json{{"monitor", words[2]}, {"target", target}, {"override", verb}}));
+}
+
+// Wraps `reply` so that the command lands in the action history (GET
+// /health/actions) with who sent it and how it ended.
+AdminServer::Reply recorded(Control& c, const AdminRequest& request, std::string action,
+                            std::string target, AdminServer::Reply reply) {
+  std::string line;
+  for (const std::string& w : request.words) {
+    line += (line.empty() ? "" : " ") + w;
+  }
+  return [&c, action = std::move(action), target = std::move(target), line = std::move(line),
+          by = request.peer, reply = std::move(reply)](std::string text) {
+    const json answer = json::parse(text, nullptr, false);
+    std::string result = "done";
+    if (!answer.is_object() || !answer.value("ok", false)) {
+      result = "refused: " + (answer.is_object() ? answer.value("error", std::string("?")) : "?");
+    } else if (answer.contains("kicked")) {
+      result = fmt::format("kicked {}", answer["kicked"].dump());
+    } else if (answer.contains("expires")) {
+      result = "until " + answer.value("expires", std::string());
+    }
+    if (c.health) {
+      c.health->recordAction(health::ActionRecord{std::chrono::system_clock::now(), "operator",
+                                                  action, target, "admin socket: " + line, by,
+                                                  result});
+    }
+    reply(std::move(text));
+  };
+}
+
+// What an operator command acts on, for the action history; "" for the
+// commands that only read.
+std::pair<std::string, std::string> actionOf(const std::vector<std::string>& words) {
+  auto word = [&](std::size_t i) { return i < words.size() ? words[i] : std::string(); };
+  auto option = [&](const std::string& name) {
+    for (std::size_t i = 0; i + 1 < words.size(); ++i) {
+      if (words[i] == name) {
+        return words[i + 1];
+      }
+    }
+    return std::string();
+  };
+  const std::string& command = words.front();
+  if (command == "backend" && (word(1) == "drain" || word(1) == "enable")) {
+    return {"backend " + word(1), word(2)};
+  }
+  if (command == "kick") {
+    const std::string user = option("--user");
+    return {"kick", user.empty() ? "session " + word(1) : "user " + user};
+  }
+  if (command == "monitor" && word(1) == "override") {
+    const bool remove = word(2) == "remove";
+    const std::string monitor = word(remove ? 3 : 2);
+    const std::string target = option("--target");
+    return {remove ? "monitor override remove" : "monitor override",
+            target.empty() ? monitor : monitor + "/" + target};
+  }
+  if (command == "monitor" && words.size() >= 3) {
+    return {"monitor " + word(1), word(3).empty() ? word(2) : word(2) + "/" + word(3)};
+  }
+  if (command == "protocol-log" && (word(1) == "on" || word(1) == "off")) {
+    const std::string user = option("--user");
+    const std::string ip = option("--ip");
+    std::string target = user.empty() ? "" : "user " + user;
+    target += ip.empty() ? "" : (target.empty() ? "ip " : ", ip ") + ip;
+    return {"protocol-log " + word(1), target.empty() ? "all sessions" : target};
+  }
+  if (command == "reload") {
+    return {"reload", "configuration"};
+  }
+  if (command == "component" && words.size() == 3) {
+    return {"component " + word(2), word(1)};
+  }
+  return {};
 }
 
 void statsCommand(Control& c, AdminServer::Reply& reply) {
@@ -451,6 +630,11 @@ void statsCommand(Control& c, AdminServer::Reply& reply) {
 void handleAdminCommand(Control& c, const AdminRequest& request, AdminServer::Reply reply) {
   const std::vector<std::string>& words = request.words;
   const std::string& command = words.front();
+  if (!c.stopping) {
+    if (auto [action, target] = actionOf(words); !action.empty()) {
+      reply = recorded(c, request, std::move(action), std::move(target), std::move(reply));
+    }
+  }
   if (c.stopping) {
     reply(fail("shutting down"));
   } else if (command == "protocol-log") {
@@ -471,7 +655,27 @@ void handleAdminCommand(Control& c, const AdminRequest& request, AdminServer::Re
   } else if (command == "kick") {
     kickCommand(c, words, std::move(reply));
   } else if (command == "monitor") {
-    monitorCommand(c, words, reply);
+    monitorCommand(c, words, request.peer, reply);
+  } else if (command == "component") {
+    // Get-/Set-ServerComponentState for Portico's one component.
+    if (words.size() == 3 && words[1] == "ImapProxy" &&
+        (words[2] == "active" || words[2] == "inactive")) {
+      c.health->setComponentActive(words[2] == "active", request.peer);
+      logging::log(logging::Level::kInfo, "admin", "component ImapProxy set {} by {}", words[2],
+                   request.peer);
+    } else if (words.size() != 1) {
+      reply(fail("usage: component [ImapProxy active|inactive]"));
+      return;
+    }
+    reply(ok(json{{"component", "ImapProxy"},
+                  {"state", c.health->componentActive() ? "Active" : "Inactive"}}));
+  } else if (command == "actions") {
+    if (words.size() != 1) {
+      reply(fail("usage: actions"));
+      return;
+    }
+    reply(ok(json{{"actions", json::parse(c.health->actionsJson()).value("actions", json::array())},
+                  {"responders", c.health->dryRun() ? "dry-run" : "act"}}));
   } else if (command == "stats") {
     statsCommand(c, reply);
   } else if (command == "reload") {
@@ -487,7 +691,10 @@ void handleAdminCommand(Control& c, const AdminRequest& request, AdminServer::Re
          {"protocol-log on [--user U] [--ip CIDR] [--ttl D] | off | status", "health [SET-GLOB]",
           "probe SET\\PROBE [TARGET]", "backend list | drain NAME [--move-sessions] | enable NAME",
           "sessions [--user U] [--ip IP] [--backend B]", "kick SESSION-ID | --user U",
-          "monitor disable|repairing|enable MONITOR [TARGET]", "stats", "reload"}}}));
+          "monitor disable|repairing|enable MONITOR [TARGET]",
+          "monitor override MONITOR [--target B] --duration D [--state S] | override remove "
+          "MONITOR [--target B]",
+          "actions", "component [ImapProxy active|inactive]", "stats", "reload"}}}));
   } else {
     reply(fail("unknown command '" + command + "' (try 'help')"));
   }

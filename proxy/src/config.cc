@@ -466,8 +466,19 @@ Config ConfigReader::read(const toml::table& root) {
     }
   }
   if (const toml::table* t = table(root, "process", "process")) {
-    checkKeys(*t, {"dumpable"}, "in [process]");
+    checkKeys(*t, {"dumpable", "user", "group"}, "in [process]");
     readBool(*t, "dumpable", config.process.dumpable);
+    for (auto [key, out] :
+         {std::pair{"user", &config.process.user}, std::pair{"group", &config.process.group}}) {
+      // "" is the default: stay as started.
+      if (readString(*t, key, *out) &&
+          (out->size() > 32 || out->find_first_of(" \t:/\n") != std::string::npos)) {
+        error(lineOf(*t->get(key)), quoted(key) + " must be a user or group name");
+      }
+    }
+    if (config.process.user.empty() && !config.process.group.empty()) {
+      error(lineOf(*t->get("group")), "'group' needs 'user' in [process]");
+    }
   }
   if (const toml::table* t = table(root, "protocol_log", "protocol_log")) {
     checkKeys(*t,
@@ -811,9 +822,22 @@ void ConfigReader::readNamedTables(const toml::table& health, const std::string&
 }
 
 void ConfigReader::readHealth(const toml::table& t, Config& config) {
-  checkKeys(t, {"hook", "hook_timeout", "move_sessions", "probe", "monitor"}, "in [health]");
+  checkKeys(
+      t,
+      {"hook", "hook_timeout", "move_sessions", "responders", "action_history", "probe", "monitor"},
+      "in [health]");
   readString(t, "hook", config.health.hook);
   readBool(t, "move_sessions", config.health.move_sessions);
+  if (std::string mode; readString(t, "responders", mode)) {
+    if (mode == "act" || mode == "dry-run") {
+      config.health.responders_dry_run = mode == "dry-run";
+    } else {
+      error(lineOf(*t.get("responders")), "'responders' must be \"act\" or \"dry-run\"");
+    }
+  }
+  if (std::int64_t history = 0; readInteger(t, "action_history", 1, 100'000, history)) {
+    config.health.action_history = static_cast<std::uint32_t>(history);
+  }
   if (Millis value{0}; readDuration(t, "hook_timeout", Millis{1}, value)) {
     config.health.hook_timeout = value;
   }

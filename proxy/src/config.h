@@ -106,11 +106,17 @@ struct AdminConfig {
   Millis idle_timeout{60'000};  // a connection with no request this long is closed
 };
 
-// [process]: how the process guards its memory.
+// [process]: how the process guards its memory, and what it becomes once
+// its sockets are bound.
 struct ProcessConfig {
   // false: PR_SET_DUMPABLE 0, so no core dump and no ptrace attach by other
   // processes of the same user can read passwords from memory.
   bool dumpable = false;
+  // Started as root with `user` set: after binding the listeners, the
+  // status endpoint and the admin socket, switch to this user (and `group`,
+  // default the user's primary group) for good. Empty: stay as started.
+  std::string user;
+  std::string group;
 };
 
 struct ProtocolLogConfig {
@@ -141,7 +147,9 @@ struct MonitorSettings {
 struct HealthConfig {
   std::string hook;  // command the operator-hook responder runs; empty: none
   Millis hook_timeout{30'000};
-  bool move_sessions = false;  // drained backends: BYE their sessions between commands
+  bool move_sessions = false;          // drained backends: BYE their sessions between commands
+  bool responders_dry_run = false;     // responders = "dry-run": record, do nothing
+  std::uint32_t action_history = 256;  // entries kept for GET /health/actions
 };
 
 struct Config {

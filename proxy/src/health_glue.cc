@@ -125,6 +125,8 @@ health::HealthConfig makeHealthConfig(const Config& config) {
   h.responders.hook = config.health.hook;
   h.responders.hook_timeout = config.health.hook_timeout;
   h.responders.move_sessions = config.health.move_sessions;
+  h.responders.dry_run = config.health.responders_dry_run;
+  h.action_history = config.health.action_history;
   h.status_listen = toEndpoint(config.status.listen);
   h.status_token = config.status.token;
   return h;

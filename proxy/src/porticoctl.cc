@@ -353,10 +353,30 @@ void printSessions(const json& reply) {
 
 void printHealth(const json& reply) {
   const json health = reply.value("health", json::object());
-  Table t({"Name", "TargetResource", "HealthSetName", "AlertValue", "LastTransitionTime"});
-  for (const json& m : health.value("Monitors", json::array())) {
-    t.add({field(m, "Name"), field(m, "TargetResource"), field(m, "HealthSetName"),
-           field(m, "AlertValue"), field(m, "LastTransitionTime")});
+  // The Override column only when some monitor has one (Add-ServerMonitoringOverride).
+  const json monitors = health.value("Monitors", json::array());
+  const bool any_override = std::any_of(monitors.begin(), monitors.end(), [](const json& m) {
+    return m.contains("Override") && m["Override"].is_object();
+  });
+  std::vector<std::string> header{"Name", "TargetResource", "HealthSetName", "AlertValue",
+                                  "LastTransitionTime"};
+  if (any_override) {
+    header.emplace_back("Override");
+  }
+  Table t(header);
+  for (const json& m : monitors) {
+    std::vector<std::string> row{field(m, "Name"), field(m, "TargetResource"),
+                                 field(m, "HealthSetName"), field(m, "AlertValue"),
+                                 field(m, "LastTransitionTime")};
+    if (m.contains("Override") && m["Override"].is_object()) {
+      const json& o = m["Override"];
+      row.push_back(field(o, "State") + " until " +
+                    (o.value("Expires", json()).is_null() ? "removed" : field(o, "Expires")) +
+                    " by " + field(o, "By"));
+    } else if (any_override) {
+      row.emplace_back("-");
+    }
+    t.add(std::move(row));
   }
   if (health.contains("Server")) {
     std::printf(
@@ -374,6 +394,18 @@ void printHealth(const json& reply) {
     }
     a.print();
   }
+}
+
+void printActions(const json& reply) {
+  Table t({"TIME", "KIND", "ACTION", "TARGET", "BY", "RESULT", "REASON"});
+  for (const json& a : reply.value("actions", json::array())) {
+    t.add({field(a, "time"), field(a, "kind"), field(a, "action"), field(a, "target"),
+           field(a, "by"), field(a, "result"), field(a, "reason")});
+  }
+  if (reply.value("responders", std::string()) == "dry-run") {
+    std::printf("Responders: dry-run (actions are recorded, not done)\n\n");
+  }
+  t.print();
 }
 
 void printBackends(const json& reply) {
@@ -501,6 +533,21 @@ void printHuman(const std::string& command, const std::vector<std::string>& word
                 field(r, "kicked") == "1" ? "" : "s");
   } else if (command == "reload") {
     std::printf("configuration reloaded\n");
+  } else if (command == "actions") {
+    printActions(r);
+  } else if (command == "component") {
+    std::printf("%s: %s\n", field(r, "component").c_str(), field(r, "state").c_str());
+  } else if (command == "monitor" && words.size() > 1 && words[1] == "override") {
+    if (r.contains("removed")) {
+      for (const json& k : r["removed"]) {
+        std::printf("override removed: %s\n", text(k).c_str());
+      }
+    } else {
+      for (const json& k : r.value("overrides", json::array())) {
+        std::printf("%s: %s until %s (by %s)\n", text(k).c_str(), field(r, "state").c_str(),
+                    field(r, "expires").c_str(), field(r, "by").c_str());
+      }
+    }
   } else {
     printGeneric(r);
   }
@@ -596,13 +643,43 @@ int run(int argc, char** argv) {
   auto* ok_user = kick->add_option("--user", kick_user, "End all of this user's sessions");
 
   // monitor overrides
-  std::string m_verb, m_name, m_target;
-  auto* monitor = app.add_subcommand("monitor", "Override a monitor: disable, repairing, enable");
-  monitor->add_option("action", m_verb, "disable | repairing | enable")
-      ->required()
-      ->check(CLI::IsMember({"disable", "repairing", "enable"}));
-  monitor->add_option("monitor", m_name, "Monitor name, e.g. ImapDeepTestMonitor")->required();
-  monitor->add_option("target", m_target, "Target resource (a backend name)");
+  std::string m_name, m_target, mo_target, mo_duration, mo_state;
+  auto* monitor = app.add_subcommand(
+      "monitor", "Override a monitor: disable, repairing, enable, or override for a while");
+  monitor->require_subcommand(1);
+  for (const char* verb : {"disable", "repairing", "enable"}) {
+    auto* sub = monitor->add_subcommand(
+        verb, std::string(verb) == "enable"
+                  ? "Clear an override"
+                  : "Show the monitor as " +
+                        std::string(std::string(verb) == "disable" ? "Disabled" : "Repairing") +
+                        " until cleared");
+    sub->add_option("monitor", m_name, "Monitor name, e.g. ImapDeepTestMonitor")->required();
+    sub->add_option("target", m_target, "Target resource (a backend name)");
+  }
+  auto* m_override = monitor->add_subcommand(
+      "override", "Override a monitor for a while (like Add-ServerMonitoringOverride -Duration)");
+  m_override->add_option("monitor", m_name, "Monitor name, e.g. ImapDeepTestMonitor");
+  auto* mo_target_opt =
+      m_override->add_option("--target", mo_target, "Only this target (default: every target)");
+  m_override->add_option("--duration", mo_duration, "How long (e.g. 30m, 2h, 7d; at most 60d)");
+  auto* mo_state_opt = m_override->add_option("--state", mo_state,
+                                              "Disabled (default), Repairing, Healthy or Degraded");
+  auto* m_override_remove = m_override->add_subcommand("remove", "Remove an override now");
+  std::string mr_name, mr_target;
+  m_override_remove->add_option("monitor", mr_name, "Monitor name")->required();
+  auto* mr_target_opt =
+      m_override_remove->add_option("--target", mr_target, "Only this target (default: every)");
+
+  std::string comp_name, comp_state;
+  auto* component = app.add_subcommand(
+      "component", "Show or set ImapProxy Active/Inactive (like Set-ServerComponentState)");
+  component->add_option("component", comp_name, "ImapProxy")->check(CLI::IsMember({"ImapProxy"}));
+  component->add_option("state", comp_state, "active | inactive (Inactive: /readyz answers 503)")
+      ->check(CLI::IsMember({"active", "inactive"}));
+
+  auto* actions = app.add_subcommand(
+      "actions", "What responders and operators did, newest first (GET /health/actions)");
 
   auto* stats = app.add_subcommand("stats", "Counters: connections, bytes, commands per backend");
   auto* reload = app.add_subcommand("reload", "Re-read the configuration file");
@@ -666,9 +743,37 @@ int run(int argc, char** argv) {
       addOption(w, ok_user, "--user", kick_user);
     }
   } else if (monitor->parsed()) {
-    w = {"monitor", m_verb, m_name};
-    if (!m_target.empty()) {
-      w.push_back(m_target);
+    CLI::App* verb = monitor->get_subcommands().front();
+    if (verb == m_override && m_override_remove->parsed()) {
+      w = {"monitor", "override", "remove", mr_name};
+      addOption(w, mr_target_opt, "--target", mr_target);
+    } else if (verb == m_override) {
+      if (m_name.empty() || mo_duration.empty()) {
+        std::fprintf(stderr,
+                     "porticoctl: monitor override needs MONITOR and --duration (e.g. "
+                     "monitor override ImapDeepTestMonitor --target mbx1 --duration 2h)\n");
+        return kExitUsage;
+      }
+      w = {"monitor", "override", m_name, "--duration", mo_duration};
+      addOption(w, mo_target_opt, "--target", mo_target);
+      addOption(w, mo_state_opt, "--state", mo_state);
+    } else {
+      w = {"monitor", verb->get_name(), m_name};
+      if (!m_target.empty()) {
+        w.push_back(m_target);
+      }
+    }
+  } else if (actions->parsed()) {
+    w.push_back("actions");
+  } else if (component->parsed()) {
+    if (comp_name.empty() != comp_state.empty()) {
+      std::fprintf(stderr, "porticoctl: component needs both ImapProxy and active|inactive\n");
+      return kExitUsage;
+    }
+    w.push_back("component");
+    if (!comp_name.empty()) {
+      w.push_back(comp_name);
+      w.push_back(comp_state);
     }
   } else if (stats->parsed()) {
     w.push_back("stats");

@@ -4,12 +4,16 @@
 #include <sys/resource.h>
 #include <uv.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <thread>
 
 #include <fmt/format.h>
@@ -18,6 +22,7 @@
 #include "control.h"
 #include "portico/logging.h"
 #include "portico/proxy.h"
+#include "process.h"
 #include "runtime.h"
 #include "worker.h"
 
@@ -109,6 +114,7 @@ void beginShutdown(Control& c, const char* why) {
     return;
   }
   c.stopping = true;
+  notifyStopping(fmt::format("stopping ({}): closing sessions between commands", why));
   logging::log(logging::Level::kInfo, "main", "shutdown: {}; closing sessions between commands",
                why);
   if (c.view) {
@@ -135,7 +141,13 @@ void onSignal(uv_signal_t* handle, int signum) {
   auto* c = static_cast<Control*>(handle->data);
   if (signum == SIGHUP) {
     std::string error;
-    reloadConfig(*c, error);
+    const bool done = reloadConfig(*c, error);
+    if (c->health) {
+      c->health->recordAction(
+          health::ActionRecord{std::chrono::system_clock::now(), "operator", "reload",
+                               "configuration", "SIGHUP (systemctl reload, kill -HUP)",
+                               "signal SIGHUP", done ? "done" : "refused: " + error});
+    }
   } else if (signum == SIGUSR1) {
     if (c->protocol_log) {
       c->protocol_log->reopen();
@@ -146,9 +158,23 @@ void onSignal(uv_signal_t* handle, int signum) {
   }
 }
 
+bool reloadConfigNow(Control& c, std::string& error);
+
 }  // namespace
 
+// Tells the service manager around the reload (RELOADING=1 ... READY=1):
+// `systemctl reload` waits for it, and a refused reload leaves the
+// service running with its old configuration, so READY=1 either way.
 bool reloadConfig(Control& c, std::string& error) {
+  notifyReloading();
+  const bool done = reloadConfigNow(c, error);
+  notifyReady(done ? "ready: configuration reloaded" : "ready: reload refused: " + error);
+  return done;
+}
+
+namespace {
+
+bool reloadConfigNow(Control& c, std::string& error) {
   ConfigResult result = loadConfig(c.config_path);
   if (!result.errors.empty()) {
     for (const std::string& e : result.errors) {
@@ -250,6 +276,8 @@ bool reloadConfig(Control& c, std::string& error) {
   return true;
 }
 
+}  // namespace
+
 bool ensureProtocolLog(Control& c, std::string& error) {
   if (c.protocol_log && c.protocol_log->enabled()) {
     return true;
@@ -284,6 +312,10 @@ int checkConfig(const std::string& config_path) {
     std::fprintf(stderr, "%s: %s\n", config_path.c_str(), error.c_str());
     return 1;
   }
+  if (!resolveIdentity(result.config->process, error) && !error.empty()) {
+    std::fprintf(stderr, "%s: %s\n", config_path.c_str(), error.c_str());
+    return 1;
+  }
   std::printf("%s: configuration OK (%zu listeners, %zu backends)\n", config_path.c_str(),
               result.config->listen.size(), result.config->backends.size());
   return 0;
@@ -310,6 +342,13 @@ int runProxy(const std::string& config_path) {
     std::fprintf(stderr, "portico: not starting: %s\n", error.c_str());
     return 2;
   }
+  // Who to become once every socket is bound: checked before binding
+  // anything, so a missing user stops start-up at once.
+  std::optional<Identity> identity = resolveIdentity(c.config->config.process, error);
+  if (!error.empty()) {
+    std::fprintf(stderr, "portico: not starting: %s\n", error.c_str());
+    return 2;
+  }
   std::size_t n = c.config->config.workers;
   if (n == 0) {
     n = std::max(1u, std::thread::hardware_concurrency());
@@ -333,10 +372,60 @@ int runProxy(const std::string& config_path) {
   uv_signal_start(&c.sighup, &onSignal, SIGHUP);
   uv_signal_start(&c.sigusr1, &onSignal, SIGUSR1);
 
-  // Protocol log: the writer starts now if logging is on in the config, or
-  // later when an operator switches it on.
+  // The protocol log writer is created now and started (if the config
+  // switches it on) after the privilege switch, so its files belong to the
+  // user Portico runs as.
   c.protocol_log = std::make_unique<logging::ProtocolLog>(n);
   applyConfiguredTrace(c);
+
+  c.view =
+      std::make_unique<WorkerProxyView>(c.workers, c.shared, c.registry, [&c] { return c.config; });
+  c.view->setListening(true);
+  c.view->setProtocolLogStatus([&c] { return protocolLogStatusText(c); });
+  c.health =
+      std::make_unique<health::HealthService>(&c.loop, makeHealthConfig(c.config->config), *c.view);
+  if (!c.health->start(error)) {
+    std::fprintf(stderr, "portico: not starting: status endpoint: %s\n", error.c_str());
+    std::_Exit(1);
+  }
+  const std::string& admin_socket = c.config->config.admin.socket;
+  // AdminServer::start() creates the socket's directory when it is missing;
+  // one it created goes to the user Portico switches to, with the socket.
+  const std::filesystem::path socket_dir = std::filesystem::path(admin_socket).parent_path();
+  std::error_code ec;
+  const bool created_socket_dir = !socket_dir.empty() && !std::filesystem::exists(socket_dir, ec);
+  c.admin = std::make_unique<AdminServer>(
+      &c.loop, admin_socket, c.config->config.admin.group,
+      [&c](const AdminRequest& request, AdminServer::Reply reply) {
+        handleAdminCommand(c, request, std::move(reply));
+      },
+      c.config->config.admin.idle_timeout);
+  if (!c.admin->start(error)) {
+    std::fprintf(stderr, "portico: not starting: %s\n", error.c_str());
+    std::_Exit(1);
+  }
+
+  // Every privileged socket is bound: become the configured user for good,
+  // before any worker runs or any file is written.
+  if (identity) {
+    const bool admin_group = !c.config->config.admin.group.empty();
+    std::vector<Handover> handover{{admin_socket, admin_group}};
+    if (created_socket_dir) {
+      handover.push_back({socket_dir.string(), admin_group});
+    }
+    if (!dropPrivileges(*identity, handover, error)) {
+      std::fprintf(stderr, "portico: not starting: cannot drop privileges: %s\n", error.c_str());
+      std::_Exit(1);
+    }
+    // setuid() resets the dumpable flag to the system default: set it again.
+    setDumpable(c.config->config.process.dumpable);
+    logging::log(logging::Level::kInfo, "main", "running as user {} (uid {}), group {} (gid {})",
+                 identity->user, identity->uid, identity->group, identity->gid);
+  } else if (::geteuid() == 0) {
+    logging::log(logging::Level::kWarn, "main",
+                 "running as root: set [process] user (or the unit's User=) to drop privileges");
+  }
+
   if (c.config->config.protocol_log.enabled && !ensureProtocolLog(c, error)) {
     std::fprintf(stderr, "portico: not starting: protocol log: %s\n", error.c_str());
     std::_Exit(1);
@@ -356,26 +445,6 @@ int runProxy(const std::string& config_path) {
   for (auto& w : c.workers) {
     w->start();
   }
-  c.view =
-      std::make_unique<WorkerProxyView>(c.workers, c.shared, c.registry, [&c] { return c.config; });
-  c.view->setListening(true);
-  c.view->setProtocolLogStatus([&c] { return protocolLogStatusText(c); });
-  c.health =
-      std::make_unique<health::HealthService>(&c.loop, makeHealthConfig(c.config->config), *c.view);
-  if (!c.health->start(error)) {
-    std::fprintf(stderr, "portico: not starting: status endpoint: %s\n", error.c_str());
-    std::_Exit(1);
-  }
-  c.admin = std::make_unique<AdminServer>(
-      &c.loop, c.config->config.admin.socket, c.config->config.admin.group,
-      [&c](const AdminRequest& request, AdminServer::Reply reply) {
-        handleAdminCommand(c, request, std::move(reply));
-      },
-      c.config->config.admin.idle_timeout);
-  if (!c.admin->start(error)) {
-    std::fprintf(stderr, "portico: not starting: %s\n", error.c_str());
-    std::_Exit(1);
-  }
 
   checkOpenFileLimit(c.config->config);
   std::string addresses;
@@ -385,6 +454,7 @@ int runProxy(const std::string& config_path) {
   logging::log(logging::Level::kInfo, "main",
                "ready: listening on {} with {} workers; status on http://{}; admin socket {}",
                addresses, n, c.config->config.status.listen.text(), c.config->config.admin.socket);
+  notifyReady(fmt::format("ready: listening on {} with {} workers", addresses, n));
 
   uv_run(&c.loop, UV_RUN_DEFAULT);
   for (auto& w : c.workers) {

@@ -143,6 +143,11 @@ struct ResponderSettings {
   Millis escalate_after{40 * 60'000};
   Millis escalate_every{4 * 3600'000};
   bool move_sessions = false;  // drained backend: BYE its sessions between commands
+  // [health] responders = "dry-run": every action the ladder takes is logged
+  // and recorded (result "dry-run") but not done: no drain, no hook, no
+  // /readyz 503. Switching act -> dry-run releases the drains responders
+  // hold; dry-run -> act applies the ones the ladder holds now.
+  bool dry_run = false;
 };
 
 struct HealthConfig {
@@ -158,7 +163,8 @@ struct HealthConfig {
   std::map<std::string, MonitorSettings> monitors;  // by monitor name
   ResponderSettings responders;
   Endpoint status_listen{"127.0.0.1", 8080, false};
-  std::string status_token;  // optional bearer token
+  std::string status_token;          // optional bearer token
+  std::size_t action_history = 256;  // entries GET /health/actions keeps (at least 1)
 };
 
 // Exchange's defaults for the probe and monitor names in DESIGN.md.
@@ -175,6 +181,27 @@ struct BackendLoad {
   double average_processing_ms = 0;   // moving average of the last 1,024 commands
   std::uint64_t recent_commands = 0;  // how many commands that average covers
   double weight = 1.0;                // routing weight from the config
+};
+
+// One entry of the action history (GET /health/actions, `porticoctl
+// actions`): what a responder or an operator did, why, and what came of it.
+struct ActionRecord {
+  SystemTime time{};
+  std::string kind;    // "responder" or "operator"
+  std::string action;  // "drain", "hook", "backend drain", "monitor override", ...
+  std::string target;  // a backend, "Monitor/target", a user, ...; "" for Portico itself
+  std::string reason;
+  std::string by;      // the monitor whose responder acted, or the operator ("root (uid 0)")
+  std::string result;  // "done", "dry-run", "exit 0", "refused: ...", "" while running
+};
+
+// An operator's override of a monitor (Add-ServerMonitoringOverride): the
+// shown AlertValue is `state` until `expires` (or until removed when
+// nullopt), and the responders act on that value, not the computed one.
+struct OverrideInfo {
+  AlertValue state = AlertValue::kDisabled;
+  std::optional<SystemTime> expires;
+  std::string by;
 };
 
 class ProxyView {
@@ -236,7 +263,40 @@ class HealthService {
   std::uint16_t statusPort() const;
 
   // Operator overrides: AlertValue::kDisabled or kRepairing, or kUnknown to clear.
-  bool setMonitorOverride(const std::string& monitor, const std::string& target, AlertValue value);
+  bool setMonitorOverride(const std::string& monitor, const std::string& target, AlertValue value,
+                          const std::string& by = {});
+
+  // Timed overrides (Add-ServerMonitoringOverride -Duration). `state` is one
+  // of kDisabled, kRepairing, kHealthy, kDegraded; `target` nullopt means
+  // every target the monitor has now; `duration` nullopt means until
+  // removed. Returns the "Monitor/target" keys it set, or an empty list
+  // with `error` saying why (no such monitor, state not allowed). The
+  // override ends by itself at its expiry (recorded in the action history).
+  std::vector<std::string> addMonitorOverride(const std::string& monitor,
+                                              const std::optional<std::string>& target,
+                                              AlertValue state, std::optional<Millis> duration,
+                                              const std::string& by, std::string& error);
+  // Removes overrides (timed or not); returns the keys cleared.
+  std::vector<std::string> removeMonitorOverride(const std::string& monitor,
+                                                 const std::optional<std::string>& target);
+
+  // The action history, newest first, as {"actions":[{time, kind, action,
+  // target, reason, by, result}]}. Responder actions are recorded by the
+  // service; operators' actions by whoever carries them out (the admin
+  // socket) through recordAction(). Returns the entry's id for
+  // setActionResult().
+  std::uint64_t recordAction(ActionRecord record);
+  void setActionResult(std::uint64_t id, std::string result);
+  std::string actionsJson() const;
+  // True when [health] responders = "dry-run".
+  bool dryRun() const;
+
+  // The ImapProxy component's operator state (Set-ServerComponentState
+  // -Component ImapProxy -State Inactive): while Inactive, /readyz answers
+  // 503 so load balancers take Portico out of rotation; sessions and
+  // logins go on. `by` is who set it.
+  void setComponentActive(bool active, const std::string& by);
+  bool componentActive() const;
 
   struct Impl;
 

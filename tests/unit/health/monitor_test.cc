@@ -164,6 +164,39 @@ TEST(MonitorOverride, ObservationsContinueUnderneath) {
   EXPECT_EQ(m.lastTransitionTime(), kT0 + seconds(2));
 }
 
+TEST(MonitorOverride, TimedOverrideExpiresAtItsTimeOnTheFakeClock) {
+  auto m = selfTest(1);
+  m.record(result(ResultType::kFailed), kT0);
+  ASSERT_EQ(m.value(), AlertValue::kUnhealthy);
+  const SystemTime expires = kT0 + std::chrono::hours(2);
+  EXPECT_TRUE(m.applyOverride(OverrideInfo{AlertValue::kDisabled, expires, "root (uid 0)"}, kT0));
+  EXPECT_EQ(m.value(), AlertValue::kDisabled);
+  ASSERT_TRUE(m.overrideInfo());
+  EXPECT_EQ(m.overrideInfo()->by, "root (uid 0)");
+  EXPECT_EQ(m.overrideInfo()->expires, expires);
+  // A millisecond before its expiry it holds; at its expiry it goes, and
+  // the computed value (still Unhealthy underneath) shows again.
+  EXPECT_FALSE(m.expireOverride(expires - Millis(1)));
+  EXPECT_EQ(m.value(), AlertValue::kDisabled);
+  EXPECT_TRUE(m.expireOverride(expires));
+  EXPECT_FALSE(m.overrideInfo());
+  EXPECT_EQ(m.value(), AlertValue::kUnhealthy);
+  EXPECT_EQ(m.lastTransitionTime(), expires);
+  EXPECT_FALSE(m.expireOverride(expires + std::chrono::hours(1)));  // nothing left to expire
+}
+
+TEST(MonitorOverride, OverrideWithoutExpiryNeverExpires) {
+  auto m = selfTest(1);
+  m.setOverride(AlertValue::kRepairing, kT0);
+  EXPECT_FALSE(m.expireOverride(kT0 + std::chrono::hours(24 * 365)));
+  EXPECT_EQ(m.value(), AlertValue::kRepairing);
+  // Healthy as a timed override: shown, and replaced by the next override.
+  m.applyOverride(OverrideInfo{AlertValue::kHealthy, kT0 + seconds(5), "ops"}, kT0);
+  EXPECT_EQ(m.value(), AlertValue::kHealthy);
+  EXPECT_TRUE(m.expireOverride(kT0 + seconds(5)));
+  EXPECT_EQ(m.value(), AlertValue::kUnknown);
+}
+
 TEST(SampledThresholdMonitor, UnhealthyAfterTwoSamplesAboveThreshold) {
   SampledThresholdMonitor m({"AverageCommandProcessingTimeGt60sMonitor", "mbx1"}, "IMAP",
                             defaultMonitorSettings("AverageCommandProcessingTimeGt60sMonitor"),

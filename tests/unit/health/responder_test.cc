@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -368,6 +369,87 @@ TEST(ResponderExecutor, DrainsRunsHooksAndRecordsOutcomes) {
   EXPECT_EQ(ladder.actions()[2].outcome, "logged; hook exit 0");
   EXPECT_EQ(ladder.actions()[3].outcome, "undrained");
   std::remove(out.c_str());
+  EXPECT_EQ(uv_loop_close(&loop), 0);
+}
+
+TEST(ResponderExecutor, EveryActionGoesToTheHistoryWithItsResult) {
+  uv_loop_t loop;
+  ASSERT_EQ(uv_loop_init(&loop), 0);
+  ResponderSettings settings;
+  settings.hook = "exit 0";
+  settings.hook_after = {Millis(0)};
+  ResponderLadder ladder(settings);
+  HookRunner hooks(&loop);
+  RecordingProxy proxy;
+  ActionLog log(16);
+  ResponderExecutor executor(ladder, hooks, proxy, &log);
+  executor.execute(
+      ladder.update(kSelf1, "IMAP.Protocol", A::kUnhealthy, "refused", SteadyTime(0), kWall),
+      kWall);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  ASSERT_EQ(log.size(), 2u);
+  // Newest first: the hook (its result arrived when it exited), then the drain.
+  EXPECT_EQ(log.newest(0).action, "hook");
+  EXPECT_EQ(log.newest(0).result, "exit 0");
+  EXPECT_EQ(log.newest(1).kind, "responder");
+  EXPECT_EQ(log.newest(1).action, "drain");
+  EXPECT_EQ(log.newest(1).target, "mbx1");
+  EXPECT_EQ(log.newest(1).by, "ImapSelfTestMonitor");
+  EXPECT_EQ(log.newest(1).result, "drained");
+  EXPECT_EQ(log.newest(1).time, kWall);
+  EXPECT_NE(log.newest(1).reason.find("refused"), std::string::npos);
+  EXPECT_EQ(proxy.calls, std::vector<std::string>{"mbx1 drained"});
+  EXPECT_EQ(uv_loop_close(&loop), 0);
+}
+
+TEST(ResponderExecutor, DryRunRecordsTheWholeLadderAndDoesNothing) {
+  uv_loop_t loop;
+  ASSERT_EQ(uv_loop_init(&loop), 0);
+  const std::string out = tempPath("hook_dry_run_");
+  std::remove(out.c_str());
+  ResponderSettings settings;
+  settings.dry_run = true;
+  settings.hook = "echo ran >> " + out;
+  ResponderLadder ladder(settings);
+  HookRunner hooks(&loop);
+  RecordingProxy proxy;
+  ActionLog log(64);
+  ResponderExecutor executor(ladder, hooks, proxy, &log);
+  // Fake time: the proxy test and a self test fail, and stay failed for
+  // 41 minutes (offline, drain, two hooks each, escalation), then recover.
+  SteadyTime now(1'000);
+  executor.execute(ladder.update(kProxy, "IMAP.Proxy", A::kUnhealthy, "timeout", now, kWall),
+                   kWall);
+  executor.execute(ladder.update(kSelf1, "IMAP.Protocol", A::kUnhealthy, "refused", now, kWall),
+                   kWall);
+  const SteadyTime end = now + minutes(41);
+  while (auto due = ladder.nextDue()) {
+    if (*due > end) {
+      break;
+    }
+    now = std::max(now, *due);
+    executor.execute(ladder.tick(now, kWall), kWall);
+  }
+  executor.execute(ladder.update(kSelf1, "IMAP.Protocol", A::kHealthy, "", end, kWall), kWall);
+  executor.execute(ladder.update(kProxy, "IMAP.Proxy", A::kHealthy, "", end, kWall), kWall);
+  uv_run(&loop, UV_RUN_DEFAULT);
+
+  EXPECT_TRUE(proxy.calls.empty()) << proxy.calls.front();
+  EXPECT_FALSE(std::ifstream(out).good()) << "a hook ran in dry-run";
+  std::multiset<std::string> actions;
+  for (std::size_t i = 0; i < log.size(); ++i) {
+    actions.insert(log.newest(i).action + " " + log.newest(i).by);
+    EXPECT_EQ(log.newest(i).result, "dry-run") << log.newest(i).action;
+  }
+  EXPECT_EQ(actions, (std::multiset<std::string>{
+                         "offline ImapProxyTestMonitor", "hook ImapProxyTestMonitor",
+                         "hook ImapProxyTestMonitor", "escalate ImapProxyTestMonitor",
+                         "online ImapProxyTestMonitor", "drain ImapSelfTestMonitor",
+                         "hook ImapSelfTestMonitor", "hook ImapSelfTestMonitor",
+                         "escalate ImapSelfTestMonitor", "undrain ImapSelfTestMonitor"}));
+  for (const ResponderAction& a : ladder.actions()) {
+    EXPECT_EQ(a.outcome, "dry-run") << responderStepName(a.step);
+  }
   EXPECT_EQ(uv_loop_close(&loop), 0);
 }
 

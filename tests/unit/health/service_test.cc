@@ -13,6 +13,7 @@
 #include <atomic>
 #include <chrono>
 #include <fstream>
+#include <functional>
 #include <mutex>
 #include <set>
 #include <sstream>
@@ -91,7 +92,10 @@ TEST(HealthService, MonitorsAndJsonShapesFromConfig) {
     HealthService service(&loop, baseConfig(1, 2), proxy);
     const json health = json::parse(service.healthJson("*"));
     EXPECT_EQ(keys(health),
-              (std::set<std::string>{"Server", "Offline", "Monitors", "ResponderActions"}));
+              (std::set<std::string>{"Server", "Offline", "Responders", "ComponentState",
+                                     "Monitors", "ResponderActions"}));
+    EXPECT_EQ(health["Responders"], "act");
+    EXPECT_EQ(health["ComponentState"], "Active");
     std::multiset<std::string> names;
     for (const json& m : health["Monitors"]) {
       names.insert(m["Name"].get<std::string>() + "/" + m["TargetResource"].get<std::string>());
@@ -160,6 +164,15 @@ TEST(HealthService, MonitorsAndJsonShapesFromConfig) {
     EXPECT_FALSE(service.ready(&reason));
     EXPECT_EQ(reason, "every backend is drained");
     EXPECT_EQ(json::parse(service.backendsJson())["backends"][0]["state"], "drained-by-operator");
+
+    proxy.all_drained_by_operator = false;
+    service.setComponentActive(false, "root (uid 0)");
+    EXPECT_FALSE(service.ready(&reason));
+    EXPECT_EQ(reason, "ImapProxy set Inactive by root (uid 0)");
+    EXPECT_EQ(json::parse(service.healthJson("*"))["ComponentState"], "Inactive");
+    service.setComponentActive(true, "root (uid 0)");
+    EXPECT_TRUE(service.ready(&reason)) << reason;
+    EXPECT_TRUE(service.componentActive());
 
     EXPECT_TRUE(service.setMonitorOverride("ImapSelfTestMonitor", "mbx2", AlertValue::kDisabled));
     EXPECT_FALSE(service.setMonitorOverride("ImapSelfTestMonitor", "mbx2", AlertValue::kHealthy));
@@ -493,6 +506,200 @@ TEST(HealthService, FailingSelfTestDrainsRunsTheHookAndUndrainsOnRecovery) {
     EXPECT_TRUE(m["FirstAlertObservedTime"].is_null());
     EXPECT_FALSE(m["LastTransitionTime"].is_null());
   }
+  std::remove(hook_out.c_str());
+  EXPECT_EQ(uv_loop_close(&loop), 0);
+}
+
+// --- overrides and dry-run ----------------------------------------------------
+
+// Runs the loop until `done()` is true or `limit` passes, then stops the
+// service (then `stopped()`, which closes what else the test opened) and
+// runs the loop to its end. Returns whether `done()` became true.
+bool runUntil(
+    uv_loop_t* loop, HealthService& service, std::function<bool()> done,
+    std::function<void()> stopped = [] {}, Millis limit = Millis(10'000)) {
+  struct State {
+    HealthService* service;
+    std::function<bool()> done;
+    std::function<void()> stopped;
+    std::chrono::steady_clock::time_point deadline;
+    bool met = false;
+  } state{&service, std::move(done), std::move(stopped), std::chrono::steady_clock::now() + limit};
+  uv_timer_t watch;
+  uv_timer_init(loop, &watch);
+  watch.data = &state;
+  uv_timer_start(
+      &watch,
+      [](uv_timer_t* timer) {
+        auto* s = static_cast<State*>(timer->data);
+        s->met = s->done();
+        if (s->met || std::chrono::steady_clock::now() > s->deadline) {
+          uv_timer_stop(timer);
+          uv_close(reinterpret_cast<uv_handle_t*>(timer), nullptr);
+          s->service->stop([s] { s->stopped(); });
+        }
+      },
+      5, 5);
+  uv_run(loop, UV_RUN_DEFAULT);
+  return state.met;
+}
+
+const json* findMonitor(const json& health, const std::string& name, const std::string& target) {
+  for (const json& m : health["Monitors"]) {
+    if (m["Name"] == name && m["TargetResource"] == target) {
+      return &m;
+    }
+  }
+  return nullptr;
+}
+
+TEST(HealthService, TimedOverrideIsShownWithItsExpiryAndEndsByItself) {
+  uv_loop_t loop;
+  ASSERT_EQ(uv_loop_init(&loop), 0);
+  FakeProxy proxy;
+  HealthConfig config = baseConfig(1, 2);
+  for (const char* probe :
+       {"ImapProxyTestProbe", "ImapCTPProbe", "ImapSelfTestProbe", "ImapDeepTestProbe"}) {
+    config.probes[probe] = ProbeSettings{std::chrono::hours(1), Millis(1'000), 0};
+  }
+  HealthService service(&loop, config, proxy);
+  std::string error;
+  ASSERT_TRUE(service.start(error)) << error;
+
+  // Refused: a state an override cannot set, an unknown monitor or target.
+  EXPECT_TRUE(service
+                  .addMonitorOverride("ImapSelfTestMonitor", std::nullopt, AlertValue::kUnhealthy,
+                                      Millis(1'000), "tester", error)
+                  .empty());
+  EXPECT_NE(error.find("not Unhealthy"), std::string::npos) << error;
+  EXPECT_TRUE(service
+                  .addMonitorOverride("NoSuchMonitor", std::nullopt, AlertValue::kDisabled,
+                                      Millis(1'000), "tester", error)
+                  .empty());
+  EXPECT_EQ(error, "no monitor NoSuchMonitor");
+  EXPECT_TRUE(service
+                  .addMonitorOverride("ImapSelfTestMonitor", std::string("mbx9"),
+                                      AlertValue::kDisabled, Millis(1'000), "tester", error)
+                  .empty());
+
+  // Without a target: every target of the monitor.
+  const auto before = std::chrono::system_clock::now();
+  const auto set = service.addMonitorOverride("ImapSelfTestMonitor", std::nullopt,
+                                              AlertValue::kDisabled, Millis(300), "tester", error);
+  EXPECT_EQ(set,
+            (std::vector<std::string>{"ImapSelfTestMonitor/mbx1", "ImapSelfTestMonitor/mbx2"}));
+  // Repairing on the deep test, until removed.
+  EXPECT_EQ(service.addMonitorOverride("ImapDeepTestMonitor", std::string("mbx1"),
+                                       AlertValue::kRepairing, std::nullopt, "other", error),
+            std::vector<std::string>{"ImapDeepTestMonitor/mbx1"});
+  json health = json::parse(service.healthJson("*"));
+  const json* self = findMonitor(health, "ImapSelfTestMonitor", "mbx2");
+  ASSERT_NE(self, nullptr);
+  EXPECT_EQ((*self)["AlertValue"], "Disabled");
+  ASSERT_TRUE(self->contains("Override"));
+  EXPECT_EQ((*self)["Override"]["State"], "Disabled");
+  EXPECT_EQ((*self)["Override"]["By"], "tester");
+  EXPECT_TRUE((*self)["Override"]["Expires"].get<std::string>().ends_with("Z"));
+  const json* deep = findMonitor(health, "ImapDeepTestMonitor", "mbx1");
+  ASSERT_NE(deep, nullptr);
+  EXPECT_EQ((*deep)["Override"]["State"], "Repairing");
+  EXPECT_TRUE((*deep)["Override"]["Expires"].is_null());
+  EXPECT_FALSE(findMonitor(health, "ImapCTPMonitor", "mbx1")->contains("Override"));
+
+  // The loop's timer ends the two timed overrides; the other one stays.
+  std::chrono::system_clock::time_point expired_at;
+  const bool expired = runUntil(&loop, service, [&] {
+    const json now = json::parse(service.healthJson("IMAP.Protocol"));
+    const bool gone = !findMonitor(now, "ImapSelfTestMonitor", "mbx1")->contains("Override") &&
+                      !findMonitor(now, "ImapSelfTestMonitor", "mbx2")->contains("Override");
+    expired_at = std::chrono::system_clock::now();
+    return gone;
+  });
+  ASSERT_TRUE(expired) << service.healthJson("IMAP.Protocol");
+  EXPECT_GE(expired_at - before, Millis(300));
+  health = json::parse(service.healthJson("*"));
+  EXPECT_NE(findMonitor(health, "ImapSelfTestMonitor", "mbx1")->at("AlertValue"), "Disabled");
+  EXPECT_EQ(findMonitor(health, "ImapDeepTestMonitor", "mbx1")->at("Override").at("State"),
+            "Repairing");
+  const json actions = json::parse(service.actionsJson())["actions"];
+  ASSERT_EQ(actions.size(), 2u) << actions.dump();
+  std::set<std::string> targets;
+  for (const json& a : actions) {
+    EXPECT_EQ(a["action"], "monitor override expired");
+    EXPECT_EQ(a["by"], "tester");
+    EXPECT_EQ(a["kind"], "operator");
+    targets.insert(a["target"]);
+  }
+  EXPECT_EQ(targets,
+            (std::set<std::string>{"ImapSelfTestMonitor/mbx1", "ImapSelfTestMonitor/mbx2"}));
+
+  EXPECT_EQ(service.removeMonitorOverride("ImapDeepTestMonitor", std::nullopt),
+            std::vector<std::string>{"ImapDeepTestMonitor/mbx1"});
+  EXPECT_TRUE(service.removeMonitorOverride("ImapDeepTestMonitor", std::nullopt).empty());
+  EXPECT_FALSE(findMonitor(json::parse(service.healthJson("*")), "ImapDeepTestMonitor", "mbx1")
+                   ->contains("Override"));
+  EXPECT_EQ(uv_loop_close(&loop), 0);
+}
+
+TEST(HealthService, DryRunRecordsTheDrainButDrainsNothingUntilSwitchedToAct) {
+  uv_loop_t loop;
+  ASSERT_EQ(uv_loop_init(&loop), 0);
+  FakeImapServer backend(&loop, {});
+  backend.setMode(FakeImapServer::Mode::kHangUp);
+  FakeProxy proxy;
+  proxy.names = {"mbx1"};
+  const std::string hook_out = ::testing::TempDir() + "dry_run_hook_" + std::to_string(getpid());
+  std::remove(hook_out.c_str());
+  HealthConfig config;
+  config.server_name = "portico-test";
+  config.backends.push_back({"mbx1", {"127.0.0.1", backend.port(), false}, "", ""});
+  config.probes["ImapSelfTestProbe"] = ProbeSettings{Millis(20), Millis(1'000), 0};
+  MonitorSettings monitor = defaultMonitorSettings("ImapSelfTestMonitor");
+  monitor.unhealthy_after = 2;
+  config.monitors["ImapSelfTestMonitor"] = monitor;
+  config.responders.hook = "echo ran >> " + hook_out;
+  config.responders.hook_after = {Millis(0)};
+  config.responders.dry_run = true;
+  config.action_history = 8;
+  config.status_listen = Endpoint{"127.0.0.1", 0, false};
+  HealthService service(&loop, config, proxy);
+  std::string error;
+  ASSERT_TRUE(service.start(error)) << error;
+  EXPECT_TRUE(service.dryRun());
+
+  auto hasAction = [&](const std::string& action, const std::string& result) {
+    const json actions = json::parse(service.actionsJson());
+    for (const json& a : actions["actions"]) {
+      if (a["action"] == action && a["result"] == result) {
+        return true;
+      }
+    }
+    return false;
+  };
+  bool switched = false;
+  const bool done = runUntil(
+      &loop, service,
+      [&] {
+        if (!switched && hasAction("drain", "dry-run") && hasAction("hook", "dry-run")) {
+          // Everything the ladder did so far was only recorded.
+          EXPECT_TRUE(proxy.calls.empty());
+          EXPECT_EQ(json::parse(service.healthJson("*"))["Responders"], "dry-run");
+          std::string why;
+          EXPECT_TRUE(service.ready(&why)) << why;
+          // Now act: the drain the ladder holds is applied.
+          HealthConfig acting = config;
+          acting.responders.dry_run = false;
+          service.reconfigure(acting);
+          switched = true;
+        }
+        return switched && !proxy.calls.empty();
+      },
+      [&] { backend.stop(); });
+  ASSERT_TRUE(done) << service.actionsJson();
+  EXPECT_EQ(proxy.calls, std::vector<std::string>{"mbx1 drained"});
+  EXPECT_TRUE(hasAction("drain", "drained")) << service.actionsJson();
+  EXPECT_FALSE(std::ifstream(hook_out).good()) << "a hook ran in dry-run";
+  EXPECT_LE(json::parse(service.actionsJson())["actions"].size(), 8u);
   std::remove(hook_out.c_str());
   EXPECT_EQ(uv_loop_close(&loop), 0);
 }

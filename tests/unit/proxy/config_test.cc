@@ -299,6 +299,38 @@ TEST_F(ConfigTest, ProbeTableWithSomeKeysLeavesOthersUnset) {
   EXPECT_FALSE(monitor.unhealthy_after.has_value());
 }
 
+TEST_F(ConfigTest, RespondersHistoryAndProcessKeys) {
+  const std::string base =
+      "[[listen]]\naddress = \"127.0.0.1:143\"\n[[backend]]\nname = \"a\"\n"
+      "address = \"127.0.0.1:1\"\n";
+  ConfigResult defaults = parse(base);
+  ASSERT_TRUE(defaults.errors.empty()) << joined(defaults.errors);
+  EXPECT_FALSE(defaults.config->health.responders_dry_run);
+  EXPECT_EQ(defaults.config->health.action_history, 256u);
+  EXPECT_EQ(defaults.config->process.user, "");
+
+  ConfigResult set = parse(base +
+                           "[health]\nresponders = \"dry-run\"\naction_history = 16\n"
+                           "[process]\nuser = \"nobody\"\ngroup = \"nogroup\"\n");
+  ASSERT_TRUE(set.errors.empty()) << joined(set.errors);
+  EXPECT_TRUE(set.config->health.responders_dry_run);
+  EXPECT_EQ(set.config->health.action_history, 16u);
+  EXPECT_EQ(set.config->process.user, "nobody");
+  EXPECT_EQ(set.config->process.group, "nogroup");
+
+  ConfigResult bad = parse(base +
+                           "[health]\nresponders = \"maybe\"\naction_history = 0\n"
+                           "[process]\ngroup = \"nogroup\"\nuser = \"\"\nshell = 1\n");
+  EXPECT_THAT(
+      bad.errors,
+      ElementsAre("portico.toml:7: 'responders' must be \"act\" or \"dry-run\"",
+                  ::testing::StartsWith("portico.toml:8: "),
+                  "portico.toml:10: 'group' needs 'user' in [process]",
+                  ::testing::StartsWith("portico.toml:12: unknown key 'shell' in [process]")));
+  EXPECT_THAT(parse(base + "[process]\nuser = \"a b\"\n").errors,
+              ElementsAre("portico.toml:7: 'user' must be a user or group name"));
+}
+
 TEST_F(ConfigTest, TomlSyntaxErrorNamesFileAndLine) {
   ConfigResult result = parse("workers = 2\n\n[[listen]\naddress = \"1.2.3.4:143\"\n");
   ASSERT_EQ(result.errors.size(), 1u);
@@ -855,6 +887,23 @@ TEST(ShippedConfigTest, ReferenceConfigLoads) {
   EXPECT_FALSE(c.backends.empty());
   EXPECT_EQ(c.probes.size(), 4u);
   EXPECT_EQ(c.monitors.size(), 6u);
+}
+
+TEST(ShippedConfigTest, PackagedConfigLoads) {
+  // What the Debian package installs as /etc/portico/portico.toml: valid as
+  // it stands, loopback only, no file it would need on a fresh install.
+  std::filesystem::path path = confDir() / ".." / "packaging" / "portico.toml";
+  ASSERT_TRUE(std::filesystem::exists(path)) << path;
+  ConfigResult result = loadConfig(path.string());
+  ASSERT_TRUE(result.errors.empty()) << joined(result.errors);
+  const Config& c = *result.config;
+  ASSERT_EQ(c.listen.size(), 1u);
+  EXPECT_EQ(c.listen[0].address.host, "127.0.0.1");
+  EXPECT_EQ(c.listen[0].tls, TlsMode::kNone);
+  EXPECT_EQ(c.status.listen.host, "127.0.0.1");
+  EXPECT_EQ(c.admin.socket, "/run/portico/admin.sock");
+  EXPECT_EQ(c.process.user, "portico");
+  EXPECT_FALSE(c.health.responders_dry_run);
 }
 
 TEST(ShippedConfigTest, DemoConfigLoads) {
