@@ -37,6 +37,7 @@ PACKAGES=(
   libtomlplusplus-dev nlohmann-json3-dev libfmt-dev libcli11-dev
   clang-14 libclang-rt-14-dev libfuzzer-14-dev clang-format
   dovecot-imapd python3 python3-pytest curl openssl procps
+  libhiredis-dev zlib1g-dev redis-server nginx libnginx-mod-mail
 )
 
 SUDO=""

@@ -21,6 +21,7 @@
 
 #include <toml++/toml.h>
 
+#include "lookup/lookup_toml.h"
 #include "routing.h"
 
 // parseConfig() turns toml++'s parse_error into an error line; a build of
@@ -393,7 +394,7 @@ Config ConfigReader::read(const toml::table& root) {
   config.path = path_;
   checkKeys(root,
             {"workers", "greeting", "listen", "backend", "routing", "timeouts", "limits", "status",
-             "admin", "protocol_log", "health"},
+             "admin", "protocol_log", "health", "lookup"},
             "at top level");
 
   std::int64_t workers = 0;
@@ -459,6 +460,11 @@ Config ConfigReader::read(const toml::table& root) {
   }
   if (const toml::table* t = table(root, "health", "health")) {
     readHealth(*t, config);
+  }
+  if (const toml::table* t = table(root, "lookup", "lookup")) {
+    readLookupConfig(*t, config.lookup, [this](std::uint32_t line, const std::string& message) {
+      error(line, message);
+    });
   }
   return config;
 }
