@@ -294,7 +294,7 @@ AuthHttpResponseParser::State AuthHttpResponseParser::feed(std::string_view byte
   if (state_ == State::kComplete) {
     return state_;
   }
-  if (rc == HPE_USER && too_many_) {
+  if (too_many_) {
     return fail("more than " + std::to_string(limits_.max_headers) + " header fields");
   }
   if (rc != HPE_OK) {
