@@ -15,6 +15,7 @@ connection or a lookup's answer, each with a deadline.
 """
 
 import imaplib
+import json
 import ssl
 import time
 import zlib
@@ -28,8 +29,8 @@ from tls_certs import TestPki
 
 
 @pytest.fixture
-def auth():
-    service = AuthService({}).start()
+def auth(tmp_path):
+    service = AuthService({}, record_path=str(tmp_path / "auth-requests.jsonl")).start()
     try:
         yield service
     finally:
@@ -93,6 +94,8 @@ def test_http_route_and_the_request_it_sent(auth, tmp_path):
         ["X-Auth-Key", "secret"],
     ]
     assert req["password"] == "pa ss%w\tord"
+    with open(auth.record_path) as f:
+        assert [json.loads(line) for line in f] == [req], "the JSONL record holds the same"
 
 
 def test_http_passthrough_sasl_is_method_none(auth, tmp_path):

@@ -27,6 +27,7 @@ class HttpAuthLookup::Exchange {
   Exchange(HttpAuthLookup* owner, LookupId id, std::string request, AuthHttpLimits limits,
            const std::string& service)
       : owner_(owner), id_(id), service_(service), request_(std::move(request)), parser_(limits) {}
+  ~Exchange() { wipeSecret(request_); }  // never sent if the connect failed
 
   void start(uv_loop_t* loop, const AuthHttpTarget& target, std::chrono::milliseconds timeout) {
     timeout_ = timeout;
