@@ -344,6 +344,8 @@ class LookupProbe:
         self.proc.stdin.close()
         self.proc.wait(timeout)
         self.stderr = self.proc.stderr.read()
+        assert self.proc.returncode == 0, "lookup_probe exited %d: %s" % (
+            self.proc.returncode, self.stderr.decode(errors="replace"))
         while True:
             line = self.next_line(timeout=2)
             if line.get("op") == "exit":

@@ -158,7 +158,9 @@ def test_http_timeout_malformed_closed_and_incomplete(auth, tmp_path):
     assert results["silent"]["error"] == (
         "auth http server 127.0.0.1:%d: no answer within 300ms (while waiting for the answer)"
         % port)
-    assert 0.3 <= results["silent"]["elapsed_ms"] / 1000 < 2 and elapsed < 3
+    # libuv arms timers from the loop's cached time, a few ms before the
+    # probe's own clock starts: allow that much.
+    assert 0.275 <= results["silent"]["elapsed_ms"] / 1000 < 2 and elapsed < 3
     assert "malformed HTTP answer" in results["garbage"]["error"]
     assert "connection closed without an answer" in results["closer"]["error"]
     assert results["noserver"]["error"].endswith("did not send server or port")
@@ -218,8 +220,8 @@ def test_http_cache_hits_and_expiry(auth, tmp_path):
     }
     probe = http_probe(tmp_path, auth, cache_ttl="700ms")
     with probe:
+        asked = time.monotonic()  # no later than the probe stores the answer
         first = probe.lookup("a1", "alice")
-        answered = time.monotonic()
         assert not first["from_cache"]
         second = probe.lookup("a2", "Alice", password="anything")
         assert second["from_cache"] and second["route"] == "10.0.0.16:143"
@@ -234,7 +236,8 @@ def test_http_cache_hits_and_expiry(auth, tmp_path):
                 break
             time.sleep(0.02)  # polling interval, not synchronisation
         assert not r["from_cache"], "the entry never expired"
-        assert time.monotonic() - answered >= 0.7
+        lived = time.monotonic() - asked
+        assert 0.7 <= lived < 2.0, "the entry lived %.3fs for a cache_ttl of 0.7s" % lived
         assert len(auth.requests_for("alice")) == 2
 
         # An Auth-Pass answer serves only the password that produced it.
@@ -327,7 +330,7 @@ def test_redis_down_stalled_and_back(tmp_path):
                 server.resume()
             assert stalled["outcome"] == "unavailable"
             assert stalled["error"].endswith("no answer within 400ms"), stalled
-            assert 400 <= stalled["elapsed_ms"] < 1500
+            assert 375 <= stalled["elapsed_ms"] < 1500  # see the http timeout test
             n = 0
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:

@@ -328,16 +328,22 @@ LookupId RedisLookup::lookup(const LookupRequest& request, LookupCallback callba
                                        std::to_string(lookupShard(user, config_.shards)));
   }
   query->timer = loop_.createTimer([this, id] {
-    auto it = queries_.find(id);
-    if (it == queries_.end()) {
+    // This closure belongs to the query's timer, which goes with the query:
+    // take the query out of the map so that it lives to the end of this
+    // call, and use only locals from here on.
+    RedisLookup* self = this;
+    auto it = self->queries_.find(id);
+    if (it == self->queries_.end()) {
       return;
     }
-    const std::uint64_t connection = it->second->connection;
-    complete(id, LookupResult::unavailable(where() + ": no answer within " +
-                                           std::to_string(config_.timeout.count()) + "ms"));
-    if (connection == connection_ && context_ != nullptr) {
-      dropConnection("stopped answering");
+    std::unique_ptr<Query> query = std::move(it->second);
+    self->queries_.erase(it);
+    LookupCallback callback = std::move(query->callback);
+    if (query->connection == self->connection_ && self->context_ != nullptr) {
+      self->dropConnection("stopped answering");
     }
+    callback(LookupResult::unavailable(self->where() + ": no answer within " +
+                                       std::to_string(self->config_.timeout.count()) + "ms"));
   });
   query->timer->arm(config_.timeout);
   Query& ref = *query;
