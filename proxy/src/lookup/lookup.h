@@ -19,7 +19,9 @@
 //   their memory is freed.
 // - Secrets: LookupRequest::password and LookupResult::backend_password are
 //   never written to a log, metric or error text. Implementations wipe the
-//   copies they make (the request bytes they send) before releasing them.
+//   copies they make (the request bytes they send) before releasing them;
+//   whoever receives a LookupResult wipes its backend_password (wipeSecret)
+//   when done with it.
 #pragma once
 
 #include <uv.h>

@@ -28,7 +28,7 @@ const char* lookupFallbackName(LookupFallback fallback);
 struct AuthHttpTarget {
   std::string host;          // IP literal, no brackets; empty for a unix socket
   std::uint16_t port = 0;    // TCP port (0 for a unix socket)
-  bool ipv6 = false;         //
+  bool ipv6 = false;         // host is IPv6
   std::string unix_path;     // set for "unix:" URLs
   std::string uri = "/";     // as written, sent verbatim in the request line
   std::string host_header;   // what nginx sends as Host: the host without port,
