@@ -22,6 +22,7 @@
 
 #include <toml++/toml.h>
 
+#include "lookup/lookup_toml.h"
 #include "routing.h"
 
 // parseConfig() turns toml++'s parse_error into an error line; a build of
@@ -416,7 +417,7 @@ Config ConfigReader::read(const toml::table& root) {
   config.path = path_;
   checkKeys(root,
             {"workers", "greeting", "listen", "backend", "routing", "timeouts", "limits", "status",
-             "admin", "process", "protocol_log", "health"},
+             "admin", "process", "protocol_log", "health", "lookup"},
             "at top level");
 
   std::int64_t workers = 0;
@@ -504,6 +505,11 @@ Config ConfigReader::read(const toml::table& root) {
   }
   if (const toml::table* t = table(root, "health", "health")) {
     readHealth(*t, config);
+  }
+  if (const toml::table* t = table(root, "lookup", "lookup")) {
+    readLookupConfig(*t, config.lookup, [this](std::uint32_t line, const std::string& message) {
+      error(line, message);
+    });
   }
   return config;
 }

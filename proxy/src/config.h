@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "lookup/lookup_config.h"
+
 namespace portico::proxy {
 
 using Millis = std::chrono::milliseconds;
@@ -168,6 +170,7 @@ struct Config {
   std::map<std::string, ProbeSettings> probes;
   std::map<std::string, MonitorSettings> monitors;
   HealthConfig health;
+  LookupConfig lookup;  // [lookup]: lookup/lookup_config.h
 };
 
 struct ConfigResult {
