@@ -183,6 +183,9 @@ int runProxy(const std::string& config_path) {
     return 2;
   }
   signal(SIGPIPE, SIG_IGN);
+  // A protocol log file that reaches RLIMIT_FSIZE must fail its write with
+  // EFBIG (dropped and counted like a full disk), not kill the process.
+  signal(SIGXFSZ, SIG_IGN);
   auto control = std::make_unique<Control>();
   Control& c = *control;
   c.config_path = config_path;
