@@ -328,7 +328,12 @@ void ProtocolLog::Impl::writeBlock(std::string_view block, SysTime time,
     }
     const int err = writeAll(fd, chunk);
     if (err != 0) {
-      // Part of the chunk may be on disk; all of it is counted as dropped.
+      // Part of the chunk may be on disk; all of it is counted as dropped,
+      // so take that part back: the file keeps whole records only (a full
+      // disk or file-size limit still lets a file shrink).
+      if (::ftruncate(fd, static_cast<off_t>(file_size)) != 0) {
+        // The next open ends the half line instead (see ensureOpen).
+      }
       const std::string failed_path = path;
       closeFile();
       fail(fmt::format("protocol log: cannot write {}: {}", failed_path, errnoText(err)),

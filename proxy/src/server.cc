@@ -333,6 +333,9 @@ int runProxy(const std::string& config_path) {
   signal(SIGPIPE, SIG_IGN);
   setDumpable(result.config->process.dumpable);
   raiseOpenFileLimit();
+  // A protocol log file that reaches RLIMIT_FSIZE must fail its write with
+  // EFBIG (dropped and counted like a full disk), not kill the process.
+  signal(SIGXFSZ, SIG_IGN);
   auto control = std::make_unique<Control>();
   Control& c = *control;
   c.config_path = config_path;

@@ -293,6 +293,9 @@ void Session::tracePrelogin(const parser::PreloginCommand& command, std::string_
 }
 
 void Session::kick() {
+  if (state_ == SessionState::kClosing) {
+    return;  // already ending (a second kick, or a kick during shutdown): one BYE is enough
+  }
   logging::log(logging::Level::kInfo, "session", "id={:016x} kicked by operator; client={} user={}",
                id_, client_address_, user_);
   closeWithBye("* BYE [UNAVAILABLE] Session ended by the administrator.\r\n", "kicked");

@@ -179,6 +179,90 @@ def _raise_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+# --------------------------------------------------------------------------
+# Sanitizer builds (CMake PORTICO_SANITIZE=ON: ASan+UBSan; PORTICO_TSAN=ON)
+
+# Lines a sanitizer runtime prints when it reports; any of them in Portico's
+# stderr fails the test that started that Portico (conftest.py).
+SANITIZER_MARKERS = (
+    "ERROR: AddressSanitizer",
+    "AddressSanitizer:DEADLYSIGNAL",
+    "ERROR: LeakSanitizer",
+    "LeakSanitizer has encountered a fatal error",
+    "runtime error:",  # UBSan
+    "ERROR: UndefinedBehaviorSanitizer",
+    "WARNING: ThreadSanitizer",
+    "ThreadSanitizer: ",  # "reported N warnings", CHECK failures, unexpected memory mappings
+)
+
+# Options every Portico (and porticoctl) started here runs with, so a report
+# is fatal where it should be and visible on stderr. Options already in the
+# environment come after these and win (sanitizers take the last value).
+SANITIZER_DEFAULTS = {
+    # abort_on_error: SIGABRT, so a crashed Portico is obvious to the test;
+    # detect_leaks: LeakSanitizer runs when Portico exits after SIGTERM.
+    "ASAN_OPTIONS": "abort_on_error=1:halt_on_error=1:detect_leaks=1:print_summary=1",
+    "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1:report_error_type=1",
+    # TSan keeps running after a report (one run shows every race the test
+    # provokes); the marker above fails the test, and exitcode makes the
+    # exit status say so too. The suppressions file is commented entry by
+    # entry: only uninstrumented libraries' internals are in it.
+    "TSAN_OPTIONS": "halt_on_error=0:exitcode=66:second_deadlock_stack=1:suppressions=%s"
+                    % (REPO_ROOT / "tests" / "tsan.supp"),
+}
+
+
+def sanitizer_env(base: Optional[dict] = None) -> dict:
+    """A copy of base (default os.environ) with SANITIZER_DEFAULTS merged in."""
+    env = dict(os.environ if base is None else base)
+    for name, defaults in SANITIZER_DEFAULTS.items():
+        given = env.get(name, "")
+        env[name] = defaults + (":" + given if given else "")
+    return env
+
+
+def sanitizer_report(text: str, context: int = 4000) -> Optional[str]:
+    """The first sanitizer report in text (from its marker on), or None."""
+    hits = [i for i in (text.find(m) for m in SANITIZER_MARKERS) if i >= 0]
+    if not hits:
+        return None
+    start = min(hits)
+    # Include the line the marker is on, from its start.
+    start = text.rfind("\n", 0, start) + 1
+    return text[start:start + context]
+
+
+_sanitizer_cache: dict = {}
+
+
+def sanitizer_of(binary: Optional[str] = None) -> Optional[str]:
+    """'asan', 'tsan' or None: which sanitizer runtime the binary links.
+
+    For the few checks that measure the release allocator (RSS bounds):
+    ASan's quarantine and redzones make resident memory say nothing about
+    Portico's buffers."""
+    path = binary or portico_bin()
+    if path not in _sanitizer_cache:
+        found = None
+        try:
+            with open(path, "rb") as f:
+                tail = b""
+                while found is None:
+                    block = f.read(1 << 20)
+                    if not block:
+                        break
+                    data = tail + block
+                    if b"__asan_init" in data:
+                        found = "asan"
+                    elif b"__tsan_init" in data:
+                        found = "tsan"
+                    tail = data[-32:]
+        except OSError:
+            pass
+        _sanitizer_cache[path] = found
+    return _sanitizer_cache[path]
+
+
 def _tail(path: Path, lines: int = 40) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -725,14 +809,13 @@ class Portico:
         binary: Optional[str] = None,
         config_path: Optional[Union[str, Path]] = None,
         cwd: Optional[Union[str, Path]] = None,
-        preexec_fn: Optional[Callable[[], None]] = None,
+        preexec: Optional[Callable[[], None]] = None,
     ):
-        """preexec_fn: runs in the child before exec instead of the default,
-        which lifts the soft fd limit to the hard one (a test that wants a low
-        limit sets its own)."""
+        """preexec: runs in the child before exec, after the fd limit is
+        raised (for instance to set another resource limit)."""
         self.backends = list(backends)
         self.cwd = cwd
-        self.preexec_fn = preexec_fn or _raise_nofile
+        self.preexec = preexec
         if workdir is None:
             workdir = tempfile.mkdtemp(prefix="portico-proxy-")
             self._owns_workdir = True
@@ -851,8 +934,9 @@ class Portico:
             stdin=subprocess.DEVNULL,
             stdout=self._logfile,
             stderr=subprocess.PIPE,
-            preexec_fn=self.preexec_fn,
+            preexec_fn=self._preexec,
             cwd=self.cwd,
+            env=sanitizer_env(),
         )
         self._reader = threading.Thread(target=self._read_stderr, name="portico-stderr", daemon=True)
         self._reader.start()
@@ -862,6 +946,15 @@ class Portico:
             self.kill()
             raise
         return self
+
+    def _preexec(self) -> None:
+        _raise_nofile()
+        if self.preexec is not None:
+            self.preexec()
+
+    def sanitizer_report(self) -> Optional[str]:
+        """The first sanitizer report on this Portico's stderr, or None."""
+        return sanitizer_report(self.log_text())
 
     def _read_stderr(self) -> None:
         fd = self.proc.stderr.fileno()
@@ -1030,7 +1123,8 @@ class Portico:
     def porticoctl(self, *args: str, timeout: float = 20.0) -> subprocess.CompletedProcess:
         """Runs porticoctl (PORTICOCTL_BIN) against this Portico's admin socket."""
         return subprocess.run([porticoctl_bin(), "--socket", str(self.admin_socket), *args],
-                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
+                              env=sanitizer_env())
 
     def open_fds(self) -> int:
         return len(os.listdir("/proc/%d/fd" % self.pid))

@@ -180,3 +180,89 @@ def test_template_config(backends, tmp_path):
     cfg = tomllib.loads(p.render_config())
     assert cfg["listen"][0]["address"] == "127.0.0.1:%d" % p.port
     assert cfg["backend"][0]["address"] == backends[0].address
+
+
+# --------------------------------------------------------------------------
+# Sanitizer reports fail the test that provoked them (the CI runs this suite
+# against the ASan+UBSan and ThreadSanitizer builds too).
+
+_FAKE_PORTICO = r'''#!/usr/bin/python3
+# Stands in for a sanitizer build of Portico: says ready, shows the
+# sanitizer options it was given, and on SIGTERM prints what LeakSanitizer
+# prints at exit (when REPORT is set) before exiting.
+import os, signal, sys, time
+report = %r
+sys.stderr.write("INFO [main] ASAN_OPTIONS=%%s\n" %% os.environ.get("ASAN_OPTIONS", ""))
+sys.stderr.write("INFO [main] UBSAN_OPTIONS=%%s\n" %% os.environ.get("UBSAN_OPTIONS", ""))
+sys.stderr.write("INFO [main] TSAN_OPTIONS=%%s\n" %% os.environ.get("TSAN_OPTIONS", ""))
+sys.stderr.write("INFO [main] ready: fake\n")
+sys.stderr.flush()
+def term(*_):
+    sys.stderr.write(report)
+    sys.stderr.flush()
+    os._exit(23 if report else 0)
+signal.signal(signal.SIGTERM, term)
+while True:
+    time.sleep(1)
+'''
+
+_LSAN_REPORT = (
+    "\n=================================================================\n"
+    "==4242==ERROR: LeakSanitizer: detected memory leaks\n\n"
+    "Direct leak of 77 byte(s) in 1 object(s) allocated from:\n"
+    "    #0 0x7f in malloc\n    #1 0x55 in portico::proxy::Session::start() session.cc:42\n\n"
+    "SUMMARY: AddressSanitizer: 77 byte(s) leaked in 1 allocation(s).\n")
+
+
+class _FakeRequest:
+    class node:  # noqa: N801 - stands in for pytest's item
+        rep_call = None
+
+
+def _fake_portico(tmp_path, name, report):
+    script = tmp_path / name
+    script.write_text(_FAKE_PORTICO % report)
+    script.chmod(0o755)
+    return Portico([], workdir=tmp_path / (name + "-work"), binary=str(script)).start(timeout=10)
+
+
+def test_sanitizer_report_on_stderr_fails_the_test(tmp_path, monkeypatch):
+    import conftest
+
+    # Options the caller set come after the harness's defaults, so they win.
+    monkeypatch.setenv("ASAN_OPTIONS", "quarantine_size_mb=64")
+    p = _fake_portico(tmp_path, "leaky", _LSAN_REPORT)
+    asan = [l for l in p.lines() if "ASAN_OPTIONS=" in l][0]
+    assert "abort_on_error=1" in asan and "detect_leaks=1" in asan
+    assert asan.endswith(":quarantine_size_mb=64"), asan
+    assert "halt_on_error=1" in [l for l in p.lines() if "UBSAN_OPTIONS=" in l][0]
+    assert "tsan.supp" in [l for l in p.lines() if "TSAN_OPTIONS=" in l][0]
+    with pytest.raises(pytest.fail.Exception) as failed:
+        conftest._report_and_cleanup(_FakeRequest(), [p], check_alive=False)
+    text = str(failed.value)
+    assert "sanitizer report" in text and "ERROR: LeakSanitizer: detected memory leaks" in text
+    assert "Session::start()" in text  # the stack comes with it
+
+
+def test_clean_stderr_passes(tmp_path):
+    import conftest
+
+    p = _fake_portico(tmp_path, "clean", "")
+    conftest._report_and_cleanup(_FakeRequest(), [p], check_alive=False)  # no exception
+    assert p.proc.returncode == 0
+
+
+@pytest.mark.parametrize("report", [
+    "==1==ERROR: AddressSanitizer: heap-use-after-free on address 0x6020",
+    "AddressSanitizer:DEADLYSIGNAL\n==1==ERROR: AddressSanitizer: SEGV on unknown address",
+    "session.cc:12:3: runtime error: signed integer overflow",
+    "WARNING: ThreadSanitizer: data race (pid=7)\n  Write of size 8",
+    "ThreadSanitizer: reported 2 warnings",
+])
+def test_every_sanitizer_is_recognised(report):
+    from harness import sanitizer_report
+
+    text = "INFO [main] ready: x\nINFO [session] line\n" + report + "\nmore\n"
+    found = sanitizer_report(text)
+    assert found is not None and found.startswith(report.split("\n")[0])
+    assert sanitizer_report("INFO [main] ready: x\nINFO [session] runtime ok\n") is None

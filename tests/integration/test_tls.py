@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import PASSWORD, Dovecot, free_port, make_message, sha256, wait_until
+from harness import PASSWORD, Dovecot, free_port, make_message, sanitizer_of, sha256, wait_until
 from tls_certs import TestPki, cert_serial, spki_sha256
 
 # Users pinned to a backend through the routing map file.
@@ -1285,6 +1285,10 @@ def test_tls_backpressure_slow_client_both_sides_tls(setup, pki, tls_backends):
             body = read_fetch_body(s, r, b"f%d" % i)
             assert body is not None and sha256(body) == sha256(msg), i
         print("portico VmRSS growth while the client did not read: %.1f MiB" % grew_mib)
+        if sanitizer_of(setup.p.binary) == "asan":
+            # Every byte arrived intact (checked above); the RSS bound measures
+            # the release allocator, not ASan's quarantine and redzones.
+            pytest.skip("RSS bound not checked under AddressSanitizer (grew %.1f MiB)" % grew_mib)
         assert grew_mib < 12, "Portico grew by %.1f MiB while the client was not reading" % grew_mib
     finally:
         s.close()

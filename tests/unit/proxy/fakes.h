@@ -236,6 +236,10 @@ class FakeTransport final : public Transport {
   }
   // Writes after close() or shutdown(): dropped by a real transport.
   const std::string& writtenAfterClose() const { return written_late_; }
+  // The part of those made after the session itself called close() or
+  // shutdown() (writes between a peer's close and its onClosed() are
+  // unavoidable and harmless).
+  const std::string& writtenAfterOwnClose() const { return written_after_own_close_; }
   bool paused() const { return paused_; }
   bool carriesSecrets() const { return carries_secrets_; }
   bool shutdownCalled() const { return shutdown_called_; }
@@ -296,6 +300,9 @@ class FakeTransport final : public Transport {
 
  private:
   void record(std::string_view bytes) {
+    if (close_called_ || shutdown_called_) {
+      written_after_own_close_.append(bytes);
+    }
     if (close_queued_) {
       written_late_.append(bytes);
     } else {
@@ -347,6 +354,7 @@ class FakeTransport final : public Transport {
   std::string written_;
   std::size_t taken_ = 0;
   std::string written_late_;
+  std::string written_after_own_close_;
   std::string held_;
   std::size_t queued_ = 0;
   std::size_t high_watermark_ = 0;
