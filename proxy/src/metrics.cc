@@ -162,7 +162,7 @@ std::string renderProxyMetrics(const StatsSnapshot& s, const RuntimeConfig& conf
          "Sessions closed part-way through a backend response (the backend lost mid-literal, "
          "say), so no BYE could be written.");
   for (const Row& r : rows) {
-    fmt::format_to(it, "portico_backend_responses_cut_total{{backend=\"{}\"}} {}\n", *r.name,
+    fmt::format_to(it, "portico_backend_responses_cut_total{{backend=\"{}\"}} {}\n", r.name,
                    r.stats->responses_cut);
   }
   family(out, "portico_backend_bytes_sent_total", "counter", "Bytes relayed to the backend.");
