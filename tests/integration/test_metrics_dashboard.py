@@ -62,6 +62,7 @@ def busy_portico(tmp_path_factory):
             d.start()
         pw = root / "probe.pass"
         pw.write_text(PASSWORD + "\n")
+        pw.chmod(0o600)  # a secret file must be its owner's alone
         token = "metrics-%s" % uuid.uuid4().hex
         cfg = {
             "backend": [{"name": d.name, "address": d.address, "weight": 1, "forward_id": False,
