@@ -25,9 +25,10 @@ namespace portico::health::fakes {
 class FakeImapServer {
  public:
   enum class Mode {
-    kNormal,  // greet and answer
-    kSilent,  // accept, never greet, ignore input
-    kHangUp,  // accept and close at once
+    kNormal,      // greet and answer
+    kSilent,      // accept, never greet, ignore input
+    kHangUp,      // accept and close at once
+    kHangUpOnce,  // accept and close the next connection, then answer normally
   };
   struct Options {
     std::string user = "probe";
@@ -197,7 +198,10 @@ class FakeImapServer {
     }
     ++self->accepted_;
     uv_tcp_nodelay(&c->tcp, 1);  // TLS writes come in pairs: no Nagle wait
-    if (self->mode_ == Mode::kHangUp) {
+    if (self->mode_ == Mode::kHangUp || self->mode_ == Mode::kHangUpOnce) {
+      if (self->mode_ == Mode::kHangUpOnce) {
+        self->mode_ = Mode::kNormal;
+      }
       c->close();
       return;
     }

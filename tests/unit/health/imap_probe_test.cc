@@ -330,20 +330,10 @@ TEST_F(ImapProbeTest, RetriesWithinOneExecution) {
 
 TEST_F(ImapProbeTest, RetrySucceedsAfterAFailedAttempt) {
   FakeImapServer server(&loop_, {});
-  server.setMode(FakeImapServer::Mode::kHangUp);
+  server.setMode(FakeImapServer::Mode::kHangUpOnce);
   ImapProbeSpec s = spec(server.port(), false);
   s.retries = 3;
   s.retry_delay = Millis(50);
-  uv_timer_t flip;
-  uv_timer_init(&loop_, &flip);
-  flip.data = &server;
-  uv_timer_start(
-      &flip,
-      [](uv_timer_t* t) {
-        static_cast<FakeImapServer*>(t->data)->setMode(FakeImapServer::Mode::kNormal);
-        uv_close(reinterpret_cast<uv_handle_t*>(t), nullptr);
-      },
-      10, 0);
   const ProbeResult r = run(s, &server);
   EXPECT_EQ(r.result, ResultType::kSucceeded) << joined(r);
   EXPECT_EQ(r.retry_count, 1u);
@@ -595,20 +585,10 @@ TEST_F(ImapProbeTest, ImplicitTlsToAPlaintextServerFailsAtTls) {
 
 TEST_F(ImapProbeTest, TlsRetriesStartAFreshHandshake) {
   FakeImapServer server(&loop_, tlsServer(true));
-  server.setMode(FakeImapServer::Mode::kHangUp);
+  server.setMode(FakeImapServer::Mode::kHangUpOnce);
   ImapProbeSpec s = tlsSpec(server.port(), ProbeTls::kImplicit, true);
   s.retries = 3;
   s.retry_delay = Millis(50);
-  uv_timer_t flip;
-  uv_timer_init(&loop_, &flip);
-  flip.data = &server;
-  uv_timer_start(
-      &flip,
-      [](uv_timer_t* t) {
-        static_cast<FakeImapServer*>(t->data)->setMode(FakeImapServer::Mode::kNormal);
-        uv_close(reinterpret_cast<uv_handle_t*>(t), nullptr);
-      },
-      10, 0);
   const ProbeResult r = run(s, &server);
   EXPECT_EQ(r.result, ResultType::kSucceeded) << joined(r);
   EXPECT_EQ(r.retry_count, 1u);
