@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "control.h"
+#include "metrics.h"
 #include "portico/json_text.h"
 #include "portico/logging.h"
 
@@ -583,46 +584,9 @@ void statsCommand(Control& c, AdminServer::Reply& reply) {
   for (const auto& w : c.workers) {
     stats.push_back(&w->workerStats());
   }
-  StatsSnapshot s = snapshot(stats);
-  json backends = json::object();
-  const StatsSnapshot::Backend no_traffic{};  // a backend no worker has used yet
-  for (std::size_t i = 0; i < c.config->config.backends.size(); ++i) {
-    std::size_t slot = c.config->stats_slot[i];
-    const StatsSnapshot::Backend& b = slot < s.backends.size() ? s.backends[slot] : no_traffic;
-    json commands = json::object();
-    for (std::size_t k = 0; k < kCommandCount; ++k) {
-      const auto& cmd = b.commands[k];
-      if (cmd.count > 0) {
-        commands[commandName(static_cast<CommandId>(k))] =
-            json{{"count", cmd.count},
-                 {"no", cmd.no},
-                 {"bad", cmd.bad},
-                 {"average_ms",
-                  static_cast<double>(cmd.time_us) / 1000.0 / static_cast<double>(cmd.count)}};
-      }
-    }
-    backends[c.config->config.backends[i].name] =
-        json{{"sessions", b.sessions_current},
-             {"sessions_total", b.sessions_total},
-             {"queued", b.in_flight},
-             {"average_processing_ms", b.averageProcessingMs()},
-             {"login_failures", b.login_failures},
-             {"connect_failures", b.connect_failures},
-             {"responses_cut", b.responses_cut},
-             {"bytes_to", b.bytes_to},
-             {"bytes_from", b.bytes_from},
-             {"commands", commands},
-             {"idle", b.idle.count}};
-  }
-  reply(ok(json{{"connections", s.connections_current},
-                {"connections_total", s.connections_total},
-                {"connections_rejected", s.connections_rejected},
-                {"connections_unauthenticated", s.connections_unauthenticated},
-                {"connections_tls", s.connections_tls},
-                {"bytes_from_clients", s.bytes_from_clients},
-                {"bytes_to_clients", s.bytes_to_clients},
-                {"workers", c.workers.size()},
-                {"backends", backends}}));
+  json out = statsJson(snapshot(stats), *c.config);
+  out["workers"] = c.workers.size();
+  reply(ok(std::move(out)));
 }
 
 }  // namespace
