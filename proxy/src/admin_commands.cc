@@ -13,6 +13,7 @@
 
 #include "control.h"
 #include "metrics.h"
+#include "portico/ascii.h"
 #include "portico/json_text.h"
 #include "portico/logging.h"
 
@@ -435,9 +436,7 @@ void overrideCommand(Control& c, const std::vector<std::string>& words, const st
   }
   health::AlertValue state = health::AlertValue::kDisabled;
   if (auto it = args.options.find("--state"); it != args.options.end()) {
-    std::string lower = it->second;
-    std::transform(lower.begin(), lower.end(), lower.begin(),
-                   [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
+    const std::string lower = asciiLowered(it->second);
     if (lower == "disabled") {
       state = health::AlertValue::kDisabled;
     } else if (lower == "repairing") {

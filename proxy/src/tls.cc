@@ -1,4 +1,5 @@
 #include "tls.h"
+#include "portico/ascii.h"
 
 #include <arpa/inet.h>
 #include <openssl/err.h>
@@ -83,12 +84,12 @@ SSL_CTX* newServerContext(const std::string& cert, const std::string& key, int m
 }
 
 bool matchesName(const std::string& pattern, const char* name) {
-  if (strcasecmp(pattern.c_str(), name) == 0) {
+  if (equalsIgnoreCase(pattern, name)) {
     return true;
   }
   if (pattern.size() > 2 && pattern[0] == '*' && pattern[1] == '.') {
     const char* dot = std::strchr(name, '.');
-    return dot != nullptr && strcasecmp(pattern.c_str() + 1, dot) == 0;
+    return dot != nullptr && equalsIgnoreCase(std::string_view(pattern).substr(1), dot);
   }
   return false;
 }
