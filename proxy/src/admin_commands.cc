@@ -170,9 +170,8 @@ void protocolLogCommand(Control& c, const std::vector<std::string>& words,
     }
     settings.expires = std::chrono::system_clock::now() + *ttl;
   }
-  std::string error;
-  if (!ensureProtocolLog(c, error)) {
-    reply(fail("protocol-log on: cannot start the writer: " + error));
+  if (Status started = ensureProtocolLog(c); !started.ok()) {
+    reply(fail("protocol-log on: cannot start the writer: " + started.message()));
     return;
   }
   logging::log(logging::Level::kInfo, "admin", "protocol-log on{}{}{}",
@@ -228,7 +227,8 @@ void gather(Control& c, std::function<T(Worker&)> query, std::function<void(std:
   }
 }
 
-bool parseSessionFilter(const Args& args, SessionFilter& filter, std::string& error) {
+SessionFilter sessionFilterOf(const Args& args) {
+  SessionFilter filter;
   if (auto it = args.options.find("--user"); it != args.options.end()) {
     filter.user = normaliseUser(it->second);
   }
@@ -238,8 +238,7 @@ bool parseSessionFilter(const Args& args, SessionFilter& filter, std::string& er
   if (auto it = args.options.find("--backend"); it != args.options.end()) {
     filter.backend = it->second;
   }
-  (void)error;
-  return true;
+  return filter;
 }
 
 void sessionsCommand(Control& c, const std::vector<std::string>& words, AdminServer::Reply reply) {
@@ -249,9 +248,7 @@ void sessionsCommand(Control& c, const std::vector<std::string>& words, AdminSer
                                   : args.error));
     return;
   }
-  SessionFilter filter;
-  std::string error;
-  parseSessionFilter(args, filter, error);
+  const SessionFilter filter = sessionFilterOf(args);
   gather<std::vector<SessionInfo>>(
       c, [filter](Worker& w) { return w.listSessions(filter); },
       [reply](std::vector<std::vector<SessionInfo>> all) {
@@ -642,11 +639,10 @@ void handleAdminCommand(Control& c, const AdminRequest& request, AdminServer::Re
   } else if (command == "stats") {
     statsCommand(c, reply);
   } else if (command == "reload") {
-    std::string error;
-    if (reloadConfig(c, error)) {
+    if (Status done = reloadConfig(c); done.ok()) {
       reply(ok(json{{"reloaded", true}}));
     } else {
-      reply(fail("reload refused: " + error));
+      reply(fail("reload refused: " + done.message()));
     }
   } else if (command == "help") {
     reply(ok(json{
