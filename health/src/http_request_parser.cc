@@ -229,7 +229,7 @@ int HttpRequestParser::onHeaderValueComplete(llhttp_t* parser) {
     return 0;  // chunked trailers count against max_headers but are not kept
   }
   std::string name = std::move(self->field_);
-  std::transform(name.begin(), name.end(), name.begin(), lower);
+  std::transform(name.begin(), name.end(), name.begin(), asciiLower);
   const std::string_view value = trimWhitespace(self->value_);
   auto [it, inserted] = self->request_.headers.try_emplace(std::move(name), value);
   if (!inserted) {

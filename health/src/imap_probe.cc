@@ -1,4 +1,5 @@
 #include "imap_probe.h"
+#include "portico/ascii.h"
 
 #include <openssl/crypto.h>
 #include <openssl/ssl.h>
@@ -33,14 +34,6 @@ std::optional<std::string> quoted(std::string_view text) {
   }
   out.push_back('"');
   return out;
-}
-
-bool startsWithNoCase(std::string_view text, std::string_view prefix) {
-  return text.size() >= prefix.size() &&
-         std::equal(prefix.begin(), prefix.end(), text.begin(), [](char a, char b) {
-           return std::toupper(static_cast<unsigned char>(a)) ==
-                  std::toupper(static_cast<unsigned char>(b));
-         });
 }
 
 // The response line after its tag (or `*`): "NO [AUTHENTICATIONFAILED] ...".
@@ -282,9 +275,9 @@ void ImapProbe::handleResponse(const parser::ResponseEvent& event) {
       attemptFailed("unexpected continuation request");
       return;
     case ResponseEventType::kUntagged:
-      if (startsWithNoCase(event.code, "CAPABILITY ") ||
-          startsWithNoCase(event.text, "CAPABILITY ")) {
-        const std::string_view list = startsWithNoCase(event.code, "CAPABILITY ")
+      if (startsWithIgnoreCase(event.code, "CAPABILITY ") ||
+          startsWithIgnoreCase(event.text, "CAPABILITY ")) {
+        const std::string_view list = startsWithIgnoreCase(event.code, "CAPABILITY ")
                                           ? event.code.substr(11)
                                           : event.text.substr(11);
         login_disabled_ = login_disabled_ || parser::hasCapability(list, "LOGINDISABLED");

@@ -16,6 +16,7 @@
 #include <fmt/format.h>
 
 #include "imap_probe.h"
+#include "portico/ascii.h"
 
 namespace portico::health {
 namespace {
@@ -71,13 +72,6 @@ std::string spkiSha256(X509* certificate) {
     fmt::format_to(std::back_inserter(hex), "{:02x}", digest[i]);
   }
   return hex;
-}
-
-bool equalsNoCase(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) ==
-                  std::tolower(static_cast<unsigned char>(y));
-         });
 }
 
 }  // namespace
@@ -219,7 +213,7 @@ bool ImapProbe::checkPin() {
   X509* peer = SSL_get1_peer_certificate(ssl_);
   const std::string actual = peer != nullptr ? spkiSha256(peer) : std::string();
   X509_free(peer);
-  if (!actual.empty() && equalsNoCase(actual, pin)) {
+  if (!actual.empty() && equalsIgnoreCase(actual, pin)) {
     return true;
   }
   attemptFailed(fmt::format("certificate pin mismatch: the server's SPKI SHA-256 is {}",

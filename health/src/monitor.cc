@@ -1,4 +1,5 @@
 #include "monitor.h"
+#include "portico/ascii.h"
 
 #include <algorithm>
 #include <cctype>
@@ -118,9 +119,6 @@ bool globMatch(std::string_view pattern, std::string_view text) {
   if (pattern.empty()) {
     return true;
   }
-  auto lower = [](char c) {
-    return static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  };
   // Iterative matcher with one backtrack point (the last `*`): linear in
   // practice, and never exponential on patterns like "a*a*a*a*b".
   std::size_t p = 0;
@@ -131,7 +129,8 @@ bool globMatch(std::string_view pattern, std::string_view text) {
     if (p < pattern.size() && pattern[p] == '*') {
       star = p++;
       star_text = t;
-    } else if (p < pattern.size() && (pattern[p] == '?' || lower(pattern[p]) == lower(text[t]))) {
+    } else if (p < pattern.size() &&
+               (pattern[p] == '?' || asciiLower(pattern[p]) == asciiLower(text[t]))) {
       ++p;
       ++t;
     } else if (star != std::string_view::npos) {

@@ -12,6 +12,7 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
+#include "portico/ascii.h"
 #include "portico/json_text.h"
 #include "service_impl.h"
 #include "status_page.h"
@@ -28,7 +29,7 @@ std::string percentDecode(std::string_view text, bool plus_is_space) {
     if (c >= '0' && c <= '9') {
       return c - '0';
     }
-    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    c = asciiLower(c);
     return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
   };
   for (std::size_t i = 0; i < text.size(); ++i) {

@@ -21,6 +21,7 @@
 
 #include <fmt/format.h>
 
+#include "portico/ascii.h"
 #include "portico/logging.h"
 #include "service_impl.h"
 
@@ -29,13 +30,6 @@ namespace {
 
 constexpr std::size_t kHistory = 20;
 constexpr Millis kMaxFirstRunOffset{5'000};
-
-bool equalsNoCase(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) ==
-                  std::tolower(static_cast<unsigned char>(y));
-         });
-}
 
 }  // namespace
 
@@ -339,7 +333,7 @@ ProbeDefinition* HealthService::Impl::findDefinition(const std::string& set,
                                                      const std::string& probe,
                                                      const std::string& target) {
   for (auto& [key, def] : definitions_) {
-    if (equalsNoCase(def.health_set, set) && equalsNoCase(def.probe, probe) &&
+    if (equalsIgnoreCase(def.health_set, set) && equalsIgnoreCase(def.probe, probe) &&
         def.target == target) {
       return &def;
     }
@@ -351,7 +345,7 @@ std::vector<const ProbeDefinition*> HealthService::Impl::findProbe(const std::st
                                                                    const std::string& probe) const {
   std::vector<const ProbeDefinition*> out;
   for (const auto& [key, def] : definitions_) {
-    if (equalsNoCase(def.health_set, set) && equalsNoCase(def.probe, probe)) {
+    if (equalsIgnoreCase(def.health_set, set) && equalsIgnoreCase(def.probe, probe)) {
       out.push_back(&def);
     }
   }

@@ -1,5 +1,6 @@
 // Protocol log records: CSV formatting and redaction, pure functions. See
 // portico/protocol_log.h for the contract.
+#include "portico/ascii.h"
 #include "portico/protocol_log.h"
 
 #include <algorithm>
@@ -132,22 +133,6 @@ std::string_view truncateParameters(std::string_view parameters) {
 
 // ---------------------------------------------------------------------------
 // Redaction.
-
-bool equalsIgnoreCase(std::string_view a, std::string_view upper) {
-  if (a.size() != upper.size()) {
-    return false;
-  }
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    char c = a[i];
-    if (c >= 'a' && c <= 'z') {
-      c = static_cast<char>(c - 'a' + 'A');
-    }
-    if (c != upper[i]) {
-      return false;
-    }
-  }
-  return true;
-}
 
 std::string_view trimLeft(std::string_view text) {
   const std::size_t start = text.find_first_not_of(' ');

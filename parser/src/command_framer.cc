@@ -62,7 +62,7 @@ std::size_t readName(const char* head, std::size_t n, std::size_t pos, char* out
   const std::size_t limit = std::min(n - pos, detail::kMaxCommandName + 1);
   while (len < limit && detail::isAtomChar(head[pos + len])) {
     if (len < detail::kMaxCommandName) {
-      out[len] = detail::toUpper(head[pos + len]);
+      out[len] = asciiUpper(head[pos + len]);
     }
     ++len;
   }

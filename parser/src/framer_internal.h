@@ -18,6 +18,7 @@
 #include <cstring>
 #include <string_view>
 
+#include "portico/ascii.h"
 #include "portico/parser.h"
 
 namespace portico::parser::detail {
@@ -54,17 +55,16 @@ inline bool isTagChar(char c) {
 inline bool isAtomChar(char c) {
   return kChars.atom[static_cast<unsigned char>(c)];
 }
-inline char toUpper(char c) {
-  return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 32) : c;
-}
+using portico::asciiUpper;
 
-// `text` equals `upper` (already upper case) ignoring ASCII case.
+// `text` equals `upper` (already upper case) ignoring ASCII case: the framer's
+// hot-path form of equalsIgnoreCase, folding one side only.
 inline bool equalsUpper(std::string_view text, std::string_view upper) {
   if (text.size() != upper.size()) {
     return false;
   }
   for (std::size_t i = 0; i < text.size(); ++i) {
-    if (toUpper(text[i]) != upper[i]) {
+    if (asciiUpper(text[i]) != upper[i]) {
       return false;
     }
   }

@@ -8,27 +8,12 @@
 #include <string>
 #include <string_view>
 
+#include "portico/ascii.h"
+
 namespace portico::parser::internal {
 
-inline char toUpperAscii(char c) {
-  return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 32) : c;
-}
-
-inline bool equalsIgnoreCase(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) {
-    return false;
-  }
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    if (toUpperAscii(a[i]) != toUpperAscii(b[i])) {
-      return false;
-    }
-  }
-  return true;
-}
-
-inline bool startsWithIgnoreCase(std::string_view text, std::string_view prefix) {
-  return text.size() >= prefix.size() && equalsIgnoreCase(text.substr(0, prefix.size()), prefix);
-}
+using portico::equalsIgnoreCase;
+using portico::startsWithIgnoreCase;
 
 // Length of the well-formed UTF-8 sequence of two to four bytes at the start
 // of `text` (RFC 3629 section 4: no overlong forms, no surrogates, nothing
@@ -69,7 +54,7 @@ inline std::size_t utf8SequenceLength(std::string_view text) {
 inline std::string upperAscii(std::string_view text) {
   std::string out(text);
   for (char& c : out) {
-    c = toUpperAscii(c);
+    c = asciiUpper(c);
   }
   return out;
 }

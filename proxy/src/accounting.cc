@@ -131,15 +131,9 @@ std::vector<std::string> BackendRegistry::names() const {
 StatsSnapshot snapshot(const std::vector<const WorkerStats*>& workers) {
   StatsSnapshot out;
   for (const WorkerStats* w : workers) {
-    out.connections_current += w->connections_current.get();
-    out.connections_total += w->connections_total.get();
-    out.connections_rejected += w->connections_rejected.get();
-    out.connections_unauthenticated += w->connections_unauthenticated.get();
-    out.connections_tls += w->connections_tls.get();
-    out.bytes_from_clients += w->bytes_from_clients.get();
-    out.bytes_to_clients += w->bytes_to_clients.get();
-    out.logins_rejected += w->logins_rejected.get();
-    out.logins_unavailable += w->logins_unavailable.get();
+    for (std::size_t k = 0; k < kWorkerCounterCount; ++k) {
+      out.*kWorkerSnapshotFields[k] += (w->*kWorkerCounterFields[k]).get();
+    }
     for (std::size_t i = 0; i < w->backends.size(); ++i) {
       const BackendStats* bp = w->backends[i].load(std::memory_order_acquire);
       if (bp == nullptr) {
@@ -150,14 +144,9 @@ StatsSnapshot snapshot(const std::vector<const WorkerStats*>& workers) {
       }
       const BackendStats& b = *bp;
       StatsSnapshot::Backend& o = out.backends[i];
-      o.sessions_current += b.sessions_current.get();
-      o.sessions_total += b.sessions_total.get();
-      o.in_flight += b.commands_in_flight.get();
-      o.bytes_to += b.bytes_to_backend.get();
-      o.bytes_from += b.bytes_from_backend.get();
-      o.login_failures += b.login_failures.get();
-      o.connect_failures += b.connect_failures.get();
-      o.responses_cut += b.responses_cut.get();
+      for (std::size_t k = 0; k < kBackendCounterCount; ++k) {
+        o.*kBackendSnapshotFields[k] += (b.*kBackendCounterFields[k]).get();
+      }
       for (std::size_t c = 0; c < kCommandCount; ++c) {
         addInto(o.commands[c], b.commands[c]);
       }

@@ -19,6 +19,7 @@
 #include <string_view>
 #include <vector>
 
+#include "counters.h"
 #include "portico/parser.h"
 
 namespace portico::proxy {
@@ -76,14 +77,8 @@ struct CommandStats {
 // One worker's counters for one backend (or, at index "none", sessions that
 // never reached a backend).
 struct alignas(64) BackendStats {
-  Counter sessions_current;
-  Counter sessions_total;
-  Counter commands_in_flight;  // the queue depth
-  Counter bytes_to_backend;
-  Counter bytes_from_backend;
-  Counter login_failures;
-  Counter connect_failures;
-  Counter responses_cut;  // sessions closed part-way through a response, without a BYE
+#define PORTICO_COUNTER_FIELD(field, ...) Counter field;
+  PORTICO_BACKEND_COUNTERS(PORTICO_COUNTER_FIELD)
   std::array<CommandStats, kCommandCount> commands;
   CommandStats idle;  // IDLE ... DONE, kept apart from processing time
 
@@ -100,19 +95,11 @@ struct alignas(64) BackendStats {
 };
 
 struct alignas(64) WorkerStats {
-  Counter connections_current;
-  Counter connections_total;
-  Counter connections_rejected;
-  Counter connections_unauthenticated;  // open and not logged in
-  Counter connections_tls;              // TLS handshakes started (implicit or STARTTLS)
-  Counter bytes_from_clients;
-  Counter bytes_to_clients;
-  Counter prelogin_bad_commands;
-  // Logins Portico answered NO: refused (the backend said NO, or the SASL
-  // payload named no user) or unavailable (no backend could be reached).
-  // Successful logins are BackendStats::sessions_total.
-  Counter logins_rejected;
-  Counter logins_unavailable;
+  // Logins Portico answered NO are logins_rejected (the backend said NO, or
+  // the SASL payload named no user) or logins_unavailable (no backend could
+  // be reached); successful logins are BackendStats::sessions_total.
+  PORTICO_WORKER_COUNTERS(PORTICO_COUNTER_FIELD)
+#undef PORTICO_COUNTER_FIELD
   // By backend stats slot (BackendRegistry); allocated by the worker on first
   // use and published with release, read by the control thread with acquire.
   std::array<std::atomic<BackendStats*>, 256> backends{};
@@ -140,9 +127,8 @@ struct StatsSnapshot {
     std::array<std::uint64_t, kBuckets> histogram{};
   };
   struct Backend {
-    std::uint64_t sessions_current = 0, sessions_total = 0, in_flight = 0;
-    std::uint64_t bytes_to = 0, bytes_from = 0, login_failures = 0, connect_failures = 0;
-    std::uint64_t responses_cut = 0;
+#define PORTICO_SNAPSHOT_FIELD(field, ...) std::uint64_t field = 0;
+    PORTICO_BACKEND_COUNTERS(PORTICO_SNAPSHOT_FIELD)
     std::array<Command, kCommandCount> commands{};
     Command idle;
     std::uint64_t recent_sum_us = 0, recent_count = 0;  // moving-average inputs
@@ -150,13 +136,32 @@ struct StatsSnapshot {
       return recent_count == 0 ? 0.0 : static_cast<double>(recent_sum_us) / recent_count / 1000.0;
     }
   };
-  std::uint64_t connections_current = 0, connections_total = 0, connections_rejected = 0;
-  std::uint64_t connections_unauthenticated = 0, bytes_from_clients = 0, bytes_to_clients = 0;
-  std::uint64_t connections_tls = 0;
-  std::uint64_t logins_rejected = 0, logins_unavailable = 0;
+  PORTICO_WORKER_COUNTERS(PORTICO_SNAPSHOT_FIELD)
+#undef PORTICO_SNAPSHOT_FIELD
   std::vector<Backend> backends;
 };
 
 StatsSnapshot snapshot(const std::vector<const WorkerStats*>& workers);
+
+// The lists' fields by row, in the order of kWorkerCounters and
+// kBackendCounters, for code that walks the table.
+#define PORTICO_MEMBER(field, ...) &Struct::field,
+#define Struct WorkerStats
+inline constexpr Counter WorkerStats::*kWorkerCounterFields[] = {
+    PORTICO_WORKER_COUNTERS(PORTICO_MEMBER)};
+#undef Struct
+#define Struct StatsSnapshot
+inline constexpr std::uint64_t StatsSnapshot::*kWorkerSnapshotFields[] = {
+    PORTICO_WORKER_COUNTERS(PORTICO_MEMBER)};
+#undef Struct
+#define Struct BackendStats
+inline constexpr Counter BackendStats::*kBackendCounterFields[] = {
+    PORTICO_BACKEND_COUNTERS(PORTICO_MEMBER)};
+#undef Struct
+#define Struct StatsSnapshot::Backend
+inline constexpr std::uint64_t StatsSnapshot::Backend::*kBackendSnapshotFields[] = {
+    PORTICO_BACKEND_COUNTERS(PORTICO_MEMBER)};
+#undef Struct
+#undef PORTICO_MEMBER
 
 }  // namespace portico::proxy

@@ -223,8 +223,8 @@ std::string describeUid(unsigned uid) {
   return fmt::format("uid {}", uid);
 }
 
-bool splitAdminLine(const std::string& line, std::vector<std::string>& words, std::string& error) {
-  words.clear();
+Result<std::vector<std::string>> splitAdminLine(const std::string& line) {
+  std::vector<std::string> words;
   std::string word;
   bool in_word = false;
   bool quoted = false;
@@ -253,13 +253,12 @@ bool splitAdminLine(const std::string& line, std::vector<std::string>& words, st
     }
   }
   if (quoted) {
-    error = "unterminated quote";
-    return false;
+    return Status::error("unterminated quote");
   }
   if (in_word) {
     words.push_back(std::move(word));
   }
-  return true;
+  return words;
 }
 
 AdminServer::AdminServer(uv_loop_t* loop, std::string path, std::string group, Handler handler,
@@ -279,37 +278,34 @@ AdminServer::~AdminServer() {
 // The socket's directory (/run/portico by default) does not exist on a
 // fresh system; bind() would then fail with ENOENT, which libuv reports as
 // EACCES ("permission denied"), pointing the operator the wrong way.
-bool AdminServer::makeSocketDirectory(std::string& error) const {
+Status AdminServer::makeSocketDirectory() const {
   const std::size_t slash = path_.rfind('/');
   if (slash == std::string::npos) {
-    return true;  // in the working directory
+    return Status();  // in the working directory
   }
   const std::string dir = slash == 0 ? "/" : path_.substr(0, slash);
   struct stat st {};
   if (::stat(dir.c_str(), &st) == 0) {
     if (!S_ISDIR(st.st_mode)) {
-      error = fmt::format("admin socket {}: {} is not a directory", path_, dir);
-      return false;
+      return Status::error(fmt::format("admin socket {}: {} is not a directory", path_, dir));
     }
-    return true;
+    return Status();
   }
   if (errno != ENOENT) {
-    error = fmt::format("admin socket {}: cannot use directory {}: {}", path_, dir,
-                        std::strerror(errno));
-    return false;
+    return Status::error(fmt::format("admin socket {}: cannot use directory {}: {}", path_, dir,
+                                     std::strerror(errno)));
   }
   if (::mkdir(dir.c_str(), 0750) != 0) {
     const int err = errno;
     const std::size_t up = dir.rfind('/');
     const std::string parent = up == std::string::npos ? "." : up == 0 ? "/" : dir.substr(0, up);
-    error = err == ENOENT
-                ? fmt::format(
-                      "admin socket {}: directory {} is missing, and so is its parent {} "
-                      "(create them, or set [admin] socket)",
-                      path_, dir, parent)
-                : fmt::format("admin socket {}: directory {} is missing and cannot be created: {}",
-                              path_, dir, std::strerror(err));
-    return false;
+    return Status::error(
+        err == ENOENT
+            ? fmt::format("admin socket {}: directory {} is missing, and so is its parent {} "
+                          "(create them, or set [admin] socket)",
+                          path_, dir, parent)
+            : fmt::format("admin socket {}: directory {} is missing and cannot be created: {}",
+                          path_, dir, std::strerror(err)));
   }
   ::chmod(dir.c_str(), 0750);  // whatever the umask
   if (!group_.empty()) {
@@ -323,20 +319,19 @@ bool AdminServer::makeSocketDirectory(std::string& error) const {
   }
   logging::log(logging::Level::kInfo, "admin",
                "created the admin socket's directory {} (mode 0750)", dir);
-  return true;
+  return Status();
 }
 
-bool AdminServer::start(std::string& error) {
-  if (!makeSocketDirectory(error)) {
-    return false;
+Status AdminServer::start() {
+  if (Status dir = makeSocketDirectory(); !dir.ok()) {
+    return dir;
   }
   // A stale socket from a previous run would make bind fail; remove it only
   // if it is a socket (never some other file at that path).
   struct stat st {};
   if (::lstat(path_.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode)) {
-      error = fmt::format("admin socket {}: path exists and is not a socket", path_);
-      return false;
+      return Status::error(fmt::format("admin socket {}: path exists and is not a socket", path_));
     }
     ::unlink(path_.c_str());
   }
@@ -348,6 +343,7 @@ bool AdminServer::start(std::string& error) {
   mode_t old = ::umask(group_.empty() ? 0177 : 0117);
   int rc = uv_pipe_bind(pipe_, path_.c_str());
   ::umask(old);
+  std::string error;
   if (rc == 0) {
     if (!group_.empty()) {
       struct group* g = ::getgrnam(group_.c_str());
@@ -373,9 +369,9 @@ bool AdminServer::start(std::string& error) {
     uv_close(reinterpret_cast<uv_handle_t*>(pipe_),
              [](uv_handle_t* h) { delete reinterpret_cast<uv_pipe_t*>(h); });
     pipe_ = nullptr;
-    return false;
+    return Status::error(std::move(error));
   }
-  return true;
+  return Status();
 }
 
 void AdminServer::stop() {
@@ -438,11 +434,12 @@ void AdminServer::serveQueued(Connection* conn) {
 void AdminServer::serveOne(Connection* conn, std::string line) {
   AdminRequest request;
   request.peer = conn->peer;
-  std::string error;
-  if (!splitAdminLine(line, request.words, error)) {
-    writeLine(conn, errorJson(error));
+  Result<std::vector<std::string>> words = splitAdminLine(line);
+  if (!words.ok()) {
+    writeLine(conn, errorJson(words.message()));
     return;
   }
+  request.words = std::move(*words);
   if (request.words.empty()) {
     return;
   }

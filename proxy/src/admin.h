@@ -44,6 +44,8 @@
 #include <string>
 #include <vector>
 
+#include "portico/status.h"
+
 namespace portico::proxy {
 
 // What one admin command line is split into.
@@ -57,8 +59,9 @@ struct AdminRequest {
 // "name (uid N)" for a uid, "uid N" without a passwd entry.
 std::string describeUid(unsigned uid);
 
-// Splits a line into words; nullopt-like empty vector plus error on bad quoting.
-bool splitAdminLine(const std::string& line, std::vector<std::string>& words, std::string& error);
+// Splits a line into words ("double quotes" group, backslash escapes inside
+// them); an error on an unterminated quote.
+Result<std::vector<std::string>> splitAdminLine(const std::string& line);
 
 class AdminServer {
  public:
@@ -76,7 +79,8 @@ class AdminServer {
               std::chrono::milliseconds idle_timeout = kDefaultIdleTimeout);
   ~AdminServer();
 
-  bool start(std::string& error);
+  // Binds and listens; an error ("admin socket PATH: ...") when it cannot.
+  Status start();
   void stop();
   const std::string& path() const { return path_; }
   // Applies to connections from now on (a reload may change it).
@@ -93,7 +97,7 @@ class AdminServer {
  private:
   static void onConnection(uv_stream_t* server, int status);
   static void serveOne(Connection* conn, std::string line);
-  bool makeSocketDirectory(std::string& error) const;
+  Status makeSocketDirectory() const;
 
   uv_loop_t* loop_;
   std::string path_;

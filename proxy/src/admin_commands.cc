@@ -12,6 +12,8 @@
 #include <nlohmann/json.hpp>
 
 #include "control.h"
+#include "metrics.h"
+#include "portico/ascii.h"
 #include "portico/json_text.h"
 #include "portico/logging.h"
 
@@ -168,9 +170,8 @@ void protocolLogCommand(Control& c, const std::vector<std::string>& words,
     }
     settings.expires = std::chrono::system_clock::now() + *ttl;
   }
-  std::string error;
-  if (!ensureProtocolLog(c, error)) {
-    reply(fail("protocol-log on: cannot start the writer: " + error));
+  if (Status started = ensureProtocolLog(c); !started.ok()) {
+    reply(fail("protocol-log on: cannot start the writer: " + started.message()));
     return;
   }
   logging::log(logging::Level::kInfo, "admin", "protocol-log on{}{}{}",
@@ -226,7 +227,8 @@ void gather(Control& c, std::function<T(Worker&)> query, std::function<void(std:
   }
 }
 
-bool parseSessionFilter(const Args& args, SessionFilter& filter, std::string& error) {
+SessionFilter sessionFilterOf(const Args& args) {
+  SessionFilter filter;
   if (auto it = args.options.find("--user"); it != args.options.end()) {
     filter.user = normaliseUser(it->second);
   }
@@ -236,8 +238,7 @@ bool parseSessionFilter(const Args& args, SessionFilter& filter, std::string& er
   if (auto it = args.options.find("--backend"); it != args.options.end()) {
     filter.backend = it->second;
   }
-  (void)error;
-  return true;
+  return filter;
 }
 
 void sessionsCommand(Control& c, const std::vector<std::string>& words, AdminServer::Reply reply) {
@@ -247,9 +248,7 @@ void sessionsCommand(Control& c, const std::vector<std::string>& words, AdminSer
                                   : args.error));
     return;
   }
-  SessionFilter filter;
-  std::string error;
-  parseSessionFilter(args, filter, error);
+  const SessionFilter filter = sessionFilterOf(args);
   gather<std::vector<SessionInfo>>(
       c, [filter](Worker& w) { return w.listSessions(filter); },
       [reply](std::vector<std::vector<SessionInfo>> all) {
@@ -434,9 +433,7 @@ void overrideCommand(Control& c, const std::vector<std::string>& words, const st
   }
   health::AlertValue state = health::AlertValue::kDisabled;
   if (auto it = args.options.find("--state"); it != args.options.end()) {
-    std::string lower = it->second;
-    std::transform(lower.begin(), lower.end(), lower.begin(),
-                   [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
+    const std::string lower = asciiLowered(it->second);
     if (lower == "disabled") {
       state = health::AlertValue::kDisabled;
     } else if (lower == "repairing") {
@@ -583,46 +580,9 @@ void statsCommand(Control& c, AdminServer::Reply& reply) {
   for (const auto& w : c.workers) {
     stats.push_back(&w->workerStats());
   }
-  StatsSnapshot s = snapshot(stats);
-  json backends = json::object();
-  const StatsSnapshot::Backend no_traffic{};  // a backend no worker has used yet
-  for (std::size_t i = 0; i < c.config->config.backends.size(); ++i) {
-    std::size_t slot = c.config->stats_slot[i];
-    const StatsSnapshot::Backend& b = slot < s.backends.size() ? s.backends[slot] : no_traffic;
-    json commands = json::object();
-    for (std::size_t k = 0; k < kCommandCount; ++k) {
-      const auto& cmd = b.commands[k];
-      if (cmd.count > 0) {
-        commands[commandName(static_cast<CommandId>(k))] =
-            json{{"count", cmd.count},
-                 {"no", cmd.no},
-                 {"bad", cmd.bad},
-                 {"average_ms",
-                  static_cast<double>(cmd.time_us) / 1000.0 / static_cast<double>(cmd.count)}};
-      }
-    }
-    backends[c.config->config.backends[i].name] =
-        json{{"sessions", b.sessions_current},
-             {"sessions_total", b.sessions_total},
-             {"queued", b.in_flight},
-             {"average_processing_ms", b.averageProcessingMs()},
-             {"login_failures", b.login_failures},
-             {"connect_failures", b.connect_failures},
-             {"responses_cut", b.responses_cut},
-             {"bytes_to", b.bytes_to},
-             {"bytes_from", b.bytes_from},
-             {"commands", commands},
-             {"idle", b.idle.count}};
-  }
-  reply(ok(json{{"connections", s.connections_current},
-                {"connections_total", s.connections_total},
-                {"connections_rejected", s.connections_rejected},
-                {"connections_unauthenticated", s.connections_unauthenticated},
-                {"connections_tls", s.connections_tls},
-                {"bytes_from_clients", s.bytes_from_clients},
-                {"bytes_to_clients", s.bytes_to_clients},
-                {"workers", c.workers.size()},
-                {"backends", backends}}));
+  json out = statsJson(snapshot(stats), *c.config);
+  out["workers"] = c.workers.size();
+  reply(ok(std::move(out)));
 }
 
 }  // namespace
@@ -679,11 +639,10 @@ void handleAdminCommand(Control& c, const AdminRequest& request, AdminServer::Re
   } else if (command == "stats") {
     statsCommand(c, reply);
   } else if (command == "reload") {
-    std::string error;
-    if (reloadConfig(c, error)) {
+    if (Status done = reloadConfig(c); done.ok()) {
       reply(ok(json{{"reloaded", true}}));
     } else {
-      reply(fail("reload refused: " + error));
+      reply(fail("reload refused: " + done.message()));
     }
   } else if (command == "help") {
     reply(ok(json{

@@ -23,6 +23,7 @@
 #include <toml++/toml.h>
 
 #include "lookup/lookup_toml.h"
+#include "portico/ascii.h"
 #include "routing.h"
 
 // parseConfig() turns toml++'s parse_error into an error line; a build of
@@ -641,9 +642,7 @@ void ConfigReader::readBackends(const toml::table& root, Config& config) {
         error(lineOf(*t.get("pin_sha256")),
               "'pin_sha256' must be 64 hex digits (SHA-256 of the SPKI)");
       }
-      std::transform(pin.begin(), pin.end(), pin.begin(), [](char c) {
-        return static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-      });
+      pin = asciiLowered(pin);
     }
     readString(t, "client_cert", backend.client_cert);
     readString(t, "client_key", backend.client_key);

@@ -38,13 +38,13 @@ struct Control {
   std::unique_ptr<logging::ProtocolLog> protocol_log;
 };
 
-// Re-reads the config file; false with `error` when it is refused (the
-// running snapshot then stays).
-bool reloadConfig(Control& control, std::string& error);
+// Re-reads the config file; an error when it is refused (the running
+// snapshot then stays).
+Status reloadConfig(Control& control);
 
 // Starts the protocol log writer if it is not running (directory from the
-// config); false with `error`.
-bool ensureProtocolLog(Control& control, std::string& error);
+// config).
+Status ensureProtocolLog(Control& control);
 
 // `porticoctl protocol-log status` as JSON text, for the status endpoint's
 // GET /protocol-log.

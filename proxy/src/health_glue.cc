@@ -154,7 +154,7 @@ std::vector<health::BackendLoad> WorkerProxyView::backendLoad() {
     if (slot < s.backends.size()) {
       const StatsSnapshot::Backend& b = s.backends[slot];
       load.sessions = b.sessions_current;
-      load.queued = b.in_flight;
+      load.queued = b.commands_in_flight;
       load.average_processing_ms = b.averageProcessingMs();
       load.recent_commands = b.recent_count;
     }

@@ -9,7 +9,7 @@ namespace portico::proxy {
 
 namespace {
 
-void family(std::string& out, const char* name, const char* type, const char* help) {
+void family(std::string& out, std::string_view name, const char* type, const char* help) {
   fmt::format_to(std::back_inserter(out), "# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
 }
 
@@ -41,6 +41,7 @@ std::string le(std::size_t bucket) {
 
 struct Row {
   std::string name;  // label-escaped
+  std::string_view config_name;
   const StatsSnapshot::Backend* stats;
   std::size_t slot;
   double weight;
@@ -53,8 +54,8 @@ std::vector<Row> configuredRows(const StatsSnapshot& s, const RuntimeConfig& con
   for (std::size_t i = 0; i < config.config.backends.size(); ++i) {
     std::size_t slot = config.stats_slot[i];
     const StatsSnapshot::Backend* b = slot < s.backends.size() ? &s.backends[slot] : &kEmpty;
-    rows.push_back(
-        Row{label(config.config.backends[i].name), b, slot, config.config.backends[i].weight});
+    const BackendConfig& backend = config.config.backends[i];
+    rows.push_back(Row{label(backend.name), backend.name, b, slot, backend.weight});
   }
   return rows;
 }
@@ -66,34 +67,23 @@ std::string renderProxyMetrics(const StatsSnapshot& s, const RuntimeConfig& conf
   std::string out;
   out.reserve(16 * 1024);
   auto it = std::back_inserter(out);
-  family(out, "portico_connections_open", "gauge", "Client connections open now.");
-  fmt::format_to(it, "portico_connections_open {}\n", s.connections_current);
-  family(out, "portico_connections_total", "counter", "Client connections accepted.");
-  fmt::format_to(it, "portico_connections_total {}\n", s.connections_total);
-  family(out, "portico_connections_rejected_total", "counter",
-         "Client connections refused by connection limits or shutdown.");
-  fmt::format_to(it, "portico_connections_rejected_total {}\n", s.connections_rejected);
-  family(out, "portico_connections_unauthenticated", "gauge",
-         "Client connections open and not logged in.");
-  fmt::format_to(it, "portico_connections_unauthenticated {}\n", s.connections_unauthenticated);
-  family(out, "portico_connections_tls_total", "counter",
-         "Client connections that started TLS (implicit or STARTTLS).");
-  fmt::format_to(it, "portico_connections_tls_total {}\n", s.connections_tls);
-  family(out, "portico_client_bytes_received_total", "counter", "Bytes read from clients.");
-  fmt::format_to(it, "portico_client_bytes_received_total {}\n", s.bytes_from_clients);
-  family(out, "portico_client_bytes_sent_total", "counter", "Bytes written to clients.");
-  fmt::format_to(it, "portico_client_bytes_sent_total {}\n", s.bytes_to_clients);
-
-  std::uint64_t logins_ok = 0;
-  for (const StatsSnapshot::Backend& b : s.backends) {
-    logins_ok += b.sessions_total;
+  // The process-wide counters, one family per name (the logins share one).
+  std::string_view open_family;
+  for (std::size_t k = 0; k < kWorkerCounterCount; ++k) {
+    const CounterSpec& spec = kWorkerCounters[k];
+    if (spec.family() != open_family) {
+      open_family = spec.family();
+      family(out, open_family, spec.type(), spec.help);
+      if (open_family == "portico_logins_total") {
+        std::uint64_t logins_ok = 0;
+        for (const StatsSnapshot::Backend& b : s.backends) {
+          logins_ok += b.sessions_total;
+        }
+        fmt::format_to(it, "portico_logins_total{{outcome=\"success\"}} {}\n", logins_ok);
+      }
+    }
+    fmt::format_to(it, "{} {}\n", spec.metric, s.*kWorkerSnapshotFields[k]);
   }
-  family(out, "portico_logins_total", "counter",
-         "Client logins (LOGIN, AUTHENTICATE) by outcome: success, rejected (the backend or "
-         "the SASL payload refused it), unavailable (no backend reachable).");
-  fmt::format_to(it, "portico_logins_total{{outcome=\"success\"}} {}\n", logins_ok);
-  fmt::format_to(it, "portico_logins_total{{outcome=\"rejected\"}} {}\n", s.logins_rejected);
-  fmt::format_to(it, "portico_logins_total{{outcome=\"unavailable\"}} {}\n", s.logins_unavailable);
 
   // The protocol log: whether sessions are being traced, and what the
   // writer did (dropped records are lost lines: full disk, full queue).
@@ -117,23 +107,6 @@ std::string renderProxyMetrics(const StatsSnapshot& s, const RuntimeConfig& conf
   for (const Row& r : rows) {
     fmt::format_to(it, "portico_backend_weight{{backend=\"{}\"}} {}\n", r.name, r.weight);
   }
-  family(out, "portico_backend_sessions_open", "gauge",
-         "Logged-in sessions relayed to the backend now.");
-  for (const Row& r : rows) {
-    fmt::format_to(it, "portico_backend_sessions_open{{backend=\"{}\"}} {}\n", r.name,
-                   r.stats->sessions_current);
-  }
-  family(out, "portico_backend_sessions_total", "counter", "Sessions logged in to the backend.");
-  for (const Row& r : rows) {
-    fmt::format_to(it, "portico_backend_sessions_total{{backend=\"{}\"}} {}\n", r.name,
-                   r.stats->sessions_total);
-  }
-  family(out, "portico_backend_commands_queued", "gauge",
-         "Commands sent to the backend and not yet answered.");
-  for (const Row& r : rows) {
-    fmt::format_to(it, "portico_backend_commands_queued{{backend=\"{}\"}} {}\n", r.name,
-                   r.stats->in_flight);
-  }
   family(out, "portico_backend_average_processing_seconds", "gauge",
          "Moving average of the last 1,024 commands' processing time.");
   for (const Row& r : rows) {
@@ -147,33 +120,13 @@ std::string renderProxyMetrics(const StatsSnapshot& s, const RuntimeConfig& conf
     fmt::format_to(it, "portico_backend_drained{{backend=\"{}\",by=\"operator\"}} {}\n", r.name,
                    shared.drained_by_operator[r.slot].load(std::memory_order_relaxed) ? 1 : 0);
   }
-  family(out, "portico_backend_login_failures_total", "counter", "Logins the backend refused.");
-  for (const Row& r : rows) {
-    fmt::format_to(it, "portico_backend_login_failures_total{{backend=\"{}\"}} {}\n", r.name,
-                   r.stats->login_failures);
-  }
-  family(out, "portico_backend_connect_failures_total", "counter",
-         "Connections to the backend that failed or timed out.");
-  for (const Row& r : rows) {
-    fmt::format_to(it, "portico_backend_connect_failures_total{{backend=\"{}\"}} {}\n", r.name,
-                   r.stats->connect_failures);
-  }
-  family(out, "portico_backend_responses_cut_total", "counter",
-         "Sessions closed part-way through a backend response (the backend lost mid-literal, "
-         "say), so no BYE could be written.");
-  for (const Row& r : rows) {
-    fmt::format_to(it, "portico_backend_responses_cut_total{{backend=\"{}\"}} {}\n", r.name,
-                   r.stats->responses_cut);
-  }
-  family(out, "portico_backend_bytes_sent_total", "counter", "Bytes relayed to the backend.");
-  for (const Row& r : rows) {
-    fmt::format_to(it, "portico_backend_bytes_sent_total{{backend=\"{}\"}} {}\n", r.name,
-                   r.stats->bytes_to);
-  }
-  family(out, "portico_backend_bytes_received_total", "counter", "Bytes relayed from the backend.");
-  for (const Row& r : rows) {
-    fmt::format_to(it, "portico_backend_bytes_received_total{{backend=\"{}\"}} {}\n", r.name,
-                   r.stats->bytes_from);
+  for (std::size_t k = 0; k < kBackendCounterCount; ++k) {
+    const CounterSpec& spec = kBackendCounters[k];
+    family(out, spec.metric, spec.type(), spec.help);
+    for (const Row& r : rows) {
+      fmt::format_to(it, "{}{{backend=\"{}\"}} {}\n", spec.metric, r.name,
+                     r.stats->*kBackendSnapshotFields[k]);
+    }
   }
 
   // Per command name: only names seen, to keep the page small. The command
@@ -252,22 +205,58 @@ std::string renderCommandsJson(const StatsSnapshot& s, const RuntimeConfig& conf
                 {"buckets", cmd.histogram}};
   };
   json backends = json::array();
-  static const StatsSnapshot::Backend kEmpty{};
-  for (std::size_t i = 0; i < config.config.backends.size(); ++i) {
-    const std::size_t slot = config.stats_slot[i];
-    const StatsSnapshot::Backend& b = slot < s.backends.size() ? s.backends[slot] : kEmpty;
+  for (const Row& r : configuredRows(s, config)) {
+    const StatsSnapshot::Backend& b = *r.stats;
     json commands = json::array();
     for (std::size_t c = 0; c < kCommandCount; ++c) {
       if (b.commands[c].count > 0) {
         commands.push_back(command(commandName(static_cast<CommandId>(c)), b.commands[c]));
       }
     }
-    backends.push_back({{"name", config.config.backends[i].name},
+    backends.push_back({{"name", r.config_name},
                         {"commands", std::move(commands)},
                         {"idle", b.idle.count > 0 ? command("IDLE", b.idle) : json(nullptr)}});
   }
   return json{{"bucket_upper_seconds", std::move(bounds)}, {"backends", std::move(backends)}}.dump(
       -1, ' ', false, json::error_handler_t::replace);
+}
+
+}  // namespace portico::proxy
+
+namespace portico::proxy {
+
+nlohmann::json statsJson(const StatsSnapshot& s, const RuntimeConfig& config) {
+  using nlohmann::json;
+  json backends = json::object();
+  for (const Row& r : configuredRows(s, config)) {
+    const StatsSnapshot::Backend& b = *r.stats;
+    json commands = json::object();
+    for (std::size_t k = 0; k < kCommandCount; ++k) {
+      const auto& cmd = b.commands[k];
+      if (cmd.count > 0) {
+        commands[commandName(static_cast<CommandId>(k))] =
+            json{{"count", cmd.count},
+                 {"no", cmd.no},
+                 {"bad", cmd.bad},
+                 {"average_ms",
+                  static_cast<double>(cmd.time_us) / 1000.0 / static_cast<double>(cmd.count)}};
+      }
+    }
+    json backend = json::object();
+    for (std::size_t k = 0; k < kBackendCounterCount; ++k) {
+      backend[kBackendCounters[k].stats_key] = b.*kBackendSnapshotFields[k];
+    }
+    backend["average_processing_ms"] = b.averageProcessingMs();
+    backend["commands"] = std::move(commands);
+    backend["idle"] = b.idle.count;
+    backends[std::string(r.config_name)] = std::move(backend);
+  }
+  json out = json::object();
+  for (std::size_t k = 0; k < kWorkerCounterCount; ++k) {
+    out[kWorkerCounters[k].stats_key] = s.*kWorkerSnapshotFields[k];
+  }
+  out["backends"] = std::move(backends);
+  return out;
 }
 
 }  // namespace portico::proxy

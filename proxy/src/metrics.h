@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "accounting.h"
 #include "runtime.h"
 
@@ -20,5 +22,10 @@ std::string renderProxyMetrics(const StatsSnapshot& stats, const RuntimeConfig& 
 // (or null); "bucket_upper_seconds" holds the buckets' upper bounds, null
 // for the last (+Inf).
 std::string renderCommandsJson(const StatsSnapshot& stats, const RuntimeConfig& config);
+
+// The admin `stats` reply (without "ok" and "workers"): every counter of
+// kWorkerCounters under its stats key, and per configured backend its
+// kBackendCounters, moving average, IDLE count and commands seen.
+nlohmann::json statsJson(const StatsSnapshot& stats, const RuntimeConfig& config);
 
 }  // namespace portico::proxy

@@ -29,6 +29,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "counters.h"
 #include "portico/json_text.h"
 #include "portico/logging.h"
 
@@ -423,6 +424,12 @@ void printBackends(const json& reply) {
   t.print();
 }
 
+// A JSON key as words: "records_written" -> "records written".
+std::string spaced(std::string key) {
+  std::replace(key.begin(), key.end(), '_', ' ');
+  return key;
+}
+
 void printProtocolLog(const json& reply) {
   const json s = reply.value("protocol_log", json::object());
   const json filters = s.value("filters", json::object());
@@ -441,31 +448,25 @@ void printProtocolLog(const json& reply) {
   for (const char* key : {"writer_running", "current_file", "records_written", "records_dropped",
                           "bytes_written", "last_error"}) {
     if (s.contains(key)) {
-      std::string label = key;
-      std::replace(label.begin(), label.end(), '_', ' ');
-      line(label.c_str(), field(s, key));
+      line(spaced(key).c_str(), field(s, key));
     }
   }
 }
 
+// One line per counter in the table, named by its stats key.
 void printStats(const json& r) {
-  std::printf("connections: %s (total %s, rejected %s, unauthenticated %s, tls %s)\n",
-              field(r, "connections").c_str(), field(r, "connections_total").c_str(),
-              field(r, "connections_rejected").c_str(),
-              field(r, "connections_unauthenticated").c_str(), field(r, "connections_tls").c_str());
-  std::printf("bytes: from clients %s, to clients %s\n", field(r, "bytes_from_clients").c_str(),
-              field(r, "bytes_to_clients").c_str());
+  for (const portico::proxy::CounterSpec& spec : portico::proxy::kWorkerCounters) {
+    std::printf("%s: %s\n", spaced(spec.stats_key).c_str(), field(r, spec.stats_key).c_str());
+  }
   std::printf("workers: %s\n", field(r, "workers").c_str());
   const json backends = r.value("backends", json::object());
   for (const auto& [name, b] : backends.items()) {
-    std::printf(
-        "\nbackend %s: sessions %s (total %s), queued %s, idle %s, average %s ms, "
-        "login failures %s, connect failures %s, bytes to %s, from %s\n",
-        shown(name).c_str(), field(b, "sessions").c_str(), field(b, "sessions_total").c_str(),
-        field(b, "queued").c_str(), field(b, "idle").c_str(),
-        field(b, "average_processing_ms").c_str(), field(b, "login_failures").c_str(),
-        field(b, "connect_failures").c_str(), field(b, "bytes_to").c_str(),
-        field(b, "bytes_from").c_str());
+    std::string line;
+    for (const portico::proxy::CounterSpec& spec : portico::proxy::kBackendCounters) {
+      line += fmt::format("{} {}, ", spaced(spec.stats_key), field(b, spec.stats_key));
+    }
+    std::printf("\nbackend %s: %sidle %s, average %s ms\n", shown(name).c_str(), line.c_str(),
+                field(b, "idle").c_str(), field(b, "average_processing_ms").c_str());
     const json commands = b.value("commands", json::object());
     if (!commands.empty()) {
       Table t({"  COMMAND", "COUNT", "NO", "BAD", "AVG_MS"});

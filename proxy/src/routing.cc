@@ -4,6 +4,8 @@
 #include <cmath>
 #include <utility>
 
+#include "portico/ascii.h"
+
 namespace portico::proxy {
 
 namespace {
@@ -47,13 +49,7 @@ std::string normaliseUser(std::string_view user) {
   while (!user.empty() && isSpace(user.back())) {
     user.remove_suffix(1);
   }
-  std::string out(user);
-  for (char& c : out) {
-    if (c >= 'A' && c <= 'Z') {
-      c = static_cast<char>(c - 'A' + 'a');
-    }
-  }
-  return out;
+  return asciiLowered(user);
 }
 
 BackendSelector::BackendSelector(const std::vector<BackendConfig>& backends,

@@ -34,30 +34,31 @@ RuntimeConfig::RuntimeConfig(Config c, std::vector<std::size_t> slots)
   }
 }
 
-RuntimeConfigPtr buildRuntime(Config config, std::vector<std::size_t> slots, std::string& error) {
+Result<RuntimeConfigPtr> buildRuntime(Config config, std::vector<std::size_t> slots) {
   auto runtime = std::make_shared<RuntimeConfig>(std::move(config), std::move(slots));
   for (const ListenConfig& listen : runtime->config.listen) {
     std::shared_ptr<const ServerTlsContext> tls;
     if (listen.tls != TlsMode::kNone) {
-      tls = ServerTlsContext::create(listen, error);
-      if (!tls) {
-        error = "listener " + listen.address.text() + ": " + error;
-        return nullptr;
+      auto created = ServerTlsContext::create(listen);
+      if (!created.ok()) {
+        return created.status().prefixed("listener " + listen.address.text());
       }
+      tls = std::move(*created);
     }
     runtime->listener_tls.push_back(std::move(tls));
   }
   for (const BackendConfig& backend : runtime->config.backends) {
     std::shared_ptr<const ClientTlsContext> tls;
     if (backend.tls != TlsMode::kNone) {
-      tls = ClientTlsContext::create(backend, error);
-      if (!tls) {
-        return nullptr;
+      auto created = ClientTlsContext::create(backend);
+      if (!created.ok()) {
+        return created.status();
       }
+      tls = std::move(*created);
     }
     runtime->backend_tls.push_back(std::move(tls));
   }
-  return runtime;
+  return RuntimeConfigPtr(std::move(runtime));
 }
 
 namespace {

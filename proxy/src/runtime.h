@@ -15,6 +15,7 @@
 #include "config.h"
 #include "log_throttle.h"
 #include "portico/logging.h"
+#include "portico/status.h"
 #include "protocol_trace.h"
 #include "routing.h"
 #include "tls.h"
@@ -43,9 +44,9 @@ struct RuntimeConfig {
 using RuntimeConfigPtr = std::shared_ptr<const RuntimeConfig>;
 
 // Builds the snapshot, loading every certificate and key the config names.
-// nullptr with `error` set when one cannot be loaded: at start-up Portico
-// refuses to start; on reload the running snapshot stays in use.
-RuntimeConfigPtr buildRuntime(Config config, std::vector<std::size_t> slots, std::string& error);
+// An error when one cannot be loaded: at start-up Portico refuses to start;
+// on reload the running snapshot stays in use.
+Result<RuntimeConfigPtr> buildRuntime(Config config, std::vector<std::size_t> slots);
 
 // What a reload changes about the listeners, matched by address. Reordering
 // [[listen]] changes nothing. Added addresses are bound and removed ones

@@ -30,17 +30,17 @@ namespace portico::proxy {
 
 namespace {
 
-RuntimeConfigPtr makeRuntime(Config config, BackendRegistry& registry, std::string& error) {
+Result<RuntimeConfigPtr> makeRuntime(Config config, BackendRegistry& registry) {
   std::vector<std::size_t> slots;
   for (const BackendConfig& b : config.backends) {
     std::size_t slot = registry.slot(b.name);
     if (slot >= kMaxBackends) {
-      error = fmt::format("too many distinct backend names (at most {})", kMaxBackends);
-      return nullptr;
+      return Status::error(
+          fmt::format("too many distinct backend names (at most {})", kMaxBackends));
     }
     slots.push_back(slot);
   }
-  return buildRuntime(std::move(config), std::move(slots), error);
+  return buildRuntime(std::move(config), std::move(slots));
 }
 
 // Descriptors open now (listeners, loops, logs, ...); 0 if unknown.
@@ -140,13 +140,12 @@ void beginShutdown(Control& c, const char* why) {
 void onSignal(uv_signal_t* handle, int signum) {
   auto* c = static_cast<Control*>(handle->data);
   if (signum == SIGHUP) {
-    std::string error;
-    const bool done = reloadConfig(*c, error);
+    const Status done = reloadConfig(*c);
     if (c->health) {
       c->health->recordAction(
           health::ActionRecord{std::chrono::system_clock::now(), "operator", "reload",
                                "configuration", "SIGHUP (systemctl reload, kill -HUP)",
-                               "signal SIGHUP", done ? "done" : "refused: " + error});
+                               "signal SIGHUP", done.ok() ? "done" : "refused: " + done.message()});
     }
   } else if (signum == SIGUSR1) {
     if (c->protocol_log) {
@@ -158,39 +157,40 @@ void onSignal(uv_signal_t* handle, int signum) {
   }
 }
 
-bool reloadConfigNow(Control& c, std::string& error);
+Status reloadConfigNow(Control& c);
 
 }  // namespace
 
 // Tells the service manager around the reload (RELOADING=1 ... READY=1):
 // `systemctl reload` waits for it, and a refused reload leaves the
 // service running with its old configuration, so READY=1 either way.
-bool reloadConfig(Control& c, std::string& error) {
+Status reloadConfig(Control& c) {
   notifyReloading();
-  const bool done = reloadConfigNow(c, error);
-  notifyReady(done ? "ready: configuration reloaded" : "ready: reload refused: " + error);
+  Status done = reloadConfigNow(c);
+  notifyReady(done.ok() ? "ready: configuration reloaded"
+                        : "ready: reload refused: " + done.message());
   return done;
 }
 
 namespace {
 
-bool reloadConfigNow(Control& c, std::string& error) {
+Status reloadConfigNow(Control& c) {
   ConfigResult result = loadConfig(c.config_path);
   if (!result.errors.empty()) {
     for (const std::string& e : result.errors) {
       logging::log(logging::Level::kError, "reload", "{}", e);
     }
-    error = result.errors.front();
     logging::log(logging::Level::kError, "reload",
                  "reload: failed, keeping the running configuration");
-    return false;
+    return Status::error(result.errors.front());
   }
-  RuntimeConfigPtr next = makeRuntime(std::move(*result.config), c.registry, error);
-  if (!next) {
+  Result<RuntimeConfigPtr> made = makeRuntime(std::move(*result.config), c.registry);
+  if (!made.ok()) {
     logging::log(logging::Level::kError, "reload",
-                 "reload: failed: {}; keeping the running configuration", error);
-    return false;
+                 "reload: failed: {}; keeping the running configuration", made.message());
+    return made.status();
   }
+  RuntimeConfigPtr next = std::move(*made);
   // Listeners are matched by address. Every added address is bound for
   // every worker before anything changes: a reload that cannot listen
   // where the new file says is refused whole, and the running listeners
@@ -200,11 +200,12 @@ bool reloadConfigNow(Control& c, std::string& error) {
   for (const std::string& address : listeners.added) {
     const ListenConfig& entry = next->config.listen[next->listener_index.at(address)];
     for (ListenerUpdate& update : updates) {
+      std::string error;
       ListenSocket socket = ListenSocket::open(entry.address, error);
       if (!socket.valid()) {
         logging::log(logging::Level::kError, "reload",
                      "reload: failed: new listener {}; keeping the running configuration", error);
-        return false;  // `updates` closes what was bound so far
+        return Status::error(error);  // `updates` closes what was bound so far
       }
       update.added.emplace_back(address, std::move(socket));
     }
@@ -244,16 +245,14 @@ bool reloadConfigNow(Control& c, std::string& error) {
     // New place or policy for the protocol log: restart the writer there
     // (what was submitted so far is written to the old files first).
     c.protocol_log->stop();
-    std::string log_error;
-    if (!ensureProtocolLog(c, log_error)) {
-      logging::log(logging::Level::kError, "reload", "protocol log: {}", log_error);
+    if (Status log = ensureProtocolLog(c); !log.ok()) {
+      logging::log(logging::Level::kError, "reload", "protocol log: {}", log.message());
     }
   }
   if (after.enabled != before.enabled) {
     applyConfiguredTrace(c);  // the file changed its mind; an operator's trace otherwise stays
-    std::string log_error;
-    if (after.enabled && !ensureProtocolLog(c, log_error)) {
-      logging::log(logging::Level::kError, "reload", "protocol log: {}", log_error);
+    if (Status log = after.enabled ? ensureProtocolLog(c) : Status(); !log.ok()) {
+      logging::log(logging::Level::kError, "reload", "protocol log: {}", log.message());
     }
   }
   if (c.health) {
@@ -273,14 +272,14 @@ bool reloadConfigNow(Control& c, std::string& error) {
   logging::log(logging::Level::kInfo, "reload",
                "reload: done ({} backends; certificates re-read; {})", next->config.backends.size(),
                listeners.summary());
-  return true;
+  return Status();
 }
 
 }  // namespace
 
-bool ensureProtocolLog(Control& c, std::string& error) {
+Status ensureProtocolLog(Control& c) {
   if (c.protocol_log && c.protocol_log->enabled()) {
-    return true;
+    return Status();
   }
   const ProtocolLogConfig& cfg = c.config->config.protocol_log;
   logging::ProtocolLog::Options options;
@@ -291,11 +290,11 @@ bool ensureProtocolLog(Control& c, std::string& error) {
   options.max_age = std::chrono::duration_cast<std::chrono::hours>(cfg.retention);
   options.max_total_size = cfg.max_total_size;
   options.software_version = version();
-  if (!c.protocol_log->start(options, error)) {
-    return false;
+  if (std::string error; !c.protocol_log->start(options, error)) {
+    return Status::error(std::move(error));
   }
   c.shared.protocol_log.store(c.protocol_log.get(), std::memory_order_relaxed);
-  return true;
+  return Status();
 }
 
 int checkConfig(const std::string& config_path) {
@@ -307,11 +306,11 @@ int checkConfig(const std::string& config_path) {
     return 1;
   }
   BackendRegistry registry;
-  std::string error;
-  if (!makeRuntime(*result.config, registry, error)) {
-    std::fprintf(stderr, "%s: %s\n", config_path.c_str(), error.c_str());
+  if (Result<RuntimeConfigPtr> made = makeRuntime(*result.config, registry); !made.ok()) {
+    std::fprintf(stderr, "%s: %s\n", config_path.c_str(), made.message().c_str());
     return 1;
   }
+  std::string error;
   if (!resolveIdentity(result.config->process, error) && !error.empty()) {
     std::fprintf(stderr, "%s: %s\n", config_path.c_str(), error.c_str());
     return 1;
@@ -339,12 +338,13 @@ int runProxy(const std::string& config_path) {
   auto control = std::make_unique<Control>();
   Control& c = *control;
   c.config_path = config_path;
-  std::string error;
-  c.config = makeRuntime(std::move(*result.config), c.registry, error);
-  if (!c.config) {
-    std::fprintf(stderr, "portico: not starting: %s\n", error.c_str());
+  Result<RuntimeConfigPtr> made = makeRuntime(std::move(*result.config), c.registry);
+  if (!made.ok()) {
+    std::fprintf(stderr, "portico: not starting: %s\n", made.message().c_str());
     return 2;
   }
+  c.config = std::move(*made);
+  std::string error;
   // Who to become once every socket is bound: checked before binding
   // anything, so a missing user stops start-up at once.
   std::optional<Identity> identity = resolveIdentity(c.config->config.process, error);
@@ -403,8 +403,8 @@ int runProxy(const std::string& config_path) {
         handleAdminCommand(c, request, std::move(reply));
       },
       c.config->config.admin.idle_timeout);
-  if (!c.admin->start(error)) {
-    std::fprintf(stderr, "portico: not starting: %s\n", error.c_str());
+  if (Status started = c.admin->start(); !started.ok()) {
+    std::fprintf(stderr, "portico: not starting: %s\n", started.message().c_str());
     std::_Exit(1);
   }
 
@@ -429,8 +429,9 @@ int runProxy(const std::string& config_path) {
                  "running as root: set [process] user (or the unit's User=) to drop privileges");
   }
 
-  if (c.config->config.protocol_log.enabled && !ensureProtocolLog(c, error)) {
-    std::fprintf(stderr, "portico: not starting: protocol log: %s\n", error.c_str());
+  if (Status log = c.config->config.protocol_log.enabled ? ensureProtocolLog(c) : Status();
+      !log.ok()) {
+    std::fprintf(stderr, "portico: not starting: protocol log: %s\n", log.message().c_str());
     std::_Exit(1);
   }
   uv_timer_init(&c.loop, &c.trace_timer);

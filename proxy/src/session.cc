@@ -62,11 +62,11 @@ std::string Session::capabilities() const {
   // hide every AUTH= mechanism and say LOGINDISABLED (RFC 9051 6.2).
   std::string out;
   for (std::string_view cap : parser::parseCapabilities(config_->capabilities)) {
-    if (require_tls_ && startsWithNoCase(cap, "AUTH=")) {
+    if (require_tls_ && startsWithIgnoreCase(cap, "AUTH=")) {
       continue;
     }
     out.append(out.empty() ? "" : " ").append(cap);
-    if (startsWithNoCase(cap, "IMAP4REV1")) {
+    if (startsWithIgnoreCase(cap, "IMAP4REV1")) {
       out.append(" STARTTLS");
       if (require_tls_) {
         out.append(" LOGINDISABLED");

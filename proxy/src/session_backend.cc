@@ -55,7 +55,7 @@ bool Session::handleBackendLine(const parser::ResponseEvent& ev, std::string_vie
         backendFailed(fmt::format("unexpected greeting '{}'", excerpt(ev.head)));
         return false;
       }
-      if (startsWithNoCase(ev.code, "CAPABILITY ")) {
+      if (startsWithIgnoreCase(ev.code, "CAPABILITY ")) {
         backend_caps_.assign(ev.code.substr(11));
       }
       if (config_->config.backends[backend_index_].tls == TlsMode::kStarttls) {
@@ -94,7 +94,8 @@ bool Session::handleBackendLine(const parser::ResponseEvent& ev, std::string_vie
       return false;
     }
     case SessionState::kBackendCapability:
-      if (ev.type == ResponseEventType::kUntagged && startsWithNoCase(ev.head, "* CAPABILITY ")) {
+      if (ev.type == ResponseEventType::kUntagged &&
+          startsWithIgnoreCase(ev.head, "* CAPABILITY ")) {
         backend_caps_.assign(ev.head.substr(13));
       } else if (ev.type == ResponseEventType::kTagged && ev.tag == "P0CAP") {
         afterBackendCapabilities();

@@ -10,6 +10,7 @@
 #include <string_view>
 
 #include "config.h"
+#include "portico/ascii.h"
 #include "portico/parser.h"
 
 namespace portico::proxy::session_detail {
@@ -110,18 +111,6 @@ inline void appendQuoted(std::string& out, std::string_view s) {
     out.push_back(c);
   }
   out.push_back('"');
-}
-
-inline bool startsWithNoCase(std::string_view s, std::string_view prefix) {
-  if (s.size() < prefix.size()) {
-    return false;
-  }
-  for (std::size_t i = 0; i < prefix.size(); ++i) {
-    if (std::toupper(static_cast<unsigned char>(s[i])) != prefix[i]) {
-      return false;
-    }
-  }
-  return true;
 }
 
 // Printable, bounded excerpt of a peer's line for an operator's log.

@@ -189,8 +189,8 @@ void Session::relayFromBackend(Chunk chunk) {
     // Capability lists (untagged, or a [CAPABILITY ...] code in any status
     // response) lose COMPRESS: Portico relays plain bytes. Only these rare
     // lines are copied; everything else passes untouched.
-    bool capability_list =
-        startsWithNoCase(ev.head, "* CAPABILITY ") || startsWithNoCase(ev.code, "CAPABILITY ");
+    bool capability_list = startsWithIgnoreCase(ev.head, "* CAPABILITY ") ||
+                           startsWithIgnoreCase(ev.code, "CAPABILITY ");
     if (capability_list && response_start != kUnknown &&
         (ev.head.find("COMPRESS=") != std::string_view::npos ||
          ev.head.find("compress=") != std::string_view::npos)) {

@@ -1,4 +1,5 @@
 #include "tls.h"
+#include "portico/ascii.h"
 
 #include <arpa/inet.h>
 #include <openssl/err.h>
@@ -52,12 +53,11 @@ int selectCertificate(SSL* ssl, int*, void* arg) {
   return SSL_TLSEXT_ERR_OK;
 }
 
-SSL_CTX* newServerContext(const std::string& cert, const std::string& key, int min_version,
-                          std::string& error) {
+Result<SSL_CTX*> newServerContext(const std::string& cert, const std::string& key,
+                                  int min_version) {
   SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
   if (ctx == nullptr) {
-    error = "cannot create a TLS context: " + sslErrors();
-    return nullptr;
+    return Status::error("cannot create a TLS context: " + sslErrors());
   }
   SSL_CTX_set_min_proto_version(ctx, min_version);
   SSL_CTX_set_options(
@@ -69,26 +69,28 @@ SSL_CTX* newServerContext(const std::string& cert, const std::string& key, int m
   static const unsigned char kSessionContext[] = "portico-imap";
   SSL_CTX_set_session_id_context(ctx, kSessionContext, sizeof(kSessionContext) - 1);
   SSL_CTX_set_alpn_select_cb(ctx, &selectAlpn, nullptr);
+  Status status;
   if (SSL_CTX_use_certificate_chain_file(ctx, cert.c_str()) != 1) {
-    error = fmt::format("{}: cannot load the certificate chain: {}", cert, sslErrors());
+    status =
+        Status::error(fmt::format("{}: cannot load the certificate chain: {}", cert, sslErrors()));
   } else if (SSL_CTX_use_PrivateKey_file(ctx, key.c_str(), SSL_FILETYPE_PEM) != 1) {
-    error = fmt::format("{}: cannot load the private key: {}", key, sslErrors());
+    status = Status::error(fmt::format("{}: cannot load the private key: {}", key, sslErrors()));
   } else if (SSL_CTX_check_private_key(ctx) != 1) {
-    error = fmt::format("{}: the key does not match the certificate {}", key, cert);
+    status = Status::error(fmt::format("{}: the key does not match the certificate {}", key, cert));
   } else {
     return ctx;
   }
   SSL_CTX_free(ctx);
-  return nullptr;
+  return status;
 }
 
 bool matchesName(const std::string& pattern, const char* name) {
-  if (strcasecmp(pattern.c_str(), name) == 0) {
+  if (equalsIgnoreCase(pattern, name)) {
     return true;
   }
   if (pattern.size() > 2 && pattern[0] == '*' && pattern[1] == '.') {
     const char* dot = std::strchr(name, '.');
-    return dot != nullptr && strcasecmp(pattern.c_str() + 1, dot) == 0;
+    return dot != nullptr && equalsIgnoreCase(std::string_view(pattern).substr(1), dot);
   }
   return false;
 }
@@ -103,21 +105,20 @@ bool isIpAddress(const std::string& host) {
 // ---------------------------------------------------------------------------
 // Contexts.
 
-std::shared_ptr<ServerTlsContext> ServerTlsContext::create(const ListenConfig& listen,
-                                                           std::string& error) {
+Result<std::shared_ptr<ServerTlsContext>> ServerTlsContext::create(const ListenConfig& listen) {
   int min_version = listen.tls_min_version == "TLSv1.3" ? TLS1_3_VERSION : TLS1_2_VERSION;
   auto context = std::shared_ptr<ServerTlsContext>(new ServerTlsContext());
-  SSL_CTX* ctx = newServerContext(listen.cert, listen.key, min_version, error);
-  if (ctx == nullptr) {
-    return nullptr;
+  Result<SSL_CTX*> ctx = newServerContext(listen.cert, listen.key, min_version);
+  if (!ctx.ok()) {
+    return ctx.status();
   }
-  context->contexts_.push_back(Entry{"", ctx});
+  context->contexts_.push_back(Entry{"", *ctx});
   for (const CertificateConfig& c : listen.certificates) {
-    SSL_CTX* named = newServerContext(c.cert, c.key, min_version, error);
-    if (named == nullptr) {
-      return nullptr;
+    Result<SSL_CTX*> named = newServerContext(c.cert, c.key, min_version);
+    if (!named.ok()) {
+      return named.status();
     }
-    context->contexts_.push_back(Entry{c.server_name, named});
+    context->contexts_.push_back(Entry{c.server_name, *named});
   }
   for (const Entry& e : context->contexts_) {
     SSL_CTX_set_tlsext_servername_callback(e.ctx, &selectCertificate);
@@ -141,13 +142,11 @@ SSL_CTX* ServerTlsContext::contextFor(const char* server_name) const {
   return nullptr;
 }
 
-std::shared_ptr<ClientTlsContext> ClientTlsContext::create(const BackendConfig& backend,
-                                                           std::string& error) {
+Result<std::shared_ptr<ClientTlsContext>> ClientTlsContext::create(const BackendConfig& backend) {
   auto context = std::shared_ptr<ClientTlsContext>(new ClientTlsContext());
   SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
   if (ctx == nullptr) {
-    error = "cannot create a TLS context: " + sslErrors();
-    return nullptr;
+    return Status::error("cannot create a TLS context: " + sslErrors());
   }
   context->ctx_ = ctx;
   context->server_name_ = backend.server_name.empty() ? backend.address.host : backend.server_name;
@@ -168,18 +167,18 @@ std::shared_ptr<ClientTlsContext> ClientTlsContext::create(const BackendConfig& 
                   : SSL_CTX_load_verify_locations(ctx, backend.ca.c_str(), nullptr);
     }
     if (ok != 1) {
-      error = fmt::format("backend {}: cannot load CA {}: {}", backend.name,
-                          backend.ca.empty() ? "(system store)" : backend.ca, sslErrors());
-      return nullptr;
+      return Status::error(fmt::format("backend {}: cannot load CA {}: {}", backend.name,
+                                       backend.ca.empty() ? "(system store)" : backend.ca,
+                                       sslErrors()));
     }
   }
   if (!backend.client_cert.empty()) {
     if (SSL_CTX_use_certificate_chain_file(ctx, backend.client_cert.c_str()) != 1 ||
         SSL_CTX_use_PrivateKey_file(ctx, backend.client_key.c_str(), SSL_FILETYPE_PEM) != 1 ||
         SSL_CTX_check_private_key(ctx) != 1) {
-      error = fmt::format("backend {}: cannot load client certificate {} / key {}: {}",
-                          backend.name, backend.client_cert, backend.client_key, sslErrors());
-      return nullptr;
+      return Status::error(fmt::format("backend {}: cannot load client certificate {} / key {}: {}",
+                                       backend.name, backend.client_cert, backend.client_key,
+                                       sslErrors()));
     }
   }
   return context;

@@ -22,15 +22,16 @@
 #include <vector>
 
 #include "config.h"
+#include "portico/status.h"
 #include "transport.h"
 
 namespace portico::proxy {
 
 class ServerTlsContext {
  public:
-  // nullptr with `error` set ("FILE: what is wrong") when a certificate or
-  // key cannot be loaded.
-  static std::shared_ptr<ServerTlsContext> create(const ListenConfig& listen, std::string& error);
+  // An error ("FILE: what is wrong") when a certificate or key cannot be
+  // loaded.
+  static Result<std::shared_ptr<ServerTlsContext>> create(const ListenConfig& listen);
   ~ServerTlsContext();
   SSL_CTX* defaultContext() const { return contexts_.front().ctx; }
   // The context whose certificate answers `server_name` (exact or
@@ -47,7 +48,9 @@ class ServerTlsContext {
 
 class ClientTlsContext {
  public:
-  static std::shared_ptr<ClientTlsContext> create(const BackendConfig& backend, std::string& error);
+  // An error ("backend NAME: what is wrong") when the CA or the client
+  // certificate cannot be loaded.
+  static Result<std::shared_ptr<ClientTlsContext>> create(const BackendConfig& backend);
   ~ClientTlsContext();
   SSL_CTX* context() const { return ctx_; }
   const std::string& serverName() const { return server_name_; }

@@ -98,11 +98,11 @@ struct MiniControl {
     for (const BackendConfig& b : parsed.config->backends) {
       slots.push_back(c.registry.slot(b.name));
     }
-    std::string error;
-    c.config = buildRuntime(std::move(*parsed.config), std::move(slots), error);
-    if (!c.config) {
-      fail("buildRuntime", error);
+    auto runtime = buildRuntime(std::move(*parsed.config), std::move(slots));
+    if (!runtime.ok()) {
+      fail("buildRuntime", runtime.message());
     }
+    c.config = std::move(*runtime);
     uv_loop_init(&c.loop);
     c.mailbox = std::make_unique<Mailbox>(&c.loop);
     c.protocol_log = std::make_unique<portico::logging::ProtocolLog>(1);
@@ -149,13 +149,14 @@ std::vector<std::string> serve(MiniControl& mini, const std::string& line) {
   // Shared with the reply callback, which a buggy command could call late.
   auto replies = std::make_shared<std::vector<std::string>>();
   AdminRequest request;
-  std::string error;
-  if (!splitAdminLine(line, request.words, error)) {
-    if (error.empty()) {
+  portico::Result<std::vector<std::string>> words = splitAdminLine(line);
+  if (!words.ok()) {
+    if (words.message().empty()) {
       fail("split refused a line without saying why", line);
     }
-    return {nlohmann::json{{"ok", false}, {"error", error}}.dump()};
+    return {nlohmann::json{{"ok", false}, {"error", words.message()}}.dump()};
   }
+  request.words = std::move(*words);
   if (request.words.empty()) {
     return {};
   }

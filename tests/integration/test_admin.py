@@ -352,6 +352,13 @@ def test_sessions_and_kick(portico):
 
 
 def test_stats_counts_commands(portico):
+    # A command answered BAD before login is counted and shown.
+    bad_before = ok(portico, "stats")["prelogin_bad_commands"]
+    pre = ImapConn(portico.port)
+    tagged, _ = pre.command("FROB")
+    assert status_of(tagged) == b"BAD", tagged
+    pre.close()
+    assert ok(portico, "stats")["prelogin_bad_commands"] == bad_before + 1
     c = login_raw(portico, "dave")
     backend = session_of(portico, c)["backend"]
     before = ok(portico, "stats")["backends"].get(backend, {}).get("commands", {}).get("NOOP", {}).get("count", 0)
@@ -547,6 +554,7 @@ def test_porticoctl(portico, tmp_path):
     r = ctl(portico, "stats")
     assert r.returncode == 0 and re.search(r"^connections: [1-9]", r.stdout, re.M), r
     assert re.search(r"^backend mbx\d: sessions [1-9]", r.stdout, re.M) and re.search(r"NOOP\s+\d+", r.stdout), r
+    assert re.search(r"^prelogin bad commands: \d+$", r.stdout, re.M), r
     r = ctl(portico, "probe", "IMAP.Protocol\\ImapSelfTestProbe", "mbx1")
     assert r.returncode == 0 and "ResultType: Succeeded" in r.stdout, r
     r = ctl(portico, "commands")

@@ -1,4 +1,5 @@
 #include "lookup/http_auth.h"
+#include "portico/ascii.h"
 
 #include <arpa/inet.h>
 
@@ -51,13 +52,6 @@ bool printableToken(std::string_view text) {
     auto c = static_cast<unsigned char>(ch);
     return c > 0x20 && c < 0x7f;
   });
-}
-
-bool equalsNoCase(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) ==
-                  std::tolower(static_cast<unsigned char>(y));
-         });
 }
 
 // ngx_atoi: decimal digits only, no sign or space, nullopt on overflow.
@@ -337,7 +331,7 @@ AuthHttpAnswer interpretAuthHttpAnswer(const AuthHttpHeaders& headers, std::stri
   std::uint32_t sleep = 0;
 
   for (const auto& [name, value] : headers) {
-    if (equalsNoCase(name, "Auth-Status")) {
+    if (equalsIgnoreCase(name, "Auth-Status")) {
       status_seen = true;
       if (value == "OK") {
         continue;
@@ -347,30 +341,30 @@ AuthHttpAnswer interpretAuthHttpAnswer(const AuthHttpHeaders& headers, std::stri
         continue;
       }
       error_text = value;
-    } else if (equalsNoCase(name, "Auth-Server")) {
+    } else if (equalsIgnoreCase(name, "Auth-Server")) {
       server = value;
-    } else if (equalsNoCase(name, "Auth-Port")) {
+    } else if (equalsIgnoreCase(name, "Auth-Port")) {
       port = value;
-    } else if (equalsNoCase(name, "Auth-User")) {
+    } else if (equalsIgnoreCase(name, "Auth-User")) {
       user = value;
-    } else if (equalsNoCase(name, "Auth-Pass")) {
+    } else if (equalsIgnoreCase(name, "Auth-Pass")) {
       pass = value;
-    } else if (equalsNoCase(name, "Auth-Wait")) {
+    } else if (equalsIgnoreCase(name, "Auth-Wait")) {
       // As ngx_atoi: a value that is not a number is ignored.
       if (std::optional<std::uint64_t> n = parseDigits(value, UINT32_MAX)) {
         sleep = static_cast<std::uint32_t>(*n);
       }
-    } else if (equalsNoCase(name, "Auth-Ssl")) {
+    } else if (equalsIgnoreCase(name, "Auth-Ssl")) {
       ssl = value;
-    } else if (equalsNoCase(name, "Auth-Starttls")) {
+    } else if (equalsIgnoreCase(name, "Auth-Starttls")) {
       starttls = value;
-    } else if (equalsNoCase(name, "Auth-Destuser")) {
+    } else if (equalsIgnoreCase(name, "Auth-Destuser")) {
       destuser = value;
-    } else if (equalsNoCase(name, "Auth-Proxy-Timeout")) {
+    } else if (equalsIgnoreCase(name, "Auth-Proxy-Timeout")) {
       proxy_timeout = value;
-    } else if (equalsNoCase(name, "Auth-Nologin")) {
+    } else if (equalsIgnoreCase(name, "Auth-Nologin")) {
       nologin = true;
-    } else if (equalsNoCase(name, "Auth-Reason")) {
+    } else if (equalsIgnoreCase(name, "Auth-Reason")) {
       reason = value;
     }
   }

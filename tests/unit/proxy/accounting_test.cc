@@ -144,11 +144,11 @@ TEST(SnapshotTest, SumsAcrossWorkers) {
   EXPECT_EQ(snap.backends[1].sessions_total, 0u);
   const StatsSnapshot::Backend& b = snap.backends[3];
   EXPECT_EQ(b.sessions_total, 11u);
-  EXPECT_EQ(b.bytes_to, 7u);
-  EXPECT_EQ(b.bytes_from, 8u);
+  EXPECT_EQ(b.bytes_to_backend, 7u);
+  EXPECT_EQ(b.bytes_from_backend, 8u);
   EXPECT_EQ(b.login_failures, 1u);
   EXPECT_EQ(b.connect_failures, 2u);
-  EXPECT_EQ(b.in_flight, 4u);
+  EXPECT_EQ(b.commands_in_flight, 4u);
   const StatsSnapshot::Command& fetch = b.commands[static_cast<std::size_t>(CommandId::kFETCH)];
   EXPECT_EQ(fetch.count, 2u);
   EXPECT_EQ(fetch.no, 1u);

@@ -9,6 +9,7 @@
 #include <sstream>
 #include <string>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "metrics.h"
@@ -157,6 +158,43 @@ TEST(ProxyMetrics, CommandsJsonForTheStatusPage) {
   EXPECT_EQ(j["backends"][1]["name"], "mbx\"2");
   EXPECT_TRUE(j["backends"][1]["commands"].empty());
   EXPECT_TRUE(j["backends"][1]["idle"].is_null());
+}
+
+// Every row of the counter lists reaches both outputs with its own value:
+// each counter gets a distinct number, so a row wired to a neighbour's field
+// or left out of a renderer fails here.
+TEST(ProxyMetrics, EveryDeclaredCounterIsInMetricsAndStats) {
+  RuntimeConfig config = twoBackends();
+  SharedState shared;
+  StatsSnapshot s;
+  s.backends.resize(2);
+  for (std::size_t k = 0; k < kWorkerCounterCount; ++k) {
+    s.*kWorkerSnapshotFields[k] = 1000 + k;
+  }
+  for (std::size_t k = 0; k < kBackendCounterCount; ++k) {
+    s.backends[1].*kBackendSnapshotFields[k] = 2000 + k;
+  }
+  const std::string text = renderProxyMetrics(s, config, shared);
+  const json stats = statsJson(s, config);
+  for (std::size_t k = 0; k < kWorkerCounterCount; ++k) {
+    const CounterSpec& spec = kWorkerCounters[k];
+    EXPECT_TRUE(hasLine(text, fmt::format("{} {}", spec.metric, 1000 + k))) << spec.field;
+    EXPECT_TRUE(hasLine(text, fmt::format("# TYPE {} {}", spec.family(), spec.type())))
+        << spec.field;
+    EXPECT_EQ(stats.value(spec.stats_key, json()), 1000 + k) << spec.field;
+  }
+  for (std::size_t k = 0; k < kBackendCounterCount; ++k) {
+    const CounterSpec& spec = kBackendCounters[k];
+    EXPECT_TRUE(hasLine(text, fmt::format("{}{{backend=\"mbx\\\"2\"}} {}", spec.metric, 2000 + k)))
+        << spec.field;
+    EXPECT_TRUE(hasLine(text, fmt::format("{}{{backend=\"mbx1\"}} 0", spec.metric))) << spec.field;
+    EXPECT_TRUE(hasLine(text, fmt::format("# TYPE {} {}", spec.metric, spec.type()))) << spec.field;
+    EXPECT_EQ(stats["backends"]["mbx\"2"].value(spec.stats_key, json()), 2000 + k) << spec.field;
+    EXPECT_EQ(stats["backends"]["mbx1"].value(spec.stats_key, json()), 0) << spec.field;
+  }
+  // The one counter that used to be counted and never shown.
+  EXPECT_TRUE(hasLine(text, "# TYPE portico_prelogin_bad_commands_total counter")) << text;
+  EXPECT_TRUE(stats.contains("prelogin_bad_commands"));
 }
 
 TEST(ProxyMetrics, CommandLabelIsBoundedToKnownNames) {
