@@ -21,8 +21,16 @@ JSON goes to --json-out.
 Every wait is bounded: each portico_load run hard-stops itself at its
 duration + 30 s, and this script kills it at duration + 60 s.
 
+With --baseline-bin another Portico binary (an older build, say) runs
+beside this one in front of the same backends, and every round also runs
+the load through it: direct, this build and the baseline, the order of the
+two Portico runs alternating from round to round. The section then
+compares the two builds (heading "%s") instead of writing the direct vs
+Portico section.
+
 Run as root (Dovecot needs it), with /usr/bin/python3:
   /usr/bin/python3 bench/load/run_compare.py --sessions 50 --duration 20s
+  /usr/bin/python3 bench/load/run_compare.py --baseline-bin /path/to/old/portico
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 import harness  # noqa: E402
 
 HEADING = "## Proxy core: Dovecot direct vs through Portico"
+HEADING_AB = "## Proxy core: this build vs a baseline Portico binary"
 
 
 def find_load_bin(explicit: str | None) -> str:
@@ -190,6 +199,8 @@ def median_of(rounds: list, key: str) -> float:
 
 def markdown(meta: dict) -> str:
     """The results section from what a run saved (see --json-out)."""
+    if meta.get("baseline"):
+        return markdown_ab(meta)
     args = argparse.Namespace(**meta["args"])
     cmds, direct, through = meta["cmds"], meta["direct"], meta["through"]
     portico_info, idle_busy = meta["portico_info"], meta["idle_busy"]
@@ -269,6 +280,72 @@ def markdown(meta: dict) -> str:
     out.append("")
     return "\n".join(out) + "\n"
 
+AB_ROWS = [
+    # key, label, digits
+    ("portico_us", "Portico CPU µs / command", 1),
+    ("cps", "commands/s", 0),
+    ("p50", "latency p50 (µs)", 0),
+    ("p99", "latency p99 (µs)", 0),
+    ("dovecot_us", "Dovecot CPU µs / command", 1),
+    ("load_us", "load tool CPU µs / command", 1),
+    ("busy_pct", "machine busy (% of all cores)", 0),
+    ("errors", "errors (NO/BAD/lost)", 0),
+]
+
+
+def markdown_ab(meta: dict) -> str:
+    """This build against --baseline-bin, measured in the same run."""
+    args = argparse.Namespace(**meta["args"])
+    cmds, direct, through, base = meta["cmds"], meta["direct"], meta["through"], meta["baseline"]
+    out = [HEADING_AB, ""]
+    out.append("Measured by `bench/load/run_compare.py --baseline-bin` on %s (%s), %d cores, %s."
+               % (meta["date"], meta["model"], meta["cores"],
+                  "shared machine: other builds may run at the same time"))
+    out.append("")
+    out.append("Method: as in \"Proxy core: Dovecot direct vs through Portico\" (%s, same "
+               "Dovecot and mailboxes, %d sessions, %s window, mix `%s`, pipeline %d), with "
+               "two Portico processes in front of the same backends: this build (`%s`) and "
+               "the baseline (`%s`). Each of %d rounds runs the load direct, then through "
+               "both Portico builds, alternating which goes first. Values are medians over "
+               "the rounds; ratio = this build / baseline."
+               % (meta["portico_info"], args.sessions, args.duration, args.mix, args.pipeline,
+                  meta["bins"]["portico"], meta["bins"]["baseline"], args.rounds))
+    out.append("")
+    out.append("Machine load by others just before each round (1 s sample, %% busy): %s."
+               % ", ".join("%.0f" % (100 * b) for b in meta["idle_busy"]))
+    out.append("")
+    out.append("Commands:")
+    out.append("")
+    out.append("```")
+    out.append(cmds["script"])
+    out.append("# each round runs:")
+    out.append(cmds["direct"])
+    out.append(cmds["through"])
+    out.append(cmds["baseline"])
+    out.append("```")
+    out.append("")
+    out.append("| metric | Dovecot direct | baseline Portico | this build | ratio |")
+    out.append("|---|---:|---:|---:|---:|")
+    for key, label, digits in AB_ROWS:
+        d, b, t = median_of(direct, key), median_of(base, key), median_of(through, key)
+        out.append("| %s | %s | %s | %s | %s |" % (label, fmt_num(d, digits), fmt_num(b, digits),
+                                                  fmt_num(t, digits), ratio(t, b)))
+    out.append("")
+    out.append("Per round (latencies in µs):")
+    out.append("")
+    out.append("| round | path | commands/s | p50 | p99 | Dovecot µs/cmd | Portico µs/cmd "
+               "| machine busy % | of it others % |")
+    out.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for i, (d, t, b) in enumerate(zip(direct, through, base), 1):
+        for name, r in (("direct", d), ("baseline", b), ("this build", t)):
+            others = 100 * r["other_s"] / r["capacity_s"] if r["capacity_s"] else float("nan")
+            out.append("| %d | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                i, name, fmt_num(r["cps"], 0), fmt_num(r["p50"], 0), fmt_num(r["p99"], 0),
+                fmt_num(r["dovecot_us"]), fmt_num(r["portico_us"]), fmt_num(r["busy_pct"], 0),
+                fmt_num(others, 0)))
+    out.append("")
+    return "\n".join(out) + "\n"
+
 
 def write_section(path: Path, section: str, heading: str = HEADING) -> None:
     """Replaces the section under `heading` (up to the next '## ') or appends it.
@@ -294,7 +371,7 @@ def emit(meta: dict, results: str | None) -> None:
     section = markdown(meta)
     print(section)
     if results:
-        write_section(Path(results), section)
+        write_section(Path(results), section, HEADING_AB if meta.get("baseline") else HEADING)
         print("run_compare: wrote section into %s" % results, file=sys.stderr)
 
 
@@ -315,6 +392,9 @@ def main() -> int:
                          "to be under 20%% busy (others' builds)")
     ap.add_argument("--load-bin", default=None)
     ap.add_argument("--portico-bin", default=None)
+    ap.add_argument("--baseline-bin", default=None,
+                    help="another Portico binary to run beside --portico-bin in every round "
+                         "(writes the build-vs-baseline section)")
     ap.add_argument("--results", default=None, help="write the markdown section into this file")
     ap.add_argument("--json-out", default=None,
                     help="save the run (summaries, commands, raw portico_load reports) here")
@@ -332,11 +412,14 @@ def main() -> int:
     portico_bin = args.portico_bin or harness.portico_bin()
     if not os.access(portico_bin, os.X_OK):
         sys.exit("run_compare: Portico binary %s missing; build it or pass --portico-bin" % portico_bin)
+    if args.baseline_bin and not os.access(args.baseline_bin, os.X_OK):
+        sys.exit("run_compare: baseline binary %s missing" % args.baseline_bin)
     window = duration_seconds(args.duration)
     users = ["user%02d" % i for i in range(args.user_count)]
 
     backends = []
     portico = None
+    baseline = None
     workdir = Path(tempfile.mkdtemp(prefix="portico-compare-"))
     try:
         for name in ("mbx1", "mbx2"):
@@ -350,6 +433,9 @@ def main() -> int:
             config["workers"] = args.workers
         portico = harness.Portico(backends, config=config, binary=portico_bin)
         portico.start()
+        if args.baseline_bin:
+            baseline = harness.Portico(backends, config=config, binary=args.baseline_bin)
+            baseline.start()
         mbx1 = backends[0]
         pgids = [str(d.pid) for d in backends]
 
@@ -361,7 +447,10 @@ def main() -> int:
         ]
         for g in pgids:
             common += ["--pgid", g]
-        common += ["--pid", str(portico.pid), "--json"]
+        common += ["--pid", str(portico.pid)]
+        if baseline is not None:
+            common += ["--pid", str(baseline.pid)]
+        common += ["--json"]
 
         seed = [load_bin, "--port", str(mbx1.port), "--sessions", str(args.user_count),
                 "--user-count", str(args.user_count), "--password", harness.PASSWORD,
@@ -371,22 +460,29 @@ def main() -> int:
 
         direct_cmd = [load_bin, "--port", str(mbx1.port), "--label", "direct"] + common
         through_cmd = [load_bin, "--port", str(portico.port), "--label", "portico"] + common
-        direct, through, raw = [], [], []
+        base_cmd = ([load_bin, "--port", str(baseline.port), "--label", "baseline"] + common
+                    if baseline is not None else None)
+        direct, through, base, raw = [], [], [], []
         idle_busy = []
         for i in range(args.rounds):
             idle_busy.append(wait_quiet(args.quiet_wait))
-            for name, cmd, sink in (("direct", direct_cmd, direct), ("portico", through_cmd, through)):
+            runs = [("direct", direct_cmd, direct, None), ("portico", through_cmd, through, portico)]
+            if baseline is not None:
+                pair = [runs[1], ("baseline", base_cmd, base, baseline)]
+                runs = [runs[0]] + (pair if i % 2 == 0 else pair[::-1])
+            for name, cmd, sink, proc in runs:
                 print("run_compare: round %d/%d %s ..." % (i + 1, args.rounds, name), file=sys.stderr, flush=True)
                 report = run_load(cmd, window + 60)
                 raw.append(report)
-                s = summarize(report, portico.pid)
+                s = summarize(report, (proc or portico).pid)
                 sink.append(s)
                 print("  %.0f commands/s, p50 %.0f µs, p99 %.0f µs, Dovecot %.1f µs/cmd, "
                       "Portico %.1f µs/cmd, errors %d"
                       % (s["cps"], s["p50"], s["p99"], s["dovecot_us"], s["portico_us"], s["errors"]),
                       file=sys.stderr, flush=True)
-                if not portico.running():
-                    raise RuntimeError("portico died during the run\n" + portico.log_tail(40))
+                for p in (portico, baseline):
+                    if p is not None and not p.running():
+                        raise RuntimeError("portico %s died during the run\n%s" % (p.binary, p.log_tail(40)))
 
         def show(cmd):
             c = list(cmd)
@@ -396,6 +492,8 @@ def main() -> int:
         script = "/usr/bin/python3 bench/load/run_compare.py " + " ".join(
             shlex.quote(a) for a in sys.argv[1:])
         cmds = {"script": script, "direct": show(direct_cmd), "through": show(through_cmd)}
+        if base_cmd is not None:
+            cmds["baseline"] = show(base_cmd)
         workers = args.workers if args.workers is not None else portico.default_config()["workers"]
         meta = {
             "args": {k: v for k, v in vars(args).items() if k != "from_json"},
@@ -408,11 +506,16 @@ def main() -> int:
             "direct": direct,
             "through": through,
         }
+        if baseline is not None:
+            meta["baseline"] = base
+            meta["bins"] = {"portico": show([portico_bin])[0:], "baseline": show([args.baseline_bin])}
         if args.json_out:
             Path(args.json_out).write_text(json.dumps(dict(meta, raw=raw), indent=2))
         emit(meta, args.results)
         return 0
     finally:
+        if baseline is not None:
+            baseline.cleanup()
         if portico is not None:
             portico.cleanup()
         for d in backends:

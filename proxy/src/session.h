@@ -105,6 +105,11 @@ struct SessionFilter {
 
 class Session : public TransportHandler {
  public:
+  // Client reads inside a literal body at least this big come from a
+  // client streaming full segments, which the kernel acknowledges by itself
+  // (see clientSendsMoreUnasked()).
+  static constexpr std::size_t kSmallClientRead = 16 * 1024;
+
   Session(SessionHost& host, RuntimeConfigPtr config, Transport* client, std::uint64_t id);
   ~Session() override;
 
@@ -180,6 +185,9 @@ class Session : public TransportHandler {
   void relayFromClient(Chunk chunk);
   void relayFromBackend(Chunk chunk);
   bool atCommandCap() const;
+  // After a client read of `read_size` bytes: will the client send more of
+  // this command without waiting for an answer (so its ACK must not wait)?
+  bool clientSendsMoreUnasked(std::size_t read_size) const;
   void maybeResumeCommands();
   void completeCommand(const parser::ResponseEvent& event);
   void maybeByeOnShutdown();

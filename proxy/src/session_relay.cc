@@ -118,6 +118,7 @@ void Session::relayFromClient(Chunk chunk) {
       break;
     }
   }
+  const std::size_t read_size = chunk.size();
   if (forward_from < view.size() && backend_ != nullptr) {
     std::size_t n = view.size() - forward_from;
     stats->bytes_to_backend.add(n);
@@ -127,6 +128,29 @@ void Session::relayFromClient(Chunk chunk) {
       updateClientReading();
     }
   }
+  if (client_ != nullptr && clientSendsMoreUnasked(read_size)) {
+    client_->acknowledgeNow();
+  }
+}
+
+bool Session::clientSendsMoreUnasked(std::size_t read_size) const {
+  // The read ended inside a command the client goes on sending without
+  // waiting for an answer: no reply carries the ACK for what it sent, so
+  // the kernel would delay it (40 ms on Linux) and a client with Nagle on
+  // would hold its next small write until then. Python's imaplib sends an
+  // APPEND's literal and the CRLF after it in two writes: every APPEND
+  // stalled. Commands read whole (the common path) never get here, and
+  // neither do a client that waits for "+" (a synchronizing literal, IDLE,
+  // AUTHENTICATE): that answer carries the ACK.
+  if (command_framer_.atCommandStart() || command_framer_.awaitingContinuation() ||
+      command_framer_.idling() || command_framer_.authenticating()) {
+    return false;
+  }
+  // Inside a literal body only after a small read: a client streaming a big
+  // literal sends full segments, which the kernel acknowledges itself
+  // (Linux's Nagle, Minshall's variant, only holds a small write behind an
+  // unacknowledged small one), so a large upload pays no syscall per read.
+  return !command_framer_.inLiteral() || read_size < kSmallClientRead;
 }
 
 void Session::relayFromBackend(Chunk chunk) {

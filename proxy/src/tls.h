@@ -104,6 +104,7 @@ class TlsTransport final : public Transport, public TransportHandler {
   // plaintext it keeps (SSL_OP_CLEANSE_PLAINTEXT). The inner transport
   // carries only ciphertext and never wipes.
   void setCarriesSecrets(bool on) override;
+  void acknowledgeNow() override { inner_->acknowledgeNow(); }  // the TCP connection's ACK
   const sockaddr_storage& peerAddress() const override { return inner_->peerAddress(); }
   const sockaddr_storage& localAddress() const override { return inner_->localAddress(); }
 

@@ -53,6 +53,13 @@ class Transport {
   // held it are zeroed before they are reused or freed. The session turns
   // it off once the login is over, so the relay pays nothing for it.
   virtual void setCarriesSecrets(bool on) = 0;
+  // Acknowledge what was read now instead of after the kernel's delayed-ACK
+  // timer (TCP_QUICKACK, one syscall). For a peer that is in the middle of
+  // sending something and (Nagle on, as Python's imaplib leaves it) holds
+  // its next small write until the last one is acknowledged: the literal
+  // then its CRLF. Never needed when an answer follows at once (the ACK
+  // rides on it), so the session asks only when a read ends mid-command.
+  virtual void acknowledgeNow() {}
   virtual const sockaddr_storage& peerAddress() const = 0;
   virtual const sockaddr_storage& localAddress() const = 0;
 };

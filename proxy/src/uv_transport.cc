@@ -1,5 +1,7 @@
 #include "uv_transport.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -172,6 +174,18 @@ void UvTcpTransport::onRead(uv_stream_t* stream, ssize_t nread, const uv_buf_t* 
     return;
   }
   t->closeWithReason(nread == UV_EOF ? "closed by peer" : uv_strerror(static_cast<int>(nread)));
+}
+
+void UvTcpTransport::acknowledgeNow() {
+  uv_os_fd_t fd;
+  if (closed_ || !connected_ || uv_fileno(reinterpret_cast<uv_handle_t*>(&tcp_), &fd) != 0) {
+    return;
+  }
+  // Linux sends the pending delayed ACK at once when TCP_QUICKACK is set
+  // (and leaves "pingpong" mode until data goes out again). Best effort: a
+  // failure only means the ACK comes with the timer, as before.
+  int on = 1;
+  (void)::setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &on, sizeof(on));
 }
 
 void UvTcpTransport::write(Chunk chunk) {

@@ -41,6 +41,7 @@ class UvTcpTransport final : public Transport {
   void shutdown() override;
   void close() override;
   void setCarriesSecrets(bool on) override { secrets_ = on; }
+  void acknowledgeNow() override;
   const sockaddr_storage& peerAddress() const override { return peer_; }
   const sockaddr_storage& localAddress() const override { return local_; }
 

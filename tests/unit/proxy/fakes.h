@@ -221,6 +221,10 @@ class FakeTransport final : public Transport {
     check("setCarriesSecrets");
     carries_secrets_ = on;
   }
+  void acknowledgeNow() override {
+    check("acknowledgeNow");
+    ++acks_now_;
+  }
   const sockaddr_storage& peerAddress() const override { return peer_; }
   const sockaddr_storage& localAddress() const override { return local_; }
 
@@ -242,6 +246,7 @@ class FakeTransport final : public Transport {
   const std::string& writtenAfterOwnClose() const { return written_after_own_close_; }
   bool paused() const { return paused_; }
   bool carriesSecrets() const { return carries_secrets_; }
+  int acksNow() const { return acks_now_; }  // acknowledgeNow() calls
   bool shutdownCalled() const { return shutdown_called_; }
   bool closeCalled() const { return close_called_; }
   bool closing() const { return close_queued_; }
@@ -358,6 +363,7 @@ class FakeTransport final : public Transport {
   std::string held_;
   std::size_t queued_ = 0;
   std::size_t high_watermark_ = 0;
+  int acks_now_ = 0;
   bool paused_ = false;
   bool carries_secrets_ = true;  // the Transport default
   bool shutdown_called_ = false;

@@ -988,6 +988,46 @@ TEST_F(SessionTest, RelayPassesBytesUnchangedBothWays) {
   EXPECT_EQ(commandStats(CommandId::kFETCH).count.get(), 1u);
 }
 
+TEST_F(SessionTest, AcknowledgesAtOnceOnlyWhenTheClientSendsMoreUnasked) {
+  start();
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  const int before = client_->acksNow();
+  // Whole commands: the answer carries the ACK, no syscall for it.
+  client_->deliver("a2 NOOP\r\na3 SELECT INBOX\r\n");
+  EXPECT_EQ(client_->acksNow(), before);
+  // A synchronizing literal: the client waits for "+", which carries the ACK.
+  client_->deliver("a4 APPEND INBOX {12}\r\n");
+  EXPECT_EQ(client_->acksNow(), before);
+  backend->deliver("+ Ready for literal data\r\n");
+  // imaplib: the literal in one write, its CRLF in the next. Nothing answers
+  // the literal, so it is acknowledged at once (or a client with Nagle on
+  // holds the CRLF for the delayed-ACK timer).
+  client_->deliver("Hello world!");
+  EXPECT_EQ(client_->acksNow(), before + 1);
+  client_->deliver("\r\n");
+  EXPECT_EQ(client_->acksNow(), before + 1);
+  // A line split over reads, or a small part of a literal body: likewise.
+  client_->deliver("a5 NO");
+  EXPECT_EQ(client_->acksNow(), before + 2);
+  client_->deliver("OP\r\na6 APPEND INBOX {40000+}\r\nsmall part");
+  EXPECT_EQ(client_->acksNow(), before + 3);
+  // A large read inside a literal: a client streaming full segments, which
+  // the kernel acknowledges by itself.
+  client_->deliver(std::string(Session::kSmallClientRead, 'x'));
+  EXPECT_EQ(client_->acksNow(), before + 3);
+  client_->deliver(std::string(40000 - 10 - Session::kSmallClientRead, 'y') + "\r\n");
+  EXPECT_EQ(client_->acksNow(), before + 3);
+  // IDLE: the client waits for "+ idling".
+  client_->deliver("a7 IDLE\r\n");
+  EXPECT_EQ(client_->acksNow(), before + 3);
+  EXPECT_EQ(backend->takeWritten().size(),
+            std::string("a2 NOOP\r\na3 SELECT INBOX\r\na4 APPEND INBOX {12}\r\nHello world!\r\n"
+                        "a5 NOOP\r\na6 APPEND INBOX {40000+}\r\n")
+                    .size() +
+                40000 + 2 + std::string("a7 IDLE\r\n").size());
+}
+
 TEST_F(SessionTest, ProcessingTimeIsMeasuredOnTheFakeClock) {
   start();
   FakeTransport* backend = loginToRelay();
