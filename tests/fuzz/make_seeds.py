@@ -6,8 +6,9 @@ Each seed is a small, meaningful input in the target's own layout (see the
 comment at the top of each tests/fuzz/*_fuzz.cc): real IMAP command lines,
 a LOGIN with literals, AUTHENTICATE with and without SASL-IR, ID, IDLE,
 STARTTLS, server responses with FETCH literals, HTTP requests to the status
-endpoint, admin socket lines and inbound PROXY protocol headers. .ci/run starts every fuzz target from its
-seeds (and from the corpus it grew before, in build-fuzz/corpus-<target>).
+endpoint, admin socket lines and inbound PROXY protocol headers. .ci/run
+starts every fuzz target from its seeds (and from the corpus it grew
+before, in build-fuzz/corpus-<target>).
 """
 
 import base64
