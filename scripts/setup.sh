@@ -106,10 +106,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt_update
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
   # The lookup and fleet tests start their own nginx, redis-server and
-  # haproxy on loopback ports. The system services these packages just installed are not
-  # wanted (nginx's default site listens on port 80 of every address), so
-  # they are stopped and disabled where systemd started them. Services that
-  # were installed before this run are left alone.
+  # haproxy on loopback ports. The system services these packages just
+  # installed are not wanted (nginx's default site listens on port 80 of
+  # every address), so they are stopped and disabled where systemd started
+  # them. Services that were installed before this run are left alone.
   for service in nginx redis-server haproxy; do
     if [[ " ${missing[*]} " == *" $service "* ]] && command -v systemctl >/dev/null 2>&1 &&
       systemctl is-enabled --quiet "$service" 2>/dev/null; then

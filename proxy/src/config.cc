@@ -613,8 +613,8 @@ void ConfigReader::readProxyProtocol(const toml::table& t, ListenConfig& listen)
       }
     }
   }
-  if (listen.proxy_protocol && (node == nullptr || node->as_array() == nullptr ||
-                                node->as_array()->empty())) {
+  if (listen.proxy_protocol &&
+      (node == nullptr || node->as_array() == nullptr || node->as_array()->empty())) {
     error(lineOf(*t.get("proxy_protocol")),
           "'proxy_protocol = true' needs 'trusted_networks' (the load balancers' addresses)");
   } else if (!listen.proxy_protocol && node != nullptr) {

@@ -22,8 +22,8 @@ InboundProxyReader::InboundProxyReader(InboundProxyHost& host, Transport* transp
   timer_ = timers([this] {
     refuse(parser_.bytesSeen() == 0
                ? fmt::format("no PROXY header within {} ms", timeout_.count())
-               : fmt::format("PROXY header not complete within {} ms ({} bytes)",
-                             timeout_.count(), parser_.bytesSeen()));
+               : fmt::format("PROXY header not complete within {} ms ({} bytes)", timeout_.count(),
+                             parser_.bytesSeen()));
   });
   transport_->setHandler(this);
   timer_->arm(timeout);

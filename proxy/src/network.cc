@@ -65,8 +65,8 @@ std::optional<Network> parseNetwork(std::string_view text, std::string& error) {
   }
   const unsigned max = n.ipv6 ? 128 : 32;
   if (prefix.value_or(max) > max) {
-    error = "prefix length over " + std::to_string(max) + " in network \"" + std::string(text) +
-            "\"";
+    error =
+        "prefix length over " + std::to_string(max) + " in network \"" + std::string(text) + "\"";
     return std::nullopt;
   }
   n.prefix = static_cast<std::uint8_t>(prefix.value_or(max));

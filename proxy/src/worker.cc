@@ -471,9 +471,9 @@ void Worker::armProxyRefusalFlush() {
     });
   }
   uv_update_time(&loop_);
-  proxy_refused_flush_->arm(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                shared_.proxy_refused.interval()) +
-                            std::chrono::milliseconds(1));
+  proxy_refused_flush_->arm(
+      std::chrono::duration_cast<std::chrono::milliseconds>(shared_.proxy_refused.interval()) +
+      std::chrono::milliseconds(1));
 }
 
 void Worker::admit(const std::string& address, Transport* transport, Chunk rest) {

@@ -2,7 +2,8 @@
 Portico nodes: the load balancer of the fleet tests (issue 11).
 
     lb = HAProxy()
-    port = lb.add_frontend("imap", [("127.0.0.1", p1.port), ("127.0.0.1", p2.port)],
+    port = lb.add_frontend("imap", [("127.0.0.1", p1.port, p1.status_port),
+                                    ("127.0.0.1", p2.port, p2.status_port)],
                            send_proxy="v2", check=True)
     lb.start()
     ...
@@ -11,9 +12,12 @@ Portico nodes: the load balancer of the fleet tests (issue 11).
 Each frontend listens on its own free port of 127.0.0.1 and balances
 (roundrobin) over its servers, sending each a PROXY header: ``send_proxy``
 "v1" (``send-proxy``), "v2" (``send-proxy-v2``) or None (no header).
-``check=True`` adds HAProxy's TCP health checks (connect only, no header:
-Portico closes those without a log line), so a killed node leaves the
-rotation within about a second. HAProxy runs in the foreground (-db) in
+``check=True`` adds HAProxy's health checks every 300 ms (down after 2
+failures, up after 1), so a killed node leaves the rotation within about a
+second: for a server given as (host, port, status_port), an HTTP check of
+Portico's ``GET /readyz`` on that port (so a node that takes itself out of
+rotation leaves it too); for (host, port), a TCP check, which with a PROXY
+header option sends a v2 LOCAL header and gets a greeting. HAProxy runs in the foreground (-db) in
 its own process group; its stderr goes to ``log_path``. ``start()`` returns
 once every frontend accepts connections; ``stop()`` is SIGTERM (SIGKILL
 after a bound), ``kill()`` SIGKILL. Every wait is bounded.
@@ -80,9 +84,12 @@ class HAProxy:
         self.frontends: dict = {}  # name -> (port, servers, send_proxy, check)
         self.proc: Optional[subprocess.Popen] = None
 
-    def add_frontend(self, name: str, servers: Iterable[Tuple[str, int]],
+    def add_frontend(self, name: str, servers: Iterable[tuple],
                      send_proxy: Optional[str] = "v2", check: bool = False) -> int:
-        """Adds a frontend; returns its port. Call before start()."""
+        """Adds a frontend; returns its port. Call before start(). `servers`:
+        (host, port) or (host, port, status_port) each, all of one kind."""
+        servers = list(servers)
+        assert len({len(s) for s in servers}) <= 1, "mixed server kinds"
         assert send_proxy in ("v1", "v2", None), send_proxy
         port = free_port()
         self.frontends[name] = (port, list(servers), send_proxy, check)
@@ -98,8 +105,15 @@ class HAProxy:
             out.append("frontend fe_%s\n  bind 127.0.0.1:%d\n  default_backend be_%s\n"
                        % (name, port, name))
             out.append("backend be_%s\n  balance roundrobin\n" % name)
-            for i, (host, server_port) in enumerate(servers):
-                checks = " check inter 300ms fall 2 rise 1" if check else ""
+            if check and all(len(s) == 3 for s in servers):
+                out.append("  option httpchk GET /readyz\n")
+            for i, server in enumerate(servers):
+                host, server_port = server[0], server[1]
+                checks = ""
+                if check:
+                    checks = " check inter 300ms fall 2 rise 1"
+                    if len(server) == 3:
+                        checks += " port %d" % server[2]
                 out.append("  server s%d %s:%d%s%s\n"
                            % (i, host, server_port, option[send_proxy], checks))
             out.append("\n")

@@ -16,14 +16,19 @@ from a peer outside trusted_networks, and a header sent a byte at a time.
 None of them may see a greeting.
 """
 
+import json
+import os
 import re
+import signal
 import socket
 import ssl
+import subprocess
 import time
+import urllib.request
 
 import pytest
 
-from harness import PASSWORD, Dovecot, free_port, quote
+from harness import PASSWORD, Dovecot, free_port, quote, read_protocol_log, wait_until
 from haproxy_harness import HAProxy, connect_from, wait_closed
 from tls_certs import TestPki
 
@@ -126,7 +131,9 @@ def test_client_address_through_haproxy(portico_factory, haproxy, pki, dovecot, 
                                         backend, user):
     port = free_port()
     extra = {"tls": "implicit", "cert": str(pki.mail.cert), "key": str(pki.mail.key)} if tls else {}
-    p = portico_factory([], config=node_config(dovecot, [proxy_listener(port, **extra)], backend))
+    cfg = node_config(dovecot, [proxy_listener(port, **extra)], backend)
+    cfg["protocol_log"] = {"enabled": True}
+    p = portico_factory([], config=cfg)
     lb = haproxy()
     lb_port = lb.add_frontend("imap", [("127.0.0.1", port)], send_proxy=send_proxy)
     lb.start()
@@ -162,6 +169,12 @@ def test_client_address_through_haproxy(portico_factory, haproxy, pki, dovecot, 
                                % (user, re.escape(CLIENT_IP), client_port)))
     p.wait_for_line(re.compile(r"session end id=\w+ client=%s:%d user=%s "
                                % (re.escape(CLIENT_IP), client_port, user)))
+    # And the protocol log's client column.
+    def mine(rows):
+        return [r for r in rows if r["user"] == user]
+    assert wait_until(lambda: mine(read_protocol_log(p.workdir / "log")), 5)
+    addresses = {r["cIp"] for r in mine(read_protocol_log(p.workdir / "log"))}
+    assert addresses == {"%s:%d" % (CLIENT_IP, client_port)}, addresses
 
 
 def test_per_ip_limit_counts_the_client_behind_haproxy(portico_factory, haproxy, dovecot):
@@ -238,6 +251,19 @@ def test_untrusted_peer_is_refused_until_reload_trusts_it(portico_factory, dovec
     assert data == b""
     p.wait_for_line(re.compile(r"proxy_protocol: connection from 127\.0\.0\.1:\d+ to 127\.0\.0\.1:%d "
                                r"closed without greeting: peer not in trusted_networks" % port))
+
+    # A reload that breaks the pairing is refused as a whole, with the reason.
+    broken = node_config(dovecot, [proxy_listener(port, trusted=[])])
+    p.config = broken
+    p.write_config()
+    since = len(p.lines())
+    os.kill(p.pid, signal.SIGHUP)
+    p.wait_for_line("'proxy_protocol = true' needs 'trusted_networks'", since=since)
+    p.wait_for_line("reload: failed, keeping the running configuration", since=since)
+    # --check-config says the same of that file.
+    check = subprocess.run([p.binary, "--check-config", str(p.config_path)], capture_output=True,
+                           text=True, timeout=30)
+    assert check.returncode == 1 and "needs 'trusted_networks'" in check.stderr, check
 
     # SIGHUP: the listener's change is named and applies to new connections.
     p.reload(node_config(dovecot, [proxy_listener(port, trusted=["127.0.0.0/8", "10.0.0.0/8"])]))
@@ -342,3 +368,64 @@ def test_bytes_sent_with_the_header_are_not_lost(portico_factory, pki, dovecot, 
         assert clients == ["192.0.2.1:5555"], clients
     finally:
         sock.close()
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_proxy_test_probe_reaches_a_proxy_protocol_listener(portico_factory, pki, dovecot, tls):
+    """Portico's own ImapProxyTestProbe dials its listener: behind a load
+    balancer it sends a PROXY v2 LOCAL header first (before the ClientHello
+    with implicit TLS), else every node would take itself out of rotation."""
+    port = free_port()
+    extra = {"tls": "implicit", "cert": str(pki.mail.cert), "key": str(pki.mail.key)} if tls else {}
+    cfg = node_config(dovecot, [proxy_listener(port, **extra)])
+    cfg["health"] = {"probe": {"ImapProxyTestProbe": {"interval": "300ms", "timeout": "2s",
+                                                      "retries": 0}}}
+    p = portico_factory([], config=cfg)
+    url = "http://127.0.0.1:%d/probes/IMAP.Proxy/ImapProxyTestProbe?target=" % p.status_port
+    results = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(results) < 2:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            results = json.loads(r.read())["Targets"][0]["Results"]
+        time.sleep(0.1)
+    assert len(results) >= 2, results
+    assert all(r["ResultType"] == "Succeeded" for r in results), results
+    assert p.count_lines("closed without greeting") == 0, p.log_tail()
+
+
+def test_haproxy_checks_take_a_dead_node_out(portico_factory, haproxy, dovecot):
+    """The fleet topology's front: HAProxy over two nodes, checking each
+    node's /readyz; a killed node leaves the rotation and every new client
+    lands on the other, with its own address."""
+    nodes = []
+    for _ in range(2):
+        port = free_port()
+        nodes.append(portico_factory([], config=node_config(dovecot, [proxy_listener(port)]),
+                                     listen_port=port))
+    lb = haproxy()
+    lb_port = lb.add_frontend("imap", [("127.0.0.1", n.port, n.status_port) for n in nodes],
+                              send_proxy="v2", check=True)
+    lb.start()
+    nodes[0].kill()
+
+    def greets() -> bool:
+        s = connect_from(CLIENT_IP, lb_port, timeout=2)
+        try:
+            return read_line(s).startswith(b"* OK")
+        except OSError:
+            return False
+        finally:
+            s.close()
+
+    # Until HAProxy notices, a client may land on the dead node.
+    assert wait_until(lambda: all(greets() for _ in range(4)), 10), lb.log_text()[-2000:]
+    ports = []
+    for _ in range(3):
+        s = connect_from(CLIENT_IP, lb_port)
+        try:
+            assert read_line(s).startswith(b"* OK")
+            ports.append(s.getsockname()[1])
+            clients = [x["client"] for x in nodes[1].admin("sessions")["sessions"]]
+            assert "%s:%d" % (CLIENT_IP, ports[-1]) in clients, clients
+        finally:
+            s.close()
