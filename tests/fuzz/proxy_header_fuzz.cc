@@ -7,8 +7,9 @@
 // (every piece ends at a guard page); consumed <= input; need_more takes
 // all of it; kDone and kError are sticky and take nothing; the same result
 // at the same offset whole, byte by byte and under an input-chosen split; a
-// parsed header is never longer than the bound (v1: 107 bytes), its size is
-// the offset where the parser stopped, and it has a version of 1 or 2.
+// parsed v2 header is never longer than the bound and a v1 line never longer
+// than 107 bytes, its size is the offset where the parser stopped, and it
+// has a version of 1 or 2.
 
 #include <cstdint>
 #include <cstdio>
@@ -102,8 +103,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const Outcome whole = run(stream, {0}, guard, max_size);
   if (whole.status == ProxyParseStatus::kDone) {
     const ProxyHeader& h = whole.header;
-    if (h.size != whole.offset || h.size > max_size || (h.version == 1 && h.size > 107) ||
-        (h.version != 1 && h.version != 2)) {
+    if (h.size != whole.offset || (h.version == 2 && h.size > max_size) ||
+        (h.version == 1 && h.size > kProxyV1MaxLine) || (h.version != 1 && h.version != 2)) {
       fail("inconsistent header", whole.offset);
     }
   } else if (whole.status == ProxyParseStatus::kError) {

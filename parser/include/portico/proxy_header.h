@@ -11,9 +11,10 @@
 //   result at the same stream offset. It never consumes a byte past the
 //   header: what follows (an IMAP command, a TLS ClientHello) stays with the
 //   caller.
-// - Bounded: a header longer than the max_size given to the constructor
-//   (v2: 16 + its length field; v1: never more than 107 bytes) is an error
-//   as soon as its length is known, before its bytes arrive.
+// - Bounded: a v2 header longer than the max_size given to the constructor
+//   (16 + its length field) is an error as soon as its length is known,
+//   before its bytes arrive; a v1 line is an error past 107 bytes, whatever
+//   max_size says.
 // - Errors are final: after kError every feed() returns kError and takes
 //   nothing; after kDone every feed() returns kDone and takes nothing.
 // - What is believed: a v2 LOCAL header, a v1 UNKNOWN line and a v2 PROXY
