@@ -40,6 +40,7 @@ PACKAGES=(
   chromium fonts-dejavu-core python3-prometheus-client
   libsystemd-dev systemd dpkg-dev groff-base man-db bash-completion
   libhiredis-dev zlib1g-dev redis-server nginx libnginx-mod-mail
+  haproxy
 )
 
 SUDO=""
@@ -104,12 +105,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   apt_update
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-  # The lookup tests start their own nginx and redis-server on loopback
-  # ports. The system services these packages just installed are not
-  # wanted (nginx's default site listens on port 80 of every address), so
-  # they are stopped and disabled where systemd started them. Services that
-  # were installed before this run are left alone.
-  for service in nginx redis-server; do
+  # The lookup and fleet tests start their own nginx, redis-server and
+  # haproxy on loopback ports. The system services these packages just
+  # installed are not wanted (nginx's default site listens on port 80 of
+  # every address), so they are stopped and disabled where systemd started
+  # them. Services that were installed before this run are left alone.
+  for service in nginx redis-server haproxy; do
     if [[ " ${missing[*]} " == *" $service "* ]] && command -v systemctl >/dev/null 2>&1 &&
       systemctl is-enabled --quiet "$service" 2>/dev/null; then
       echo "setup: disabling the $service system service (tests start their own)"

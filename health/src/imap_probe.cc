@@ -199,6 +199,9 @@ void ImapProbe::onConnect(uv_connect_t* req, int status) {
     probe->attemptFailed(fmt::format("read failed: {}", uv_strerror(rc)));
     return;
   }
+  if (!probe->spec_.preamble.empty()) {
+    probe->writeRaw(probe->spec_.preamble);
+  }
   if (implicit) {
     probe->startHandshake();
   }

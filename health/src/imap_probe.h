@@ -56,6 +56,9 @@ struct ImapProbeSpec {
 
   Endpoint endpoint;
   ProbeTlsSettings tls;  // mode kNone: plain IMAP
+  // Sent in the clear right after connecting, before the TLS handshake or
+  // the greeting: a PROXY protocol header for a proxy_protocol listener.
+  std::string preamble;
   // LOGIN (quoted strings) and then SELECT INBOX; no login without a user.
   bool login = false;
   bool select = false;

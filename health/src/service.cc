@@ -60,8 +60,8 @@ MonitorSettings HealthService::Impl::monitorSettings(const std::string& name) co
 void HealthService::Impl::build() {
   std::map<ProbeKey, ProbeDefinition> next;
   auto add = [&](const char* probe, const char* set, const char* monitor, const std::string& target,
-                 const Endpoint& endpoint, const ProbeTlsSettings& tls,
-                 const BackendTarget* login) {
+                 const Endpoint& endpoint, const ProbeTlsSettings& tls, const BackendTarget* login,
+                 const std::string& preamble) {
     ProbeDefinition def;
     def.probe = probe;
     def.health_set = set;
@@ -73,6 +73,7 @@ void HealthService::Impl::build() {
     def.spec.target = target;
     def.spec.endpoint = endpoint;
     def.spec.tls = tls;
+    def.spec.preamble = preamble;
     if (login != nullptr) {
       def.spec.login = true;
       def.spec.select = true;
@@ -83,19 +84,19 @@ void HealthService::Impl::build() {
   };
   if (config_.proxy_listener.port != 0) {
     add("ImapProxyTestProbe", "IMAP.Proxy", "ImapProxyTestMonitor", "", config_.proxy_listener,
-        config_.proxy_listener_tls, nullptr);
+        config_.proxy_listener_tls, nullptr, config_.proxy_listener_preamble);
   }
   for (const BackendTarget& b : config_.backends) {
     const bool full = !b.probe_user.empty();
     if (full && config_.proxy_listener.port != 0) {
       add("ImapCTPProbe", "IMAP", "ImapCTPMonitor", b.name, config_.proxy_listener,
-          config_.proxy_listener_tls, &b);
+          config_.proxy_listener_tls, &b, config_.proxy_listener_preamble);
     }
     add("ImapSelfTestProbe", "IMAP.Protocol", "ImapSelfTestMonitor", b.name, b.address, b.tls,
-        nullptr);
+        nullptr, "");
     if (full) {
-      add("ImapDeepTestProbe", "IMAP.Protocol", "ImapDeepTestMonitor", b.name, b.address, b.tls,
-          &b);
+      add("ImapDeepTestProbe", "IMAP.Protocol", "ImapDeepTestMonitor", b.name, b.address, b.tls, &b,
+          "");
     }
   }
   // Keep what stays; cancel and close what goes.

@@ -174,6 +174,7 @@ class ConfigReader {
   bool readTls(const toml::table& t, std::string_view key, TlsMode& out);
 
   void readListeners(const toml::table& root, Config& config);
+  void readProxyProtocol(const toml::table& t, ListenConfig& listen);
   void readBackends(const toml::table& root, Config& config);
   void readRouting(const toml::table* routing, Config& config);
   void readMapFile(const std::string& file, std::uint32_t config_line, Config& config);
@@ -527,7 +528,9 @@ void ConfigReader::readListeners(const toml::table& root, Config& config) {
   std::map<std::string, std::uint32_t> seen;
   for (const toml::node& node : *listeners) {
     const toml::table& t = *node.as_table();
-    checkKeys(t, {"address", "tls", "cert", "key", "require_tls", "tls_min_version", "certificate"},
+    checkKeys(t,
+              {"address", "tls", "cert", "key", "require_tls", "tls_min_version", "certificate",
+               "proxy_protocol", "trusted_networks"},
               "in [[listen]]");
     ListenConfig listen;
     if (t.get("address") == nullptr) {
@@ -584,7 +587,39 @@ void ConfigReader::readListeners(const toml::table& root, Config& config) {
       error(lineOf(*t.get("require_tls")),
             "'require_tls' needs tls = \"starttls\" or \"implicit\" on this listener");
     }
+    readProxyProtocol(t, listen);
     config.listen.push_back(std::move(listen));
+  }
+}
+
+// proxy_protocol and trusted_networks: each needs the other, so that a
+// listener never believes a header from just anyone.
+void ConfigReader::readProxyProtocol(const toml::table& t, ListenConfig& listen) {
+  readBool(t, "proxy_protocol", listen.proxy_protocol);
+  const toml::node* node = t.get("trusted_networks");
+  if (node != nullptr) {
+    const toml::array* list = node->as_array();
+    if (list == nullptr) {
+      error(lineOf(*node), "expected an array of strings for 'trusted_networks'");
+      return;
+    }
+    for (const toml::node& item : *list) {
+      std::string message;
+      const auto* text = item.as_string();
+      auto network = text != nullptr ? parseNetwork(text->get(), message) : std::nullopt;
+      if (!network) {
+        error(lineOf(item), text != nullptr ? message : "expected a string in 'trusted_networks'");
+      } else {
+        listen.trusted_networks.push_back(*network);
+      }
+    }
+  }
+  if (listen.proxy_protocol &&
+      (node == nullptr || node->as_array() == nullptr || node->as_array()->empty())) {
+    error(lineOf(*t.get("proxy_protocol")),
+          "'proxy_protocol = true' needs 'trusted_networks' (the load balancers' addresses)");
+  } else if (!listen.proxy_protocol && node != nullptr) {
+    error(lineOf(*node), "'trusted_networks' needs 'proxy_protocol = true' on this listener");
   }
 }
 

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "lookup/lookup_config.h"
+#include "network.h"
 
 namespace portico::proxy {
 
@@ -46,6 +47,11 @@ struct ListenConfig {
   std::vector<CertificateConfig> certificates;  // more, by SNI name: [[listen.certificate]]
   bool require_tls = false;                     // starttls: LOGINDISABLED until STARTTLS
   std::string tls_min_version = "TLSv1.2";      // TLSv1.2 | TLSv1.3
+  // Inbound PROXY protocol (v1/v2) from a load balancer: every connection
+  // starts with a header, accepted only from a peer in trusted_networks
+  // (required with it), bounded by timeouts.tls_handshake.
+  bool proxy_protocol = false;
+  std::vector<Network> trusted_networks;
 };
 
 struct BackendConfig {

@@ -1,5 +1,7 @@
 #include "health_glue.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -26,6 +28,41 @@ health::Endpoint probeAddress(const HostPort& listen) {
     e.host = "::1";
   }
   return e;
+}
+
+// Whether a proxy_protocol listener takes a connection from its own probe:
+// a local connection's source is the address it dials.
+bool trustsItsProbe(const ListenConfig& listen) {
+  health::Endpoint e = probeAddress(listen.address);
+  sockaddr_storage address{};
+  address.ss_family = e.ipv6 ? AF_INET6 : AF_INET;
+  void* bytes = e.ipv6 ? static_cast<void*>(&reinterpret_cast<sockaddr_in6*>(&address)->sin6_addr)
+                       : static_cast<void*>(&reinterpret_cast<sockaddr_in*>(&address)->sin_addr);
+  return ::inet_pton(address.ss_family, e.host.c_str(), bytes) == 1 &&
+         networksContain(listen.trusted_networks, address);
+}
+
+// The listener the proxy test and CTP probes dial: the first that clients
+// reach directly; else the first behind a load balancer that trusts the
+// probe's own address (the probe then sends a PROXY v2 LOCAL header, so its
+// session keeps that address); else the first, with a warning.
+const ListenConfig& probedListener(const Config& config) {
+  for (const ListenConfig& l : config.listen) {
+    if (!l.proxy_protocol) {
+      return l;
+    }
+  }
+  for (const ListenConfig& l : config.listen) {
+    if (trustsItsProbe(l)) {
+      return l;
+    }
+  }
+  const ListenConfig& first = config.listen.front();
+  logging::log(logging::Level::kWarn, "health",
+               "every [[listen]] has proxy_protocol and none trusts its own address: "
+               "ImapProxyTestProbe of {} will be refused; add {} to its trusted_networks",
+               first.address.text(), probeAddress(first.address).host);
+  return first;
 }
 
 std::optional<std::string> readSecret(const std::string& path) {
@@ -62,8 +99,11 @@ health::HealthConfig makeHealthConfig(const Config& config) {
     h.server_name = host;
   }
   if (!config.listen.empty()) {
-    const ListenConfig& listen = config.listen.front();
+    const ListenConfig& listen = probedListener(config);
     h.proxy_listener = probeAddress(listen.address);
+    if (listen.proxy_protocol) {
+      h.proxy_listener_preamble = std::string("\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00", 16);
+    }
     // Our own listener: its certificate chain file is the trust anchor
     // (partial chain, so a leaf or intermediate in it will do); no name
     // check, as the probe does not know which name the certificate carries

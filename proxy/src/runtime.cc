@@ -79,6 +79,20 @@ std::string describeChange(const ListenConfig& a, const ListenConfig& b) {
       a.tls_min_version != b.tls_min_version) {
     add(fmt::format("tls_min_version {} -> {}", a.tls_min_version, b.tls_min_version));
   }
+  if (a.proxy_protocol != b.proxy_protocol) {
+    add(fmt::format("proxy_protocol {} -> {}", a.proxy_protocol, b.proxy_protocol));
+  }
+  if (a.trusted_networks != b.trusted_networks) {
+    auto list = [](const std::vector<Network>& networks) {
+      std::string text;
+      for (const Network& n : networks) {
+        text += (text.empty() ? "" : " ") + n.text();
+      }
+      return "[" + text + "]";
+    };
+    add(fmt::format("trusted_networks {} -> {}", list(a.trusted_networks),
+                    list(b.trusted_networks)));
+  }
   return out;
 }
 

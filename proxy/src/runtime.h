@@ -77,6 +77,9 @@ struct SharedState {
   // across all workers, each with its count.
   LogThrottle accept_refused{std::chrono::seconds(1)};
   LogThrottle accept_paused{std::chrono::seconds(1)};
+  // Connections a proxy_protocol listener closed without a greeting (peer
+  // not trusted, no or a bad PROXY header): one line a second, counted.
+  LogThrottle proxy_refused{std::chrono::seconds(1)};
   // Protocol logging: which sessions, and the writer (null: not available).
   ProtocolTrace trace;
   std::atomic<logging::ProtocolLog*> protocol_log{nullptr};

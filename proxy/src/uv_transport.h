@@ -44,6 +44,12 @@ class UvTcpTransport final : public Transport {
   void acknowledgeNow() override;
   const sockaddr_storage& peerAddress() const override { return peer_; }
   const sockaddr_storage& localAddress() const override { return local_; }
+  // The client's addresses as a trusted PROXY header gave them: from then
+  // on peerAddress() and localAddress() report these, not the balancer's.
+  void setProxiedAddresses(const sockaddr_storage& peer, const sockaddr_storage& local) {
+    peer_ = peer;
+    local_ = local;
+  }
 
   // How long shutdown() may take to flush before the connection is dropped.
   static constexpr std::uint64_t kShutdownFlushMs = 5'000;

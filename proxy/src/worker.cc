@@ -393,28 +393,98 @@ TimerFactory Worker::timerFactory() {
 }
 
 void Worker::serve(Listener& listener, int fd) {
-  Transport* transport = UvTcpTransport::adopt(&loop_, fd, pool_);
-  if (transport == nullptr) {
+  UvTcpTransport* tcp = UvTcpTransport::adopt(&loop_, fd, pool_);
+  if (tcp == nullptr) {
     return;
   }
   const Config& cfg = config_->config;
-  std::string ip = ipOf(transport->peerAddress());
   if (stopping_) {
-    reject(transport, "* BYE Server shutting down.\r\n");
+    reject(tcp, "* BYE Server shutting down.\r\n");
     return;
   }
   // Settings by address: a reload may have reordered, added or removed
   // entries; a socket whose entry is gone is being closed.
   auto entry = config_->listener_index.find(listener.address);
   if (entry == config_->listener_index.end()) {
-    reject(transport, "* BYE [UNAVAILABLE] This address is no longer served.\r\n");
+    reject(tcp, "* BYE [UNAVAILABLE] This address is no longer served.\r\n");
     return;
   }
   if (shared_.connections.fetch_add(1, std::memory_order_relaxed) >= cfg.limits.max_connections) {
     shared_.connections.fetch_sub(1, std::memory_order_relaxed);
     logging::log(logging::Level::kWarn, "worker", "connection from {} refused: max_connections {}",
-                 formatAddress(transport->peerAddress()), cfg.limits.max_connections);
-    reject(transport, "* BYE [UNAVAILABLE] Too many connections, try again later.\r\n");
+                 formatAddress(tcp->peerAddress()), cfg.limits.max_connections);
+    reject(tcp, "* BYE [UNAVAILABLE] Too many connections, try again later.\r\n");
+    return;
+  }
+  const ListenConfig& lc = cfg.listen[entry->second];
+  if (lc.proxy_protocol) {
+    // Only a load balancer may speak here, and it speaks first: nothing is
+    // written until its header has named the client.
+    if (!networksContain(lc.trusted_networks, tcp->peerAddress())) {
+      shared_.connections.fetch_sub(1, std::memory_order_relaxed);
+      stats_.connections_rejected.add();
+      logProxyRefusal(shared_.proxy_refused, tcp->peerAddress(), listener.address,
+                      "peer not in trusted_networks");
+      armProxyRefusalFlush();
+      tcp->setHandler(&g_reject_handler);
+      tcp->close();
+      return;
+    }
+    readers_.insert(new InboundProxyReader(*this, tcp, listener.address, timerFactory(),
+                                           cfg.timeouts.tls_handshake, shared_.proxy_refused));
+    return;
+  }
+  admit(listener.address, tcp, Chunk());
+}
+
+void Worker::headerRead(InboundProxyReader* reader, Transport* transport,
+                        const sockaddr_storage& client, const sockaddr_storage& local, Chunk rest) {
+  readers_.erase(reader);
+  // Every reader runs over an accepted UvTcpTransport (serve()).
+  static_cast<UvTcpTransport*>(transport)->setProxiedAddresses(client, local);
+  admit(reader->listener(), transport, std::move(rest));
+}
+
+void Worker::closed(InboundProxyReader* reader) {
+  readers_.erase(reader);
+  shared_.connections.fetch_sub(1, std::memory_order_relaxed);
+  stats_.connections_rejected.add();
+  armProxyRefusalFlush();
+  maybeStop();
+}
+
+void Worker::armProxyRefusalFlush() {
+  if (shared_.proxy_refused.pending() == 0 || stopping_) {
+    return;
+  }
+  if (!proxy_refused_flush_) {
+    proxy_refused_flush_ = createTimer([this] {
+      std::uint64_t count = shared_.proxy_refused.flush(std::chrono::steady_clock::now());
+      if (count > 0) {
+        logging::log(logging::Level::kWarn, "worker",
+                     "proxy_protocol: {} more connection{} closed without greeting (see the line "
+                     "before)",
+                     count, count == 1 ? "" : "s");
+      } else if (shared_.proxy_refused.pending() > 0) {
+        proxy_refused_flush_->arm(std::chrono::milliseconds(100));
+      }
+    });
+  }
+  uv_update_time(&loop_);
+  proxy_refused_flush_->arm(
+      std::chrono::duration_cast<std::chrono::milliseconds>(shared_.proxy_refused.interval()) +
+      std::chrono::milliseconds(1));
+}
+
+void Worker::admit(const std::string& address, Transport* transport, Chunk rest) {
+  const Config& cfg = config_->config;
+  std::string ip = ipOf(transport->peerAddress());
+  // A reload while a PROXY header was read may have removed the entry.
+  auto entry = config_->listener_index.find(address);
+  if (entry == config_->listener_index.end() || stopping_) {
+    shared_.connections.fetch_sub(1, std::memory_order_relaxed);
+    reject(transport, stopping_ ? "* BYE Server shutting down.\r\n"
+                                : "* BYE [UNAVAILABLE] This address is no longer served.\r\n");
     return;
   }
   if (!limiter_.acquire(ip, cfg.limits.max_connections_per_ip)) {
@@ -430,15 +500,26 @@ void Worker::serve(Listener& listener, int fd) {
   const ListenConfig& lc = cfg.listen[entry->second];
   std::shared_ptr<const ServerTlsContext> tls = config_->listener_tls[entry->second];
   bool implicit = lc.tls == TlsMode::kImplicit && tls != nullptr;
+  Transport* plain = transport;
+  TlsTransport* tls_transport = nullptr;
   if (implicit) {
     stats_.connections_tls.add();
-    transport =
+    tls_transport =
         TlsTransport::server(transport, tls, timerFactory(), cfg.timeouts.tls_handshake, pool_);
+    transport = tls_transport;
   }
   auto* session = new Session(*this, config_, transport, ids_());
   session->setListener(lc.tls, lc.require_tls, tls, implicit);
   sessions_.emplace(session, std::move(ip));
   session->start();
+  if (rest.size() > 0) {
+    // Bytes that came with the PROXY header: the start of the ClientHello,
+    // or a command sent before the greeting. Delivered as if just read.
+    TransportHandler* next = tls_transport != nullptr
+                                 ? static_cast<TransportHandler*>(tls_transport)
+                                 : static_cast<TransportHandler*>(session);
+    next->onData(plain, std::move(rest));
+  }
 }
 
 void Worker::reject(Transport* transport, std::string_view bye) {
@@ -518,6 +599,11 @@ void Worker::beginShutdown(std::string reason) {
   }
   listeners_.clear();
   uv_timer_stop(&accept_resume_timer_);
+  // Connections still reading a PROXY header have no session to say BYE.
+  std::vector<InboundProxyReader*> readers(readers_.begin(), readers_.end());
+  for (InboundProxyReader* reader : readers) {
+    reader->abort();
+  }
   // Copy: requestBye() never ends a session synchronously, but be safe.
   std::vector<Session*> sessions;
   for (auto& [session, ip] : sessions_) {
@@ -590,8 +676,17 @@ std::size_t Worker::kick(const SessionFilter& filter) {
 }
 
 void Worker::maybeStop() {
-  if (!stopping_ || !sessions_.empty()) {
+  if (!stopping_ || !sessions_.empty() || !readers_.empty()) {
     return;
+  }
+  if (proxy_refused_flush_) {
+    proxy_refused_flush_.reset();
+    std::uint64_t count = shared_.proxy_refused.drain();
+    if (count > 0) {
+      logging::log(logging::Level::kWarn, "worker",
+                   "proxy_protocol: {} more connection{} closed without greeting", count,
+                   count == 1 ? "" : "s");
+    }
   }
   if (shutdown_timer_ != nullptr) {
     uv_timer_stop(shutdown_timer_);

@@ -12,9 +12,11 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
+#include "inbound_proxy.h"
 #include "mailbox.h"
 #include "runtime.h"
 #include "session.h"
@@ -69,7 +71,7 @@ struct ListenerUpdate {
 // reserve back; with no reserve left it pauses accepting briefly (the
 // connections wait in the backlog). Both are logged at most once a second
 // with a count (SharedState::accept_refused / accept_paused).
-class Worker final : public SessionHost {
+class Worker final : public SessionHost, private InboundProxyHost {
  public:
   Worker(std::size_t index, RuntimeConfigPtr config, SharedState& shared, IpLimiter& limiter);
   ~Worker() override;
@@ -121,6 +123,15 @@ class Worker final : public SessionHost {
   void closeListener(Listener* listener);
   void acceptPending(Listener& listener);
   void serve(Listener& listener, int fd);
+  // After accept (and the PROXY header on a proxy_protocol listener): the
+  // per-IP limit, TLS, the session. `rest`: bytes already read past the
+  // header, handed to the session (or the TLS handshake).
+  void admit(const std::string& listener, Transport* transport, Chunk rest);
+  // InboundProxyHost
+  void headerRead(InboundProxyReader* reader, Transport* transport, const sockaddr_storage& client,
+                  const sockaddr_storage& local, Chunk rest) override;
+  void closed(InboundProxyReader* reader) override;
+  void armProxyRefusalFlush();
   bool refuseWithReserve(Listener& listener, int error);
   void pauseAccepting(Listener& listener, int error);
   void resumeAccepting();
@@ -138,6 +149,10 @@ class Worker final : public SessionHost {
   Mailbox mailbox_;
   std::vector<Listener*> listeners_;
   std::unordered_map<Session*, std::string> sessions_;  // session -> client IP
+  // Connections on proxy_protocol listeners still reading their header;
+  // each counts in SharedState::connections.
+  std::unordered_set<InboundProxyReader*> readers_;
+  TimerPtr proxy_refused_flush_;  // reports refusals LogThrottle held back
   BufferPool pool_;
   WorkerStats stats_;
   std::mt19937_64 ids_;

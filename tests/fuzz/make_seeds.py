@@ -6,8 +6,9 @@ Each seed is a small, meaningful input in the target's own layout (see the
 comment at the top of each tests/fuzz/*_fuzz.cc): real IMAP command lines,
 a LOGIN with literals, AUTHENTICATE with and without SASL-IR, ID, IDLE,
 STARTTLS, server responses with FETCH literals, HTTP requests to the status
-endpoint, and admin socket lines. .ci/run starts every fuzz target from its
-seeds (and from the corpus it grew before, in build-fuzz/corpus-<target>).
+endpoint, admin socket lines and inbound PROXY protocol headers. .ci/run
+starts every fuzz target from its seeds (and from the corpus it grew
+before, in build-fuzz/corpus-<target>).
 """
 
 import base64
@@ -75,6 +76,33 @@ HTTP = {
     "chunked": b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     "http10": b"GET / HTTP/1.0\r\n\r\n",
     "expect": b"PUT /x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc",
+}
+
+# --------------------------------------------------------------------------
+# Inbound PROXY protocol headers (proxy_header_fuzz): byte 0 the size bound
+# (0: default), bytes 1-2 a split seed, then the stream as a load balancer
+# sends it (header, then the client's first bytes).
+
+
+def proxy_v2(command, family, body):
+    return (b"\r\n\r\n\0\r\nQUIT\n" + bytes([command, family]) + len(body).to_bytes(2, "big")
+            + body)
+
+
+INET = bytes([192, 0, 2, 1, 198, 51, 100, 2, 0xDC, 0x04, 0x00, 143])
+INET6 = bytes([0x20, 0x01, 0x0D, 0xB8] + [0] * 11 + [1] + [0] * 15 + [1] + [0x04, 0xD2, 0x03, 0xE1])
+
+PROXY_HEADERS = {
+    "v1_tcp4": b"PROXY TCP4 192.0.2.1 198.51.100.2 56324 143\r\na1 NOOP\r\n",
+    "v1_tcp6": b"PROXY TCP6 2001:db8::1 ::1 1234 993\r\n\x16\x03\x01\x00\xa5",
+    "v1_unknown": b"PROXY UNKNOWN\r\n",
+    "v1_bad_port": b"PROXY TCP4 1.2.3.4 5.6.7.8 65536 2\r\n",
+    "v2_inet": proxy_v2(0x21, 0x11, INET) + b"a1 CAPABILITY\r\n",
+    "v2_inet6_tls": proxy_v2(0x21, 0x21, INET6) + b"\x16\x03\x01\x00\xa5\x01",
+    "v2_tlvs": proxy_v2(0x21, 0x11, INET + b"\x01\x00\x04imap\x04\x00\x00\x05\x00\x03abc"),
+    "v2_local": proxy_v2(0x20, 0x00, b""),
+    "v2_unix": proxy_v2(0x21, 0x31, b"/" * 216),
+    "v2_bad_tlv": proxy_v2(0x21, 0x11, INET + b"\x01\x00\x09ab"),
 }
 
 # --------------------------------------------------------------------------
@@ -188,6 +216,8 @@ def main():
     write("response_framer_fuzz", "small_limits", framer_header(1 | 4, 30, 0, 6) + RESPONSES["fetch_literal"])
     for i, (name, req) in enumerate(HTTP.items()):
         write("http_request_fuzz", name, bytes([(37 * i + 11) % 256]) + req)
+    for i, (name, stream) in enumerate(PROXY_HEADERS.items()):
+        write("proxy_header_fuzz", name, bytes([0 if i % 3 else 8, 7 * i + 1, 3]) + stream)
     for name, lines in ADMIN.items():
         write("admin_fuzz", name, lines)
     for name, script in SESSIONS.items():

@@ -158,6 +158,9 @@ struct HealthConfig {
   // as `ca`, verify_name off and partial_chain on: the chain must verify,
   // the name is not checked.
   ProbeTlsSettings proxy_listener_tls;
+  // What those probes send first on that listener: a PROXY v2 LOCAL header
+  // when it has proxy_protocol (the connection then keeps its own address).
+  std::string proxy_listener_preamble;
   std::vector<BackendTarget> backends;
   std::map<std::string, ProbeSettings> probes;      // by probe name; Exchange's defaults if absent
   std::map<std::string, MonitorSettings> monitors;  // by monitor name
