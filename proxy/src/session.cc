@@ -430,6 +430,11 @@ void Session::onTimer() {
       processPrelogin();
       return;
     }
+    case SessionState::kLookup:
+      // A backstop only: every directory query is bounded by its own timeout.
+      lookup_.cancel();
+      lookupUnavailable("no answer from the lookup stage within its bound");
+      return;
     case SessionState::kConnecting:
       backendFailed("connect timeout");
       return;
@@ -457,6 +462,10 @@ void Session::onTimer() {
 void Session::wipeSecrets() {
   wipe(password_);
   wipe(sasl_);
+  if (backend_user_) {
+    wipe(*backend_user_);
+    backend_user_.reset();
+  }
 }
 
 void Session::finishIfClosed() {

@@ -101,6 +101,7 @@ class TlsTransport final : public Transport, public TransportHandler {
   // plaintext it keeps (SSL_OP_CLEANSE_PLAINTEXT). The inner transport
   // carries only ciphertext and never wipes.
   void setCarriesSecrets(bool on) override;
+  std::pair<std::string, std::string> tlsProtocolAndCipher() const override;
   const sockaddr_storage& peerAddress() const override { return inner_->peerAddress(); }
   const sockaddr_storage& localAddress() const override { return inner_->localAddress(); }
 
