@@ -403,3 +403,54 @@ def test_nginx_and_portico_send_the_same_request_and_route_alike(backends, fresh
         assert routes[("portico", "heidi")] == ["mbx1"]
     finally:
         nginx.cleanup()
+
+
+def test_nginx_and_portico_agree_over_tls(backends, fresh_auth, portico_factory, tmp_path):
+    """Implicit TLS on both listeners: Auth-SSL, Auth-SSL-Protocol and
+    Auth-SSL-Cipher come from the client leg as nginx sends them."""
+    import ssl
+    from tls_certs import TestPki
+    mbx1, _ = backends
+    auth = fresh_auth
+    auth.script = {"*": route(mbx1)}
+    pki = TestPki.create(tmp_path / "pki")
+    leaf = pki.mail
+    nginx = Nginx(auth.url, extra_headers={"X-Auth-Key": "k3y"},
+                  tls=(str(leaf.cert), str(leaf.key))).start()
+    try:
+        p = portico_factory(backends, start=False)
+        cfg = http_config(auth.url)
+        cfg["listen"] = [{"address": "127.0.0.1:%d" % p.port, "tls": "implicit",
+                          "cert": str(leaf.cert), "key": str(leaf.key)}]
+        p.config = cfg
+        p.start()
+        context = ssl.create_default_context(cafile=str(pki.ca))
+        context.check_hostname = False
+        # nginx 1.22's mail module offers TLS 1.2 at most here; one cipher
+        # on both sides, so the connection facts are the same.
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers("ECDHE-ECDSA-AES128-GCM-SHA256")
+        for port in (nginx.port, p.port):
+            with socket_tls(port, context) as s:
+                f = s.makefile("rb")
+                assert f.readline().startswith(b"* OK")
+                s.sendall(b'a LOGIN user30 "%s"\r\n' % PASSWORD.encode())
+                line = f.readline()
+                while not line.startswith(b"a "):
+                    line = f.readline()
+                assert line.startswith(b"a OK"), (port, line)
+        via_nginx, via_portico = auth.requests_for("user30")
+        headers = dict(via_portico["headers"])
+        assert headers["Auth-SSL"] == "on"
+        assert headers["Auth-SSL-Protocol"] == "TLSv1.2"
+        assert headers["Auth-SSL-Cipher"] == "ECDHE-ECDSA-AES128-GCM-SHA256"
+        assert via_nginx["headers"] == via_portico["headers"], (via_nginx["raw"], via_portico["raw"])
+    finally:
+        nginx.cleanup()
+        pki.cleanup()
+
+
+def socket_tls(port, context):
+    import socket
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return context.wrap_socket(raw, server_hostname="mail.test")
