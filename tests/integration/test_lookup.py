@@ -311,6 +311,11 @@ def test_probe_user_pin_wins_over_the_directory(backends, fresh_auth, portico_fa
         assert c.login("user90").split()[1] == b"OK"
     login_line(p, "user90", "mbx2")
     assert auth.requests_for("user90") == [], "a probe user never asks the directory"
+    # Everyone else does ask, and goes where it says.
+    with ImapConn(p.port) as c:
+        assert c.login("user91").split()[1] == b"OK"
+    login_line(p, "user91", "mbx1")
+    assert len(auth.requests_for("user91")) == 1
 
 
 # --------------------------------------------------------------------------
