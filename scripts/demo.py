@@ -3,6 +3,13 @@
 
     /usr/bin/python3 scripts/demo.py          # runs until Ctrl-C
     /usr/bin/python3 scripts/demo.py --once   # exits after the client session (CI)
+    /usr/bin/python3 scripts/demo.py --lookup http   # routes through an auth_http service
+
+With --lookup http the demo also starts a small nginx-style auth service
+(tests/integration/auth_service.py) on 127.0.0.1:10190 that routes alice
+and carol to mbx2 and bob to mbx1, and Portico asks it at every login
+([lookup] kind = "http"); the demo prints the requests it received
+(Auth-Pass masked).
 
 Backends: mbx1 on 127.0.0.1:10144, mbx2 on 127.0.0.1:10145 (maildirs in
 <repo>/.run/demo). Portico: conf/demo.toml (listener 127.0.0.1:10143, status
@@ -33,6 +40,7 @@ BACKEND_PORTS = {"mbx1": 10144, "mbx2": 10145}
 STATUS_PORT = 18080
 RUN_DIR = REPO / ".run" / "demo"
 DEMO_CONF = REPO / "conf" / "demo.toml"
+AUTH_PORT = 10190
 
 
 class Stop(Exception):
@@ -101,6 +109,8 @@ def show_health(base: str, wait_s: float = 20.0) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--once", action="store_true", help="exit after the client session")
+    ap.add_argument("--lookup", choices=["none", "http"], default="none",
+                    help="http: route each login through a small auth_http service")
     args = ap.parse_args()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -127,7 +137,24 @@ def main() -> int:
             secret.write_text(PASSWORD + "\n")
             secret.chmod(0o600)
 
-        if DEMO_CONF.exists():
+        auth = None
+        if args.lookup == "http":
+            from auth_service import AuthService  # tests/integration, on sys.path
+
+            def to(backend):
+                host, port = backend.address.rsplit(":", 1)
+                return {"status": "OK", "server": host, "port": int(port)}
+
+            auth = AuthService({"alice": to(backends[1]), "carol": to(backends[1]),
+                                "bob": to(backends[0])}, port=AUTH_PORT).start()
+            started.append(auth)
+            print("Auth service (nginx auth_http style) on %s" % auth.url)
+            portico = Portico(backends, workdir=RUN_DIR / "portico", listen_port=LISTEN_PORT,
+                              status_port=STATUS_PORT, cwd=REPO,
+                              config={"lookup": {"kind": "http", "url": auth.url, "timeout": "5s",
+                                                 "cache_ttl": "60s"}})
+            conf_note = "%s (written by the demo: [lookup] kind = \"http\")" % portico.config_path
+        elif DEMO_CONF.exists():
             portico = Portico(backends, workdir=RUN_DIR / "portico", listen_port=LISTEN_PORT,
                               status_port=STATUS_PORT, config_path=DEMO_CONF, cwd=REPO)
             conf_note = str(DEMO_CONF)
@@ -145,6 +172,12 @@ def main() -> int:
             held = len(d.messages("alice"))
             if held:
                 print("  alice's mail is on %s: %d message(s) in %s" % (d.name, held, d.maildir("alice")))
+        if auth is not None:
+            print("\nThe auth service was asked (Auth-Pass masked here):")
+            for r in auth.records:
+                shown = ["%s: %s" % (n, "<masked>" if n.lower() == "auth-pass" else v)
+                         for n, v in r["headers"]]
+                step("%s | %s" % (r["request_line"], "; ".join(shown)))
         show_health("http://127.0.0.1:%d" % STATUS_PORT)
 
         print("""

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Portico demo: installs what is missing, builds, then runs scripts/demo.py
 # (two Dovecot backends + Portico + one client session). Extra arguments go
-# to demo.py, e.g. `scripts/demo.sh --once`.
+# to demo.py, e.g. `scripts/demo.sh --once` or `scripts/demo.sh --lookup http`
+# (logins routed by a small nginx-style auth service).
 set -e
 cd "$(dirname "$0")/.."
 scripts/setup.sh

@@ -138,6 +138,10 @@ void HealthService::Impl::build() {
                                                    monitorSettings(kQueued), "commands queued",
                                                    "commands"));
   }
+  if (!config_.directory.empty()) {
+    keep(std::make_unique<ConsecutiveFailureMonitor>(MonitorKey{kDirectory, config_.directory},
+                                                     kDirectorySet, monitorSettings(kDirectory)));
+  }
   for (const auto& [key, monitor] : monitors_) {
     executor_.execute(ladder_.forget(key, steadyNow(), wallNow()));
   }
@@ -576,6 +580,28 @@ bool HealthService::ready(std::string* reason) const {
 }
 std::uint16_t HealthService::statusPort() const {
   return impl_->server_ ? impl_->server_->port() : 0;
+}
+
+void HealthService::recordDirectoryResult(bool ok, const std::string& error) {
+  Impl& impl = *impl_;
+  if (impl.stopping_ || impl.config_.directory.empty()) {
+    return;
+  }
+  auto it = impl.monitors_.find(MonitorKey{kDirectory, impl.config_.directory});
+  if (it == impl.monitors_.end()) {
+    return;
+  }
+  if (auto* monitor = dynamic_cast<ConsecutiveFailureMonitor*>(it->second.get())) {
+    ProbeResult result;
+    result.probe = "DirectoryLookup";
+    result.health_set = kDirectorySet;
+    result.target = impl.config_.directory;
+    result.result = ok ? ResultType::kSucceeded : ResultType::kFailed;
+    result.start = result.end = Impl::wallNow();
+    result.error = ok ? std::string() : error;
+    monitor->record(result, result.end);
+    impl.monitorUpdated(*monitor);
+  }
 }
 
 bool HealthService::setMonitorOverride(const std::string& monitor, const std::string& target,

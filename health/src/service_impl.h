@@ -34,6 +34,8 @@ namespace portico::health {
 
 inline constexpr const char* kGt60 = "AverageCommandProcessingTimeGt60sMonitor";
 inline constexpr const char* kQueued = "RequestsQueuedGt500Monitor";
+inline constexpr const char* kDirectory = "DirectoryLookupMonitor";
+inline constexpr const char* kDirectorySet = "IMAP.Directory";
 
 // A uv_timer_t that frees itself after its close callback.
 struct ServiceTimer {

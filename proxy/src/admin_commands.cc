@@ -299,6 +299,43 @@ void kickCommand(Control& c, const std::vector<std::string>& words, AdminServer:
       });
 }
 
+// lookup flush [--user U]: every worker drops its cached directory answers.
+void lookupCommand(Control& c, const std::vector<std::string>& words, AdminServer::Reply reply) {
+  if (words.size() < 2 || words[1] != "flush") {
+    reply(fail("usage: lookup flush [--user U]"));
+    return;
+  }
+  Args args = parseArgs(words, 2, {"--user"}, {});
+  if (!args.error.empty() || !args.positional.empty()) {
+    reply(fail(args.error.empty() ? "usage: lookup flush [--user U]" : args.error));
+    return;
+  }
+  std::string user;
+  if (auto it = args.options.find("--user"); it != args.options.end()) {
+    user = normaliseUser(it->second);
+    if (user.empty()) {
+      reply(fail("lookup flush: --user needs a user name"));
+      return;
+    }
+  }
+  const std::string kind = lookupKindName(c.config->config.lookup.kind);
+  gather<std::size_t>(
+      c, [user](Worker& w) { return w.flushLookupCache(user); },
+      [reply, user, kind](std::vector<std::size_t> counts) {
+        answerLater(reply, "lookup", [&] {
+          std::size_t total = 0;
+          for (std::size_t n : counts) {
+            total += n;
+          }
+          json out{{"flushed", total}, {"kind", kind}};
+          if (!user.empty()) {
+            out["user"] = user;
+          }
+          return ok(out);
+        });
+      });
+}
+
 void backendCommand(Control& c, const std::vector<std::string>& words, AdminServer::Reply& reply) {
   std::string verb = words.size() > 1 ? words[1] : "";
   if (verb == "list") {
@@ -569,6 +606,10 @@ std::pair<std::string, std::string> actionOf(const std::vector<std::string>& wor
   if (command == "reload") {
     return {"reload", "configuration"};
   }
+  if (command == "lookup" && word(1) == "flush") {
+    const std::string user = option("--user");
+    return {"lookup flush", user.empty() ? "all users" : "user " + user};
+  }
   if (command == "component" && words.size() == 3) {
     return {"component " + word(2), word(1)};
   }
@@ -614,6 +655,8 @@ void handleAdminCommand(Control& c, const AdminRequest& request, AdminServer::Re
     sessionsCommand(c, words, std::move(reply));
   } else if (command == "kick") {
     kickCommand(c, words, std::move(reply));
+  } else if (command == "lookup") {
+    lookupCommand(c, words, std::move(reply));
   } else if (command == "monitor") {
     monitorCommand(c, words, request.peer, reply);
   } else if (command == "component") {
@@ -653,7 +696,8 @@ void handleAdminCommand(Control& c, const AdminRequest& request, AdminServer::Re
           "monitor disable|repairing|enable MONITOR [TARGET]",
           "monitor override MONITOR [--target B] --duration D [--state S] | override remove "
           "MONITOR [--target B]",
-          "actions", "component [ImapProxy active|inactive]", "stats", "reload"}}}));
+          "actions", "component [ImapProxy active|inactive]", "stats", "reload",
+          "lookup flush [--user U]"}}}));
   } else {
     reply(fail("unknown command '" + command + "' (try 'help')"));
   }

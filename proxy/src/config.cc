@@ -40,13 +40,14 @@ static_assert(kTlsModeNames.size() == static_cast<std::size_t>(TlsMode::kImplici
 
 constexpr std::array<std::string_view, 4> kProbeNames = {"ImapProxyTestProbe", "ImapCTPProbe",
                                                          "ImapSelfTestProbe", "ImapDeepTestProbe"};
-constexpr std::array<std::string_view, 6> kMonitorNames = {
+constexpr std::array<std::string_view, 7> kMonitorNames = {
     "ImapProxyTestMonitor",
     "ImapCTPMonitor",
     "ImapSelfTestMonitor",
     "ImapDeepTestMonitor",
     "AverageCommandProcessingTimeGt60sMonitor",
-    "RequestsQueuedGt500Monitor"};
+    "RequestsQueuedGt500Monitor",
+    "DirectoryLookupMonitor"};
 
 // sockaddr_un::sun_path holds 108 bytes including the terminating NUL.
 constexpr std::size_t kMaxUnixSocketPath = 107;

@@ -186,6 +186,7 @@ std::string renderProxyMetrics(const StatsSnapshot& s, const RuntimeConfig& conf
       histogram(r.name, "IDLE", r.stats->idle, "portico_idle_duration_seconds");
     }
   }
+  out += renderLookupMetrics(shared.lookup.stats);  // lookup/lookup_metrics.cc
   return out;
 }
 

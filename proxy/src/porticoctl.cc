@@ -532,6 +532,9 @@ void printHuman(const std::string& command, const std::vector<std::string>& word
   } else if (command == "kick") {
     std::printf("kicked %s session%s\n", field(r, "kicked").c_str(),
                 field(r, "kicked") == "1" ? "" : "s");
+  } else if (command == "lookup") {
+    std::printf("flushed %s cached directory answer%s\n", field(r, "flushed").c_str(),
+                field(r, "flushed") == "1" ? "" : "s");
   } else if (command == "reload") {
     std::printf("configuration reloaded\n");
   } else if (command == "actions") {
@@ -682,6 +685,13 @@ int run(int argc, char** argv) {
   auto* actions = app.add_subcommand(
       "actions", "What responders and operators did, newest first (GET /health/actions)");
 
+  std::string lf_user;
+  auto* lookup = app.add_subcommand("lookup", "The directory lookup stage ([lookup])");
+  lookup->require_subcommand(1);
+  auto* lookup_flush =
+      lookup->add_subcommand("flush", "Drop cached directory answers on every worker");
+  auto* olf_user = lookup_flush->add_option("--user", lf_user, "Only this user's");
+
   auto* stats = app.add_subcommand("stats", "Counters: connections, bytes, commands per backend");
   auto* reload = app.add_subcommand("reload", "Re-read the configuration file");
   auto* help = app.add_subcommand("commands", "The commands the admin socket knows (its `help`)");
@@ -732,6 +742,9 @@ int run(int argc, char** argv) {
     addOption(w, os_user, "--user", s_user);
     addOption(w, os_ip, "--ip", s_ip);
     addOption(w, os_backend, "--backend", s_backend);
+  } else if (lookup_flush->parsed()) {
+    w = {"lookup", "flush"};
+    addOption(w, olf_user, "--user", lf_user);
   } else if (kick->parsed()) {
     if ((ok_id->count() > 0) == (ok_user->count() > 0)) {
       std::fprintf(stderr, "porticoctl: kick needs a SESSION-ID or --user U (one of them)\n");

@@ -14,6 +14,7 @@
 #include "accounting.h"
 #include "config.h"
 #include "log_throttle.h"
+#include "lookup/lookup_shared.h"
 #include "portico/logging.h"
 #include "portico/status.h"
 #include "protocol_trace.h"
@@ -83,6 +84,8 @@ struct SharedState {
   // Protocol logging: which sessions, and the writer (null: not available).
   ProtocolTrace trace;
   std::atomic<logging::ProtocolLog*> protocol_log{nullptr};
+  // Directory lookups: counters, the health feed, the log rate limit.
+  LookupShared lookup;
 };
 
 }  // namespace portico::proxy

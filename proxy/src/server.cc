@@ -443,6 +443,10 @@ int runProxy(const std::string& config_path) {
         if (ctl->shared.trace.expireIfDue(std::chrono::system_clock::now())) {
           logging::log(logging::Level::kInfo, "admin", "protocol-log trace ended: its TTL passed");
         }
+        // The workers' directory answers, for DirectoryLookupMonitor.
+        for (const LookupHealthFeed::Observation& o : ctl->shared.lookup.health.drain()) {
+          ctl->health->recordDirectoryResult(o.ok, o.error);
+        }
       },
       250, 250);
 

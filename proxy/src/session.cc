@@ -114,6 +114,15 @@ void Session::onData(Transport* transport, Chunk chunk) {
     host_.stats().bytes_from_clients.add(chunk.size());
     appendWiping(client_pending_, chunk.view());  // may hold a password
     chunk.reset();                                // its block is wiped now
+    if (state_ == SessionState::kLookup) {
+      // Read during a lookup only to notice a client that goes away; what
+      // it pipelines waits, bounded like one pre-login command.
+      if (client_pending_.size() >
+          preloginMaxCommand(config_->config.limits, command_framer_.currentName())) {
+        client_->pauseReading();
+      }
+      return;
+    }
     processPrelogin();
     return;
   }
@@ -393,7 +402,7 @@ void Session::updateClientReading() {
   }
   bool reading = !client_paused_ && !commands_capped_ &&
                  (state_ == SessionState::kPrelogin || state_ == SessionState::kAuthContinuation ||
-                  state_ == SessionState::kRelay);
+                  state_ == SessionState::kLookup || state_ == SessionState::kRelay);
   if (reading) {
     client_->resumeReading();
   } else {
@@ -430,6 +439,11 @@ void Session::onTimer() {
       processPrelogin();
       return;
     }
+    case SessionState::kLookup:
+      // A backstop only: every directory query is bounded by its own timeout.
+      lookup_.cancel();
+      lookupUnavailable("no answer from the lookup stage within its bound");
+      return;
     case SessionState::kConnecting:
       backendFailed("connect timeout");
       return;
@@ -457,6 +471,10 @@ void Session::onTimer() {
 void Session::wipeSecrets() {
   wipe(password_);
   wipe(sasl_);
+  if (backend_user_) {
+    wipe(*backend_user_);
+    backend_user_.reset();
+  }
 }
 
 void Session::finishIfClosed() {

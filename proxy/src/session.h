@@ -19,6 +19,7 @@
 #include <string_view>
 #include <vector>
 
+#include "lookup/lookup.h"
 #include "portico/parser.h"
 #include "runtime.h"
 #include "transport.h"
@@ -26,6 +27,7 @@
 namespace portico::proxy {
 
 class Session;
+class LookupStage;
 
 // What a session needs from the worker that runs it (faked in unit tests).
 class SessionHost {
@@ -57,6 +59,10 @@ class SessionHost {
   }
   virtual WorkerStats& stats() = 0;
   virtual SharedState& shared() = 0;
+  // The worker's directory lookup stage; nullptr for [lookup] kind = "none".
+  // A session holds the pointer while its lookup is in flight, so a reload
+  // that replaces the stage never pulls it from under a lookup.
+  virtual std::shared_ptr<LookupStage> lookupStage() { return nullptr; }
   // This worker's producer index for the protocol log.
   virtual std::size_t index() const { return 0; }
   // Called once, when both transports are closed. The host deletes the session.
@@ -67,7 +73,7 @@ class SessionHost {
 // every run), so it is left as written.
 // clang-format off
 #define PORTICO_SESSION_STATES(X) \
-  X(Prelogin) X(AuthContinuation) X(LoginDelay) X(Connecting) X(BackendGreeting) \
+  X(Prelogin) X(AuthContinuation) X(LoginDelay) X(Lookup) X(Connecting) X(BackendGreeting) \
   X(BackendStarttls) X(BackendTlsHandshake) X(BackendCapability) X(BackendId) \
   X(BackendLogin) X(Relay) X(Closing)
 // clang-format on
@@ -166,9 +172,18 @@ class Session : public TransportHandler {
   bool refuseLiteral(const parser::CommandEvent& event);
   void badCommand(std::string_view tag, std::string_view message);
   void startLogin();
+  void routeByHash();
   void connectNext();
   void failLogin(std::string_view client_line, bool count_failure);
   void backendFailed(std::string_view why);
+
+  // Directory lookup (session_lookup.cc).
+  void startLookup(std::shared_ptr<LookupStage> stage);
+  void onLookupAnswer(LookupResult result);
+  void routeFromDirectory(LookupResult& result);
+  void lookupRefused(const LookupResult& result);
+  void lookupUnavailable(std::string_view error);
+  LookupRequest lookupRequest();
 
   // Backend login.
   void onBackendLoginData(Chunk chunk);
@@ -265,6 +280,18 @@ class Session : public TransportHandler {
   std::string backend_name_;
   std::string backend_caps_;
   bool login_sent_ = false;
+  // From the directory (lookup/lookup.h): who and what to replay instead of
+  // the client's user and password, and the backend-connect timeout.
+  std::optional<std::string> backend_user_;
+  bool replay_as_login_ = false;  // AUTHENTICATE PLAIN replayed as LOGIN (overrides)
+  std::optional<std::chrono::milliseconds> connect_timeout_;
+  bool bye_after_failure_ = false;  // a directory refusal without Auth-Wait ends the session
+  std::uint32_t login_attempts_ = 0;
+  Clock::time_point retry_after_{};  // Auth-Wait: no login before this
+  // The stage outlives the lookup it holds: declared before `lookup_`, so
+  // the lookup is cancelled before the stage pointer goes.
+  std::shared_ptr<LookupStage> lookup_stage_;
+  PendingLookup lookup_;
 
   std::deque<InFlight> inflight_;
   bool logout_seen_ = false;  // backend answered LOGOUT or sent BYE

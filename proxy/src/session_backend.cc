@@ -166,22 +166,24 @@ void Session::sendBackendLogin() {
   // One buffer, reserved big enough up front, and no temporaries: the only
   // copies of the secret made here are `out` (and `plain`/`encoded`), each
   // wiped below, never a reallocated or temporary one.
+  // The directory may name another user (Auth-User, destuser) for the backend.
+  const std::string& user = backend_user_ ? *backend_user_ : user_;
   std::string out;
   out.reserve(login_tag_.size() + mechanism_.size() +
-              2 * (user_.size() + password_.size() + sasl_.size()) + 96);
-  if (login_kind_ == LoginKind::kLogin) {
-    if (quotable(user_) && quotable(password_)) {
+              2 * (user.size() + password_.size() + sasl_.size()) + 96);
+  if (login_kind_ == LoginKind::kLogin || replay_as_login_) {
+    if (quotable(user) && quotable(password_)) {
       out.append(login_tag_).append(" LOGIN ");
-      appendQuoted(out, user_);
+      appendQuoted(out, user);
       out.push_back(' ');
       appendQuoted(out, password_);
       out.append("\r\n");
     } else if (parser::hasCapability(backend_caps_, "AUTH=PLAIN") &&
                parser::hasCapability(backend_caps_, "SASL-IR")) {
       std::string plain;
-      plain.reserve(user_.size() + password_.size() + 2);
+      plain.reserve(user.size() + password_.size() + 2);
       plain.push_back('\0');
-      plain.append(user_).push_back('\0');
+      plain.append(user).push_back('\0');
       plain.append(password_);
       std::string encoded = parser::encodeBase64(plain);
       out.append(login_tag_).append(" AUTHENTICATE PLAIN ").append(encoded).append("\r\n");
@@ -190,8 +192,8 @@ void Session::sendBackendLogin() {
     } else {
       // Unquotable bytes and no SASL-IR: LOGIN with non-synchronizing
       // literals needs LITERAL+.
-      out.append(login_tag_).append(" LOGIN {").append(std::to_string(user_.size()));
-      out.append("+}\r\n").append(user_).append(" {").append(std::to_string(password_.size()));
+      out.append(login_tag_).append(" LOGIN {").append(std::to_string(user.size()));
+      out.append("+}\r\n").append(user).append(" {").append(std::to_string(password_.size()));
       out.append("+}\r\n").append(password_).append("\r\n");
     }
   } else if (parser::hasCapability(backend_caps_, "SASL-IR")) {

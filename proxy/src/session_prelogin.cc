@@ -321,16 +321,32 @@ void Session::noteLoginParameters(const parser::PreloginCommand& command, std::s
 
 void Session::startLogin() {
   const RuntimeConfig& rc = *config_;
+  ++login_attempts_;
+  backend_user_.reset();
+  replay_as_login_ = false;
+  connect_timeout_.reset();
+  std::string user = normaliseUser(user_);
+  if (auto probe = rc.probe_users.find(user); probe != rc.probe_users.end()) {
+    // A probe account's backend pin wins over the directory: it is never asked.
+    candidates_ = {probe->second};
+    candidate_pos_ = 0;
+    connectNext();
+    return;
+  }
+  if (std::shared_ptr<LookupStage> stage = host_.lookupStage()) {
+    startLookup(std::move(stage));  // session_lookup.cc
+    return;
+  }
+  routeByHash();
+}
+
+void Session::routeByHash() {
+  const RuntimeConfig& rc = *config_;
   std::vector<bool> enabled(rc.config.backends.size(), true);
   for (std::size_t i = 0; i < enabled.size(); ++i) {
     enabled[i] = !host_.shared().drained(rc.stats_slot[i]);
   }
-  std::string user = normaliseUser(user_);
-  if (auto probe = rc.probe_users.find(user); probe != rc.probe_users.end()) {
-    candidates_ = {probe->second};
-  } else {
-    candidates_ = rc.selector.candidates(user, enabled);
-  }
+  candidates_ = rc.selector.candidates(normaliseUser(user_), enabled);
   candidate_pos_ = 0;
   if (candidates_.empty()) {
     failLogin(fmt::format("{} NO [UNAVAILABLE] No mailbox server is available.\r\n", login_tag_),
@@ -360,7 +376,7 @@ void Session::connectNext() {
   backend_parsed_ = 0;
   login_untagged_.clear();
   response_framer_.reset();
-  deadline_ = host_.now() + rc.config.timeouts.backend_connect;
+  deadline_ = host_.now() + connect_timeout_.value_or(rc.config.timeouts.backend_connect);
   armTimer();
   if (backend.tls == TlsMode::kImplicit) {
     // The PROXY header goes in the clear before the ClientHello, as HAProxy
@@ -452,6 +468,12 @@ void Session::failLogin(std::string_view client_line, bool count_failure) {
   const Config& cfg = config_->config;
   if (count_failure) {
     ++login_failures_;
+    if (bye_after_failure_) {
+      // The directory refused without Auth-Wait: nginx ends the connection.
+      writeClient(client_line);
+      closeWithBye("* BYE Login refused.\r\n", "directory refused");
+      return;
+    }
     if (login_failures_ >= cfg.limits.max_login_failures) {
       writeClient(client_line);
       closeWithBye("* BYE Too many failed login attempts.\r\n", "too many failed logins");

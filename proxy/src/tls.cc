@@ -225,6 +225,14 @@ TlsTransport::TlsTransport(Transport* inner, SSL* ssl, const TimerFactory& timer
   setCarriesSecrets(true);
 }
 
+std::pair<std::string, std::string> TlsTransport::tlsProtocolAndCipher() const {
+  if (!handshake_done_) {
+    return {};
+  }
+  const char* cipher = SSL_get_cipher_name(ssl_);
+  return {SSL_get_version(ssl_), cipher != nullptr ? cipher : ""};
+}
+
 void TlsTransport::setCarriesSecrets(bool on) {
   secrets_ = on;
   if (on) {

@@ -105,6 +105,7 @@ class TlsTransport final : public Transport, public TransportHandler {
   // carries only ciphertext and never wipes.
   void setCarriesSecrets(bool on) override;
   void acknowledgeNow() override { inner_->acknowledgeNow(); }  // the TCP connection's ACK
+  std::pair<std::string, std::string> tlsProtocolAndCipher() const override;
   const sockaddr_storage& peerAddress() const override { return inner_->peerAddress(); }
   const sockaddr_storage& localAddress() const override { return inner_->localAddress(); }
 

@@ -14,6 +14,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "chunk.h"
 #include "config.h"
@@ -62,6 +63,9 @@ class Transport {
   virtual void acknowledgeNow() {}
   virtual const sockaddr_storage& peerAddress() const = 0;
   virtual const sockaddr_storage& localAddress() const = 0;
+  // TLS protocol and cipher as OpenSSL names them ("TLSv1.3",
+  // "TLS_AES_256_GCM_SHA384") once a handshake is done; empty otherwise.
+  virtual std::pair<std::string, std::string> tlsProtocolAndCipher() const { return {}; }
 };
 
 // "1.2.3.4:5678" or "[::1]:5678".

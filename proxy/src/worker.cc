@@ -145,6 +145,34 @@ Worker::Worker(std::size_t index, RuntimeConfigPtr config, SharedState& shared, 
   uv_tcp_init(&loop_, primer);
   uv_close(reinterpret_cast<uv_handle_t*>(primer),
            [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
+  buildLookup();
+}
+
+void Worker::buildLookup() {
+  const LookupConfig& lookup = config_->config.lookup;
+  if (lookup_ != nullptr) {
+    retired_lookups_.push_back(std::move(lookup_));
+  }
+  lookup_.reset();
+  if (lookup.kind != LookupKind::kNone) {
+    lookup_ = std::make_shared<LookupStage>(lookup_loop_, makeDirectoryLookup(lookup, lookup_loop_),
+                                            lookup, shared_.lookup.stats);
+  }
+  releaseRetiredLookups();
+}
+
+void Worker::releaseRetiredLookups() {
+  // Only the worker destroys a stage, never from inside a lookup callback:
+  // here (reconfigure, a session's end) once no session holds it.
+  std::erase_if(retired_lookups_,
+                [](const std::shared_ptr<LookupStage>& stage) { return stage.use_count() == 1; });
+}
+
+std::size_t Worker::flushLookupCache(const std::string& user) {
+  if (lookup_ == nullptr) {
+    return 0;
+  }
+  return user.empty() ? lookup_->cache().flushAll() : lookup_->cache().flushUser(user);
 }
 
 Worker::~Worker() {
@@ -220,7 +248,11 @@ void Worker::reconfigure(RuntimeConfigPtr config, ListenerUpdate update) {
       }
     }
   }
+  const bool lookup_changed = !(config->config.lookup == config_->config.lookup);
   config_ = std::move(config);
+  if (lookup_changed) {
+    buildLookup();
+  }
 }
 
 void Worker::start() {
@@ -586,6 +618,9 @@ void Worker::sessionEnded(Session* session) {
   shared_.connections.fetch_sub(1, std::memory_order_relaxed);
   stats_.connections_current.sub();
   delete session;
+  if (!retired_lookups_.empty()) {
+    releaseRetiredLookups();
+  }
   maybeStop();
 }
 
@@ -696,6 +731,10 @@ void Worker::maybeStop() {
   }
   if (!timers_closed_) {
     timers_closed_ = true;
+    // No session is left to wait for an answer; the stage's connections
+    // (a Redis connection stays open) must close for the loop to end.
+    lookup_.reset();
+    retired_lookups_.clear();
     // A held-back count is reported now rather than lost.
     std::uint64_t count = shared_.accept_refused.drain();
     if (count > 0) {

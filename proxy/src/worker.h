@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "inbound_proxy.h"
+#include "lookup/lookup_stage.h"
 #include "mailbox.h"
 #include "runtime.h"
 #include "session.h"
@@ -93,6 +94,9 @@ class Worker final : public SessionHost, private InboundProxyHost {
   // Admin queries, run on the worker's loop.
   std::vector<SessionInfo> listSessions(const SessionFilter& filter);
   std::size_t kick(const SessionFilter& filter);
+  // porticoctl lookup flush [--user U]: cached directory answers dropped
+  // (all, or the user's); how many.
+  std::size_t flushLookupCache(const std::string& user);
 
   const WorkerStats& workerStats() const { return stats_; }
 
@@ -110,6 +114,7 @@ class Worker final : public SessionHost, private InboundProxyHost {
   SharedState& shared() override { return shared_; }
   std::size_t index() const override { return index_; }
   void sessionEnded(Session* session) override;
+  std::shared_ptr<LookupStage> lookupStage() override { return lookup_; }
 
  private:
   struct Listener {
@@ -140,6 +145,10 @@ class Worker final : public SessionHost, private InboundProxyHost {
   TimerFactory timerFactory();
   void reject(Transport* transport, std::string_view bye);
   void maybeStop();
+  // (Re)builds the directory lookup stage for config_ ([lookup]); a stage
+  // replaced by a reload stays until its last session lets go of it.
+  void buildLookup();
+  void releaseRetiredLookups();
 
   std::size_t index_;
   RuntimeConfigPtr config_;
@@ -165,6 +174,9 @@ class Worker final : public SessionHost, private InboundProxyHost {
   uv_timer_t accept_resume_timer_;  // ends a pause
   uv_timer_t throttle_timer_;       // reports what LogThrottle held back
   bool timers_closed_ = false;
+  UvLookupLoop lookup_loop_{&loop_};
+  std::shared_ptr<LookupStage> lookup_;  // null for kind = "none"
+  std::vector<std::shared_ptr<LookupStage>> retired_lookups_;
 };
 
 }  // namespace portico::proxy

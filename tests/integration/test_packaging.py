@@ -36,7 +36,7 @@ def complete(*words: str, path_dir: str | None = None) -> list:
 
 
 def test_completion_of_commands_sub_commands_and_options():
-    assert complete("porticoctl", "") == ["sessions", "kick", "health", "probe", "backend", "monitor", "actions",
+    assert complete("porticoctl", "") == ["sessions", "kick", "lookup", "health", "probe", "backend", "monitor", "actions",
                                           "component", "protocol-log", "stats", "reload", "commands", "help"]
     assert complete("porticoctl", "mon") == ["monitor"]
     assert complete("porticoctl", "--json", "pro") == ["probe", "protocol-log"]
@@ -49,6 +49,8 @@ def test_completion_of_commands_sub_commands_and_options():
         "Disabled", "Repairing", "Healthy", "Degraded"]
     assert complete("porticoctl", "monitor", "override", "rem") == ["remove"]
     assert complete("porticoctl", "backend", "") == ["list", "drain", "enable"]
+    assert complete("porticoctl", "lookup", "") == ["flush"]
+    assert complete("porticoctl", "lookup", "flush", "--") == ["--user", "--json", "--help"]
     assert complete("porticoctl", "component", "ImapProxy", "") == ["active", "inactive"]
     assert complete("porticoctl", "protocol-log", "on", "--") == ["--user", "--ip", "--ttl", "--json", "--help"]
     assert complete("porticoctl", "protocol-log", "") == ["on", "off", "status"]

@@ -168,6 +168,10 @@ struct HealthConfig {
   Endpoint status_listen{"127.0.0.1", 8080, false};
   std::string status_token;          // optional bearer token
   std::size_t action_history = 256;  // entries GET /health/actions keeps (at least 1)
+  // The proxy's directory lookup service ("http 127.0.0.1:9000"), or "" for
+  // none. When set, DirectoryLookupMonitor (health set IMAP.Directory,
+  // target this text) counts its answers: recordDirectoryResult().
+  std::string directory;
 };
 
 // Exchange's defaults for the probe and monitor names in DESIGN.md.
@@ -264,6 +268,12 @@ class HealthService {
   // The status endpoint's bound port (the chosen one when
   // HealthConfig::status_listen.port is 0); 0 before start().
   std::uint16_t statusPort() const;
+
+  // One answer of the directory lookup service (not a cache hit): a
+  // failure (timeout, refused, malformed) with its error text, which never
+  // holds a password. Consecutive failures make DirectoryLookupMonitor
+  // Unhealthy (escalate-only responder). Ignored when no directory is set.
+  void recordDirectoryResult(bool ok, const std::string& error);
 
   // Operator overrides: AlertValue::kDisabled or kRepairing, or kUnknown to clear.
   bool setMonitorOverride(const std::string& monitor, const std::string& target, AlertValue value,

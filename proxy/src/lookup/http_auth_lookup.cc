@@ -34,6 +34,10 @@ class HttpAuthLookup::Exchange {
     uv_timer_init(loop, &timer_);
     timer_.data = this;
     open_handles_ = 1;
+    // Timers count from the loop's cached time, which lags the clock by
+    // however long this loop iteration has run: refresh it, so the timeout
+    // is never shorter than configured.
+    uv_update_time(loop);
     uv_timer_start(&timer_, &Exchange::onTimeout, static_cast<std::uint64_t>(timeout.count()), 0);
     connect_req_.data = this;
     if (!target.unix_path.empty()) {

@@ -191,8 +191,8 @@ class PendingLookup {
   LookupId id_ = 0;
 };
 
-// Counters for the metrics endpoint (exported by a later change). One per
-// worker, written on the worker's loop, read by the control thread.
+// Counters for the metrics endpoint (lookup_metrics.cc). One per process
+// (SharedState::lookup), written on the workers' loops, read by the control thread.
 struct LookupStats {
   // Upper bounds of the latency histogram's buckets, in milliseconds; a
   // last bucket catches everything slower.

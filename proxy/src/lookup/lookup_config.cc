@@ -391,6 +391,19 @@ std::string AuthHttpTarget::text() const {
   return ipv6 ? "[" + host + "]:" + port_text : host + ":" + port_text;
 }
 
+std::string LookupConfig::serviceText() const {
+  switch (kind) {
+    case LookupKind::kHttp:
+      return "http " + http.text();
+    case LookupKind::kRedis:
+      return "redis " + (redis_ipv6 ? "[" + redis_host + "]" : redis_host) + ":" +
+             std::to_string(redis_port);
+    case LookupKind::kNone:
+      break;
+  }
+  return {};
+}
+
 bool parseAuthHttpUrl(const std::string& url, AuthHttpTarget& out, std::string& error) {
   AuthHttpTarget target;
   std::string_view rest = url;

@@ -34,6 +34,7 @@ struct AuthHttpTarget {
   std::string host_header;   // what nginx sends as Host: the host without port,
                              // or "localhost" for a unix socket
   std::string text() const;  // "127.0.0.1:9000" or "unix:/run/auth.sock", for errors
+  bool operator==(const AuthHttpTarget&) const = default;
 };
 
 struct LookupConfig {
@@ -56,6 +57,12 @@ struct LookupConfig {
   std::string key = "route:{user}";               // {user}: the normalised user
   std::uint32_t shards = 0;                       // 0: no shard indirection
   std::string shard_key = "route:shard:{shard}";  // {shard}: 0 .. shards-1
+
+  // A reload rebuilds the workers' stages only when [lookup] changed.
+  bool operator==(const LookupConfig&) const = default;
+  // What the directory is, for the health model and logs: "http
+  // 127.0.0.1:9000", "redis 127.0.0.1:6379"; "" for kind = "none".
+  std::string serviceText() const;
 };
 
 // Splits an auth_http URL; false with `error` set when it is not one.

@@ -345,6 +345,9 @@ LookupId RedisLookup::lookup(const LookupRequest& request, LookupCallback callba
     callback(LookupResult::unavailable(self->where() + ": no answer within " +
                                        std::to_string(self->config_.timeout.count()) + "ms"));
   });
+  if (loop_.uvLoop() != nullptr) {
+    uv_update_time(loop_.uvLoop());  // from now, not from the loop's cached time
+  }
   query->timer->arm(config_.timeout);
   Query& ref = *query;
   queries_.emplace(id, std::move(query));

@@ -414,6 +414,7 @@ class FakeHost final : public SessionHost {
     ++ended_;
     delete session;
   }
+  std::shared_ptr<LookupStage> lookupStage() override { return lookup_stage_; }
 
   // ---- For the test.
   FakeLoop& loop() { return loop_; }
@@ -429,6 +430,8 @@ class FakeHost final : public SessionHost {
   }
   int endedCount() const { return ended_; }
   int timersCreated() const { return timers_created_; }
+  // The directory lookup stage sessions get (none by default).
+  void setLookupStage(std::shared_ptr<LookupStage> stage) { lookup_stage_ = std::move(stage); }
   const std::vector<std::string>& violations() const { return loop_.violations(); }
 
  private:
@@ -444,6 +447,8 @@ class FakeHost final : public SessionHost {
   std::vector<Connect> connects_;
   int ended_ = 0;
   int timers_created_ = 0;
+  // After loop_: its timers go before the loop does.
+  std::shared_ptr<LookupStage> lookup_stage_;
 };
 
 }  // namespace fakes
