@@ -107,6 +107,14 @@ struct alignas(64) WorkerStats {
   ~WorkerStats();
 };
 
+// The portico_sessions_ended_total counter for `reason`.
+inline Counter& endedCounter(WorkerStats& stats, EndReason reason) {
+#define PORTICO_ENDED_FIELD(X, id, label, text) &WorkerStats::ended_##label,
+  static constexpr Counter WorkerStats::*kFields[] = {PORTICO_END_REASONS(PORTICO_ENDED_FIELD, _)};
+#undef PORTICO_ENDED_FIELD
+  return stats.*kFields[static_cast<std::size_t>(reason)];
+}
+
 // Stable stats slots for backend names, so counters survive a reload that
 // reorders or adds backends. Used by the control thread only (config load).
 inline constexpr std::size_t kMaxBackends = 256;

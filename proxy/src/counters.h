@@ -22,6 +22,8 @@
 #include <iterator>
 #include <string_view>
 
+#include "end_reason.h"
+
 namespace portico::proxy {
 
 enum class MetricKind { kCounter, kGauge };
@@ -68,7 +70,14 @@ struct CounterSpec {
     "Client logins (LOGIN, AUTHENTICATE) by outcome: success, rejected (the backend or "      \
     "the SASL payload refused it), unavailable (no backend reachable).")                      \
   X(logins_unavailable, "logins_unavailable", Counter,                                        \
-    "portico_logins_total{outcome=\"unavailable\"}", "")
+    "portico_logins_total{outcome=\"unavailable\"}", "")                                      \
+  PORTICO_END_REASONS(PORTICO_ENDED_COUNTER, X)
+
+// One portico_sessions_ended_total series per end reason (end_reason.h).
+#define PORTICO_ENDED_COUNTER(X, id, label, text)                                             \
+  X(ended_##label, "ended_" #label, Counter,                                                  \
+    "portico_sessions_ended_total{reason=\"" #label "\"}",                                     \
+    "Sessions ended, by reason: the session-end log line's reason, as a label.")
 
 // Per worker and backend; shown per configured backend with a backend label.
 #define PORTICO_BACKEND_COUNTERS(X)                                                           \

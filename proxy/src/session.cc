@@ -157,8 +157,10 @@ void Session::onDrained(Transport* transport) {
 void Session::onClosed(Transport* transport, std::string_view reason) {
   if (transport == client_) {
     client_ = nullptr;
-    if (end_reason_.empty()) {
-      end_reason_.assign(reason);
+    if (logout_seen_) {
+      setEndReason(EndReason::kLogout);  // the client left after LOGOUT's answer
+    } else {
+      setEndReason(EndReason::kClientClosed, reason);
     }
     state_ = SessionState::kClosing;
     if (backend_ != nullptr) {
@@ -191,13 +193,13 @@ void Session::onClosed(Transport* transport, std::string_view reason) {
       case SessionState::kRelay:
         if (client_ != nullptr) {
           if (logout_seen_) {
-            closeWithBye("", "logout");
+            closeWithBye("", EndReason::kLogout);
           } else {
             logging::log(logging::Level::kWarn, "session",
                          "id={:016x} backend {} closed the connection ({}); client={} user={}", id_,
                          backend_name_, reason, client_address_, user_);
             closeWithBye("* BYE [UNAVAILABLE] Mailbox server connection lost.\r\n",
-                         "backend closed");
+                         EndReason::kBackendClosed);
           }
         }
         break;
@@ -217,10 +219,10 @@ void Session::onClosed(Transport* transport, std::string_view reason) {
 // ---------------------------------------------------------------------------
 // Common.
 
-void Session::requestBye(std::string_view text, std::string_view end_reason) {
+void Session::requestBye(std::string_view text, EndReason end_reason) {
   shutdown_pending_ = true;
   shutdown_text_.assign(text);
-  shutdown_end_reason_.assign(end_reason);
+  shutdown_end_reason_ = end_reason;
   switch (state_) {
     case SessionState::kPrelogin:
     case SessionState::kAuthContinuation:
@@ -235,10 +237,8 @@ void Session::requestBye(std::string_view text, std::string_view end_reason) {
   }
 }
 
-void Session::abort(std::string_view reason) {
-  if (end_reason_.empty()) {
-    end_reason_.assign(reason);
-  }
+void Session::abort(EndReason reason) {
+  setEndReason(reason);
   state_ = SessionState::kClosing;
   if (client_ != nullptr) {
     client_->close();
@@ -307,7 +307,7 @@ void Session::kick() {
   }
   logging::log(logging::Level::kInfo, "session", "id={:016x} kicked by operator; client={} user={}",
                id_, client_address_, user_);
-  closeWithBye("* BYE [UNAVAILABLE] Session ended by the administrator.\r\n", "kicked");
+  closeWithBye("* BYE [UNAVAILABLE] Session ended by the administrator.\r\n", EndReason::kKicked);
 }
 
 SessionInfo Session::info(std::chrono::steady_clock::time_point now) const {
@@ -374,15 +374,26 @@ void Session::noteCutResponse(std::string_view reason) {
   backendStats()->responses_cut.add();
 }
 
-void Session::closeWithBye(std::string_view bye_line, std::string_view reason) {
-  if (end_reason_.empty()) {
-    end_reason_.assign(reason);
+void Session::setEndReason(EndReason reason, std::string_view detail) {
+  if (end_reason_set_) {
+    return;
   }
+  end_reason_set_ = true;
+  end_reason_ = reason;
+  end_detail_.assign(detail);
+}
+
+std::string_view Session::endReasonLogText() const {
+  return end_detail_.empty() ? endReasonText(end_reason_) : std::string_view(end_detail_);
+}
+
+void Session::closeWithBye(std::string_view bye_line, EndReason reason, std::string_view detail) {
+  setEndReason(reason, detail);
   if (!bye_line.empty() && clientMidResponse()) {
     // A response (a FETCH literal, say) is part-way to the client: a BYE
     // now would become part of the message. Closing is the only signal
     // that cannot be mistaken for message bytes.
-    noteCutResponse(reason);
+    noteCutResponse(detail.empty() ? endReasonText(reason) : detail);
   } else {
     writeClient(bye_line);
   }
@@ -426,7 +437,8 @@ void Session::onTimer() {
   switch (state_) {
     case SessionState::kPrelogin:
     case SessionState::kAuthContinuation:
-      closeWithBye("* BYE Disconnected for inactivity during login.\r\n", "prelogin timeout");
+      closeWithBye("* BYE Disconnected for inactivity during login.\r\n",
+                   EndReason::kPreloginTimeout);
       return;
     case SessionState::kLoginDelay: {
       state_ = SessionState::kPrelogin;
@@ -457,7 +469,7 @@ void Session::onTimer() {
       return;
     case SessionState::kRelay:
       if (now - last_activity_ >= cfg.timeouts.idle) {
-        closeWithBye("* BYE Disconnected for inactivity.\r\n", "idle timeout");
+        closeWithBye("* BYE Disconnected for inactivity.\r\n", EndReason::kIdleTimeout);
       } else {
         deadline_ = last_activity_ + cfg.timeouts.idle;
         armTimer();
@@ -497,17 +509,17 @@ void Session::finishIfClosed() {
     in_stats_ = false;
   }
   if (tracing()) {
-    traceRecord("Disconnect", "",
-                fmt::format("reason={}", end_reason_.empty() ? "closed" : end_reason_),
-                duration.count(), bytes_in_, bytes_out_);
+    traceRecord("Disconnect", "", fmt::format("reason={}", endReasonLogText()), duration.count(),
+                bytes_in_, bytes_out_);
   }
+  endedCounter(host_.stats(), end_reason_).add();
   logging::log(logging::Level::kInfo, "session",
                "session end id={:016x} client={} user={} backend={} duration_ms={} bytes_in={} "
                "bytes_out={} commands={} reason=\"{}\"",
                id_, client_address_, user_.empty() ? "-" : user_,
                logged_in_ ? backend_name_ : std::string("-"), duration.count(), bytes_in_,
-               bytes_out_, commands_, end_reason_.empty() ? "closed" : end_reason_);
-  host_.sessionEnded(this);  // deletes this session: nothing may follow
+               bytes_out_, commands_, endReasonLogText());
+  host_.sessionEnded(this);  // the host deletes this session: nothing may follow
 }
 
 BackendStats* Session::backendStats() {

@@ -19,6 +19,7 @@
 #include <string_view>
 #include <vector>
 
+#include "end_reason.h"
 #include "lookup/lookup.h"
 #include "portico/parser.h"
 #include "runtime.h"
@@ -65,7 +66,9 @@ class SessionHost {
   virtual std::shared_ptr<LookupStage> lookupStage() { return nullptr; }
   // This worker's producer index for the protocol log.
   virtual std::size_t index() const { return 0; }
-  // Called once, when both transports are closed. The host deletes the session.
+  // Called once, when both transports are closed, from inside the session's
+  // last callback. The host deletes the session once that callback has
+  // returned (the worker on its loop's next turn).
   virtual void sessionEnded(Session* session) = 0;
 };
 
@@ -128,9 +131,9 @@ class Session : public TransportHandler {
   // Ends the session politely: `* BYE <text>` now if between commands, else
   // right after the current command's tagged reply. Used for server
   // shutdown and for moving sessions off a drained backend.
-  void requestBye(std::string_view text, std::string_view end_reason);
+  void requestBye(std::string_view text, EndReason end_reason);
   // Ends the session at once (forced shutdown).
-  void abort(std::string_view reason);
+  void abort(EndReason reason);
   // Admin kick: `* BYE` now, then close, whatever the session is doing.
   void kick();
   SessionInfo info(std::chrono::steady_clock::time_point now) const;
@@ -211,7 +214,11 @@ class Session : public TransportHandler {
   void writeClient(std::string_view bytes);
   // Ends the session: `bye_line` (if any) to the client, then close. A BYE
   // is left out while a backend response is part-way to the client.
-  void closeWithBye(std::string_view bye_line, std::string_view reason);
+  // `detail` replaces the reason's text in the logs (a parser error code).
+  void closeWithBye(std::string_view bye_line, EndReason reason, std::string_view detail = {});
+  // Records why the session ends; the first reason given wins.
+  void setEndReason(EndReason reason, std::string_view detail = {});
+  std::string_view endReasonLogText() const;
   bool clientMidResponse() const;
   void noteCutResponse(std::string_view reason);
   void updateClientReading();
@@ -251,7 +258,7 @@ class Session : public TransportHandler {
   bool processing_ = false;
   bool process_again_ = false;
   std::string shutdown_text_;
-  std::string shutdown_end_reason_;
+  EndReason shutdown_end_reason_ = EndReason::kShutdown;
   bool logged_in_ = false;
   std::uint64_t trace_generation_ = 0;  // 0: evaluate on next use
   bool trace_on_ = false;
@@ -313,7 +320,9 @@ class Session : public TransportHandler {
   Clock::time_point started_;
   Clock::time_point last_activity_;
   Clock::time_point deadline_{};
-  std::string end_reason_;
+  EndReason end_reason_ = EndReason::kClosed;
+  bool end_reason_set_ = false;
+  std::string end_detail_;  // printed instead of the reason's text when set
   std::string client_address_;
   bool ended_ = false;
 };

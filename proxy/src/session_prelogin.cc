@@ -43,7 +43,7 @@ void Session::processPreloginOnce() {
       auto lf = client_pending_.find('\n');
       if (lf == std::string::npos) {
         if (client_pending_.size() > limits.prelogin_max_line) {
-          closeWithBye("* BYE SASL response too long\r\n", "sasl response too long");
+          closeWithBye("* BYE SASL response too long\r\n", EndReason::kSaslTooLong);
         }
         return;
       }
@@ -68,7 +68,7 @@ void Session::processPreloginOnce() {
       case parser::CommandEventType::kNeedMore:
         if (client_pending_.size() > preloginMaxCommand(limits, command_framer_.currentName())) {
           writeClient("* BAD Command too long\r\n");
-          closeWithBye("* BYE Command too long\r\n", "command too long");
+          closeWithBye("* BYE Command too long\r\n", EndReason::kCommandTooLong);
         }
         return;
       case parser::CommandEventType::kLiteral:
@@ -109,7 +109,7 @@ void Session::processPreloginOnce() {
           // The rest of the stream cannot be trusted (or is not worth
           // reading before login): answer, then end the session.
           writeClient(fmt::format("{} BAD {}\r\n", tag, ev.error.message));
-          closeWithBye(fmt::format("* BYE {}\r\n", ev.error.message),
+          closeWithBye(fmt::format("* BYE {}\r\n", ev.error.message), EndReason::kProtocolError,
                        parser::errorCodeName(ev.error.code));
           return;
         }
@@ -165,7 +165,7 @@ bool Session::refuseLiteral(const parser::CommandEvent& ev) {
 void Session::badCommand(std::string_view tag, std::string_view message) {
   writeClient(fmt::format("{} BAD {}\r\n", tag, message));
   if (++bad_in_row_ >= config_->config.limits.max_bad_commands) {
-    closeWithBye("* BYE Too many invalid commands\r\n", "too many invalid commands");
+    closeWithBye("* BYE Too many invalid commands\r\n", EndReason::kTooManyInvalidCommands);
   }
 }
 
@@ -201,7 +201,7 @@ void Session::handlePreloginCommand(std::string_view bytes) {
     case parser::Verb::kLogout:
       writeClient(fmt::format("* BYE Logging out\r\n{} OK Logout completed.\r\n", tag));
       tracePrelogin(cmd, bytes, "OK");
-      closeWithBye("", "client logout");
+      closeWithBye("", EndReason::kClientLogout);
       return;
     case parser::Verb::kId:
       client_id_ = std::move(cmd.id);
@@ -271,7 +271,7 @@ void Session::startClientStarttls(const std::string& tag) {
   command_framer_.reset();
   Transport* tls = host_.startServerTls(client_, listener_tls_context_);
   if (tls == nullptr) {
-    closeWithBye("* BYE TLS is not available.\r\n", "tls unavailable");
+    closeWithBye("* BYE TLS is not available.\r\n", EndReason::kTlsUnavailable);
     return;
   }
   client_ = tls;
@@ -471,12 +471,12 @@ void Session::failLogin(std::string_view client_line, bool count_failure) {
     if (bye_after_failure_) {
       // The directory refused without Auth-Wait: nginx ends the connection.
       writeClient(client_line);
-      closeWithBye("* BYE Login refused.\r\n", "directory refused");
+      closeWithBye("* BYE Login refused.\r\n", EndReason::kDirectoryRefused);
       return;
     }
     if (login_failures_ >= cfg.limits.max_login_failures) {
       writeClient(client_line);
-      closeWithBye("* BYE Too many failed login attempts.\r\n", "too many failed logins");
+      closeWithBye("* BYE Too many failed login attempts.\r\n", EndReason::kTooManyFailedLogins);
       return;
     }
     // Growing delay before the answer: slows password guessing without

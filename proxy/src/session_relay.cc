@@ -62,7 +62,7 @@ void Session::relayFromClient(Chunk chunk) {
     if (r.event.type == parser::CommandEventType::kError && r.event.error.fatal) {
       // A literal that cannot be skipped: the stream cannot be
       // resynchronised, and a failed framer consumes nothing more.
-      closeWithBye(fmt::format("* BYE {}\r\n", r.event.error.message),
+      closeWithBye(fmt::format("* BYE {}\r\n", r.event.error.message), EndReason::kProtocolError,
                    parser::errorCodeName(r.event.error.code));
       return;
     }
@@ -76,7 +76,8 @@ void Session::relayFromClient(Chunk chunk) {
       // framers. Refuse it here instead of passing it on.
       std::string tag(r.event.tag);
       if (command_start == kUnknown) {
-        closeWithBye("* BYE [UNAVAILABLE] COMPRESS is not supported.\r\n", "compress refused");
+        closeWithBye("* BYE [UNAVAILABLE] COMPRESS is not supported.\r\n",
+                     EndReason::kCompressRefused);
         return;
       }
       if (command_start > forward_from) {
@@ -184,11 +185,11 @@ void Session::relayFromBackend(Chunk chunk) {
       // Nothing of this chunk went out yet: the client stands where the
       // previous chunk left it (or after an edited response, at a boundary).
       if (forward_from == 0 && !started_at_response) {
-        noteCutResponse("backend protocol error");
-        closeWithBye("", "backend protocol error");
+        noteCutResponse(endReasonText(EndReason::kBackendProtocolError));
+        closeWithBye("", EndReason::kBackendProtocolError);
       } else {
         closeWithBye("* BYE [UNAVAILABLE] Mailbox server connection lost.\r\n",
-                     "backend protocol error");
+                     EndReason::kBackendProtocolError);
       }
       return;
     }

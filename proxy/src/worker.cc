@@ -134,6 +134,8 @@ Worker::Worker(std::size_t index, RuntimeConfigPtr config, SharedState& shared, 
   loop_.data = this;
   uv_timer_init(&loop_, &accept_resume_timer_);
   uv_timer_init(&loop_, &throttle_timer_);
+  uv_idle_init(&loop_, &reaper_);
+  reaper_.data = this;
   accept_resume_timer_.data = this;
   throttle_timer_.data = this;
   reserve_fd_ = openReserve();
@@ -617,11 +619,25 @@ void Worker::sessionEnded(Session* session) {
   }
   shared_.connections.fetch_sub(1, std::memory_order_relaxed);
   stats_.connections_current.sub();
-  delete session;
-  if (!retired_lookups_.empty()) {
-    releaseRetiredLookups();
+  // Called from the session's own close callback: it is deleted on the
+  // loop's next turn (uv_idle), once that callback has returned.
+  ended_.push_back(session);
+  if (uv_is_closing(reinterpret_cast<uv_handle_t*>(&reaper_)) == 0) {
+    uv_idle_start(&reaper_, [](uv_idle_t* idle) { static_cast<Worker*>(idle->data)->reapEnded(); });
   }
   maybeStop();
+}
+
+void Worker::reapEnded() {
+  uv_idle_stop(&reaper_);
+  std::vector<Session*> ended;
+  ended.swap(ended_);
+  for (Session* session : ended) {
+    delete session;
+  }
+  if (!retired_lookups_.empty()) {
+    releaseRetiredLookups();  // the sessions that held a retired stage are gone
+  }
 }
 
 void Worker::beginShutdown(std::string reason) {
@@ -645,7 +661,7 @@ void Worker::beginShutdown(std::string reason) {
     sessions.push_back(session);
   }
   for (Session* session : sessions) {
-    session->requestBye(reason, "shutdown");
+    session->requestBye(reason, EndReason::kShutdown);
   }
   shutdown_timer_ = new uv_timer_t;
   uv_timer_init(&loop_, shutdown_timer_);
@@ -664,7 +680,7 @@ void Worker::beginShutdown(std::string reason) {
                        w->index_, left.size());
         }
         for (Session* session : left) {
-          session->abort("shutdown timeout");
+          session->abort(EndReason::kShutdownTimeout);
         }
       },
       static_cast<std::uint64_t>(config_->config.timeouts.shutdown.count()), 0);
@@ -680,7 +696,7 @@ void Worker::moveSessions(const std::string& backend) {
   }
   for (Session* session : moving) {
     session->requestBye("[UNAVAILABLE] Mailbox server is being drained, please reconnect.",
-                        "moved off drained backend");
+                        EndReason::kMovedOffDrained);
   }
 }
 
@@ -742,6 +758,10 @@ void Worker::maybeStop() {
     }
     uv_close(reinterpret_cast<uv_handle_t*>(&accept_resume_timer_), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&throttle_timer_), nullptr);
+    // Close callbacks run after this turn's callbacks: the last sessions
+    // are deleted there, outside their own.
+    uv_close(reinterpret_cast<uv_handle_t*>(&reaper_),
+             [](uv_handle_t* h) { static_cast<Worker*>(h->data)->reapEnded(); });
   }
   mailbox_.close();
 }

@@ -173,6 +173,11 @@ class Worker final : public SessionHost, private InboundProxyHost {
   int last_accept_error_ = 0;       // errno of the last EMFILE/ENFILE, for the summary line
   uv_timer_t accept_resume_timer_;  // ends a pause
   uv_timer_t throttle_timer_;       // reports what LogThrottle held back
+  // Sessions that ended are deleted here, on the loop's next turn, never
+  // inside the callback in which they ended.
+  uv_idle_t reaper_;
+  std::vector<Session*> ended_;
+  void reapEnded();
   bool timers_closed_ = false;
   UvLookupLoop lookup_loop_{&loop_};
   std::shared_ptr<LookupStage> lookup_;  // null for kind = "none"

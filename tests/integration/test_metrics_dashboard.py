@@ -104,13 +104,16 @@ def busy_portico(tmp_path_factory):
             finally:
                 conn.close()
 
-        # Every probe has run once (their first runs are jittered over 5 s)
-        # and the traced user's lines reached the writer.
+        # Every probe has run once (their first runs are jittered over 5 s),
+        # the traced user's lines reached the writer and the users' sessions
+        # have ended on Portico's side too (a client reads LOGOUT's OK first).
         def settled() -> bool:
             text = metrics()
             probes = len(re.findall(r"^portico_probe_result\{", text, re.M))
             written = re.search(r"^portico_protocol_log_records_total (\d+)$", text, re.M)
-            return probes >= 7 and written is not None and int(written.group(1)) > 0
+            logouts = re.search(r'^portico_sessions_ended_total\{reason="logout"\} (\d+)$', text, re.M)
+            return (probes >= 7 and written is not None and int(written.group(1)) > 0
+                    and logouts is not None and int(logouts.group(1)) >= len(USERS))
 
         assert wait_until(settled, 20, 0.2), metrics()
         yield portico, metrics(), token
@@ -137,7 +140,7 @@ def test_metrics_follow_prometheus_conventions(busy_portico):
     assert typed == set(helped), "HELP and TYPE differ: %s" % (typed ^ set(helped))
     commands = known_commands()
     allowed_labels = {"backend", "command", "status", "le", "by", "outcome", "probe", "target", "monitor",
-                      "health_set"}
+                      "health_set", "reason"}
     for f in families:
         assert f.name.startswith("portico_"), f.name
         assert f.type in ("counter", "gauge", "histogram"), (f.name, f.type)
@@ -195,6 +198,12 @@ def test_metrics_follow_prometheus_conventions(busy_portico):
     assert value("portico_protocol_log_enabled") == 1
     assert value("portico_protocol_log_records_total") > 0
     assert value("portico_protocol_log_dropped_records_total") == 0
+    # Every user's session ended by LOGOUT through the backend; end reasons
+    # are a fixed set of names, each exported (0 or not) as one series.
+    assert value("portico_sessions_ended_total", reason="logout") >= len(USERS)
+    reasons = [s.labels["reason"] for s in by_name["portico_sessions_ended"].samples]
+    assert len(reasons) == len(set(reasons)) and {"closed", "client_closed", "kicked"} <= set(reasons), reasons
+    assert all(re.fullmatch(r"[a-z_]+", r) for r in reasons), reasons
     # XYZZY is no command Portico knows: counted as OTHER, once per user.
     other = [s.value for s in by_name["portico_commands"].samples if s.labels["command"] == "OTHER"]
     assert sum(other) == len(USERS), other

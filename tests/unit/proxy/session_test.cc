@@ -118,7 +118,7 @@ class SessionTest : public ::testing::Test {
  protected:
   void TearDown() override {
     if (session_ != nullptr && host_.endedCount() == 0) {
-      session_->abort("test over");
+      session_->abort(EndReason::kShutdownTimeout);
       host_.runPending();
       if (host_.endedCount() == 0) {
         ADD_FAILURE() << "the session did not end after abort() in state "
@@ -289,6 +289,27 @@ TEST_F(SessionTest, LogoutSaysByeAndEndsAfterTheClientCloses) {
   EXPECT_FALSE(ended()) << "ended before the client's onClosed()";
   host_.runPending();
   EXPECT_EQ(host_.endedCount(), 1);
+}
+
+TEST_F(SessionTest, EachEndReasonIsLoggedAndCountedOnce) {
+  start();
+  client_->deliver("c4 LOGOUT\r\n");
+  host_.runPending();
+  ASSERT_EQ(host_.endedCount(), 1);
+  EXPECT_THAT(log_.text(), HasSubstr("reason=\"client logout\""));
+  EXPECT_EQ(host_.stats().ended_client_logout.get(), 1u);
+  EXPECT_EQ(host_.stats().ended_client_closed.get(), 0u);
+  EXPECT_EQ(host_.stats().ended_closed.get(), 0u);
+}
+
+TEST_F(SessionTest, ClientCloseIsCountedWithTheTransportsWords) {
+  start();
+  client_->peerClose();
+  host_.runPending();
+  ASSERT_EQ(host_.endedCount(), 1);
+  EXPECT_EQ(host_.stats().ended_client_closed.get(), 1u);
+  EXPECT_THAT(log_.text(), HasSubstr("reason=\"end of stream\""))
+      << "the transport's words say more than the reason's name";
 }
 
 TEST_F(SessionTest, UnknownCommandBeforeLoginGetsTaggedBad) {
@@ -1472,12 +1493,12 @@ TEST_F(SessionTest, AbortClosesBothSides) {
   start();
   FakeTransport* backend = loginToRelay();
   ASSERT_NE(backend, nullptr);
-  session_->abort("admin kick");
+  session_->abort(EndReason::kKicked);
   EXPECT_TRUE(client_->closeCalled());
   EXPECT_TRUE(backend->closeCalled());
   host_.runPending();
   EXPECT_EQ(host_.endedCount(), 1);
-  EXPECT_THAT(log_.text(), HasSubstr("reason=\"admin kick\""));
+  EXPECT_THAT(log_.text(), HasSubstr("reason=\"kicked\""));
 }
 
 TEST_F(SessionTest, KickSaysByeAndEnds) {
@@ -1544,7 +1565,7 @@ TEST_F(SessionTest, PreloginTimeoutCountsFromConnect) {
 
 TEST_F(SessionTest, ShutdownBeforeLoginSaysByeAtOnce) {
   start();
-  session_->requestBye("Server shutting down.", "shutdown");
+  session_->requestBye("Server shutting down.", EndReason::kShutdown);
   EXPECT_EQ(client_->takeWritten(), "* BYE Server shutting down.\r\n");
   EXPECT_TRUE(client_->shutdownCalled());
   host_.runPending();
@@ -1555,7 +1576,7 @@ TEST_F(SessionTest, ShutdownBetweenCommandsSaysByeAtOnce) {
   start();
   FakeTransport* backend = loginToRelay();
   ASSERT_NE(backend, nullptr);
-  session_->requestBye("Server shutting down.", "shutdown");
+  session_->requestBye("Server shutting down.", EndReason::kShutdown);
   EXPECT_EQ(client_->takeWritten(), "* BYE Server shutting down.\r\n");
   EXPECT_TRUE(client_->shutdownCalled());
   EXPECT_TRUE(backend->closeCalled());
@@ -1568,7 +1589,7 @@ TEST_F(SessionTest, ShutdownDuringACommandWaitsForItsTaggedReply) {
   FakeTransport* backend = loginToRelay();
   ASSERT_NE(backend, nullptr);
   client_->deliver("s1 FETCH 1:* FLAGS\r\n");
-  session_->requestBye("Server shutting down.", "shutdown");
+  session_->requestBye("Server shutting down.", EndReason::kShutdown);
   EXPECT_EQ(client_->takeWritten(), "");
   backend->deliver("* 1 FETCH (FLAGS ())\r\n");
   EXPECT_EQ(client_->takeWritten(), "* 1 FETCH (FLAGS ())\r\n");
@@ -1586,7 +1607,7 @@ TEST_F(SessionTest, ShutdownDuringIdleOrLoginSaysByeWhenDone) {
   FakeTransport* backend = host_.lastBackend();
   backend->connectOk();
   backend->deliver(kGreetingSaslIr);
-  session_->requestBye("Server shutting down.", "shutdown");
+  session_->requestBye("Server shutting down.", EndReason::kShutdown);
   EXPECT_FALSE(client_->shutdownCalled()) << "the login finishes first";
   backend->deliver("a1 OK Logged in\r\n");
   EXPECT_EQ(client_->takeWritten(), "a1 OK Logged in\r\n* BYE Server shutting down.\r\n");
@@ -1599,7 +1620,7 @@ TEST_F(SessionTest, ShutdownDuringAFailingLoginSaysByeAfterTheAnswer) {
   FakeTransport* backend = host_.lastBackend();
   backend->connectOk();
   backend->deliver(kGreetingSaslIr);
-  session_->requestBye("Server shutting down.", "shutdown");
+  session_->requestBye("Server shutting down.", EndReason::kShutdown);
   EXPECT_FALSE(client_->shutdownCalled()) << "the login finishes first";
   backend->deliver("a1 NO [AUTHENTICATIONFAILED] Invalid credentials\r\n");
   host_.advance(config().limits.login_failure_delay + 1ms);
@@ -1617,7 +1638,7 @@ TEST_F(SessionTest, ShutdownDuringIdleSaysByeAtOnce) {
   client_->deliver("i1 IDLE\r\n");
   backend->deliver("+ idling\r\n");
   client_->takeWritten();
-  session_->requestBye("Server shutting down.", "shutdown");
+  session_->requestBye("Server shutting down.", EndReason::kShutdown);
   EXPECT_EQ(client_->takeWritten(), "* BYE Server shutting down.\r\n");
   EXPECT_TRUE(client_->shutdownCalled());
 }
@@ -1696,7 +1717,7 @@ TEST_F(SessionTest, PasswordNeverReachesTheProtocolLog) {
   ASSERT_NE(relay, nullptr);
   client_->deliver("a3 LOGIN alice " + password + "\r\na4 SELECT INBOX\r\n");
   relay->deliver("a3 BAD Already logged in\r\na4 OK done\r\n");
-  session_->abort("test over");
+  session_->abort(EndReason::kShutdownTimeout);
   host_.runPending();
   ASSERT_EQ(host_.endedCount(), 1);
   protocol_log.stop();
