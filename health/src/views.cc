@@ -10,6 +10,8 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
+#include "action_log.h"
+#include "portico/prometheus_text.h"
 #include "service_impl.h"
 
 namespace portico::health {
@@ -17,34 +19,8 @@ namespace {
 
 using nlohmann::json;
 
-std::string isoTime(SystemTime time) {
-  const auto ms =
-      std::chrono::duration_cast<std::chrono::milliseconds>(time.time_since_epoch()).count();
-  const auto secs = static_cast<std::time_t>(ms >= 0 ? ms / 1000 : (ms - 999) / 1000);
-  std::tm tm{};
-  gmtime_r(&secs, &tm);
-  char out[40];
-  const std::size_t n = std::strftime(out, sizeof(out), "%Y-%m-%dT%H:%M:%S", &tm);
-  return fmt::format("{}.{:03}Z", std::string_view(out, n), ((ms % 1000) + 1000) % 1000);
-}
-
 json timeOrNull(const std::optional<SystemTime>& time) {
-  return time ? json(isoTime(*time)) : json(nullptr);
-}
-
-std::string promLabel(std::string_view value) {
-  std::string out;
-  for (char c : value) {
-    if (c == '\\' || c == '"') {
-      out.push_back('\\');
-      out.push_back(c);
-    } else if (c == '\n') {
-      out += "\\n";
-    } else {
-      out.push_back(c);
-    }
-  }
-  return out;
+  return time ? json(formatIsoTime(*time)) : json(nullptr);
 }
 
 }  // namespace
@@ -55,8 +31,8 @@ json resultJson(const ProbeResult& r) {
       {"HealthSetName", r.health_set},
       {"TargetResource", r.target},
       {"ResultType", resultTypeName(r.result)},
-      {"ExecutionStartTime", isoTime(r.start)},
-      {"ExecutionEndTime", isoTime(r.end)},
+      {"ExecutionStartTime", formatIsoTime(r.start)},
+      {"ExecutionEndTime", formatIsoTime(r.end)},
       {"SampleValue", r.sample_ms},
       {"Error", r.error},
       {"FailureContext",
@@ -112,7 +88,7 @@ std::string HealthService::Impl::health(const std::string& glob) const {
     if (!globMatch(glob, a.health_set)) {
       continue;
     }
-    actions.push_back({{"Time", isoTime(a.time)},
+    actions.push_back({{"Time", formatIsoTime(a.time)},
                        {"Monitor", a.key.monitor},
                        {"TargetResource", a.key.target},
                        {"HealthSetName", a.health_set},
@@ -195,8 +171,8 @@ std::string HealthService::Impl::metrics() const {
       continue;
     }
     const ProbeResult& last = def.history.back();
-    const std::string labels =
-        fmt::format("probe=\"{}\",target=\"{}\"", promLabel(def.probe), promLabel(def.target));
+    const std::string labels = fmt::format("probe=\"{}\",target=\"{}\"", prometheusLabel(def.probe),
+                                           prometheusLabel(def.target));
     out += fmt::format("portico_probe_result{{{}}} {}\n", labels,
                        last.result == ResultType::kSucceeded ? 1 : 0);
     latency += fmt::format("portico_probe_latency_seconds{{{}}} {:.6f}\n", labels,
@@ -211,8 +187,8 @@ std::string HealthService::Impl::metrics() const {
       "# TYPE portico_monitor_unhealthy gauge\n";
   for (const auto& [key, m] : monitors_) {
     const std::string labels =
-        fmt::format("monitor=\"{}\",target=\"{}\",health_set=\"{}\"", promLabel(key.monitor),
-                    promLabel(key.target), promLabel(m->healthSet()));
+        fmt::format("monitor=\"{}\",target=\"{}\",health_set=\"{}\"", prometheusLabel(key.monitor),
+                    prometheusLabel(key.target), prometheusLabel(m->healthSet()));
     out += fmt::format("portico_monitor_state{{{}}} {}\n", labels, static_cast<int>(m->value()));
     unhealthy += fmt::format("portico_monitor_unhealthy{{{}}} {}\n", labels,
                              m->value() == AlertValue::kUnhealthy ? 1 : 0);

@@ -5,6 +5,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "portico/prometheus_text.h"
+
 namespace portico::proxy {
 
 namespace {
@@ -13,22 +15,9 @@ void family(std::string& out, std::string_view name, const char* type, const cha
   fmt::format_to(std::back_inserter(out), "# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
 }
 
-// A label value as the text format wants it: backslash, quote and newline
-// escaped. Backend names come from the config, so they are escaped too.
+// Backend names come from the config: escaped like any label value.
 std::string label(std::string_view value) {
-  std::string out;
-  out.reserve(value.size());
-  for (char c : value) {
-    if (c == '\\' || c == '"') {
-      out.push_back('\\');
-      out.push_back(c);
-    } else if (c == '\n') {
-      out += "\\n";
-    } else {
-      out.push_back(c);
-    }
-  }
-  return out;
+  return prometheusLabel(value);
 }
 
 // Bucket bounds and sums with every digit they have ("{}" is the shortest

@@ -58,20 +58,6 @@ inline bool quotable(std::string_view s) {
   return true;
 }
 
-inline std::string quote(std::string_view s) {
-  std::string out;
-  out.reserve(s.size() + 2);
-  out.push_back('"');
-  for (char c : s) {
-    if (c == '"' || c == '\\') {
-      out.push_back('\\');
-    }
-    out.push_back(c);
-  }
-  out.push_back('"');
-  return out;
-}
-
 // Overwrites a secret before its memory is released or reused.
 inline void wipe(std::string& s) {
   volatile char* p = s.data();
@@ -101,7 +87,7 @@ inline void appendWiping(std::string& s, std::string_view bytes) {
   s.append(bytes);
 }
 
-// quote(), appended in place (no temporary copy of a secret).
+// An IMAP quoted string, appended in place (no temporary copy of a secret).
 inline void appendQuoted(std::string& out, std::string_view s) {
   out.push_back('"');
   for (char c : s) {
@@ -111,6 +97,13 @@ inline void appendQuoted(std::string& out, std::string_view s) {
     out.push_back(c);
   }
   out.push_back('"');
+}
+
+inline std::string quote(std::string_view s) {
+  std::string out;
+  out.reserve(s.size() + 2);
+  appendQuoted(out, s);
+  return out;
 }
 
 // Printable, bounded excerpt of a peer's line for an operator's log.
