@@ -11,6 +11,7 @@ portico_factory function scope: make(backends, config=None, **kw) -> started Por
 import pytest
 
 from harness import PASSWORD, SANITIZER_MARKERS, USERS, Dovecot, Portico
+from tls_certs import TestPki
 
 __all__ = ["PASSWORD", "USERS", "Dovecot", "Portico", "SANITIZER_MARKERS"]  # for tests that import conftest
 
@@ -159,3 +160,13 @@ def portico(request, backends):
         yield p
     finally:
         _report_and_cleanup(request, [p], check_alive=True)
+
+
+@pytest.fixture(scope="module")
+def pki():
+    """A test CA with server and client certificates (openssl CLI), per module."""
+    p = TestPki.create()
+    try:
+        yield p
+    finally:
+        p.cleanup()

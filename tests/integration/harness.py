@@ -1303,3 +1303,34 @@ def plain_b64(user: str, password: str = PASSWORD, authzid: str = "") -> str:
 def which_backend(backends: Iterable[Dovecot], user: str, marker: str) -> list:
     """Names of the backends whose maildir for user holds a message with marker."""
     return [b.name for b in backends if b.messages_with(user, marker)]
+
+
+class LineReader:
+    """Reads CRLF lines from a (TLS or plain) socket, every read bounded."""
+
+    def __init__(self, sock, timeout=10.0):
+        self.sock = sock
+        self.sock.settimeout(timeout)
+        self.buf = b""
+
+    def readline(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError("closed; partial %r" % self.buf[:200])
+            self.buf += chunk
+        i = self.buf.index(b"\r\n") + 2
+        line, self.buf = self.buf[:i], self.buf[i:]
+        return line
+
+    def until_tagged(self, tag: bytes) -> list:
+        lines = []
+        while True:
+            line = self.readline()
+            lines.append(line)
+            if line.startswith(tag + b" "):
+                return lines
+
+    def command(self, tag: str, text: str) -> list:
+        self.sock.sendall(("%s %s\r\n" % (tag, text)).encode())
+        return self.until_tagged(tag.encode())

@@ -18,18 +18,8 @@ import socket
 import pytest
 
 from harness import PASSWORD, Dovecot, ImapConn, quote, wait_until
-from tls_certs import TestPki
 
 CLIENT_IP = "127.0.0.2"
-
-
-@pytest.fixture(scope="module")
-def pki():
-    p = TestPki.create()
-    try:
-        yield p
-    finally:
-        p.cleanup()
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,6 @@ import pytest
 
 from harness import (
     ImapConn,
-    Portico,
     PorticoError,
     admin_request,
     free_port,

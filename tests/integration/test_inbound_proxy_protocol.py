@@ -30,19 +30,9 @@ import pytest
 
 from harness import PASSWORD, Dovecot, free_port, quote, read_protocol_log, wait_until
 from haproxy_harness import HAProxy, connect_from, wait_closed
-from tls_certs import TestPki
 
 CLIENT_IP = "127.0.0.2"
 TRUSTED = ["127.0.0.0/8"]
-
-
-@pytest.fixture(scope="module")
-def pki():
-    p = TestPki.create()
-    try:
-        yield p
-    finally:
-        p.cleanup()
 
 
 @pytest.fixture(scope="module")

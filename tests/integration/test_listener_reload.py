@@ -16,54 +16,15 @@ import signal
 import socket
 import ssl
 
-import pytest
 
-from harness import PASSWORD, free_port, wait_until
-from tls_certs import TestPki
-
-
-@pytest.fixture(scope="module")
-def pki():
-    p = TestPki.create()
-    try:
-        yield p
-    finally:
-        p.cleanup()
+from harness import PASSWORD, LineReader, free_port, wait_until
 
 
 def tls_ctx(pki) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(pki.ca))
 
 
-class Lines:
-    """CRLF lines from a plain or TLS socket, every read bounded."""
-
-    def __init__(self, sock, timeout=10.0):
-        self.sock = sock
-        self.sock.settimeout(timeout)
-        self.buf = b""
-
-    def readline(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError("closed; partial %r" % self.buf[:200])
-            self.buf += chunk
-        i = self.buf.index(b"\r\n") + 2
-        line, self.buf = self.buf[:i], self.buf[i:]
-        return line
-
-    def command(self, tag: str, text: str) -> list:
-        self.sock.sendall(("%s %s\r\n" % (tag, text)).encode())
-        lines = []
-        while True:
-            line = self.readline()
-            lines.append(line)
-            if line.startswith(tag.encode() + b" "):
-                return lines
-
-
-def login_and_select(r: Lines, user: str) -> None:
+def login_and_select(r: LineReader, user: str) -> None:
     assert r.command("l1", 'LOGIN %s "%s"' % (user, PASSWORD))[-1].startswith(b"l1 OK")
     assert r.command("l2", "SELECT INBOX")[-1].startswith(b"l2 OK")
 
@@ -76,13 +37,13 @@ def open_tls(port, pki):
     except BaseException:
         raw.close()
         raise
-    r = Lines(s)
+    r = LineReader(s)
     return s, r, r.readline()
 
 
 def open_plain(port):
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
-    r = Lines(s)
+    r = LineReader(s)
     return s, r, r.readline()
 
 
@@ -136,7 +97,7 @@ def assert_serves_starttls_required(port, pki, user="carol"):
         assert lines[-1].startswith(b"a NO [PRIVACYREQUIRED]"), lines
         assert r.command("b", "STARTTLS")[-1].startswith(b"b OK")
         s = tls_ctx(pki).wrap_socket(s, server_hostname="mail.test")
-        r = Lines(s)
+        r = LineReader(s)
         login_and_select(r, user)
         r.command("c", "LOGOUT")
     finally:

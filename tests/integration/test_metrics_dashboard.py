@@ -22,7 +22,6 @@ import json
 import math
 import re
 import uuid
-from pathlib import Path
 
 import pytest
 

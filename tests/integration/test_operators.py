@@ -11,7 +11,6 @@ is awaited by polling with a deadline.
 from __future__ import annotations
 
 import calendar
-import grp
 import http.client
 import json
 import os
@@ -21,9 +20,8 @@ import socket
 import subprocess
 import time
 
-import pytest
 
-from harness import PASSWORD, ImapConn, porticoctl_bin, wait_until
+from harness import ImapConn, porticoctl_bin, wait_until
 
 QUIET_PROBE = {"interval": "60s", "timeout": "5s", "retries": 0}
 PROBES = ("ImapProxyTestProbe", "ImapCTPProbe", "ImapSelfTestProbe", "ImapDeepTestProbe")

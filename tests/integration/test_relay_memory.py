@@ -11,7 +11,6 @@ arrives, in order, and nothing is lost.
 import os
 import re
 import select
-import socket
 import time
 from pathlib import Path
 

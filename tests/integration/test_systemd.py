@@ -20,9 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
 
-from harness import PASSWORD, REPO_ROOT, Portico, portico_bin, porticoctl_bin, wait_until
+from harness import PASSWORD, REPO_ROOT, Portico, portico_bin
 
 
 def notifications(sock: socket.socket, want: str, timeout: float = 15.0) -> list:

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import PASSWORD, Dovecot, free_port, make_message, sanitizer_of, sha256, wait_until
-from tls_certs import TestPki, cert_serial, spki_sha256
+from harness import PASSWORD, Dovecot, LineReader, free_port, make_message, sanitizer_of, sha256, wait_until
+from tls_certs import cert_serial, spki_sha256
 
 # Users pinned to a backend through the routing map file.
 USER_IMPLICIT = "alice"   # -> tlsimp (Portico -> Dovecot with implicit TLS)
@@ -42,15 +42,6 @@ USER_CURL = "carol"       # -> tlsstart
 
 # --------------------------------------------------------------------------
 # fixtures
-
-
-@pytest.fixture(scope="module")
-def pki():
-    p = TestPki.create()
-    try:
-        yield p
-    finally:
-        p.cleanup()
 
 
 @pytest.fixture(scope="module")
@@ -191,37 +182,6 @@ def tls_connect(port, ctx, sni="mail.test", session=None, timeout=10.0) -> ssl.S
     except BaseException:
         raw.close()
         raise
-
-
-class LineReader:
-    """Reads CRLF lines from a (TLS or plain) socket, every read bounded."""
-
-    def __init__(self, sock, timeout=10.0):
-        self.sock = sock
-        self.sock.settimeout(timeout)
-        self.buf = b""
-
-    def readline(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError("closed; partial %r" % self.buf[:200])
-            self.buf += chunk
-        i = self.buf.index(b"\r\n") + 2
-        line, self.buf = self.buf[:i], self.buf[i:]
-        return line
-
-    def until_tagged(self, tag: bytes) -> list:
-        lines = []
-        while True:
-            line = self.readline()
-            lines.append(line)
-            if line.startswith(tag + b" "):
-                return lines
-
-    def command(self, tag: str, text: str) -> list:
-        self.sock.sendall(("%s %s\r\n" % (tag, text)).encode())
-        return self.until_tagged(tag.encode())
 
 
 def caps_of(lines) -> set:
