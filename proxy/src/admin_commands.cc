@@ -1,6 +1,6 @@
 // The admin socket's commands (see admin.h for the list). Each answers with
 // one JSON object; queries that need the workers (sessions, kick) gather
-// their answers through the control loop's mailbox.
+// their answers through the control loop's task queue.
 #include <algorithm>
 #include <cctype>
 #include <chrono>
@@ -213,11 +213,11 @@ void gather(Control& c, std::function<T(Worker&)> query, std::function<void(std:
     state->done({});
     return;
   }
-  Mailbox* mailbox = c.mailbox.get();
+  TaskQueue* tasks = c.tasks.get();
   for (std::size_t i = 0; i < c.workers.size(); ++i) {
-    c.workers[i]->post([state, query, mailbox, i](Worker& w) {
+    c.workers[i]->post([state, query, tasks, i](Worker& w) {
       T result = query(w);
-      mailbox->post([state, i, result = std::move(result)]() mutable {
+      tasks->post([state, i, result = std::move(result)]() mutable {
         state->results[i] = std::move(result);
         if (--state->left == 0) {
           state->done(std::move(state->results));

@@ -11,11 +11,11 @@
 #include <vector>
 
 #include "admin.h"
-#include "health_glue.h"
-#include "mailbox.h"
+#include "worker_proxy_view.h"
 #include "portico/health.h"
 #include "portico/logging.h"
 #include "runtime.h"
+#include "task_queue.h"
 #include "worker.h"
 
 namespace portico::proxy {
@@ -28,7 +28,7 @@ struct Control {
   std::vector<std::unique_ptr<Worker>> workers;
   RuntimeConfigPtr config;
   uv_loop_t loop;
-  std::unique_ptr<Mailbox> mailbox;  // workers' answers to admin queries
+  std::unique_ptr<TaskQueue> tasks;  // workers' answers to admin queries
   uv_signal_t sigterm, sigint, sighup, sigusr1;
   uv_timer_t trace_timer;  // ends a protocol-log trace at its TTL
   bool stopping = false;

@@ -134,7 +134,7 @@ void beginShutdown(Control& c, const char* why) {
   for (uv_signal_t* s : {&c.sigterm, &c.sigint, &c.sighup, &c.sigusr1}) {
     uv_close(reinterpret_cast<uv_handle_t*>(s), nullptr);
   }
-  c.mailbox->close();
+  c.tasks->close();
 }
 
 void onSignal(uv_signal_t* handle, int signum) {
@@ -365,7 +365,7 @@ int runProxy(const std::string& config_path) {
   }
 
   uv_loop_init(&c.loop);
-  c.mailbox = std::make_unique<Mailbox>(&c.loop);
+  c.tasks = std::make_unique<TaskQueue>(&c.loop);
   for (uv_signal_t* s : {&c.sigterm, &c.sigint, &c.sighup, &c.sigusr1}) {
     uv_signal_init(&c.loop, s);
     s->data = &c;

@@ -129,7 +129,7 @@ Worker::Worker(std::size_t index, RuntimeConfigPtr config, SharedState& shared, 
       config_(std::move(config)),
       shared_(shared),
       limiter_(limiter),
-      mailbox_((uv_loop_init(&loop_), &loop_)),
+      tasks_((uv_loop_init(&loop_), &loop_)),
       ids_(std::random_device{}() ^ (static_cast<std::uint64_t>(index) << 32)) {
   loop_.data = this;
   uv_timer_init(&loop_, &accept_resume_timer_);
@@ -268,7 +268,7 @@ void Worker::join() {
 }
 
 void Worker::post(std::function<void(Worker&)> fn) {
-  mailbox_.post([this, fn = std::move(fn)] { fn(*this); });
+  tasks_.post([this, fn = std::move(fn)] { fn(*this); });
 }
 
 void Worker::onListenerReadable(uv_poll_t* handle, int status, int) {
@@ -763,7 +763,7 @@ void Worker::maybeStop() {
     uv_close(reinterpret_cast<uv_handle_t*>(&reaper_),
              [](uv_handle_t* h) { static_cast<Worker*>(h->data)->reapEnded(); });
   }
-  mailbox_.close();
+  tasks_.close();
 }
 
 }  // namespace portico::proxy

@@ -18,9 +18,9 @@
 
 #include "inbound_proxy.h"
 #include "lookup/lookup_stage.h"
-#include "mailbox.h"
 #include "runtime.h"
 #include "session.h"
+#include "task_queue.h"
 
 namespace portico::proxy {
 
@@ -155,7 +155,7 @@ class Worker final : public SessionHost, private InboundProxyHost {
   SharedState& shared_;
   IpLimiter& limiter_;
   uv_loop_t loop_;
-  Mailbox mailbox_;
+  TaskQueue tasks_;  // functions other threads run on this loop
   std::vector<Listener*> listeners_;
   std::unordered_map<Session*, std::string> sessions_;  // session -> client IP
   // Connections on proxy_protocol listeners still reading their header;

@@ -11,17 +11,17 @@
 
 namespace portico::proxy {
 
-class Mailbox {
+class TaskQueue {
  public:
   using Task = std::function<void()>;
 
   // Call on the loop's thread (or before it runs).
-  explicit Mailbox(uv_loop_t* loop) {
-    uv_async_init(loop, &async_, &Mailbox::onAsync);
+  explicit TaskQueue(uv_loop_t* loop) {
+    uv_async_init(loop, &async_, &TaskQueue::onAsync);
     async_.data = this;
   }
-  Mailbox(const Mailbox&) = delete;
-  Mailbox& operator=(const Mailbox&) = delete;
+  TaskQueue(const TaskQueue&) = delete;
+  TaskQueue& operator=(const TaskQueue&) = delete;
 
   // Thread-safe. Tasks posted after close() are dropped.
   void post(Task task) {
@@ -34,7 +34,7 @@ class Mailbox {
   }
 
   // On the loop's thread: stop accepting tasks and close the handle (the
-  // loop can then end). The Mailbox must outlive the loop run.
+  // loop can then end). The TaskQueue must outlive the loop run.
   void close() {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -48,7 +48,7 @@ class Mailbox {
 
  private:
   static void onAsync(uv_async_t* async) {
-    auto* self = static_cast<Mailbox*>(async->data);
+    auto* self = static_cast<TaskQueue*>(async->data);
     std::vector<Task> work;
     {
       std::lock_guard<std::mutex> lock(self->mu_);

@@ -1,4 +1,4 @@
-#include "health_glue.h"
+#include "worker_proxy_view.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
