@@ -20,7 +20,7 @@
 #include <string_view>
 #include <vector>
 
-#include "../unit/parser/split_harness.h"
+#include "parser/split_harness.h"
 #include "portico/parser.h"
 
 namespace {

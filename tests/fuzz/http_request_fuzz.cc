@@ -27,7 +27,7 @@
 #include <string_view>
 #include <vector>
 
-#include "../../health/src/status_server.h"
+#include "status_server.h"
 
 namespace {
 

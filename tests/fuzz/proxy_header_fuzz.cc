@@ -18,7 +18,7 @@
 #include <string_view>
 #include <vector>
 
-#include "../unit/parser/split_harness.h"
+#include "parser/split_harness.h"
 #include "portico/proxy_header.h"
 
 namespace {

@@ -54,9 +54,9 @@
 
 #include <fmt/format.h>
 
-#include "../unit/proxy/fakes.h"
 #include "portico/logging.h"
 #include "portico/protocol_log.h"
+#include "proxy/fakes.h"
 #include "session.h"
 
 namespace {

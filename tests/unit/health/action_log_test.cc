@@ -8,7 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "../../../health/src/action_log.h"
+#include "action_log.h"
 
 namespace portico::health {
 namespace {

@@ -18,8 +18,8 @@
 #include <string>
 #include <vector>
 
-#include "../../../health/src/imap_probe.h"
 #include "fake_imap_server.h"
+#include "imap_probe.h"
 #include "portico/health.h"
 
 namespace portico::health {

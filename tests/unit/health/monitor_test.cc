@@ -5,7 +5,7 @@
 #include <chrono>
 #include <string>
 
-#include "../../../health/src/monitor.h"
+#include "monitor.h"
 #include "portico/health.h"
 
 namespace portico::health {

@@ -12,8 +12,8 @@
 #include <string>
 #include <vector>
 
-#include "../../../health/src/responder.h"
 #include "portico/health.h"
+#include "responder.h"
 
 namespace portico::health {
 namespace {

@@ -20,8 +20,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "../../../health/src/status_page.h"
 #include "portico/health.h"
+#include "status_page.h"
 
 namespace portico::health {
 namespace {

@@ -6,7 +6,7 @@
 // on 127.0.0.1 port 0, driven by blocking client sockets (every read bounded
 // by SO_RCVTIMEO); each test ends with stop(), the server destroyed in its
 // callback, and uv_loop_close() == 0, so no handle is left open.
-#include "../../../health/src/status_server.h"
+#include "status_server.h"
 
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
