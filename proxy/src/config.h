@@ -1,7 +1,8 @@
 // Portico's configuration: one TOML file (toml++), validated as a whole at
 // start-up. Key names follow ../shared/DESIGN.md's configuration sketch and
-// are a contract with operators; conf/portico.toml documents each key with
-// its default.
+// are a contract with operators. config_schema.h declares each key once
+// (type, default, one line of documentation); conf/portico.toml documents
+// each key with its default, and a test holds the file to the schema.
 //
 // loadConfig() never throws: on any error it returns the errors, each
 // "FILE:LINE: what is wrong" (unknown key, bad address, duplicate backend,

@@ -1,5 +1,6 @@
-// [lookup] parsing: the table's keys, the auth_http URL, header and key
-// template checks. Error texts follow config.cc's style.
+// [lookup] parsing: the auth_http URL, header and key template checks. The
+// table's keys, and the plain numbers among them, come from the schema
+// (config_schema.cc) through the shared KeyReader.
 #include <arpa/inet.h>
 
 #include <algorithm>
@@ -9,6 +10,7 @@
 #include <tuple>
 
 #include "config.h"
+#include "config_keys.h"
 #include "lookup/lookup_config.h"
 #include "lookup/lookup_toml.h"
 
@@ -23,64 +25,14 @@ constexpr std::array<const char*, 2> kFallbackNames = {"hash", "refuse"};
 static_assert(kFallbackNames.size() == static_cast<std::size_t>(LookupFallback::kRefuse) + 1,
               "one name per LookupFallback");
 
-constexpr std::array<std::string_view, 11> kKeys = {
-    "kind",    "url", "timeout", "cache_ttl", "cache_size", "headers",
-    "address", "key", "shards",  "shard_key", "fallback"};
 constexpr std::array<std::string_view, 2> kHttpKeys = {"url", "headers"};
 constexpr std::array<std::string_view, 4> kRedisKeys = {"address", "key", "shards", "shard_key"};
 
 // sockaddr_un::sun_path holds 108 bytes including the terminating NUL.
 constexpr std::size_t kMaxUnixSocketPath = 107;
-constexpr std::uint32_t kMaxShards = 1u << 20;
 constexpr std::size_t kMaxHeaders = 32;
 constexpr std::size_t kMaxHeaderValue = 1024;
 constexpr std::size_t kMaxKeyTemplate = 256;
-
-std::string quoted(std::string_view text) {
-  return "'" + std::string(text) + "'";
-}
-
-std::uint32_t lineOf(const toml::node& node) {
-  return node.source().begin.line;
-}
-
-std::size_t editDistance(std::string_view a, std::string_view b) {
-  std::vector<std::size_t> row(b.size() + 1);
-  for (std::size_t j = 0; j <= b.size(); ++j) {
-    row[j] = j;
-  }
-  for (std::size_t i = 1; i <= a.size(); ++i) {
-    std::size_t diagonal = row[0];
-    row[0] = i;
-    for (std::size_t j = 1; j <= b.size(); ++j) {
-      std::size_t above = row[j];
-      std::size_t substitute = diagonal + (a[i - 1] == b[j - 1] ? 0 : 1);
-      row[j] = std::min({above + 1, row[j - 1] + 1, substitute});
-      diagonal = above;
-    }
-  }
-  return row[b.size()];
-}
-
-// " (did you mean 'x'?)" for a likely typo of one of the [lookup] keys.
-// TODO(restructuring): share config.cc's suggestion() once the config
-// reader has a public helper header.
-std::string suggestion(std::string_view word) {
-  std::string_view best;
-  std::size_t best_distance = std::numeric_limits<std::size_t>::max();
-  for (std::string_view candidate : kKeys) {
-    std::size_t distance = editDistance(word, candidate);
-    if (distance < best_distance) {
-      best_distance = distance;
-      best = candidate;
-    }
-  }
-  std::size_t allowed = std::max<std::size_t>(1, std::min<std::size_t>(4, word.size() / 3));
-  if (best.empty() || best_distance > allowed) {
-    return "";
-  }
-  return " (did you mean '" + std::string(best) + "'?)";
-}
 
 bool isTokenChar(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-';
@@ -107,7 +59,7 @@ std::size_t occurrences(std::string_view text, std::string_view needle) {
 class LookupReader {
  public:
   LookupReader(const toml::table& table, LookupConfig& out, const LookupConfigErrorSink& error)
-      : table_(table), out_(out), error_(error) {}
+      : table_(table), out_(out), error_(error), keys_(error) {}
 
   void read();
 
@@ -117,7 +69,6 @@ class LookupReader {
   void readKind();
   void readDuration(std::string_view key, std::chrono::milliseconds min,
                     std::chrono::milliseconds& out);
-  void readCount(std::string_view key, std::uint32_t min, std::uint32_t max, std::uint32_t& out);
   void readUrl();
   void readHeaders();
   void readAddress();
@@ -128,41 +79,26 @@ class LookupReader {
   const toml::table& table_;
   LookupConfig& out_;
   const LookupConfigErrorSink& error_;
+  KeyReader keys_;  // the shared readers, for the keys with a member in the schema
 };
 
 void LookupReader::read() {
-  for (auto&& [key, node] : table_) {
-    if (std::find(kKeys.begin(), kKeys.end(), key.str()) == kKeys.end()) {
-      error_(key.source().begin.line,
-             std::string(node.is_table() ? "unknown table " : "unknown key ") + quoted(key.str()) +
-                 " in [lookup]" + suggestion(key.str()));
-    }
-  }
+  keys_.checkKeys(table_, kLookupSection, whereIn(kLookupSection.name, kLookupSection.kind));
+  keys_.readFields(table_, kLookupSection, out_);
   readKind();
   readDuration("timeout", std::chrono::milliseconds{1}, out_.timeout);
   readDuration("cache_ttl", std::chrono::milliseconds{0}, out_.cache_ttl);
-  readCount("cache_size", 1, std::numeric_limits<std::uint32_t>::max(), out_.cache_size);
   readFallback();
   readUrl();
   readHeaders();
   readAddress();
   readTemplate("key", "{user}", out_.key);
-  readCount("shards", 0, kMaxShards, out_.shards);
   readTemplate("shard_key", "{shard}", out_.shard_key);
   checkKindKeys();
 }
 
 const toml::node* LookupReader::stringNode(std::string_view key, std::string& out) {
-  const toml::node* node = table_.get(key);
-  if (node == nullptr) {
-    return nullptr;
-  }
-  if (const auto* value = node->as_string()) {
-    out = value->get();
-    return node;
-  }
-  error(*node, "expected a string for " + quoted(key));
-  return nullptr;
+  return keys_.readString(table_, key, out) ? table_.get(key) : nullptr;
 }
 
 void LookupReader::readKind() {
@@ -206,27 +142,6 @@ void LookupReader::readDuration(std::string_view key, std::chrono::milliseconds 
     return;
   }
   out = *parsed;
-}
-
-void LookupReader::readCount(std::string_view key, std::uint32_t min, std::uint32_t max,
-                             std::uint32_t& out) {
-  const toml::node* node = table_.get(key);
-  if (node == nullptr) {
-    return;
-  }
-  const auto* value = node->as_integer();
-  if (value == nullptr) {
-    error(*node, "expected an integer for " + quoted(key));
-    return;
-  }
-  if (value->get() < min || value->get() > max) {
-    std::string range = max == std::numeric_limits<std::uint32_t>::max()
-                            ? "at least " + std::to_string(min)
-                            : "between " + std::to_string(min) + " and " + std::to_string(max);
-    error(*node, quoted(key) + " must be " + range + ", not " + std::to_string(value->get()));
-    return;
-  }
-  out = static_cast<std::uint32_t>(value->get());
 }
 
 void LookupReader::readUrl() {
