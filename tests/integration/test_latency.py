@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from harness import PASSWORD, Dovecot, make_message
+from harness import PASSWORD, Dovecot, make_message, sanitizer_of
 from tls_certs import TestPki
 
 APPENDS = 20  # timed per path, as issue 14 asks (medians of 20)
@@ -90,7 +90,11 @@ def _assert_append_within_2x(direct: imaplib.IMAP4, proxied: imaplib.IMAP4, what
             m.shutdown()
     d, p = statistics.median(direct_times), statistics.median(proxied_times)
     print("APPEND median: direct %.2f ms, %s %.2f ms (%.2fx)" % (d * 1e3, what, p * 1e3, p / d))
-    assert p <= 2 * d, (
+    # A sanitizer build of Portico spends a few milliseconds of its own per
+    # APPEND, so the ratio says nothing there; the stall this test is about
+    # is the 40 ms delayed-ACK timer, which a 10 ms allowance still catches.
+    bound = 2 * d if sanitizer_of() is None else 2 * d + 0.010
+    assert p <= bound, (
         "APPEND %s takes %.2f ms (median of %d), %.1fx the %.2f ms direct: "
         "a Nagle/delayed-ACK stall on one of the legs?"
         % (what, p * 1e3, len(proxied_times), p / d, d * 1e3))
