@@ -54,7 +54,7 @@ bool DeflateTransport::init() {
     s->opaque = this;
   }
   // Negative window bits: raw DEFLATE, no zlib header or checksum (RFC 4978).
-  deflate_ready_ = deflateInit2(&deflate_, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -kDeflateWindowBits,
+  deflate_ready_ = deflateInit2(&deflate_, kDeflateLevel, Z_DEFLATED, -kDeflateWindowBits,
                                 kDeflateMemLevel, Z_DEFAULT_STRATEGY) == Z_OK;
   inflate_ready_ = deflate_ready_ && inflateInit2(&inflate_, -kInflateWindowBits) == Z_OK;
   return deflate_ready_ && inflate_ready_;
