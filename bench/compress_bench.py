@@ -7,8 +7,8 @@ Starts one Dovecot (tests/integration/harness.py) and Portico in front of it
 /usr/share/common-licenses with mail headers, ~8-30 KiB each, plus every
 fourth message with a 12 KiB base64 attachment of random bytes, which does
 not compress), then runs rounds alternating plain / COMPRESS: one session
-per round (Python socket + zlib wbits=-15, as tests/integration/
-test_compress.py), SELECT, then `--iterations` times the mix
+per round (harness.DeflateConn: Python socket + zlib wbits=-15, the
+client of tests/integration/test_compress.py), SELECT, then `--iterations` times the mix
   UID FETCH <n> BODY.PEEK[]   (one whole message, cycling)
   FETCH 1:20 (FLAGS ENVELOPE INTERNALDATE RFC822.SIZE)
   NOOP
@@ -35,74 +35,12 @@ import socket
 import statistics
 import sys
 import time
-import zlib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 
 import harness  # noqa: E402
-
-
-class Conn:
-    def __init__(self, port):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-        self.buf = b""
-        self.wire = 0
-        self.inflater = None
-        self.deflater = None
-        self.readline()
-
-    def send(self, data: bytes):
-        if self.deflater is not None:
-            data = self.deflater.compress(data) + self.deflater.flush(zlib.Z_SYNC_FLUSH)
-        self.wire += len(data)
-        self.sock.sendall(data)
-
-    def _fill(self):
-        chunk = self.sock.recv(262144)
-        if not chunk:
-            raise EOFError("connection closed")
-        self.wire += len(chunk)
-        if self.inflater is not None:
-            chunk = self.inflater.decompress(chunk)
-        self.buf += chunk
-
-    def readline(self) -> bytes:
-        while True:
-            i = self.buf.find(b"\r\n")
-            if i >= 0:
-                line, self.buf = self.buf[: i + 2], self.buf[i + 2:]
-                return line
-            self._fill()
-
-    def read_exact(self, n):
-        while len(self.buf) < n:
-            self._fill()
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
-    def command(self, text: str, tag: str) -> bytes:
-        self.send(("%s %s\r\n" % (tag, text)).encode())
-        prefix = (tag + " ").encode()
-        while True:
-            line = self.readline()
-            while line.endswith(b"}\r\n") and b"{" in line:
-                n = int(line[line.rindex(b"{") + 1:-3])
-                self.read_exact(n)
-                line = self.readline()
-            if line.startswith(prefix):
-                if not line[len(prefix):].startswith(b"OK"):
-                    raise RuntimeError("%s -> %r" % (text, line))
-                return line
-
-    def compress(self):
-        line = self.command("COMPRESS DEFLATE", "z1")
-        rest, self.buf = self.buf, b""
-        self.inflater = zlib.decompressobj(wbits=-15)
-        self.deflater = zlib.compressobj(6, zlib.DEFLATED, -15)
-        self.buf = self.inflater.decompress(rest)
-        return line
 
 
 def cpu_ns(pid: int) -> int:
@@ -138,21 +76,28 @@ def messages(count: int) -> list:
     return out
 
 
+def ok(c, text: str, tag: str) -> None:
+    tagged, _ = c.command(text, tag)
+    if not tagged.startswith((tag + " OK").encode()):
+        raise RuntimeError("%s -> %r" % (text, tagged))
+
+
 def run_round(port: int, compress: bool, iterations: int, pid: int) -> dict:
-    c = Conn(port)
-    c.command('LOGIN "bench" "%s"' % harness.PASSWORD, "l1")
-    if compress:
-        c.compress()
-    c.command("SELECT INBOX", "s1")
-    wire0, cpu0, t0 = c.wire, cpu_ns(pid), time.monotonic()
+    c = harness.DeflateConn(socket.create_connection(("127.0.0.1", port), timeout=30), timeout=30)
+    ok(c, 'LOGIN "bench" "%s"' % harness.PASSWORD, "l1")
+    if compress and not c.start_compression("z1").startswith(b"z1 OK"):
+        raise RuntimeError("COMPRESS DEFLATE refused")
+    ok(c, "SELECT INBOX", "s1")
+    wire0, cpu0, t0 = c.wire_in + c.wire_out, cpu_ns(pid), time.monotonic()
     commands = 0
     for i in range(iterations):
-        c.command("UID FETCH %d BODY.PEEK[]" % (i % 20 + 1), "f%d" % i)
-        c.command("FETCH 1:20 (FLAGS ENVELOPE INTERNALDATE RFC822.SIZE)", "e%d" % i)
-        c.command("NOOP", "n%d" % i)
+        ok(c, "UID FETCH %d BODY.PEEK[]" % (i % 20 + 1), "f%d" % i)
+        ok(c, "FETCH 1:20 (FLAGS ENVELOPE INTERNALDATE RFC822.SIZE)", "e%d" % i)
+        ok(c, "NOOP", "n%d" % i)
         commands += 3
-    wire, cpu, wall = c.wire - wire0, cpu_ns(pid) - cpu0, time.monotonic() - t0
-    c.command("LOGOUT", "o1")
+    wire = c.wire_in + c.wire_out - wire0
+    cpu, wall = cpu_ns(pid) - cpu0, time.monotonic() - t0
+    ok(c, "LOGOUT", "o1")
     c.sock.close()
     return {"mode": "COMPRESS" if compress else "plain", "commands": commands,
             "wire_per_cmd": wire / commands, "cpu_us_per_cmd": cpu / 1000 / commands,

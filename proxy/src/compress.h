@@ -46,7 +46,7 @@ namespace portico::proxy {
 
 inline constexpr int kDeflateWindowBits = 12;
 inline constexpr int kDeflateMemLevel = 6;
-// Level 1: 95% of level 6's saving on mail traffic for about 87% of its extra CPU
+// Level 1: 95% of level 6's saving on mail traffic for about half its extra CPU
 // (bench/RESULTS.md, "COMPRESS=DEFLATE"); the level costs no memory.
 inline constexpr int kDeflateLevel = 1;
 inline constexpr int kInflateWindowBits = 15;
