@@ -1293,19 +1293,6 @@ class ImapConn:
         self.close()
 
 
-def quote(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def plain_b64(user: str, password: str = PASSWORD, authzid: str = "") -> str:
-    return base64.b64encode(("%s\0%s\0%s" % (authzid, user, password)).encode()).decode()
-
-
-def which_backend(backends: Iterable[Dovecot], user: str, marker: str) -> list:
-    """Names of the backends whose maildir for user holds a message with marker."""
-    return [b.name for b in backends if b.messages_with(user, marker)]
-
-
 class DeflateConn(ImapConn):
     """ImapConn over an already connected socket (plain or TLS) that can
     switch to COMPRESS=DEFLATE. Counts the bytes on the wire both ways."""
@@ -1353,3 +1340,16 @@ class DeflateConn(ImapConn):
             self.deflater = zlib.compressobj(6, zlib.DEFLATED, -15)
             self.buf = self.inflater.decompress(rest)
         return line
+
+
+def quote(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def plain_b64(user: str, password: str = PASSWORD, authzid: str = "") -> str:
+    return base64.b64encode(("%s\0%s\0%s" % (authzid, user, password)).encode()).decode()
+
+
+def which_backend(backends: Iterable[Dovecot], user: str, marker: str) -> list:
+    """Names of the backends whose maildir for user holds a message with marker."""
+    return [b.name for b in backends if b.messages_with(user, marker)]
