@@ -14,7 +14,8 @@ bool setDumpable(bool dumpable) {
 
 namespace {
 // What Portico itself offers before login. Post-login capabilities come
-// from the backend (minus COMPRESS, which Portico does not relay).
+// from the backend, with its COMPRESS entries replaced by Portico's own
+// COMPRESS=DEFLATE (compress.h).
 constexpr const char* kPreloginCapabilities =
     "IMAP4rev1 SASL-IR ID LITERAL+ AUTH=PLAIN AUTH=XOAUTH2 AUTH=OAUTHBEARER";
 }  // namespace

@@ -58,6 +58,14 @@ class SessionHost {
     (void)plain, (void)tls, (void)handler;
     return nullptr;
   }
+  // COMPRESS=DEFLATE (RFC 4978): runs DEFLATE over the client transport
+  // `plain` (which it takes over). nullptr: not supported, and then the
+  // session does not offer COMPRESS=DEFLATE either.
+  virtual Transport* startCompression(Transport* plain) {
+    (void)plain;
+    return nullptr;
+  }
+  virtual bool compressionAvailable() const { return false; }
   virtual WorkerStats& stats() = 0;
   virtual SharedState& shared() = 0;
   // The worker's directory lookup stage; nullptr for [lookup] kind = "none".
@@ -202,6 +210,11 @@ class Session : public TransportHandler {
   // Relay.
   void relayFromClient(Chunk chunk);
   void relayFromBackend(Chunk chunk);
+  // The client's COMPRESS (RFC 4978), answered by Portico itself.
+  void handleCompress(const parser::CommandEvent& event, bool pipelined);
+  // A backend capability line as the client sees it: the backend's
+  // COMPRESS= entries replaced by Portico's own COMPRESS=DEFLATE.
+  std::string clientCapabilityLine(std::string_view line) const;
   bool atCommandCap() const;
   // After a client read of `read_size` bytes: will the client send more of
   // this command without waiting for an answer (so its ACK must not wait)?
@@ -270,6 +283,7 @@ class Session : public TransportHandler {
   TlsMode listener_tls_ = TlsMode::kNone;
   bool require_tls_ = false;
   bool client_tls_ = false;
+  bool client_compressed_ = false;  // COMPRESS=DEFLATE active on the client connection
   std::shared_ptr<const ServerTlsContext> listener_tls_context_;
   std::string delayed_reply_;  // answer held back by the failed-login delay
 

@@ -129,7 +129,7 @@ bool Session::handleBackendLine(const parser::ResponseEvent& ev, std::string_vie
             backendFailed(fmt::format("BYE during login '{}'", excerpt(ev.head)));
             return false;
           }
-          login_untagged_.append(parser::editCapabilities(line, {"COMPRESS="}, {}));
+          login_untagged_.append(clientCapabilityLine(line));
           return true;
         case ResponseEventType::kTagged:
           if (ev.tag != login_tag_) {
@@ -138,7 +138,7 @@ bool Session::handleBackendLine(const parser::ResponseEvent& ev, std::string_vie
           if (ev.status == parser::Status::kOk) {
             std::size_t rest = backend_parsed_;
             writeClient(login_untagged_);
-            writeClient(parser::editCapabilities(line, {"COMPRESS="}, {}));
+            writeClient(clientCapabilityLine(line));
             enterRelay(rest);
             return false;
           }

@@ -72,10 +72,11 @@ void Session::relayFromClient(Chunk chunk) {
     ++commands_;
     CommandId command = commandId(r.event.name);
     if (command == CommandId::kCOMPRESS) {
-      // Portico relays plain bytes; a compressed stream would blind the
-      // framers. Refuse it here instead of passing it on.
-      std::string tag(r.event.tag);
+      // Portico answers COMPRESS itself and compresses the client's
+      // connection; the backend leg stays plain, so the framers, the
+      // accounting and the protocol log keep seeing plaintext.
       if (command_start == kUnknown) {
+        // Its first bytes went to the backend with an earlier read.
         closeWithBye("* BYE [UNAVAILABLE] COMPRESS is not supported.\r\n",
                      EndReason::kCompressRefused);
         return;
@@ -85,7 +86,10 @@ void Session::relayFromClient(Chunk chunk) {
         backend_->write(chunk.slice(forward_from, command_start - forward_from));
       }
       forward_from = pos;
-      writeClient(fmt::format("{} NO [CANNOT] COMPRESS is not supported by this proxy.\r\n", tag));
+      handleCompress(r.event, pos < view.size());
+      if (client_ == nullptr) {
+        return;
+      }
       continue;
     }
     InFlight& f = inflight_.emplace_back();
@@ -212,21 +216,23 @@ void Session::relayFromBackend(Chunk chunk) {
       logout_seen_ = true;  // the backend says goodbye itself: no second BYE
     }
     // Capability lists (untagged, or a [CAPABILITY ...] code in any status
-    // response) lose COMPRESS: Portico relays plain bytes. Only these rare
-    // lines are copied; everything else passes untouched.
+    // response) offer Portico's COMPRESS=DEFLATE instead of the backend's
+    // COMPRESS entries. Only these rare lines are copied; everything else
+    // passes untouched.
     bool capability_list = startsWithIgnoreCase(ev.head, "* CAPABILITY ") ||
                            startsWithIgnoreCase(ev.code, "CAPABILITY ");
-    if (capability_list && response_start != kUnknown &&
-        (ev.head.find("COMPRESS=") != std::string_view::npos ||
-         ev.head.find("compress=") != std::string_view::npos)) {
-      if (response_start > forward_from) {
-        host_.stats().bytes_to_clients.add(response_start - forward_from);
-        client_->write(chunk.slice(forward_from, response_start - forward_from));
+    if (capability_list && response_start != kUnknown) {
+      std::string_view line = view.substr(response_start, pos - response_start);
+      std::string edited = clientCapabilityLine(line);
+      if (edited != line) {
+        if (response_start > forward_from) {
+          host_.stats().bytes_to_clients.add(response_start - forward_from);
+          client_->write(chunk.slice(forward_from, response_start - forward_from));
+        }
+        bytes_out_ -= pos - response_start;  // writeClient counts the edited line instead
+        writeClient(edited);
+        forward_from = pos;
       }
-      bytes_out_ -= pos - response_start;  // writeClient counts the edited line instead
-      writeClient(parser::editCapabilities(view.substr(response_start, pos - response_start),
-                                           {"COMPRESS="}, {}));
-      forward_from = pos;
     }
   }
   if (forward_from < view.size() && client_ != nullptr) {
@@ -241,6 +247,64 @@ void Session::relayFromBackend(Chunk chunk) {
   }
   maybeResumeCommands();
   maybeByeOnShutdown();
+}
+
+std::string Session::clientCapabilityLine(std::string_view line) const {
+  if (host_.compressionAvailable()) {
+    return parser::editCapabilities(line, {"COMPRESS="}, {"COMPRESS=DEFLATE"});
+  }
+  return parser::editCapabilities(line, {"COMPRESS="}, {});
+}
+
+void Session::handleCompress(const parser::CommandEvent& event, bool pipelined) {
+  std::string tag(event.tag);
+  // The argument: the head after "tag COMPRESS ".
+  std::string_view head = event.head;
+  for (int words = 2; words > 0 && !head.empty(); --words) {
+    auto sp = head.find(' ');
+    head = sp == std::string_view::npos ? std::string_view() : head.substr(sp + 1);
+  }
+  parser::Status status = parser::Status::kNo;
+  std::string reply;
+  if (client_compressed_) {
+    reply = fmt::format("{} NO [COMPRESSIONACTIVE] DEFLATE is already active.\r\n", tag);
+  } else if (!equalsIgnoreCase(head, "DEFLATE")) {
+    status = parser::Status::kBad;
+    reply = fmt::format("{} BAD Unknown compression mechanism.\r\n", tag);
+  } else if (pipelined) {
+    // RFC 4978: compression starts right after the tagged OK, which the
+    // client cannot have seen when it sent these bytes. Bytes sent with
+    // the COMPRESS are plaintext commands: refuse the COMPRESS, relay
+    // them as they are.
+    status = parser::Status::kBad;
+    reply = fmt::format("{} BAD Send nothing after COMPRESS before its reply.\r\n", tag);
+  } else if (!host_.compressionAvailable()) {
+    reply = fmt::format("{} NO [CANNOT] COMPRESS is not available.\r\n", tag);
+  } else if (!inflight_.empty()) {
+    // Portico's OK must not land inside a response still on its way to
+    // the client.
+    reply = fmt::format("{} NO [CANNOT] COMPRESS only when no command is in progress.\r\n", tag);
+  } else if (Transport* compressed = host_.startCompression(client_); compressed == nullptr) {
+    reply = fmt::format("{} NO [CANNOT] COMPRESS is not available.\r\n", tag);
+  } else {
+    status = parser::Status::kOk;
+    reply = fmt::format("{} OK DEFLATE active.\r\n", tag);
+    writeClient(reply);  // the last plain bytes on the client's connection
+    client_ = compressed;
+    client_->setHandler(this);
+    client_compressed_ = true;
+    logging::log(logging::Level::kDebug, "session", "id={:016x} COMPRESS=DEFLATE active", id_);
+  }
+  if (status != parser::Status::kOk) {
+    writeClient(reply);
+  }
+  backendStats()->recordCommand(CommandId::kCOMPRESS, status, std::chrono::microseconds(0));
+  if (tracing()) {
+    std::string_view result(reply);
+    result = result.substr(tag.size() + 1, result.size() - tag.size() - 3);  // no tag, no CRLF
+    traceRecord("COMPRESS", std::string(head), fmt::format("R={};B={}", result, backend_name_), 0,
+                event.bytes, reply.size());
+  }
 }
 
 void Session::completeCommand(const parser::ResponseEvent& ev) {

@@ -11,6 +11,7 @@
 
 #include <fmt/format.h>
 
+#include "compress.h"
 #include "portico/logging.h"
 #include "tls.h"
 #include "uv_transport.h"
@@ -600,6 +601,10 @@ Transport* Worker::startServerTls(Transport* plain, std::shared_ptr<const Server
   stats_.connections_tls.add();
   return TlsTransport::server(plain, std::move(tls), timerFactory(),
                               config_->config.timeouts.tls_handshake, pool_);
+}
+
+Transport* Worker::startCompression(Transport* plain) {
+  return DeflateTransport::create(plain, timerFactory(), pool_);
 }
 
 Transport* Worker::startClientTls(Transport* plain, std::shared_ptr<const ClientTlsContext> tls,

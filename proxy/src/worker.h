@@ -108,6 +108,8 @@ class Worker final : public SessionHost, private InboundProxyHost {
                                std::shared_ptr<const ClientTlsContext> tls,
                                TransportHandler* handler, std::string preamble) override;
   Transport* startServerTls(Transport* plain, std::shared_ptr<const ServerTlsContext> tls) override;
+  Transport* startCompression(Transport* plain) override;
+  bool compressionAvailable() const override { return true; }
   Transport* startClientTls(Transport* plain, std::shared_ptr<const ClientTlsContext> tls,
                             TransportHandler* handler) override;
   WorkerStats& stats() override { return stats_; }

@@ -51,6 +51,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import zlib
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Union
 
@@ -1290,6 +1291,55 @@ class ImapConn:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class DeflateConn(ImapConn):
+    """ImapConn over an already connected socket (plain or TLS) that can
+    switch to COMPRESS=DEFLATE. Counts the bytes on the wire both ways."""
+
+    def __init__(self, sock, timeout=15.0):
+        self.sock = sock
+        self.sock.settimeout(timeout)
+        self.buf = b""
+        self._tagn = 0
+        self.wire_in = 0
+        self.wire_out = 0
+        self.inflater = None
+        self.deflater = None
+        self.greeting = self.readline()
+
+    def send(self, data):
+        if isinstance(data, str):
+            data = data.encode()
+        if self.deflater is not None:
+            data = self.deflater.compress(data) + self.deflater.flush(zlib.Z_SYNC_FLUSH)
+        self.wire_out += len(data)
+        self.sock.sendall(data)
+
+    def _fill(self):
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            return False
+        self.wire_in += len(chunk)
+        if self.inflater is not None:
+            chunk = self.inflater.decompress(chunk)
+        self.buf += chunk
+        return True
+
+    def start_compression(self, tag="z1"):
+        """COMPRESS DEFLATE; on OK both directions are compressed from the
+        next byte. Returns the tagged line."""
+        self.send("%s COMPRESS DEFLATE\r\n" % tag)
+        line = self.readline()
+        while not line.startswith(tag.encode() + b" "):
+            line = self.readline()
+        if line.startswith(tag.encode() + b" OK"):
+            # Anything already read after the OK was compressed.
+            rest, self.buf = self.buf, b""
+            self.inflater = zlib.decompressobj(wbits=-15)
+            self.deflater = zlib.compressobj(6, zlib.DEFLATED, -15)
+            self.buf = self.inflater.decompress(rest)
+        return line
 
 
 def quote(s: str) -> str:

@@ -67,8 +67,8 @@ def test_all_users_log_in_and_wrong_password_fails(backends):
 
 
 def test_dovecot_advertises_compress_after_login(backends):
-    # The proxy test that Portico strips COMPRESS=DEFLATE means something
-    # only if the backend offers it.
+    # The proxy test that Portico offers its own COMPRESS=DEFLATE in place
+    # of the backend's (once) means something only if the backend offers it.
     m = _imap(backends[0])
     typ, caps = m.capability()
     assert b"COMPRESS=DEFLATE" in caps[0].split(), caps

@@ -39,6 +39,7 @@
 #include <utility>
 #include <vector>
 
+#include "compress.h"
 #include "session.h"
 
 namespace portico::proxy {
@@ -408,6 +409,16 @@ class FakeHost final : public SessionHost {
     connects_.back().preamble = std::move(preamble);
     return transport;
   }
+  // COMPRESS: a real DeflateTransport over the fake client, when enabled.
+  Transport* startCompression(Transport* plain) override {
+    if (!compression_) {
+      return nullptr;
+    }
+    return DeflateTransport::create(
+        plain, [this](std::function<void()> callback) { return createTimer(std::move(callback)); },
+        pool_);
+  }
+  bool compressionAvailable() const override { return compression_; }
   WorkerStats& stats() override { return *stats_; }
   SharedState& shared() override { return *shared_; }
   void sessionEnded(Session* session) override {
@@ -430,6 +441,9 @@ class FakeHost final : public SessionHost {
   }
   int endedCount() const { return ended_; }
   int timersCreated() const { return timers_created_; }
+  // Offer and run COMPRESS=DEFLATE (off by default, as for a host without it).
+  void enableCompression() { compression_ = true; }
+  BufferPool& pool() { return pool_; }
   // The directory lookup stage sessions get (none by default).
   void setLookupStage(std::shared_ptr<LookupStage> stage) { lookup_stage_ = std::move(stage); }
   const std::vector<std::string>& violations() const { return loop_.violations(); }
@@ -441,6 +455,8 @@ class FakeHost final : public SessionHost {
   }
 
   FakeLoop loop_;
+  BufferPool pool_{16 * 1024, 8};  // before transports_: blocks outlive them
+  bool compression_ = false;
   std::unique_ptr<WorkerStats> stats_ = std::make_unique<WorkerStats>();
   std::unique_ptr<SharedState> shared_ = std::make_unique<SharedState>();
   std::vector<std::unique_ptr<FakeTransport>> transports_;

@@ -27,6 +27,7 @@
 #include "portico/logging.h"
 #include "portico/protocol_log.h"
 #include "protocol_trace.h"
+#include "proxy/deflate_client.h"
 #include "proxy/fakes.h"
 #include "routing.h"
 
@@ -1190,27 +1191,112 @@ TEST_F(SessionTest, LiteralRefusedByTheBackendLeavesTheNextCommandCounted) {
   EXPECT_EQ(commandStats(CommandId::kAPPEND).count.get(), 1u);
 }
 
-TEST_F(SessionTest, CompressIsRefusedAndNeverForwarded) {
+TEST_F(SessionTest, CompressIsRefusedWithoutSupportAndNeverForwarded) {
   start();
   FakeTransport* backend = loginToRelay();
   ASSERT_NE(backend, nullptr);
-  client_->deliver("z1 NOOP\r\nz2 COMPRESS DEFLATE\r\nz3 NOOP\r\n");
-  EXPECT_EQ(backend->takeWritten(), "z1 NOOP\r\nz3 NOOP\r\n");
-  EXPECT_THAT(lines(client_->takeWritten()), ElementsAre(StartsWith("z2 NO ")));
-  EXPECT_EQ(session_->commandsInFlight(), 2u);
   client_->deliver("z4 COMPRESS DEFLATE\r\n");
   EXPECT_EQ(backend->takeWritten(), "");
-  EXPECT_THAT(lines(client_->takeWritten()), ElementsAre(StartsWith("z4 NO ")));
-  EXPECT_EQ(session_->commandsInFlight(), 2u);
+  EXPECT_THAT(lines(client_->takeWritten()), ElementsAre(StartsWith("z4 NO [CANNOT]")));
   EXPECT_EQ(state(), SessionState::kRelay);
 
-  // Capability lists in the relay lose COMPRESS too.
+  // Capability lists in the relay lose the backend's COMPRESS, and a host
+  // that cannot compress offers none of its own.
   client_->deliver("k1 CAPABILITY\r\n");
-  backend->deliver(
-      "z1 OK\r\nz3 OK\r\n* CAPABILITY IMAP4rev1 COMPRESS=DEFLATE IDLE\r\nk1 OK done\r\n");
+  backend->deliver("* CAPABILITY IMAP4rev1 COMPRESS=DEFLATE IDLE\r\nk1 OK done\r\n");
+  EXPECT_EQ(client_->takeWritten(), "* CAPABILITY IMAP4rev1 IDLE\r\nk1 OK done\r\n");
+  EXPECT_EQ(commandStats(CommandId::kCOMPRESS).count.get(), 1u);
+}
+
+TEST_F(SessionTest, CompressDeflateIsOfferedAndTerminatedInPortico) {
+  host_.enableCompression();
+  start();
+  client_->deliver("a1 LOGIN alice secret\r\n");
+  FakeTransport* backend = host_.lastBackend();
+  backend->connectOk();
+  backend->deliver(kGreetingSaslIr);
+  backend->deliver("a1 OK [CAPABILITY IMAP4rev1 COMPRESS=DEFLATE IDLE] Logged in\r\n");
   EXPECT_EQ(client_->takeWritten(),
-            "z1 OK\r\nz3 OK\r\n* CAPABILITY IMAP4rev1 IDLE\r\nk1 OK done\r\n");
-  EXPECT_EQ(commandStats(CommandId::kCOMPRESS).count.get(), 0u);
+            "a1 OK [CAPABILITY IMAP4rev1 IDLE COMPRESS=DEFLATE] Logged in\r\n")
+      << "Portico's own COMPRESS=DEFLATE, after login only";
+  backend->takeWritten();
+  relay_backend_ = session_->backendName();
+
+  client_->deliver("c1 COMPRESS deflate\r\n");
+  EXPECT_EQ(backend->takeWritten(), "") << "the backend never sees COMPRESS";
+  EXPECT_EQ(client_->takeWritten(), "c1 OK DEFLATE active.\r\n") << "the last plain bytes";
+
+  testing_zlib::ClientDeflater out;
+  testing_zlib::ClientInflater in;
+  auto clientReads = [&] {
+    std::string text;
+    EXPECT_TRUE(in.decompress(client_->takeWritten(), text));
+    return text;
+  };
+  const std::string append = "a2 APPEND INBOX {8+}\r\n\x01\x80\r\n\xff\0\r\n!\r\n"s;
+  client_->deliver(out.compress(append));
+  EXPECT_EQ(backend->takeWritten(), append) << "plaintext on the backend leg";
+  EXPECT_EQ(session_->commandsInFlight(), 1u) << "framed in plaintext";
+  backend->deliver("* 3 EXISTS\r\na2 OK [APPENDUID 1 3] Append completed.\r\n");
+  EXPECT_EQ(clientReads(), "* 3 EXISTS\r\na2 OK [APPENDUID 1 3] Append completed.\r\n");
+  EXPECT_EQ(commandStats(CommandId::kAPPEND).count.get(), 1u);
+
+  // A second COMPRESS, now compressed itself, is refused compressed.
+  client_->deliver(out.compress("c2 COMPRESS DEFLATE\r\n"));
+  EXPECT_EQ(clientReads(), "c2 NO [COMPRESSIONACTIVE] DEFLATE is already active.\r\n");
+  EXPECT_EQ(commandStats(CommandId::kCOMPRESS).count.get(), 2u);
+
+  // The client's ACK still comes from the TCP connection mid-command.
+  const int acks = client_->acksNow();
+  client_->deliver(out.compress("a3 APPEND INBOX {4+}\r\nab"));
+  EXPECT_EQ(client_->acksNow(), acks + 1);
+  client_->deliver(out.compress("cd\r\n"));
+  EXPECT_EQ(backend->takeWritten(), "a3 APPEND INBOX {4+}\r\nabcd\r\n");
+
+  // A corrupt stream ends the session with a reason in the log.
+  LogCapture log;
+  client_->deliver("\xff\xfe garbage that is no DEFLATE block");
+  host_.runPending();
+  EXPECT_EQ(host_.endedCount(), 1);
+  EXPECT_THAT(log.text(), HasSubstr("COMPRESS: corrupt DEFLATE stream"));
+}
+
+TEST_F(SessionTest, CompressOnlyAloneBetweenCommands) {
+  host_.enableCompression();
+  start();
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  // Pipelined plaintext after COMPRESS: refused, and the rest is relayed.
+  client_->deliver("z2 COMPRESS DEFLATE\r\nz3 NOOP\r\n");
+  EXPECT_EQ(backend->takeWritten(), "z3 NOOP\r\n");
+  EXPECT_THAT(lines(client_->takeWritten()), ElementsAre(StartsWith("z2 BAD ")));
+  // With a command in progress: refused.
+  client_->deliver("z4 COMPRESS DEFLATE\r\n");
+  EXPECT_THAT(lines(client_->takeWritten()), ElementsAre(StartsWith("z4 NO [CANNOT]")));
+  backend->deliver("z3 OK NOOP done\r\n");
+  EXPECT_EQ(client_->takeWritten(), "z3 OK NOOP done\r\n");
+  // Unknown mechanism.
+  client_->deliver("z5 COMPRESS ZSTD\r\n");
+  EXPECT_THAT(lines(client_->takeWritten()), ElementsAre(StartsWith("z5 BAD ")));
+  EXPECT_EQ(backend->takeWritten(), "");
+  EXPECT_EQ(session_->commandsInFlight(), 0u);
+  EXPECT_EQ(commandStats(CommandId::kCOMPRESS).count.get(), 3u);
+  // Still plain: a plain NOOP works.
+  client_->deliver("z6 NOOP\r\n");
+  EXPECT_EQ(backend->takeWritten(), "z6 NOOP\r\n");
+  backend->deliver("z6 OK\r\n");
+  EXPECT_EQ(client_->takeWritten(), "z6 OK\r\n");
+}
+
+TEST_F(SessionTest, CompressBeforeLoginIsNotAllowed) {
+  host_.enableCompression();
+  start();
+  client_->takeWritten();
+  client_->deliver("p1 COMPRESS DEFLATE\r\n");
+  EXPECT_THAT(lines(client_->takeWritten()), ElementsAre(StartsWith("p1 BAD ")));
+  EXPECT_THAT(host_.connects(), IsEmpty());
+  client_->deliver("p2 CAPABILITY\r\n");
+  EXPECT_THAT(client_->takeWritten(), Not(HasSubstr("COMPRESS")));
 }
 
 TEST_F(SessionTest, ByteCountersMatchWhatWasRelayed) {
