@@ -462,10 +462,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         session->kick();
         break;
       case 'Y':
-        session->requestBye("Server shutting down.", "shutdown");
+        session->requestBye("Server shutting down.", EndReason::kShutdown);
         break;
       case 'A':
-        session->abort("fuzz abort");
+        session->abort(EndReason::kShutdownTimeout);
         break;
       case 'I':
         (void)session->info(host.now());
