@@ -15,7 +15,6 @@ import ssl
 import pytest
 
 from harness import DeflateConn, free_port, wait_until
-from tls_certs import TestPki
 
 
 def caps_in(line):
@@ -45,15 +44,6 @@ def command_count(portico, name):
     stats = portico.admin("stats")
     return sum(b.get("commands", {}).get(name, {}).get("count", 0)
                for b in stats["backends"].values())
-
-
-@pytest.fixture(scope="module")
-def pki():
-    p = TestPki.create()
-    try:
-        yield p
-    finally:
-        p.cleanup()
 
 
 @pytest.fixture
