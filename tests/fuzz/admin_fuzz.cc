@@ -104,7 +104,7 @@ struct MiniControl {
     }
     c.config = std::move(*runtime);
     uv_loop_init(&c.loop);
-    c.mailbox = std::make_unique<Mailbox>(&c.loop);
+    c.tasks = std::make_unique<TaskQueue>(&c.loop);
     c.protocol_log = std::make_unique<portico::logging::ProtocolLog>(1);
     c.view = std::make_unique<WorkerProxyView>(c.workers, c.shared, c.registry,
                                                [this] { return c.config; });
@@ -112,11 +112,11 @@ struct MiniControl {
         &c.loop, makeHealthConfig(c.config->config), *c.view);
   }
 
-  // As runProxy() ends: stop health and the mailbox, let every close
+  // As runProxy() ends: stop health and the task queue, let every close
   // callback run, then the loop must have nothing left.
   ~MiniControl() {
     c.health->stop([] {});
-    c.mailbox->close();
+    c.tasks->close();
     uv_run(&c.loop, UV_RUN_DEFAULT);
     c.health.reset();
     uv_run(&c.loop, UV_RUN_DEFAULT);
