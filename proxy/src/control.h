@@ -11,12 +11,12 @@
 #include <vector>
 
 #include "admin.h"
-#include "worker_proxy_view.h"
 #include "portico/health.h"
 #include "portico/logging.h"
 #include "runtime.h"
 #include "task_queue.h"
 #include "worker.h"
+#include "worker_proxy_view.h"
 
 namespace portico::proxy {
 
