@@ -47,6 +47,7 @@ struct ListenConfig {
   std::string key;
   std::vector<CertificateConfig> certificates;  // more, by SNI name: [[listen.certificate]]
   bool require_tls = false;                     // starttls: LOGINDISABLED until STARTTLS
+  bool compress = true;                         // offer COMPRESS=DEFLATE after login
   std::string tls_min_version = "TLSv1.2";      // TLSv1.2 | TLSv1.3
   // Inbound PROXY protocol (v1/v2) from a load balancer: every connection
   // starts with a header, accepted only from a peer in trusted_networks

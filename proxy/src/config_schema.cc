@@ -71,6 +71,8 @@ constexpr Field<ListenConfig> kListen[] = {
      &ListenConfig::key},
     {{"require_tls", VT::kBool, "false", "Refuse LOGIN and AUTHENTICATE before STARTTLS"},
      &ListenConfig::require_tls},
+    {{"compress", VT::kBool, "true", "Offer COMPRESS=DEFLATE (RFC 4978) after login"},
+     &ListenConfig::compress},
     {{"tls_min_version", VT::kString, "\"TLSv1.2\"", "Oldest TLS version: TLSv1.2 or TLSv1.3"},
      &ListenConfig::tls_min_version,
      [](const ListenConfig& l) -> std::string {

@@ -76,6 +76,9 @@ std::string describeChange(const ListenConfig& a, const ListenConfig& b) {
   if (a.require_tls != b.require_tls) {
     add(fmt::format("require_tls {} -> {}", a.require_tls, b.require_tls));
   }
+  if (a.compress != b.compress) {
+    add(fmt::format("compress {} -> {}", a.compress, b.compress));
+  }
   if (a.tls != TlsMode::kNone && b.tls != TlsMode::kNone &&
       a.tls_min_version != b.tls_min_version) {
     add(fmt::format("tls_min_version {} -> {}", a.tls_min_version, b.tls_min_version));

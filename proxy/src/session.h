@@ -132,6 +132,9 @@ class Session : public TransportHandler {
 
   // The listener the client came in on (before start()). `tls_active`:
   // implicit TLS is already running on the client transport.
+  // The listener's `compress = false`: COMPRESS=DEFLATE is neither offered
+  // nor accepted on this session.
+  void setCompressOffered(bool offered) { compress_offered_ = offered; }
   void setListener(TlsMode mode, bool require_tls, std::shared_ptr<const ServerTlsContext> tls,
                    bool tls_active);
   // Sends the greeting and starts the pre-login timer.
@@ -284,6 +287,8 @@ class Session : public TransportHandler {
   bool require_tls_ = false;
   bool client_tls_ = false;
   bool client_compressed_ = false;  // COMPRESS=DEFLATE active on the client connection
+  bool compress_offered_ = true;    // the listener's `compress`
+  bool compressionOffered() const { return compress_offered_ && host_.compressionAvailable(); }
   std::shared_ptr<const ServerTlsContext> listener_tls_context_;
   std::string delayed_reply_;  // answer held back by the failed-login delay
 

@@ -250,7 +250,7 @@ void Session::relayFromBackend(Chunk chunk) {
 }
 
 std::string Session::clientCapabilityLine(std::string_view line) const {
-  if (host_.compressionAvailable()) {
+  if (compressionOffered()) {
     return parser::editCapabilities(line, {"COMPRESS="}, {"COMPRESS=DEFLATE"});
   }
   return parser::editCapabilities(line, {"COMPRESS="}, {});
@@ -278,7 +278,7 @@ void Session::handleCompress(const parser::CommandEvent& event, bool pipelined) 
     // them as they are.
     status = parser::Status::kBad;
     reply = fmt::format("{} BAD Send nothing after COMPRESS before its reply.\r\n", tag);
-  } else if (!host_.compressionAvailable()) {
+  } else if (!compressionOffered()) {
     reply = fmt::format("{} NO [CANNOT] COMPRESS is not available.\r\n", tag);
   } else if (!inflight_.empty()) {
     // Portico's OK must not land inside a response still on its way to

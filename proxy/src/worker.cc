@@ -545,6 +545,7 @@ void Worker::admit(const std::string& address, Transport* transport, Chunk rest)
   }
   auto* session = new Session(*this, config_, transport, ids_());
   session->setListener(lc.tls, lc.require_tls, tls, implicit);
+  session->setCompressOffered(lc.compress);
   sessions_.emplace(session, std::move(ip));
   session->start();
   if (rest.size() > 0) {

@@ -150,3 +150,19 @@ def test_corrupt_stream_ends_the_session_with_a_log_line(setup, pki):
     assert setup.count_lines("COMPRESS: corrupt DEFLATE stream") >= 1, setup.log_tail(20)
     assert setup.running()
     c.sock.close()
+
+
+def test_listener_with_compress_off_neither_offers_nor_accepts_it(portico_factory, backends):
+    p = portico_factory(backends, start=False)
+    p.config = {"listen": [{"address": "127.0.0.1:%d" % p.port, "compress": False}]}
+    p.start()
+    c = DeflateConn(socket.create_connection(("127.0.0.1", p.port), timeout=15))
+    tagged = c.login("dave")
+    assert tagged.startswith(b"a001 OK"), tagged
+    assert b"COMPRESS=DEFLATE" not in caps_in(tagged), tagged
+    untagged = c.ok("CAPABILITY")
+    assert not any(b"COMPRESS" in l for l in untagged), untagged
+    tagged, _ = c.command("COMPRESS DEFLATE", tag="z1")
+    assert tagged.startswith(b"z1 NO [CANNOT]"), tagged
+    c.ok("NOOP")  # still plain, still served
+    c.sock.close()

@@ -1208,6 +1208,22 @@ TEST_F(SessionTest, CompressIsRefusedWithoutSupportAndNeverForwarded) {
   EXPECT_EQ(commandStats(CommandId::kCOMPRESS).count.get(), 1u);
 }
 
+TEST_F(SessionTest, CompressOffOnTheListenerIsNeitherOfferedNorAccepted) {
+  host_.enableCompression();
+  start();
+  session_->setCompressOffered(false);  // [[listen]] compress = false
+  FakeTransport* backend = loginToRelay();
+  ASSERT_NE(backend, nullptr);
+  client_->deliver("k1 CAPABILITY\r\n");
+  backend->deliver("* CAPABILITY IMAP4rev1 COMPRESS=DEFLATE IDLE\r\nk1 OK done\r\n");
+  EXPECT_EQ(client_->takeWritten(), "* CAPABILITY IMAP4rev1 IDLE\r\nk1 OK done\r\n");
+  EXPECT_EQ(backend->takeWritten(), "k1 CAPABILITY\r\n");
+  client_->deliver("z4 COMPRESS DEFLATE\r\n");
+  EXPECT_EQ(backend->takeWritten(), "") << "COMPRESS is never forwarded";
+  EXPECT_THAT(lines(client_->takeWritten()), ElementsAre(StartsWith("z4 NO [CANNOT]")));
+  EXPECT_EQ(state(), SessionState::kRelay);
+}
+
 TEST_F(SessionTest, CompressDeflateIsOfferedAndTerminatedInPortico) {
   host_.enableCompression();
   start();
