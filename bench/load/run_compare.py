@@ -197,6 +197,12 @@ def median_of(rounds: list, key: str) -> float:
     return statistics.median(r[key] for r in rounds)
 
 
+
+def commands_block(cmds: dict, paths: list) -> list:
+    """The "Commands:" part of a section: the script's own command line and
+    the load tool's per path."""
+    return ["Commands:", "", "```", cmds["script"], "# each round runs:"] + [cmds[p] for p in paths] + ["```"]
+
 def markdown(meta: dict) -> str:
     """The results section from what a run saved (see --json-out)."""
     if meta.get("baseline"):
@@ -231,14 +237,7 @@ def markdown(meta: dict) -> str:
                "large, read the CPU-per-command rows rather than commands/s."
                % ", ".join("%.0f" % (100 * b) for b in idle_busy))
     out.append("")
-    out.append("Commands:")
-    out.append("")
-    out.append("```")
-    out.append(cmds["script"])
-    out.append("# each round runs:")
-    out.append(cmds["direct"])
-    out.append(cmds["through"])
-    out.append("```")
+    out.extend(commands_block(cmds, ["direct", "through"]))
     out.append("")
     out.append("| metric | Dovecot direct | through Portico | ratio |")
     out.append("|---|---:|---:|---:|")
@@ -314,15 +313,7 @@ def markdown_ab(meta: dict) -> str:
     out.append("Machine load by others just before each round (1 s sample, %% busy): %s."
                % ", ".join("%.0f" % (100 * b) for b in meta["idle_busy"]))
     out.append("")
-    out.append("Commands:")
-    out.append("")
-    out.append("```")
-    out.append(cmds["script"])
-    out.append("# each round runs:")
-    out.append(cmds["direct"])
-    out.append(cmds["through"])
-    out.append(cmds["baseline"])
-    out.append("```")
+    out.extend(commands_block(cmds, ["direct", "through", "baseline"]))
     out.append("")
     out.append("| metric | Dovecot direct | baseline Portico | this build | ratio |")
     out.append("|---|---:|---:|---:|---:|")

@@ -11,6 +11,7 @@ portico_factory function scope: make(backends, config=None, **kw) -> started Por
 import pytest
 
 from harness import PASSWORD, SANITIZER_MARKERS, USERS, Dovecot, Portico
+from lookup_harness import RedisServer
 from tls_certs import TestPki
 
 __all__ = ["PASSWORD", "USERS", "Dovecot", "Portico", "SANITIZER_MARKERS"]  # for tests that import conftest
@@ -170,3 +171,13 @@ def pki():
         yield p
     finally:
         p.cleanup()
+
+
+@pytest.fixture(scope="module")
+def redis():
+    """A real redis-server on a loopback port, per module (lookup tests)."""
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.cleanup()

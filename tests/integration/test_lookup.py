@@ -15,7 +15,7 @@ import pytest
 
 from auth_service import AuthService
 from harness import PASSWORD, ImapConn, plain_b64, which_backend, make_message
-from lookup_harness import Nginx, RedisServer
+from lookup_harness import Nginx
 
 SECRET_PW = "Dir-Pass-Xq7 %\tz"  # a password only the directory tests use (escaped by nginx)
 
@@ -35,15 +35,6 @@ def fresh_auth(auth):
     auth.records.clear()
     auth.closed_by_client = 0
     return auth
-
-
-@pytest.fixture(scope="module")
-def redis():
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
 
 
 def http_config(service_url, **lookup):

@@ -37,15 +37,6 @@ def auth(tmp_path):
         service.stop()
 
 
-@pytest.fixture(scope="module")
-def redis():
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
-
-
 def http_probe(tmp_path, service, **more):
     table = {"kind": "http", "url": service.url, "timeout": "2s", "cache_ttl": "0s"}
     table.update(more)
