@@ -35,6 +35,19 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 import harness  # noqa: E402
 
 
+
+def all_traced_by(pid: int, tracer: int) -> bool:
+    """Whether every thread of `pid` has `tracer` as its TracerPid."""
+    for task in Path("/proc/%d/task" % pid).iterdir():
+        try:
+            status = (task / "status").read_text()
+        except OSError:
+            continue  # the thread ended
+        traced = next((l.split()[1] for l in status.splitlines() if l.startswith("TracerPid:")), "0")
+        if int(traced) != tracer:
+            return False
+    return True
+
 def cpu_ticks(pid: int) -> tuple:
     fields = Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()
     return int(fields[11]), int(fields[12])  # utime, stime (clock ticks)
@@ -83,7 +96,12 @@ def main() -> int:
         if args.strace:
             tracer = subprocess.Popen(["strace", "-c", "-f", "-o", str(trace_out), "-p", str(portico.pid)],
                                       stderr=subprocess.DEVNULL)
-            time.sleep(1.0)  # attached to every thread before the load starts
+            # Start the load only once strace is attached to every thread.
+            deadline = time.monotonic() + 10
+            while not all_traced_by(portico.pid, tracer.pid):
+                if time.monotonic() > deadline or tracer.poll() is not None:
+                    raise SystemExit("strace did not attach to every thread of Portico")
+                time.sleep(0.01)
         t0, c0 = cpu_ticks(portico.pid), ctx_switches(portico.pid)
         load = subprocess.run([args.load_bin, "--port", str(portico.port), "--sessions", str(args.sessions),
                                "--duration", args.duration, "--mix", args.mix, "--user-count", "20",
