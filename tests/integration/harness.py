@@ -45,6 +45,7 @@ import re
 import resource
 import shutil
 import signal
+import random
 import socket
 import string
 import subprocess
@@ -165,8 +166,29 @@ def read_protocol_log(directory) -> list:
     return rows
 
 
+def _ephemeral_range() -> tuple:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    """A TCP port on 127.0.0.1 that was free a moment ago, chosen below the
+    kernel's ephemeral range: a port from that range can be taken by any
+    outgoing connection (a client, a probe) between this check and the
+    server's bind, which made a listener fail with "address in use"."""
+    low, _ = _ephemeral_range()
+    rnd = random.SystemRandom()
+    for _ in range(200):
+        port = rnd.randrange(max(1024, low - 16384), low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
