@@ -75,6 +75,24 @@ bool readProcessCpu(int pid, double& seconds) {
   return true;
 }
 
+bool readProcessMemory(int pid, ProcessMemory& out) {
+  std::FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/status").c_str(), "r");
+  if (f == nullptr) {
+    return false;
+  }
+  char line[256];
+  while (std::fgets(line, sizeof(line), f) != nullptr) {
+    long value = 0;
+    if (std::sscanf(line, "VmRSS: %ld kB", &value) == 1) {
+      out.rss_kib = value;
+    } else if (std::sscanf(line, "VmHWM: %ld kB", &value) == 1) {
+      out.peak_kib = value;
+    }
+  }
+  std::fclose(f);
+  return out.rss_kib >= 0;
+}
+
 bool readGroupCpu(int pgid, double& seconds, int* members) {
   DIR* dir = opendir("/proc");
   if (dir == nullptr) {
@@ -148,6 +166,9 @@ CpuSnapshot takeCpuSnapshot(const std::vector<int>& pids, const std::vector<int>
     double v = -1;
     readProcessCpu(pid, v);
     s.pid_s.push_back(v);
+    ProcessMemory m;
+    readProcessMemory(pid, m);
+    s.pid_memory.push_back(m);
   }
   for (int pgid : pgids) {
     double v = -1;

@@ -23,14 +23,22 @@ struct MachineTimes {
   int cores = 0;
 };
 
+// Resident memory of a process, from /proc/PID/status (KiB).
+struct ProcessMemory {
+  long rss_kib = -1;   // VmRSS
+  long peak_kib = -1;  // VmHWM
+};
+
 struct CpuSnapshot {
   double self_s = 0;
-  std::vector<double> pid_s;  // per --pid; negative when unreadable
+  std::vector<double> pid_s;              // per --pid; negative when unreadable
+  std::vector<ProcessMemory> pid_memory;  // per --pid
   std::vector<double> pgid_s;
   MachineTimes machine;
 };
 
 bool readProcessCpu(int pid, double& seconds);
+bool readProcessMemory(int pid, ProcessMemory& out);
 bool readGroupCpu(int pgid, double& seconds, int* members = nullptr);
 bool readMachineTimes(MachineTimes& out);
 double selfCpuSeconds();

@@ -284,6 +284,11 @@ std::vector<std::uint16_t> buildSchedule(const std::vector<MixEntry>& mix) {
   return out;
 }
 
+bool sessionIsActive(std::uint32_t index, std::uint32_t active_percent) {
+  const std::uint64_t i = index;
+  return (i + 1) * active_percent / 100 > i * active_percent / 100;
+}
+
 std::string finishOptions(Options& o) {
   if (o.sessions == 0) {
     return "--sessions must be at least 1";
@@ -293,6 +298,12 @@ std::string finishOptions(Options& o) {
   }
   if (o.pipeline == 0 || o.pipeline > 1024) {
     return "--pipeline must be 1..1024";
+  }
+  if (o.active_percent == 0 || o.active_percent > 100) {
+    return "--active-percent must be 1..100";
+  }
+  if (o.think_ns > 3600ull * 1'000'000'000ull) {
+    return "--think-time is limited to 1h";
   }
   if (o.user_count == 0) {
     return "--user-count must be at least 1";

@@ -40,6 +40,12 @@ struct Options {
   std::string mix_spec = "NOOP:5,SELECT:1,FETCH:3,STATUS:1";
   std::vector<std::string> defines;  // NAME=TEXT
   std::uint32_t pipeline = 1;
+  // Percent of the sessions that send commands in the window; the others
+  // stay logged in and silent (a mostly idle population of mail clients).
+  std::uint32_t active_percent = 100;
+  // Pause of an active session between a reply and its next command
+  // (0: none, keep the pipeline full). Checked on a 100 ms sweep.
+  std::uint64_t think_ns = 0;
   std::uint32_t seed_messages = 0;
   std::uint32_t message_size = 2048;
   std::uint64_t timeout_ns = 10'000'000'000;  // every wait on the server
@@ -77,6 +83,10 @@ std::vector<std::uint16_t> buildSchedule(const std::vector<MixEntry>& mix);
 
 // Validates option combinations and fills mix and schedule.
 std::string finishOptions(Options& options);
+
+// Whether session `index` is one of the active ones: spreads
+// `active_percent` evenly over the indices (10 percent: every tenth).
+bool sessionIsActive(std::uint32_t index, std::uint32_t active_percent);
 
 // IMAP quoted string with backslash escapes.
 std::string quoteImap(std::string_view text);

@@ -167,6 +167,16 @@ void testOptions() {
   check(!parseMix("BOGUS:1", {}, "INBOX", mix).empty(), "unknown command rejected");
   check(!parseMix("NOOP:1,NOOP:2", {}, "INBOX", mix).empty(), "duplicate rejected");
   check(quoteImap("a\"b\\c") == "\"a\\\"b\\\\c\"", "quoting");
+  for (std::uint32_t percent : {1u, 5u, 33u, 50u, 100u}) {
+    std::uint32_t active = 0;
+    std::uint32_t first_hundred = 0;
+    for (std::uint32_t i = 0; i < 9000; ++i) {
+      active += sessionIsActive(i, percent) ? 1 : 0;
+      first_hundred += i < 100 && sessionIsActive(i, percent) ? 1 : 0;
+    }
+    check(active == 90 * percent && first_hundred == percent,
+          "active sessions spread evenly at " + std::to_string(percent) + "%");
+  }
 }
 
 }  // namespace

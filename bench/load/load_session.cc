@@ -133,6 +133,7 @@ class Session {
     const Options& o = loop_.options();
     inflight_.reserve(o.pipeline);
     schedule_pos_ = o.schedule.empty() ? 0 : (index_ * 7919u) % o.schedule.size();
+    active_ = sessionIsActive(index_, o.active_percent);
   }
 
   State state() const { return state_; }
@@ -169,6 +170,11 @@ class Session {
   }
 
   void sweep(std::uint64_t now) {
+    if (think_until_ != 0 && now >= think_until_ && state_ == State::kRunning) {
+      think_until_ = 0;
+      issue();
+      flush();
+    }
     if (deadline_ == 0 || now < deadline_ || state_ >= State::kClosing) {
       return;
     }
@@ -423,15 +429,26 @@ class Session {
     *it = inflight_.back();
     inflight_.pop_back();
     arm();
+    const std::uint64_t think = loop_.options().think_ns;
+    if (think != 0 && loop_.phase() == Phase::kRun) {
+      think_until_ = now + think;
+      if (inflight_.empty()) {
+        deadline_ = 0;  // thinking, not waiting for the server
+      }
+      return true;
+    }
     issue();
     return state_ < State::kClosing;
   }
 
-  // Keeps the pipeline full while the phase allows; LOGOUT when drained.
+  // Keeps the pipeline full while the phase allows (an inactive session
+  // stays silent, a thinking one waits for the sweep); LOGOUT when drained.
   void issue() {
     const Options& o = loop_.options();
     RunShared& shared = loop_.shared();
-    while (!exhausted_ && loop_.phase() == Phase::kRun && inflight_.size() < o.pipeline) {
+    const bool running = loop_.phase() == Phase::kRun;
+    while (active_ && think_until_ == 0 && !exhausted_ && running &&
+           inflight_.size() < o.pipeline) {
       if (o.max_commands != 0 &&
           shared.issued.fetch_add(1, std::memory_order_relaxed) >= o.max_commands) {
         exhausted_ = true;
@@ -454,7 +471,7 @@ class Session {
       inflight_.push_back(Inflight{tag, 0, command});
       arm();
     }
-    if (inflight_.empty()) {
+    if (inflight_.empty() && (!running || exhausted_)) {
       if (!finished_) {
         finished_ = true;
         loop_.runFinished();
@@ -554,7 +571,9 @@ class Session {
   bool setup_reported_ = false;
   bool finished_ = false;
   bool exhausted_ = false;
-  std::uint64_t deadline_ = 0;  // uv_hrtime; 0: not waiting
+  bool active_ = true;             // sends commands in the window (--active-percent)
+  std::uint64_t think_until_ = 0;  // uv_hrtime; 0: not thinking (--think-time)
+  std::uint64_t deadline_ = 0;     // uv_hrtime; 0: not waiting
   std::uint64_t tag_ = 1;
   std::uint64_t expected_tag_ = 0;
   std::uint32_t exists_ = 0;

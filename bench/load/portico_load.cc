@@ -194,6 +194,7 @@ struct Result {
   std::uint32_t sessions_ok = 0;
   double window_s = 0;
   LoopStats stats;
+  std::vector<ProcessMemory> memory_before_setup;  // per --pid
   CpuSnapshot cpu_start;
   CpuSnapshot cpu_end;
 };
@@ -237,6 +238,17 @@ nlohmann::json buildReport(const Options& o, const std::string& target, const Re
     json j = cpuEntry(r.cpu_start.pid_s[i], r.cpu_end.pid_s[i]);
     j["pid"] = o.pids[i];
     j["comm"] = processName(o.pids[i]);
+    // RSS before any session connected, with every session logged in and
+    // selected (window start), at the window's end, and the peak.
+    const long before = r.memory_before_setup[i].rss_kib;
+    const long ready = r.cpu_start.pid_memory[i].rss_kib;
+    j["rss_kib"] = {{"before_setup", before},
+                    {"window_start", ready},
+                    {"window_end", r.cpu_end.pid_memory[i].rss_kib},
+                    {"peak", r.cpu_end.pid_memory[i].peak_kib}};
+    if (before >= 0 && ready >= 0 && r.sessions_ok > 0) {
+      j["rss_kib_per_session"] = static_cast<double>(ready - before) / r.sessions_ok;
+    }
     pids.push_back(j);
   }
   cpu["pids"] = pids;
@@ -263,6 +275,8 @@ nlohmann::json buildReport(const Options& o, const std::string& target, const Re
   report["options"] = {{"sessions", o.sessions},
                        {"threads", o.threads},
                        {"pipeline", o.pipeline},
+                       {"active_percent", o.active_percent},
+                       {"think_time_s", static_cast<double>(o.think_ns) / 1e9},
                        {"duration_s", static_cast<double>(o.duration_ns) / 1e9},
                        {"max_commands", o.max_commands},
                        {"mix", o.mix_spec},
@@ -334,6 +348,14 @@ void printHuman(const nlohmann::json& j) {
   cpu("load tool", j["cpu"]["load_tool"]);
   for (const auto& p : j["cpu"]["pids"]) {
     cpu(fmt::format("pid {} ({})", p["pid"].get<int>(), p["comm"].get<std::string>()), p);
+    const auto& m = p["rss_kib"];
+    fmt::print("    RSS KiB: {} before setup, {} ready, {} at the end, {} peak",
+               m["before_setup"].get<long>(), m["window_start"].get<long>(),
+               m["window_end"].get<long>(), m["peak"].get<long>());
+    if (p.contains("rss_kib_per_session")) {
+      fmt::print(" ({:.2f} KiB per session)", p["rss_kib_per_session"].get<double>());
+    }
+    fmt::print("\n");
   }
   for (const auto& p : j["cpu"]["pgids"]) {
     cpu(fmt::format("pgid {} ({} and children)", p["pgid"].get<int>(),
@@ -367,6 +389,12 @@ int run(Options& o, std::string target, const sockaddr_storage& address) {
   for (auto& specs : per_loop) {
     loops.push_back(std::make_unique<LoadLoop>(shared, LoadLoop::Mode::kLoad, std::move(specs)));
   }
+  Result r;
+  for (int pid : o.pids) {
+    ProcessMemory m;
+    readProcessMemory(pid, m);
+    r.memory_before_setup.push_back(m);
+  }
   std::vector<std::thread> threads;
   for (auto& loop : loops) {
     threads.emplace_back([l = loop.get()] { l->run(); });
@@ -394,7 +422,6 @@ int run(Options& o, std::string target, const sockaddr_storage& address) {
   std::fprintf(stderr, "portico_load: %u sessions ready in %.2f s; running\n", o.sessions,
                std::chrono::duration<double>(Clock::now() - setup_started).count());
 
-  Result r;
   r.sessions_ok = shared.ready;
   r.cpu_start = takeCpuSnapshot(o.pids, o.pgids);
   auto t0 = Clock::now();
@@ -431,6 +458,7 @@ int main(int argc, char** argv) {
   Options o;
   std::string duration = "10s";
   std::string timeout = "10s";
+  std::string think = "0";
   CLI::App app{"portico_load: end-to-end IMAP load generator (see bench/load/README.md)"};
   app.add_option("--host", o.host, "server address")->capture_default_str();
   app.add_option("--port", o.port, "server port")->required();
@@ -454,6 +482,11 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--define", o.defines, "extra mix command NAME=TEXT (repeatable)");
   app.add_option("--pipeline", o.pipeline, "commands in flight per session")->capture_default_str();
+  app.add_option("--active-percent", o.active_percent,
+                 "percent of the sessions that send commands; the rest stay logged in, silent")
+      ->capture_default_str();
+  app.add_option("--think-time", think, "pause of an active session between reply and next command")
+      ->capture_default_str();
   app.add_option("--seed-messages", o.seed_messages,
                  "APPEND until each user's mailbox holds this many messages")
       ->capture_default_str();
@@ -477,6 +510,9 @@ int main(int argc, char** argv) {
   std::string error = parseDuration(duration, o.duration_ns);
   if (error.empty()) {
     error = parseDuration(timeout, o.timeout_ns);
+  }
+  if (error.empty()) {
+    error = parseDuration(think, o.think_ns);
   }
   if (error.empty() && o.seed_only && o.seed_messages == 0) {
     error = "--seed-only needs --seed-messages";
