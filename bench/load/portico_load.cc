@@ -425,6 +425,9 @@ int run(Options& o, std::string target, const sockaddr_storage& address) {
   r.sessions_ok = shared.ready;
   r.cpu_start = takeCpuSnapshot(o.pids, o.pgids);
   auto t0 = Clock::now();
+  // The window and the LOGOUTs after it get the whole slack, however long
+  // the setup of many sessions took.
+  watchdog.arm(t0 + std::chrono::nanoseconds(o.duration_ns) + kRunSlack, "the load run");
   setPhase(Phase::kRun);
   {
     std::unique_lock lock(shared.mu);
@@ -435,6 +438,8 @@ int run(Options& o, std::string target, const sockaddr_storage& address) {
   r.cpu_end = takeCpuSnapshot(o.pids, o.pgids);
   setPhase(Phase::kStop);
   joinAll();
+  std::fprintf(stderr, "portico_load: window closed, every session logged out in %.2f s\n",
+               std::chrono::duration<double>(Clock::now() - t1).count());
   r.window_s = std::chrono::duration<double>(t1 - t0).count();
   for (auto& loop : loops) {
     r.stats.merge(loop->stats());
