@@ -34,6 +34,29 @@ const char* sessionStateName(SessionState state) {
   return kStateNames[static_cast<std::size_t>(state)];
 }
 
+SessionState Session::state() const {
+  if (state_ != SessionState::kBackendGreeting || !backend_login_) {
+    return state_;
+  }
+  using LoginState = BackendLoginClient::State;
+  switch (backend_login_->state()) {
+    case LoginState::kGreeting:
+      return SessionState::kBackendGreeting;
+    case LoginState::kStarttls:
+      return SessionState::kBackendStarttls;
+    case LoginState::kTlsHandshake:
+      return SessionState::kBackendTlsHandshake;
+    case LoginState::kCapability:
+      return SessionState::kBackendCapability;
+    case LoginState::kId:
+      return SessionState::kBackendId;
+    case LoginState::kLogin:
+    case LoginState::kDone:
+      break;
+  }
+  return SessionState::kBackendLogin;
+}
+
 Session::Session(SessionHost& host, RuntimeConfigPtr config, Transport* client, std::uint64_t id)
     : host_(host), config_(std::move(config)), client_(client), id_(id) {}
 
@@ -132,10 +155,6 @@ void Session::onData(Transport* transport, Chunk chunk) {
         relayFromBackend(std::move(chunk));
         return;
       case SessionState::kBackendGreeting:
-      case SessionState::kBackendStarttls:
-      case SessionState::kBackendCapability:
-      case SessionState::kBackendId:
-      case SessionState::kBackendLogin:
         onBackendLoginData(std::move(chunk));
         return;
       default:
@@ -174,15 +193,10 @@ void Session::onClosed(Transport* transport, std::string_view reason) {
     switch (state_) {
       case SessionState::kConnecting:
       case SessionState::kBackendGreeting:
-      case SessionState::kBackendStarttls:
-      case SessionState::kBackendTlsHandshake:
-      case SessionState::kBackendCapability:
-      case SessionState::kBackendId:
-      case SessionState::kBackendLogin:
         if (client_ == nullptr) {
           break;
         }
-        if (!login_sent_) {
+        if (!backend_login_ || !backend_login_->loginSent()) {
           connectNext();
         } else {
           failLogin(fmt::format("{} NO [UNAVAILABLE] Mailbox server failed during login.\r\n",
@@ -316,7 +330,7 @@ SessionInfo Session::info(std::chrono::steady_clock::time_point now) const {
   out.client = client_address_;
   out.user = user_;
   out.backend = logged_in_ ? backend_name_ : std::string();
-  out.state = sessionStateName(state_);
+  out.state = sessionStateName(state());
   if (!inflight_.empty()) {
     out.command = commandName(inflight_.front().command);
     out.command_ms = duration_cast<milliseconds>(now - inflight_.front().sent).count();
@@ -460,12 +474,9 @@ void Session::onTimer() {
       backendFailed("connect timeout");
       return;
     case SessionState::kBackendGreeting:
-    case SessionState::kBackendStarttls:
-    case SessionState::kBackendTlsHandshake:
-    case SessionState::kBackendCapability:
-    case SessionState::kBackendId:
-    case SessionState::kBackendLogin:
       backendFailed("login timeout");
+      return;
+    default:
       return;
     case SessionState::kRelay:
       if (now - last_activity_ >= cfg.timeouts.idle) {

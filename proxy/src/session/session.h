@@ -19,6 +19,7 @@
 #include <string_view>
 #include <vector>
 
+#include "backend_login.h"
 #include "end_reason.h"
 #include "lookup/lookup.h"
 #include "portico/parser.h"
@@ -150,7 +151,9 @@ class Session : public TransportHandler {
   SessionInfo info(std::chrono::steady_clock::time_point now) const;
 
   std::uint64_t id() const { return id_; }
-  SessionState state() const { return state_; }
+  // During the backend login, the login client's step (kBackendGreeting ..
+  // kBackendLogin).
+  SessionState state() const;
   const std::string& user() const { return user_; }
   const std::string& backendName() const { return backend_name_; }
   std::size_t commandsInFlight() const { return inflight_.size(); }
@@ -200,13 +203,13 @@ class Session : public TransportHandler {
   LookupRequest lookupRequest();
 
   // Backend login.
+  void startBackendLogin();
   void onBackendLoginData(Chunk chunk);
-  bool handleBackendLine(const parser::ResponseEvent& event, std::string_view line);
-  void sendBackendLogin();
-  std::string proxyHeader() const;
-  void sendForwardId();
-  void enterRelay(std::size_t backend_consumed);
-  void afterBackendCapabilities();
+  // Writes what the login client has for the backend, then wipes it.
+  void flushBackendLogin();
+  void startBackendTls();
+  std::string forwardIdCommand() const;
+  void enterRelay();
   void startClientStarttls(const std::string& tag);
   std::string capabilities() const;
 
@@ -266,8 +269,6 @@ class Session : public TransportHandler {
 
   std::string client_pending_;  // pre-login bytes not yet handled
   std::size_t pending_parsed_ = 0;
-  std::string backend_pending_;  // backend bytes during login
-  std::size_t backend_parsed_ = 0;
   std::string login_untagged_;       // untagged backend lines during login, sent on success
   std::vector<Transport*> orphans_;  // backends given up on, still closing
   std::optional<std::vector<parser::IdField>> client_id_;
@@ -299,13 +300,12 @@ class Session : public TransportHandler {
   std::string password_;
   std::string mechanism_;
   std::string sasl_;  // base64, as the client sent it
-  bool sasl_sent_ = false;
   std::vector<std::size_t> candidates_;
   std::size_t candidate_pos_ = 0;
   std::size_t backend_index_ = 0;
   std::string backend_name_;
-  std::string backend_caps_;
-  bool login_sent_ = false;
+  // The backend's login dialogue, from connect to the tagged answer.
+  std::optional<BackendLoginClient> backend_login_;
   // From the directory (lookup/lookup.h): who and what to replay instead of
   // the client's user and password, and the backend-connect timeout.
   std::optional<std::string> backend_user_;

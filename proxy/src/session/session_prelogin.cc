@@ -369,21 +369,18 @@ void Session::connectNext() {
   backend_name_ = backend.name;
   state_ = SessionState::kConnecting;
   updateClientReading();
-  login_sent_ = false;
-  sasl_sent_ = false;
-  backend_caps_.clear();
-  backend_pending_.clear();
-  backend_parsed_ = 0;
-  login_untagged_.clear();
-  response_framer_.reset();
+  backend_login_.reset();
   deadline_ = host_.now() + connect_timeout_.value_or(rc.config.timeouts.backend_connect);
   armTimer();
   if (backend.tls == TlsMode::kImplicit) {
     // The PROXY header goes in the clear before the ClientHello, as HAProxy
     // and nginx send it; inside TLS the backend would refuse the connection.
     backend_ = backend_index_ < rc.backend_tls.size()
-                   ? host_.connectBackendTls(backend, rc.backend_tls[backend_index_], this,
-                                             backend.proxy_protocol ? proxyHeader() : "")
+                   ? host_.connectBackendTls(
+                         backend, rc.backend_tls[backend_index_], this,
+                         backend.proxy_protocol
+                             ? proxyV2Header(client_->peerAddress(), client_->localAddress())
+                             : "")
                    : nullptr;
   } else {
     backend_ = host_.connectBackend(backend, this);
@@ -406,28 +403,28 @@ void Session::onConnected(Transport* transport, bool ok, std::string_view error)
                  client_address_, user_);
     return;  // onClosed follows and tries the next candidate
   }
-  if (state_ == SessionState::kBackendTlsHandshake) {
-    // STARTTLS done: capabilities may differ under TLS, so ask again.
-    backend_->write(std::string_view("P0CAP CAPABILITY\r\n"));
-    state_ = SessionState::kBackendCapability;
+  if (backend_login_ && backend_login_->state() == BackendLoginClient::State::kTlsHandshake) {
+    backend_login_->tlsEstablished();  // capabilities may differ under TLS: ask again
+    flushBackendLogin();
     return;
   }
   backend_->setHighWatermark(config_->config.limits.write_high_watermark);
   state_ = SessionState::kBackendGreeting;
+  startBackendLogin();
   deadline_ = host_.now() + config_->config.timeouts.backend_login;
   armTimer();
   const BackendConfig& backend = config_->config.backends[backend_index_];
   if (backend.proxy_protocol && backend.tls != TlsMode::kImplicit) {
     // The first bytes on the connection, before the greeting is read (and
     // before STARTTLS); implicit TLS sent it ahead of the handshake.
-    backend_->write(proxyHeader());
+    backend_->write(proxyV2Header(client_->peerAddress(), client_->localAddress()));
   }
 }
 
 void Session::backendFailed(std::string_view why) {
   logging::log(logging::Level::kWarn, "session",
                "id={:016x} backend {} failed while {}: {}; client={} user={}", id_, backend_name_,
-               sessionStateName(state_), why, client_address_, user_);
+               sessionStateName(state()), why, client_address_, user_);
   backendStats()->connect_failures.add();
   if (backend_ != nullptr) {
     backend_->close();  // onClosed decides: next candidate or NO [UNAVAILABLE]
