@@ -58,7 +58,26 @@ SessionState Session::state() const {
 }
 
 Session::Session(SessionHost& host, RuntimeConfigPtr config, Transport* client, std::uint64_t id)
-    : host_(host), config_(std::move(config)), client_(client), id_(id) {}
+    : host_(host),
+      config_(std::move(config)),
+      client_(client),
+      accounting_(host),
+      tap_(host),
+      id_(id) {
+  addObserver(&accounting_);
+  addObserver(&tap_);
+}
+
+void Session::addObserver(SessionObserver* observer) {
+  if (observer_count_ < observers_.size()) {
+    observers_[observer_count_++] = observer;
+  }
+}
+
+std::string Session::backendAddress() const {
+  return backend_name_.empty() ? std::string()
+                               : config_->config.backends[backend_index_].address.text();
+}
 
 Session::~Session() {
   wipeSecrets();
@@ -111,10 +130,7 @@ void Session::start() {
 
   command_framer_.setLimits(preloginLimits(cfg.limits));
   writeClient(fmt::format("* OK [CAPABILITY {}] {}\r\n", capabilities(), cfg.greeting));
-  if (tracing()) {
-    traceRecord("Connect", "",
-                fmt::format("R=OK {};tls={}", cfg.greeting, client_tls_ ? "yes" : "no"), 0, 0, 0);
-  }
+  notify([&](SessionObserver& o) { o.onConnect(*this, cfg.greeting, client_tls_); });
   deadline_ = started_ + cfg.timeouts.prelogin;
   armTimer();
 }
@@ -262,57 +278,9 @@ void Session::abort(EndReason reason) {
   }
 }
 
-bool Session::tracing() {
-  SharedState& shared = host_.shared();
-  std::uint64_t generation = shared.trace.generation();  // the one load when off
-  if (generation != trace_generation_) {
-    trace_generation_ = generation;
-    trace_on_ = shared.trace.matches(normaliseUser(user_), client_sockaddr_);
-  }
-  return trace_on_ && shared.protocol_log.load(std::memory_order_relaxed) != nullptr;
-}
-
-void Session::traceRecord(std::string_view command, std::string_view parameters,
-                          std::string_view context, std::int64_t duration_ms,
-                          std::uint64_t request_bytes, std::uint64_t response_bytes) {
-  logging::ProtocolRecord r;
-  r.time_ms =
-      std::chrono::duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-          .count();
-  r.session_id = id_;
-  r.seq = trace_seq_++;
-  std::string server;
-  if (!backend_name_.empty()) {
-    server = config_->config.backends[backend_index_].address.text();
-  }
-  r.server_address = server;
-  r.client_address = client_address_;
-  r.user = user_;
-  r.duration_ms = duration_ms;
-  r.request_bytes = request_bytes;
-  r.response_bytes = response_bytes;
-  r.command = command;
-  r.parameters = parameters;
-  r.context = context;
-  std::string line;
-  logging::formatRecord(r, line);
-  host_.shared().protocol_log.load(std::memory_order_relaxed)->submit(host_.index(), line);
-}
-
-void Session::tracePrelogin(const parser::PreloginCommand& command, std::string_view bytes,
-                            std::string_view result) {
-  if (!tracing()) {
-    return;
-  }
-  // Parameters: the first line after "tag NAME", redacted (LOGIN keeps the
-  // user, AUTHENTICATE the mechanism).
-  std::string_view line = bytes.substr(0, bytes.find_first_of("\r\n"));
-  for (int words = 2; words > 0 && !line.empty(); --words) {
-    auto sp = line.find(' ');
-    line = sp == std::string_view::npos ? std::string_view() : line.substr(sp + 1);
-  }
-  traceRecord(command.name, logging::redactCommandParameters(command.name, line),
-              fmt::format("R={}", result), 0, bytes.size(), 0);
+void Session::notifyPrelogin(const parser::PreloginCommand& command, std::string_view bytes,
+                             std::string_view result) {
+  notify([&](SessionObserver& o) { o.onPreloginCommand(*this, command, bytes, result); });
 }
 
 void Session::kick() {
@@ -513,17 +481,9 @@ void Session::finishIfClosed() {
     host_.stats().connections_unauthenticated.sub();
     counted_unauthenticated_ = false;
   }
-  if (in_stats_) {
-    BackendStats* stats = backendStats();
-    stats->sessions_current.sub();
-    stats->commands_in_flight.sub(inflight_.size());
-    in_stats_ = false;
-  }
-  if (tracing()) {
-    traceRecord("Disconnect", "", fmt::format("reason={}", endReasonLogText()), duration.count(),
-                bytes_in_, bytes_out_);
-  }
-  endedCounter(host_.stats(), end_reason_).add();
+  notify([&](SessionObserver& o) {
+    o.onSessionEnd(*this, end_reason_, endReasonLogText(), duration);
+  });
   logging::log(logging::Level::kInfo, "session",
                "session end id={:016x} client={} user={} backend={} duration_ms={} bytes_in={} "
                "bytes_out={} commands={} reason=\"{}\"",

@@ -10,6 +10,7 @@
 // the secret is wiped as soon as the backend has answered.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -23,7 +24,10 @@
 #include "end_reason.h"
 #include "lookup/lookup.h"
 #include "portico/parser.h"
+#include "protocol_tap.h"
 #include "runtime.h"
+#include "session_accounting.h"
+#include "session_observer.h"
 #include "transport.h"
 
 namespace portico::proxy {
@@ -157,6 +161,17 @@ class Session : public TransportHandler {
   const std::string& user() const { return user_; }
   const std::string& backendName() const { return backend_name_; }
   std::size_t commandsInFlight() const { return inflight_.size(); }
+  const std::string& clientAddress() const { return client_address_; }
+  const sockaddr_storage& clientSockaddr() const { return client_sockaddr_; }
+  // The backend's address as configured; "" before one is chosen.
+  std::string backendAddress() const;
+  std::uint64_t bytesIn() const { return bytes_in_; }
+  std::uint64_t bytesOut() const { return bytes_out_; }
+
+  // Observers beside the session's own accounting and protocol-log tap
+  // (tests). `observer` must outlive the session; at most kMaxObservers.
+  static constexpr std::size_t kMaxObservers = 4;
+  void addObserver(SessionObserver* observer);
 
   // TransportHandler
   void onConnected(Transport* transport, bool ok, std::string_view error) override;
@@ -172,9 +187,6 @@ class Session : public TransportHandler {
     std::chrono::steady_clock::time_point sent{};
     std::uint64_t request_bytes = 0;
     std::uint64_t response_bytes = 0;
-    bool traced = false;
-    std::string name;        // traced only: as sent, upper-cased
-    std::string parameters;  // traced only: redacted
   };
   enum class LoginKind : std::uint8_t { kLogin, kAuthenticate };
 
@@ -247,20 +259,26 @@ class Session : public TransportHandler {
   void finishIfClosed();
   BackendStats* backendStats();
 
-  // Protocol log.
-  bool tracing();
-  void traceRecord(std::string_view command, std::string_view parameters, std::string_view context,
-                   std::int64_t duration_ms, std::uint64_t request_bytes,
-                   std::uint64_t response_bytes);
-  void noteLoginParameters(const parser::PreloginCommand& command, std::string_view bytes);
-  void tracePrelogin(const parser::PreloginCommand& command, std::string_view bytes,
-                     std::string_view result);
+  // Tells every observer: `event(observer)`.
+  template <typename Event>
+  void notify(const Event& event) {
+    for (std::size_t i = 0; i < observer_count_; ++i) {
+      event(*observers_[i]);
+    }
+  }
+  void notifyPrelogin(const parser::PreloginCommand& command, std::string_view bytes,
+                      std::string_view result);
 
   SessionHost& host_;
   RuntimeConfigPtr config_;
   Transport* client_;
   Transport* backend_ = nullptr;
   TimerPtr timer_;
+  // Who watches: the counters, the protocol log, and a test's observers.
+  SessionAccounting accounting_;
+  ProtocolTap tap_;
+  std::array<SessionObserver*, kMaxObservers> observers_{};
+  std::size_t observer_count_ = 0;
   std::uint64_t id_;
   SessionState state_ = SessionState::kPrelogin;
 
@@ -277,13 +295,7 @@ class Session : public TransportHandler {
   std::string shutdown_text_;
   EndReason shutdown_end_reason_ = EndReason::kShutdown;
   bool logged_in_ = false;
-  std::uint64_t trace_generation_ = 0;  // 0: evaluate on next use
-  bool trace_on_ = false;
-  std::uint32_t trace_seq_ = 0;
   sockaddr_storage client_sockaddr_{};
-  std::string login_parameters_;  // redacted LOGIN/AUTHENTICATE parameters for the log
-  Clock::time_point login_started_{};
-  std::uint64_t login_request_bytes_ = 0;
   TlsMode listener_tls_ = TlsMode::kNone;
   bool require_tls_ = false;
   bool client_tls_ = false;
@@ -328,7 +340,6 @@ class Session : public TransportHandler {
   // read past the command that reached the cap waits here, unparsed.
   bool commands_capped_ = false;
   Chunk client_held_;
-  bool in_stats_ = false;  // counted in backend sessions_current
   bool counted_unauthenticated_ = true;
 
   std::uint32_t bad_in_row_ = 0;

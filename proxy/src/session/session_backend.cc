@@ -121,17 +121,12 @@ void Session::enterRelay() {
   backend_->setCarriesSecrets(false);
   host_.stats().connections_unauthenticated.sub();
   counted_unauthenticated_ = false;
-  BackendStats* stats = backendStats();
-  stats->sessions_current.add();
-  stats->sessions_total.add();
-  in_stats_ = true;
   logged_in_ = true;
-  if (tracing()) {
-    traceRecord(login_kind_ == LoginKind::kLogin ? "LOGIN" : "AUTHENTICATE", login_parameters_,
-                fmt::format("R=OK;B={}", backend_name_),
-                duration_cast<milliseconds>(host_.now() - login_started_).count(),
-                login_request_bytes_, 0);
-  }
+  LoginOutcome outcome;
+  outcome.ok = true;
+  outcome.result = "OK";
+  outcome.backend = backendStats();
+  notify([&](SessionObserver& o) { o.onLoginDone(*this, outcome); });
   logging::log(logging::Level::kInfo, "session", "id={:016x} login user={} backend={} client={}",
                id_, user_, backend_name_, client_address_);
 

@@ -177,7 +177,7 @@ void Session::handlePreloginCommand(std::string_view bytes) {
   if (!result.ok) {
     // Arguments of a command that did not parse are never logged: a
     // mistyped LOGIN could carry a password.
-    tracePrelogin(cmd, std::string_view(), std::string("BAD ") + result.error.message);
+    notifyPrelogin(cmd, std::string_view(), std::string("BAD ") + result.error.message);
     host_.stats().prelogin_bad_commands.add();
     if (result.error.code == parser::ErrorCode::kUnknownCommand) {
       badCommand(tag, "Command not allowed before login");
@@ -192,15 +192,15 @@ void Session::handlePreloginCommand(std::string_view bytes) {
     case parser::Verb::kCapability:
       writeClient(fmt::format("* CAPABILITY {}\r\n{} OK Pre-login capabilities listed.\r\n",
                               capabilities(), tag));
-      tracePrelogin(cmd, bytes, "OK");
+      notifyPrelogin(cmd, bytes, "OK");
       return;
     case parser::Verb::kNoop:
       writeClient(fmt::format("{} OK NOOP completed.\r\n", tag));
-      tracePrelogin(cmd, bytes, "OK");
+      notifyPrelogin(cmd, bytes, "OK");
       return;
     case parser::Verb::kLogout:
       writeClient(fmt::format("* BYE Logging out\r\n{} OK Logout completed.\r\n", tag));
-      tracePrelogin(cmd, bytes, "OK");
+      notifyPrelogin(cmd, bytes, "OK");
       closeWithBye("", EndReason::kClientLogout);
       return;
     case parser::Verb::kId:
@@ -208,10 +208,11 @@ void Session::handlePreloginCommand(std::string_view bytes) {
       writeClient(
           fmt::format("* ID (\"name\" \"Portico\" \"version\" \"{}\")\r\n{} OK ID completed.\r\n",
                       version(), tag));
-      tracePrelogin(cmd, bytes, "OK");
+      notifyPrelogin(cmd, bytes, "OK");
       return;
     case parser::Verb::kStarttls:
-      tracePrelogin(cmd, bytes, listener_tls_ == TlsMode::kStarttls && !client_tls_ ? "OK" : "BAD");
+      notifyPrelogin(cmd, bytes,
+                     listener_tls_ == TlsMode::kStarttls && !client_tls_ ? "OK" : "BAD");
       if (listener_tls_ != TlsMode::kStarttls || client_tls_) {
         writeClient(fmt::format(
             "{} BAD {}\r\n", tag,
@@ -228,9 +229,8 @@ void Session::handlePreloginCommand(std::string_view bytes) {
       }
       login_kind_ = LoginKind::kLogin;
       login_tag_ = cmd.tag;
-      noteLoginParameters(cmd, bytes);
+      notify([&](SessionObserver& o) { o.onLoginCommand(*this, cmd, bytes); });
       user_ = std::move(cmd.user);
-      trace_generation_ = 0;  // the user is known now: re-evaluate tracing
       password_ = std::move(cmd.password);
       wipe(cmd.password);
       startLogin();
@@ -247,7 +247,7 @@ void Session::handlePreloginCommand(std::string_view bytes) {
       }
       login_tag_ = cmd.tag;
       mechanism_ = cmd.mechanism;
-      noteLoginParameters(cmd, bytes);
+      notify([&](SessionObserver& o) { o.onLoginCommand(*this, cmd, bytes); });
       if (cmd.initial_response) {
         beginAuthenticate(*cmd.initial_response);
         wipe(*cmd.initial_response);
@@ -303,20 +303,8 @@ void Session::beginAuthenticate(std::string_view initial_response) {
   }
   login_kind_ = LoginKind::kAuthenticate;
   user_ = std::move(*user);
-  trace_generation_ = 0;
   sasl_.assign(initial_response);
   startLogin();
-}
-
-void Session::noteLoginParameters(const parser::PreloginCommand& command, std::string_view bytes) {
-  std::string_view line = bytes.substr(0, bytes.find_first_of("\r\n"));
-  for (int words = 2; words > 0 && !line.empty(); --words) {
-    auto sp = line.find(' ');
-    line = sp == std::string_view::npos ? std::string_view() : line.substr(sp + 1);
-  }
-  login_parameters_ = logging::redactCommandParameters(command.name, line);
-  login_request_bytes_ = bytes.size();
-  login_started_ = host_.now();
 }
 
 void Session::startLogin() {
@@ -439,17 +427,14 @@ void Session::failLogin(std::string_view client_line, bool count_failure) {
     backend_ = nullptr;
   }
   wipeSecrets();
-  if (tracing()) {
-    std::string_view result =
-        client_line.substr(std::min(client_line.size(), login_tag_.size() + 1));
-    while (!result.empty() && (result.back() == '\n' || result.back() == '\r')) {
-      result.remove_suffix(1);
-    }
-    traceRecord(login_kind_ == LoginKind::kLogin ? "LOGIN" : "AUTHENTICATE", login_parameters_,
-                fmt::format("R={};B={}", result, backend_name_.empty() ? "-" : backend_name_),
-                duration_cast<milliseconds>(host_.now() - login_started_).count(),
-                login_request_bytes_, client_line.size());
+  LoginOutcome outcome;
+  outcome.result = client_line.substr(std::min(client_line.size(), login_tag_.size() + 1));
+  while (!outcome.result.empty() &&
+         (outcome.result.back() == '\n' || outcome.result.back() == '\r')) {
+    outcome.result.remove_suffix(1);
   }
+  outcome.response_bytes = client_line.size();
+  notify([&](SessionObserver& o) { o.onLoginDone(*this, outcome); });
   state_ = SessionState::kPrelogin;
   if (client_ == nullptr) {
     finishIfClosed();
