@@ -140,43 +140,67 @@ void Session::start() {
 
 void Session::onData(Transport* transport, Chunk chunk) {
   if (transport == client_) {
-    if (state_ == SessionState::kRelay) {
-      bytes_in_ += chunk.size();
-      host_.stats().bytes_from_clients.add(chunk.size());
-      relayFromClient(std::move(chunk));
-      return;
-    }
-    if (state_ == SessionState::kClosing) {
-      return;
-    }
-    bytes_in_ += chunk.size();
-    host_.stats().bytes_from_clients.add(chunk.size());
-    appendWiping(client_pending_, chunk.view());  // may hold a password
-    chunk.reset();                                // its block is wiped now
-    if (state_ == SessionState::kLookup) {
-      // Read during a lookup only to notice a client that goes away; what
-      // it pipelines waits, bounded like one pre-login command.
-      if (client_pending_.size() >
-          preloginMaxCommand(config_->config.limits, command_framer_.currentName())) {
-        client_->pauseReading();
-      }
-      return;
-    }
-    processPrelogin();
-    return;
+    (this->*client_reader_)(std::move(chunk));
+  } else if (transport == backend_) {
+    (this->*backend_reader_)(std::move(chunk));
   }
-  if (transport == backend_) {
-    switch (state_) {
-      case SessionState::kRelay:
-        relayFromBackend(std::move(chunk));
-        return;
-      case SessionState::kBackendGreeting:
-        onBackendLoginData(std::move(chunk));
-        return;
-      default:
-        return;
-    }
+}
+
+void Session::setState(SessionState state) {
+  state_ = state;
+  switch (state) {
+    case SessionState::kLookup:
+      client_reader_ = &Session::readDuringLookup;
+      backend_reader_ = &Session::ignoreData;
+      return;
+    case SessionState::kBackendGreeting:  // the whole backend login (state())
+      client_reader_ = &Session::readPrelogin;
+      backend_reader_ = &Session::onBackendLoginData;
+      return;
+    case SessionState::kRelay:
+      client_reader_ = &Session::readRelay;
+      backend_reader_ = &Session::relayFromBackend;
+      return;
+    case SessionState::kClosing:
+      client_reader_ = &Session::ignoreData;
+      backend_reader_ = &Session::ignoreData;
+      return;
+    default:  // the pre-login dialogue; a connect in progress
+      client_reader_ = &Session::readPrelogin;
+      backend_reader_ = &Session::ignoreData;
+      return;
   }
+}
+
+void Session::readPrelogin(Chunk chunk) {
+  bytes_in_ += chunk.size();
+  host_.stats().bytes_from_clients.add(chunk.size());
+  appendWiping(client_pending_, chunk.view());  // may hold a password
+  chunk.reset();                                // its block is wiped now
+  processPrelogin();
+}
+
+void Session::readDuringLookup(Chunk chunk) {
+  bytes_in_ += chunk.size();
+  host_.stats().bytes_from_clients.add(chunk.size());
+  appendWiping(client_pending_, chunk.view());
+  chunk.reset();
+  // Read during a lookup only to notice a client that goes away; what it
+  // pipelines waits, bounded like one pre-login command.
+  if (client_pending_.size() >
+      preloginMaxCommand(config_->config.limits, command_framer_.currentName())) {
+    client_->pauseReading();
+  }
+}
+
+void Session::readRelay(Chunk chunk) {
+  bytes_in_ += chunk.size();
+  host_.stats().bytes_from_clients.add(chunk.size());
+  relayFromClient(std::move(chunk));
+}
+
+void Session::ignoreData(Chunk chunk) {
+  (void)chunk;
 }
 
 void Session::onDrained(Transport* transport) {
@@ -197,7 +221,7 @@ void Session::onClosed(Transport* transport, std::string_view reason) {
     } else {
       setEndReason(EndReason::kClientClosed, reason);
     }
-    state_ = SessionState::kClosing;
+    setState(SessionState::kClosing);
     if (backend_ != nullptr) {
       backend_->close();
     }
@@ -269,7 +293,7 @@ void Session::requestBye(std::string_view text, EndReason end_reason) {
 
 void Session::abort(EndReason reason) {
   setEndReason(reason);
-  state_ = SessionState::kClosing;
+  setState(SessionState::kClosing);
   if (client_ != nullptr) {
     client_->close();
   }
@@ -379,7 +403,7 @@ void Session::closeWithBye(std::string_view bye_line, EndReason reason, std::str
   } else {
     writeClient(bye_line);
   }
-  state_ = SessionState::kClosing;
+  setState(SessionState::kClosing);
   if (backend_ != nullptr) {
     backend_->close();
   }
@@ -423,7 +447,7 @@ void Session::onTimer() {
                    EndReason::kPreloginTimeout);
       return;
     case SessionState::kLoginDelay: {
-      state_ = SessionState::kPrelogin;
+      setState(SessionState::kPrelogin);
       std::string reply = std::move(delayed_reply_);
       delayed_reply_.clear();
       writeClient(reply);

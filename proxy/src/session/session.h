@@ -241,6 +241,16 @@ class Session : public TransportHandler {
   void completeCommand(const parser::ResponseEvent& event);
   void maybeByeOnShutdown();
 
+  // Phases: the handler for each side's bytes is swapped when the phase
+  // changes (as nginx's mail proxy swaps its read handler), so onData()
+  // makes one indirect call and never asks which phase it is in.
+  using Reader = void (Session::*)(Chunk chunk);
+  void setState(SessionState state);
+  void readPrelogin(Chunk chunk);
+  void readDuringLookup(Chunk chunk);
+  void readRelay(Chunk chunk);
+  void ignoreData(Chunk chunk);
+
   // Common.
   void writeClient(std::string_view bytes);
   // Ends the session: `bye_line` (if any) to the client, then close. A BYE
@@ -281,6 +291,8 @@ class Session : public TransportHandler {
   std::size_t observer_count_ = 0;
   std::uint64_t id_;
   SessionState state_ = SessionState::kPrelogin;
+  Reader client_reader_ = &Session::readPrelogin;
+  Reader backend_reader_ = &Session::ignoreData;
 
   parser::CommandFramer command_framer_;
   parser::ResponseFramer response_framer_;

@@ -114,7 +114,7 @@ std::string Session::forwardIdCommand() const {
 
 void Session::enterRelay() {
   const Config& cfg = config_->config;
-  state_ = SessionState::kRelay;
+  setState(SessionState::kRelay);
   wipeSecrets();
   // The login is over: from here the transports relay without wiping.
   client_->setCarriesSecrets(false);

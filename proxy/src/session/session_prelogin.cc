@@ -253,7 +253,7 @@ void Session::handlePreloginCommand(std::string_view bytes) {
         wipe(*cmd.initial_response);
       } else {
         writeClient("+ \r\n");
-        state_ = SessionState::kAuthContinuation;
+        setState(SessionState::kAuthContinuation);
       }
       return;
     case parser::Verb::kOther:
@@ -280,7 +280,7 @@ void Session::startClientStarttls(const std::string& tag) {
 }
 
 void Session::handleAuthLine(std::string_view line) {
-  state_ = SessionState::kPrelogin;
+  setState(SessionState::kPrelogin);
   if (line == "*") {
     writeClient(fmt::format("{} BAD Authentication cancelled.\r\n", login_tag_));
     return;
@@ -355,7 +355,7 @@ void Session::connectNext() {
   backend_index_ = candidates_[candidate_pos_++];
   const BackendConfig& backend = rc.config.backends[backend_index_];
   backend_name_ = backend.name;
-  state_ = SessionState::kConnecting;
+  setState(SessionState::kConnecting);
   updateClientReading();
   backend_login_.reset();
   deadline_ = host_.now() + connect_timeout_.value_or(rc.config.timeouts.backend_connect);
@@ -397,7 +397,7 @@ void Session::onConnected(Transport* transport, bool ok, std::string_view error)
     return;
   }
   backend_->setHighWatermark(config_->config.limits.write_high_watermark);
-  state_ = SessionState::kBackendGreeting;
+  setState(SessionState::kBackendGreeting);
   startBackendLogin();
   deadline_ = host_.now() + config_->config.timeouts.backend_login;
   armTimer();
@@ -435,7 +435,7 @@ void Session::failLogin(std::string_view client_line, bool count_failure) {
   }
   outcome.response_bytes = client_line.size();
   notify([&](SessionObserver& o) { o.onLoginDone(*this, outcome); });
-  state_ = SessionState::kPrelogin;
+  setState(SessionState::kPrelogin);
   if (client_ == nullptr) {
     finishIfClosed();
     return;
@@ -466,7 +466,7 @@ void Session::failLogin(std::string_view client_line, bool count_failure) {
     auto delay = milliseconds(cfg.limits.login_failure_delay.count()
                               << std::min<std::uint32_t>(login_failures_ - 1, 6));
     delayed_reply_.assign(client_line);
-    state_ = SessionState::kLoginDelay;
+    setState(SessionState::kLoginDelay);
     updateClientReading();
     deadline_ = host_.now() + delay;
     armTimer();
