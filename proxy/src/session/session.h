@@ -200,6 +200,9 @@ class Session : public TransportHandler {
   void beginAuthenticate(std::string_view initial_response);
   bool refuseLiteral(const parser::CommandEvent& event);
   void badCommand(std::string_view tag, std::string_view message);
+  // require_tls without TLS yet: answers `tag NO [PRIVACYREQUIRED]`, true.
+  bool refusedUntilTls(std::string_view tag);
+  static std::string privacyRequired(std::string_view tag);
   void startLogin();
   void routeByHash();
   void connectNext();

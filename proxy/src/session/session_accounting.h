@@ -15,10 +15,6 @@ class SessionAccounting final : public SessionObserver {
  public:
   explicit SessionAccounting(SessionHost& host) : host_(host) {}
 
-  void onConnect(const Session&, std::string_view, bool) override {}
-  void onPreloginCommand(const Session&, const parser::PreloginCommand&, std::string_view,
-                         std::string_view) override {}
-  void onLoginCommand(const Session&, const parser::PreloginCommand&, std::string_view) override {}
   void onLoginDone(const Session& session, const LoginOutcome& outcome) override;
   void onCommandSent(const Session& session, const parser::CommandEvent& event,
                      CommandId command) override;

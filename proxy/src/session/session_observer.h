@@ -46,29 +46,36 @@ class SessionObserver {
  public:
   virtual ~SessionObserver() = default;
 
+  // Every event has an empty default: an observer overrides what it needs.
+  // Parameter names are in comments for that reason.
+
   // The greeting went out.
-  virtual void onConnect(const Session& session, std::string_view greeting, bool tls) = 0;
+  virtual void onConnect(const Session& /*session*/, std::string_view /*greeting*/, bool /*tls*/) {}
   // A pre-login command Portico answered itself (`bytes`: the command as
   // read, empty when it did not parse; `result`: "OK", "BAD ...").
-  virtual void onPreloginCommand(const Session& session, const parser::PreloginCommand& command,
-                                 std::string_view bytes, std::string_view result) = 0;
-  // LOGIN or AUTHENTICATE was accepted for replay (the user is known now).
-  virtual void onLoginCommand(const Session& session, const parser::PreloginCommand& command,
-                              std::string_view bytes) = 0;
-  virtual void onLoginDone(const Session& session, const LoginOutcome& outcome) = 0;
+  virtual void onPreloginCommand(const Session& /*session*/,
+                                 const parser::PreloginCommand& /*command*/,
+                                 std::string_view /*bytes*/, std::string_view /*result*/) {}
+  // LOGIN or AUTHENTICATE was accepted for replay; the user is taken from
+  // it right after this call.
+  virtual void onLoginCommand(const Session& /*session*/,
+                              const parser::PreloginCommand& /*command*/,
+                              std::string_view /*bytes*/) {}
+  virtual void onLoginDone(const Session& /*session*/, const LoginOutcome& /*outcome*/) {}
   // Relay: a command was handed to the backend; its answer follows in
   // onCommandCompleted (or never, if the session ends first).
-  virtual void onCommandSent(const Session& session, const parser::CommandEvent& event,
-                             CommandId command) = 0;
-  virtual void onCommandCompleted(const Session& session, const CompletedCommand& command) = 0;
+  virtual void onCommandSent(const Session& /*session*/, const parser::CommandEvent& /*event*/,
+                             CommandId /*command*/) {}
+  virtual void onCommandCompleted(const Session& /*session*/, const CompletedCommand& /*command*/) {
+  }
   // Relay: a command Portico answered itself (COMPRESS).
-  virtual void onLocalCommand(const Session& session, CommandId command,
-                              std::string_view parameters, std::string_view result,
-                              parser::Status status, std::uint64_t request_bytes,
-                              std::uint64_t response_bytes) = 0;
+  virtual void onLocalCommand(const Session& /*session*/, CommandId /*command*/,
+                              std::string_view /*parameters*/, std::string_view /*result*/,
+                              parser::Status /*status*/, std::uint64_t /*request_bytes*/,
+                              std::uint64_t /*response_bytes*/) {}
   // The last call: both connections are closed.
-  virtual void onSessionEnd(const Session& session, EndReason reason, std::string_view text,
-                            std::chrono::milliseconds duration) = 0;
+  virtual void onSessionEnd(const Session& /*session*/, EndReason /*reason*/,
+                            std::string_view /*text*/, std::chrono::milliseconds /*duration*/) {}
 };
 
 }  // namespace portico::proxy

@@ -133,7 +133,7 @@ bool Session::refuseLiteral(const parser::CommandEvent& ev) {
   const char* bad = nullptr;
   if (name == "LOGIN") {
     if (require_tls_ && !client_tls_) {
-      no = fmt::format("{} NO [PRIVACYREQUIRED] Use STARTTLS before logging in.\r\n", tag);
+      no = privacyRequired(tag);
     }
   } else if (name == "ID") {
     if (ev.literal_size > parser::kIdMaxValueBytes) {
@@ -159,6 +159,18 @@ bool Session::refuseLiteral(const parser::CommandEvent& ev) {
   }
   host_.stats().prelogin_bad_commands.add();
   badCommand(tag, bad);
+  return true;
+}
+
+std::string Session::privacyRequired(std::string_view tag) {
+  return fmt::format("{} NO [PRIVACYREQUIRED] Use STARTTLS before logging in.\r\n", tag);
+}
+
+bool Session::refusedUntilTls(std::string_view tag) {
+  if (!require_tls_ || client_tls_) {
+    return false;
+  }
+  writeClient(privacyRequired(tag));
   return true;
 }
 
@@ -222,9 +234,7 @@ void Session::handlePreloginCommand(std::string_view bytes) {
       startClientStarttls(tag);
       return;
     case parser::Verb::kLogin:
-      if (require_tls_ && !client_tls_) {
-        writeClient(
-            fmt::format("{} NO [PRIVACYREQUIRED] Use STARTTLS before logging in.\r\n", tag));
+      if (refusedUntilTls(tag)) {
         return;
       }
       login_kind_ = LoginKind::kLogin;
@@ -236,9 +246,7 @@ void Session::handlePreloginCommand(std::string_view bytes) {
       startLogin();
       return;
     case parser::Verb::kAuthenticate:
-      if (require_tls_ && !client_tls_) {
-        writeClient(
-            fmt::format("{} NO [PRIVACYREQUIRED] Use STARTTLS before logging in.\r\n", tag));
+      if (refusedUntilTls(tag)) {
         return;
       }
       if (!isSupportedMechanism(cmd.mechanism)) {
