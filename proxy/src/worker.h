@@ -19,7 +19,7 @@
 #include "inbound_proxy.h"
 #include "lookup/lookup_stage.h"
 #include "runtime.h"
-#include "session.h"
+#include "session/session.h"
 #include "task_queue.h"
 
 namespace portico::proxy {

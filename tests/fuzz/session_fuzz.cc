@@ -57,7 +57,7 @@
 #include "portico/logging.h"
 #include "portico/protocol_log.h"
 #include "proxy/fakes.h"
-#include "session.h"
+#include "session/session.h"
 
 namespace {
 

@@ -462,7 +462,7 @@ INSTANTIATE_TEST_SUITE_P(
         ErrorCase{"a ID ((\"k\" \"v\"))\r\n", kSyntax, "Lists nested too deeply", "a",
                   withDepth(1)}));
 
-// The limits the proxy passes before login (see proxy/src/session_internal.h).
+// The limits the proxy passes before login (see proxy/src/session/session_internal.h).
 Limits preloginLimits() {
   Limits l;
   l.max_line = 8192;

@@ -40,7 +40,7 @@
 #include <vector>
 
 #include "compress.h"
-#include "session.h"
+#include "session/session.h"
 
 namespace portico::proxy {
 

@@ -5,7 +5,7 @@
 // session ended at most once, never touched a transport after its
 // onClosed(), and gave back every gauge it took.
 
-#include "session.h"
+#include "session/session.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>

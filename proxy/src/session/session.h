@@ -10,6 +10,7 @@
 // the secret is wiped as soon as the backend has answered.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -19,10 +20,14 @@
 #include <string_view>
 #include <vector>
 
+#include "backend_login.h"
 #include "end_reason.h"
 #include "lookup/lookup.h"
 #include "portico/parser.h"
+#include "protocol_tap.h"
 #include "runtime.h"
+#include "session_accounting.h"
+#include "session_observer.h"
 #include "transport.h"
 
 namespace portico::proxy {
@@ -150,10 +155,23 @@ class Session : public TransportHandler {
   SessionInfo info(std::chrono::steady_clock::time_point now) const;
 
   std::uint64_t id() const { return id_; }
-  SessionState state() const { return state_; }
+  // During the backend login, the login client's step (kBackendGreeting ..
+  // kBackendLogin).
+  SessionState state() const;
   const std::string& user() const { return user_; }
   const std::string& backendName() const { return backend_name_; }
   std::size_t commandsInFlight() const { return inflight_.size(); }
+  const std::string& clientAddress() const { return client_address_; }
+  const sockaddr_storage& clientSockaddr() const { return client_sockaddr_; }
+  // The backend's address as configured; "" before one is chosen.
+  std::string backendAddress() const;
+  std::uint64_t bytesIn() const { return bytes_in_; }
+  std::uint64_t bytesOut() const { return bytes_out_; }
+
+  // Observers beside the session's own accounting and protocol-log tap
+  // (tests). `observer` must outlive the session; at most kMaxObservers.
+  static constexpr std::size_t kMaxObservers = 4;
+  void addObserver(SessionObserver* observer);
 
   // TransportHandler
   void onConnected(Transport* transport, bool ok, std::string_view error) override;
@@ -169,9 +187,6 @@ class Session : public TransportHandler {
     std::chrono::steady_clock::time_point sent{};
     std::uint64_t request_bytes = 0;
     std::uint64_t response_bytes = 0;
-    bool traced = false;
-    std::string name;        // traced only: as sent, upper-cased
-    std::string parameters;  // traced only: redacted
   };
   enum class LoginKind : std::uint8_t { kLogin, kAuthenticate };
 
@@ -185,6 +200,9 @@ class Session : public TransportHandler {
   void beginAuthenticate(std::string_view initial_response);
   bool refuseLiteral(const parser::CommandEvent& event);
   void badCommand(std::string_view tag, std::string_view message);
+  // require_tls without TLS yet: answers `tag NO [PRIVACYREQUIRED]`, true.
+  bool refusedUntilTls(std::string_view tag);
+  static std::string privacyRequired(std::string_view tag);
   void startLogin();
   void routeByHash();
   void connectNext();
@@ -200,13 +218,13 @@ class Session : public TransportHandler {
   LookupRequest lookupRequest();
 
   // Backend login.
+  void startBackendLogin();
   void onBackendLoginData(Chunk chunk);
-  bool handleBackendLine(const parser::ResponseEvent& event, std::string_view line);
-  void sendBackendLogin();
-  std::string proxyHeader() const;
-  void sendForwardId();
-  void enterRelay(std::size_t backend_consumed);
-  void afterBackendCapabilities();
+  // Writes what the login client has for the backend, then wipes it.
+  void flushBackendLogin();
+  void startBackendTls();
+  std::string forwardIdCommand() const;
+  void enterRelay();
   void startClientStarttls(const std::string& tag);
   std::string capabilities() const;
 
@@ -226,6 +244,16 @@ class Session : public TransportHandler {
   void completeCommand(const parser::ResponseEvent& event);
   void maybeByeOnShutdown();
 
+  // Phases: the handler for each side's bytes is swapped when the phase
+  // changes (as nginx's mail proxy swaps its read handler), so onData()
+  // makes one indirect call and never asks which phase it is in.
+  using Reader = void (Session::*)(Chunk chunk);
+  void setState(SessionState state);
+  void readPrelogin(Chunk chunk);
+  void readDuringLookup(Chunk chunk);
+  void readRelay(Chunk chunk);
+  void ignoreData(Chunk chunk);
+
   // Common.
   void writeClient(std::string_view bytes);
   // Ends the session: `bye_line` (if any) to the client, then close. A BYE
@@ -244,30 +272,36 @@ class Session : public TransportHandler {
   void finishIfClosed();
   BackendStats* backendStats();
 
-  // Protocol log.
-  bool tracing();
-  void traceRecord(std::string_view command, std::string_view parameters, std::string_view context,
-                   std::int64_t duration_ms, std::uint64_t request_bytes,
-                   std::uint64_t response_bytes);
-  void noteLoginParameters(const parser::PreloginCommand& command, std::string_view bytes);
-  void tracePrelogin(const parser::PreloginCommand& command, std::string_view bytes,
-                     std::string_view result);
+  // Tells every observer: `event(observer)`.
+  template <typename Event>
+  void notify(const Event& event) {
+    for (std::size_t i = 0; i < observer_count_; ++i) {
+      event(*observers_[i]);
+    }
+  }
+  void notifyPrelogin(const parser::PreloginCommand& command, std::string_view bytes,
+                      std::string_view result);
 
   SessionHost& host_;
   RuntimeConfigPtr config_;
   Transport* client_;
   Transport* backend_ = nullptr;
   TimerPtr timer_;
+  // Who watches: the counters, the protocol log, and a test's observers.
+  SessionAccounting accounting_;
+  ProtocolTap tap_;
+  std::array<SessionObserver*, kMaxObservers> observers_{};
+  std::size_t observer_count_ = 0;
   std::uint64_t id_;
   SessionState state_ = SessionState::kPrelogin;
+  Reader client_reader_ = &Session::readPrelogin;
+  Reader backend_reader_ = &Session::ignoreData;
 
   parser::CommandFramer command_framer_;
   parser::ResponseFramer response_framer_;
 
   std::string client_pending_;  // pre-login bytes not yet handled
   std::size_t pending_parsed_ = 0;
-  std::string backend_pending_;  // backend bytes during login
-  std::size_t backend_parsed_ = 0;
   std::string login_untagged_;       // untagged backend lines during login, sent on success
   std::vector<Transport*> orphans_;  // backends given up on, still closing
   std::optional<std::vector<parser::IdField>> client_id_;
@@ -276,13 +310,7 @@ class Session : public TransportHandler {
   std::string shutdown_text_;
   EndReason shutdown_end_reason_ = EndReason::kShutdown;
   bool logged_in_ = false;
-  std::uint64_t trace_generation_ = 0;  // 0: evaluate on next use
-  bool trace_on_ = false;
-  std::uint32_t trace_seq_ = 0;
   sockaddr_storage client_sockaddr_{};
-  std::string login_parameters_;  // redacted LOGIN/AUTHENTICATE parameters for the log
-  Clock::time_point login_started_{};
-  std::uint64_t login_request_bytes_ = 0;
   TlsMode listener_tls_ = TlsMode::kNone;
   bool require_tls_ = false;
   bool client_tls_ = false;
@@ -299,13 +327,12 @@ class Session : public TransportHandler {
   std::string password_;
   std::string mechanism_;
   std::string sasl_;  // base64, as the client sent it
-  bool sasl_sent_ = false;
   std::vector<std::size_t> candidates_;
   std::size_t candidate_pos_ = 0;
   std::size_t backend_index_ = 0;
   std::string backend_name_;
-  std::string backend_caps_;
-  bool login_sent_ = false;
+  // The backend's login dialogue, from connect to the tagged answer.
+  std::optional<BackendLoginClient> backend_login_;
   // From the directory (lookup/lookup.h): who and what to replay instead of
   // the client's user and password, and the backend-connect timeout.
   std::optional<std::string> backend_user_;
@@ -328,7 +355,6 @@ class Session : public TransportHandler {
   // read past the command that reached the cap waits here, unparsed.
   bool commands_capped_ = false;
   Chunk client_held_;
-  bool in_stats_ = false;  // counted in backend sessions_current
   bool counted_unauthenticated_ = true;
 
   std::uint32_t bad_in_row_ = 0;

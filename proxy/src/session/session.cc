@@ -34,8 +34,50 @@ const char* sessionStateName(SessionState state) {
   return kStateNames[static_cast<std::size_t>(state)];
 }
 
+SessionState Session::state() const {
+  if (state_ != SessionState::kBackendGreeting || !backend_login_) {
+    return state_;
+  }
+  using LoginState = BackendLoginClient::State;
+  switch (backend_login_->state()) {
+    case LoginState::kGreeting:
+      return SessionState::kBackendGreeting;
+    case LoginState::kStarttls:
+      return SessionState::kBackendStarttls;
+    case LoginState::kTlsHandshake:
+      return SessionState::kBackendTlsHandshake;
+    case LoginState::kCapability:
+      return SessionState::kBackendCapability;
+    case LoginState::kId:
+      return SessionState::kBackendId;
+    case LoginState::kLogin:
+    case LoginState::kDone:
+      break;
+  }
+  return SessionState::kBackendLogin;
+}
+
 Session::Session(SessionHost& host, RuntimeConfigPtr config, Transport* client, std::uint64_t id)
-    : host_(host), config_(std::move(config)), client_(client), id_(id) {}
+    : host_(host),
+      config_(std::move(config)),
+      client_(client),
+      accounting_(host),
+      tap_(host),
+      id_(id) {
+  addObserver(&accounting_);
+  addObserver(&tap_);
+}
+
+void Session::addObserver(SessionObserver* observer) {
+  if (observer_count_ < observers_.size()) {
+    observers_[observer_count_++] = observer;
+  }
+}
+
+std::string Session::backendAddress() const {
+  return backend_name_.empty() ? std::string()
+                               : config_->config.backends[backend_index_].address.text();
+}
 
 Session::~Session() {
   wipeSecrets();
@@ -88,10 +130,7 @@ void Session::start() {
 
   command_framer_.setLimits(preloginLimits(cfg.limits));
   writeClient(fmt::format("* OK [CAPABILITY {}] {}\r\n", capabilities(), cfg.greeting));
-  if (tracing()) {
-    traceRecord("Connect", "",
-                fmt::format("R=OK {};tls={}", cfg.greeting, client_tls_ ? "yes" : "no"), 0, 0, 0);
-  }
+  notify([&](SessionObserver& o) { o.onConnect(*this, cfg.greeting, client_tls_); });
   deadline_ = started_ + cfg.timeouts.prelogin;
   armTimer();
 }
@@ -101,47 +140,67 @@ void Session::start() {
 
 void Session::onData(Transport* transport, Chunk chunk) {
   if (transport == client_) {
-    if (state_ == SessionState::kRelay) {
-      bytes_in_ += chunk.size();
-      host_.stats().bytes_from_clients.add(chunk.size());
-      relayFromClient(std::move(chunk));
-      return;
-    }
-    if (state_ == SessionState::kClosing) {
-      return;
-    }
-    bytes_in_ += chunk.size();
-    host_.stats().bytes_from_clients.add(chunk.size());
-    appendWiping(client_pending_, chunk.view());  // may hold a password
-    chunk.reset();                                // its block is wiped now
-    if (state_ == SessionState::kLookup) {
-      // Read during a lookup only to notice a client that goes away; what
-      // it pipelines waits, bounded like one pre-login command.
-      if (client_pending_.size() >
-          preloginMaxCommand(config_->config.limits, command_framer_.currentName())) {
-        client_->pauseReading();
-      }
-      return;
-    }
-    processPrelogin();
-    return;
+    (this->*client_reader_)(std::move(chunk));
+  } else if (transport == backend_) {
+    (this->*backend_reader_)(std::move(chunk));
   }
-  if (transport == backend_) {
-    switch (state_) {
-      case SessionState::kRelay:
-        relayFromBackend(std::move(chunk));
-        return;
-      case SessionState::kBackendGreeting:
-      case SessionState::kBackendStarttls:
-      case SessionState::kBackendCapability:
-      case SessionState::kBackendId:
-      case SessionState::kBackendLogin:
-        onBackendLoginData(std::move(chunk));
-        return;
-      default:
-        return;
-    }
+}
+
+void Session::setState(SessionState state) {
+  state_ = state;
+  switch (state) {
+    case SessionState::kLookup:
+      client_reader_ = &Session::readDuringLookup;
+      backend_reader_ = &Session::ignoreData;
+      return;
+    case SessionState::kBackendGreeting:  // the whole backend login (state())
+      client_reader_ = &Session::readPrelogin;
+      backend_reader_ = &Session::onBackendLoginData;
+      return;
+    case SessionState::kRelay:
+      client_reader_ = &Session::readRelay;
+      backend_reader_ = &Session::relayFromBackend;
+      return;
+    case SessionState::kClosing:
+      client_reader_ = &Session::ignoreData;
+      backend_reader_ = &Session::ignoreData;
+      return;
+    default:  // the pre-login dialogue; a connect in progress
+      client_reader_ = &Session::readPrelogin;
+      backend_reader_ = &Session::ignoreData;
+      return;
   }
+}
+
+void Session::readPrelogin(Chunk chunk) {
+  bytes_in_ += chunk.size();
+  host_.stats().bytes_from_clients.add(chunk.size());
+  appendWiping(client_pending_, chunk.view());  // may hold a password
+  chunk.reset();                                // its block is wiped now
+  processPrelogin();
+}
+
+void Session::readDuringLookup(Chunk chunk) {
+  bytes_in_ += chunk.size();
+  host_.stats().bytes_from_clients.add(chunk.size());
+  appendWiping(client_pending_, chunk.view());
+  chunk.reset();
+  // Read during a lookup only to notice a client that goes away; what it
+  // pipelines waits, bounded like one pre-login command.
+  if (client_pending_.size() >
+      preloginMaxCommand(config_->config.limits, command_framer_.currentName())) {
+    client_->pauseReading();
+  }
+}
+
+void Session::readRelay(Chunk chunk) {
+  bytes_in_ += chunk.size();
+  host_.stats().bytes_from_clients.add(chunk.size());
+  relayFromClient(std::move(chunk));
+}
+
+void Session::ignoreData(Chunk chunk) {
+  (void)chunk;
 }
 
 void Session::onDrained(Transport* transport) {
@@ -162,7 +221,7 @@ void Session::onClosed(Transport* transport, std::string_view reason) {
     } else {
       setEndReason(EndReason::kClientClosed, reason);
     }
-    state_ = SessionState::kClosing;
+    setState(SessionState::kClosing);
     if (backend_ != nullptr) {
       backend_->close();
     }
@@ -174,15 +233,10 @@ void Session::onClosed(Transport* transport, std::string_view reason) {
     switch (state_) {
       case SessionState::kConnecting:
       case SessionState::kBackendGreeting:
-      case SessionState::kBackendStarttls:
-      case SessionState::kBackendTlsHandshake:
-      case SessionState::kBackendCapability:
-      case SessionState::kBackendId:
-      case SessionState::kBackendLogin:
         if (client_ == nullptr) {
           break;
         }
-        if (!login_sent_) {
+        if (!backend_login_ || !backend_login_->loginSent()) {
           connectNext();
         } else {
           failLogin(fmt::format("{} NO [UNAVAILABLE] Mailbox server failed during login.\r\n",
@@ -239,7 +293,7 @@ void Session::requestBye(std::string_view text, EndReason end_reason) {
 
 void Session::abort(EndReason reason) {
   setEndReason(reason);
-  state_ = SessionState::kClosing;
+  setState(SessionState::kClosing);
   if (client_ != nullptr) {
     client_->close();
   }
@@ -248,57 +302,9 @@ void Session::abort(EndReason reason) {
   }
 }
 
-bool Session::tracing() {
-  SharedState& shared = host_.shared();
-  std::uint64_t generation = shared.trace.generation();  // the one load when off
-  if (generation != trace_generation_) {
-    trace_generation_ = generation;
-    trace_on_ = shared.trace.matches(normaliseUser(user_), client_sockaddr_);
-  }
-  return trace_on_ && shared.protocol_log.load(std::memory_order_relaxed) != nullptr;
-}
-
-void Session::traceRecord(std::string_view command, std::string_view parameters,
-                          std::string_view context, std::int64_t duration_ms,
-                          std::uint64_t request_bytes, std::uint64_t response_bytes) {
-  logging::ProtocolRecord r;
-  r.time_ms =
-      std::chrono::duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-          .count();
-  r.session_id = id_;
-  r.seq = trace_seq_++;
-  std::string server;
-  if (!backend_name_.empty()) {
-    server = config_->config.backends[backend_index_].address.text();
-  }
-  r.server_address = server;
-  r.client_address = client_address_;
-  r.user = user_;
-  r.duration_ms = duration_ms;
-  r.request_bytes = request_bytes;
-  r.response_bytes = response_bytes;
-  r.command = command;
-  r.parameters = parameters;
-  r.context = context;
-  std::string line;
-  logging::formatRecord(r, line);
-  host_.shared().protocol_log.load(std::memory_order_relaxed)->submit(host_.index(), line);
-}
-
-void Session::tracePrelogin(const parser::PreloginCommand& command, std::string_view bytes,
-                            std::string_view result) {
-  if (!tracing()) {
-    return;
-  }
-  // Parameters: the first line after "tag NAME", redacted (LOGIN keeps the
-  // user, AUTHENTICATE the mechanism).
-  std::string_view line = bytes.substr(0, bytes.find_first_of("\r\n"));
-  for (int words = 2; words > 0 && !line.empty(); --words) {
-    auto sp = line.find(' ');
-    line = sp == std::string_view::npos ? std::string_view() : line.substr(sp + 1);
-  }
-  traceRecord(command.name, logging::redactCommandParameters(command.name, line),
-              fmt::format("R={}", result), 0, bytes.size(), 0);
+void Session::notifyPrelogin(const parser::PreloginCommand& command, std::string_view bytes,
+                             std::string_view result) {
+  notify([&](SessionObserver& o) { o.onPreloginCommand(*this, command, bytes, result); });
 }
 
 void Session::kick() {
@@ -316,7 +322,7 @@ SessionInfo Session::info(std::chrono::steady_clock::time_point now) const {
   out.client = client_address_;
   out.user = user_;
   out.backend = logged_in_ ? backend_name_ : std::string();
-  out.state = sessionStateName(state_);
+  out.state = sessionStateName(state());
   if (!inflight_.empty()) {
     out.command = commandName(inflight_.front().command);
     out.command_ms = duration_cast<milliseconds>(now - inflight_.front().sent).count();
@@ -397,7 +403,7 @@ void Session::closeWithBye(std::string_view bye_line, EndReason reason, std::str
   } else {
     writeClient(bye_line);
   }
-  state_ = SessionState::kClosing;
+  setState(SessionState::kClosing);
   if (backend_ != nullptr) {
     backend_->close();
   }
@@ -441,7 +447,7 @@ void Session::onTimer() {
                    EndReason::kPreloginTimeout);
       return;
     case SessionState::kLoginDelay: {
-      state_ = SessionState::kPrelogin;
+      setState(SessionState::kPrelogin);
       std::string reply = std::move(delayed_reply_);
       delayed_reply_.clear();
       writeClient(reply);
@@ -460,12 +466,9 @@ void Session::onTimer() {
       backendFailed("connect timeout");
       return;
     case SessionState::kBackendGreeting:
-    case SessionState::kBackendStarttls:
-    case SessionState::kBackendTlsHandshake:
-    case SessionState::kBackendCapability:
-    case SessionState::kBackendId:
-    case SessionState::kBackendLogin:
       backendFailed("login timeout");
+      return;
+    default:
       return;
     case SessionState::kRelay:
       if (now - last_activity_ >= cfg.timeouts.idle) {
@@ -502,17 +505,9 @@ void Session::finishIfClosed() {
     host_.stats().connections_unauthenticated.sub();
     counted_unauthenticated_ = false;
   }
-  if (in_stats_) {
-    BackendStats* stats = backendStats();
-    stats->sessions_current.sub();
-    stats->commands_in_flight.sub(inflight_.size());
-    in_stats_ = false;
-  }
-  if (tracing()) {
-    traceRecord("Disconnect", "", fmt::format("reason={}", endReasonLogText()), duration.count(),
-                bytes_in_, bytes_out_);
-  }
-  endedCounter(host_.stats(), end_reason_).add();
+  notify([&](SessionObserver& o) {
+    o.onSessionEnd(*this, end_reason_, endReasonLogText(), duration);
+  });
   logging::log(logging::Level::kInfo, "session",
                "session end id={:016x} client={} user={} backend={} duration_ms={} bytes_in={} "
                "bytes_out={} commands={} reason=\"{}\"",

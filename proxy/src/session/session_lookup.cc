@@ -108,7 +108,7 @@ void Session::startLookup(std::shared_ptr<LookupStage> stage) {
               false);
     return;
   }
-  state_ = SessionState::kLookup;
+  setState(SessionState::kLookup);
   updateClientReading();  // pipelined commands wait for the answer
   deadline_ = now + lookupBackstop(config_->config.lookup);
   armTimer();

@@ -98,18 +98,7 @@ void Session::relayFromClient(Chunk chunk) {
     f.idle = command == CommandId::kIDLE;
     f.sent = now;
     f.request_bytes = r.event.bytes;
-    if (tracing()) {
-      // Parameters: the head after "tag [UID ]NAME ".
-      std::string_view head = r.event.head;
-      for (int words = r.event.uid ? 3 : 2; words > 0 && !head.empty(); --words) {
-        auto sp = head.find(' ');
-        head = sp == std::string_view::npos ? std::string_view() : head.substr(sp + 1);
-      }
-      f.traced = true;
-      f.name = r.event.uid ? "UID " + std::string(r.event.name) : std::string(r.event.name);
-      f.parameters = logging::redactCommandParameters(r.event.name, head);
-    }
-    stats->commands_in_flight.add();
+    notify([&](SessionObserver& o) { o.onCommandSent(*this, r.event, command); });
     if (atCommandCap()) {
       // Enough unanswered commands: stop here, at a command boundary, and
       // read no more from the client until half of them are answered. The
@@ -298,13 +287,11 @@ void Session::handleCompress(const parser::CommandEvent& event, bool pipelined) 
   if (status != parser::Status::kOk) {
     writeClient(reply);
   }
-  backendStats()->recordCommand(CommandId::kCOMPRESS, status, std::chrono::microseconds(0));
-  if (tracing()) {
-    std::string_view result(reply);
-    result = result.substr(tag.size() + 1, result.size() - tag.size() - 3);  // no tag, no CRLF
-    traceRecord("COMPRESS", std::string(head), fmt::format("R={};B={}", result, backend_name_), 0,
-                event.bytes, reply.size());
-  }
+  std::string_view result(reply);
+  result = result.substr(tag.size() + 1, result.size() - tag.size() - 3);  // no tag, no CRLF
+  notify([&](SessionObserver& o) {
+    o.onLocalCommand(*this, CommandId::kCOMPRESS, head, result, status, event.bytes, reply.size());
+  });
 }
 
 void Session::completeCommand(const parser::ResponseEvent& ev) {
@@ -313,20 +300,16 @@ void Session::completeCommand(const parser::ResponseEvent& ev) {
   if (it == inflight_.end()) {
     return;  // a tag we did not see sent (e.g. inside a malformed line)
   }
-  auto time = duration_cast<microseconds>(host_.now() - it->sent);
-  BackendStats* stats = backendStats();
-  if (it->idle) {
-    stats->recordIdle(time);
-  } else {
-    stats->recordCommand(it->command, ev.status, time);
-  }
-  stats->commands_in_flight.sub();
-  if (it->traced) {
-    std::string_view result = ev.head.substr(std::min(ev.head.size(), ev.tag.size() + 1));
-    traceRecord(it->name, it->parameters, fmt::format("R={};B={}", result, backend_name_),
-                duration_cast<milliseconds>(time).count(), it->request_bytes,
-                it->response_bytes + ev.bytes);
-  }
+  CompletedCommand done;
+  done.tag = ev.tag;
+  done.command = it->command;
+  done.idle = it->idle;
+  done.status = ev.status;
+  done.result = ev.head.substr(std::min(ev.head.size(), ev.tag.size() + 1));
+  done.time = duration_cast<microseconds>(host_.now() - it->sent);
+  done.request_bytes = it->request_bytes;
+  done.response_bytes = it->response_bytes + ev.bytes;
+  notify([&](SessionObserver& o) { o.onCommandCompleted(*this, done); });
   if (it->command == CommandId::kLOGOUT) {
     logout_seen_ = true;
   }

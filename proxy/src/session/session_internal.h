@@ -19,7 +19,6 @@ using std::chrono::duration_cast;
 using std::chrono::microseconds;
 using std::chrono::milliseconds;
 
-inline constexpr std::size_t kMaxBackendLoginBytes = 64 * 1024;
 inline constexpr const char* kForwardIdTag = "P0ID";
 
 // The parser's limits before login: small lines and literals, except that an

@@ -133,7 +133,7 @@ bool Session::refuseLiteral(const parser::CommandEvent& ev) {
   const char* bad = nullptr;
   if (name == "LOGIN") {
     if (require_tls_ && !client_tls_) {
-      no = fmt::format("{} NO [PRIVACYREQUIRED] Use STARTTLS before logging in.\r\n", tag);
+      no = privacyRequired(tag);
     }
   } else if (name == "ID") {
     if (ev.literal_size > parser::kIdMaxValueBytes) {
@@ -162,6 +162,18 @@ bool Session::refuseLiteral(const parser::CommandEvent& ev) {
   return true;
 }
 
+std::string Session::privacyRequired(std::string_view tag) {
+  return fmt::format("{} NO [PRIVACYREQUIRED] Use STARTTLS before logging in.\r\n", tag);
+}
+
+bool Session::refusedUntilTls(std::string_view tag) {
+  if (!require_tls_ || client_tls_) {
+    return false;
+  }
+  writeClient(privacyRequired(tag));
+  return true;
+}
+
 void Session::badCommand(std::string_view tag, std::string_view message) {
   writeClient(fmt::format("{} BAD {}\r\n", tag, message));
   if (++bad_in_row_ >= config_->config.limits.max_bad_commands) {
@@ -177,7 +189,7 @@ void Session::handlePreloginCommand(std::string_view bytes) {
   if (!result.ok) {
     // Arguments of a command that did not parse are never logged: a
     // mistyped LOGIN could carry a password.
-    tracePrelogin(cmd, std::string_view(), std::string("BAD ") + result.error.message);
+    notifyPrelogin(cmd, std::string_view(), std::string("BAD ") + result.error.message);
     host_.stats().prelogin_bad_commands.add();
     if (result.error.code == parser::ErrorCode::kUnknownCommand) {
       badCommand(tag, "Command not allowed before login");
@@ -192,15 +204,15 @@ void Session::handlePreloginCommand(std::string_view bytes) {
     case parser::Verb::kCapability:
       writeClient(fmt::format("* CAPABILITY {}\r\n{} OK Pre-login capabilities listed.\r\n",
                               capabilities(), tag));
-      tracePrelogin(cmd, bytes, "OK");
+      notifyPrelogin(cmd, bytes, "OK");
       return;
     case parser::Verb::kNoop:
       writeClient(fmt::format("{} OK NOOP completed.\r\n", tag));
-      tracePrelogin(cmd, bytes, "OK");
+      notifyPrelogin(cmd, bytes, "OK");
       return;
     case parser::Verb::kLogout:
       writeClient(fmt::format("* BYE Logging out\r\n{} OK Logout completed.\r\n", tag));
-      tracePrelogin(cmd, bytes, "OK");
+      notifyPrelogin(cmd, bytes, "OK");
       closeWithBye("", EndReason::kClientLogout);
       return;
     case parser::Verb::kId:
@@ -208,10 +220,11 @@ void Session::handlePreloginCommand(std::string_view bytes) {
       writeClient(
           fmt::format("* ID (\"name\" \"Portico\" \"version\" \"{}\")\r\n{} OK ID completed.\r\n",
                       version(), tag));
-      tracePrelogin(cmd, bytes, "OK");
+      notifyPrelogin(cmd, bytes, "OK");
       return;
     case parser::Verb::kStarttls:
-      tracePrelogin(cmd, bytes, listener_tls_ == TlsMode::kStarttls && !client_tls_ ? "OK" : "BAD");
+      notifyPrelogin(cmd, bytes,
+                     listener_tls_ == TlsMode::kStarttls && !client_tls_ ? "OK" : "BAD");
       if (listener_tls_ != TlsMode::kStarttls || client_tls_) {
         writeClient(fmt::format(
             "{} BAD {}\r\n", tag,
@@ -221,24 +234,19 @@ void Session::handlePreloginCommand(std::string_view bytes) {
       startClientStarttls(tag);
       return;
     case parser::Verb::kLogin:
-      if (require_tls_ && !client_tls_) {
-        writeClient(
-            fmt::format("{} NO [PRIVACYREQUIRED] Use STARTTLS before logging in.\r\n", tag));
+      if (refusedUntilTls(tag)) {
         return;
       }
       login_kind_ = LoginKind::kLogin;
       login_tag_ = cmd.tag;
-      noteLoginParameters(cmd, bytes);
+      notify([&](SessionObserver& o) { o.onLoginCommand(*this, cmd, bytes); });
       user_ = std::move(cmd.user);
-      trace_generation_ = 0;  // the user is known now: re-evaluate tracing
       password_ = std::move(cmd.password);
       wipe(cmd.password);
       startLogin();
       return;
     case parser::Verb::kAuthenticate:
-      if (require_tls_ && !client_tls_) {
-        writeClient(
-            fmt::format("{} NO [PRIVACYREQUIRED] Use STARTTLS before logging in.\r\n", tag));
+      if (refusedUntilTls(tag)) {
         return;
       }
       if (!isSupportedMechanism(cmd.mechanism)) {
@@ -247,13 +255,13 @@ void Session::handlePreloginCommand(std::string_view bytes) {
       }
       login_tag_ = cmd.tag;
       mechanism_ = cmd.mechanism;
-      noteLoginParameters(cmd, bytes);
+      notify([&](SessionObserver& o) { o.onLoginCommand(*this, cmd, bytes); });
       if (cmd.initial_response) {
         beginAuthenticate(*cmd.initial_response);
         wipe(*cmd.initial_response);
       } else {
         writeClient("+ \r\n");
-        state_ = SessionState::kAuthContinuation;
+        setState(SessionState::kAuthContinuation);
       }
       return;
     case parser::Verb::kOther:
@@ -280,7 +288,7 @@ void Session::startClientStarttls(const std::string& tag) {
 }
 
 void Session::handleAuthLine(std::string_view line) {
-  state_ = SessionState::kPrelogin;
+  setState(SessionState::kPrelogin);
   if (line == "*") {
     writeClient(fmt::format("{} BAD Authentication cancelled.\r\n", login_tag_));
     return;
@@ -303,20 +311,8 @@ void Session::beginAuthenticate(std::string_view initial_response) {
   }
   login_kind_ = LoginKind::kAuthenticate;
   user_ = std::move(*user);
-  trace_generation_ = 0;
   sasl_.assign(initial_response);
   startLogin();
-}
-
-void Session::noteLoginParameters(const parser::PreloginCommand& command, std::string_view bytes) {
-  std::string_view line = bytes.substr(0, bytes.find_first_of("\r\n"));
-  for (int words = 2; words > 0 && !line.empty(); --words) {
-    auto sp = line.find(' ');
-    line = sp == std::string_view::npos ? std::string_view() : line.substr(sp + 1);
-  }
-  login_parameters_ = logging::redactCommandParameters(command.name, line);
-  login_request_bytes_ = bytes.size();
-  login_started_ = host_.now();
 }
 
 void Session::startLogin() {
@@ -367,23 +363,20 @@ void Session::connectNext() {
   backend_index_ = candidates_[candidate_pos_++];
   const BackendConfig& backend = rc.config.backends[backend_index_];
   backend_name_ = backend.name;
-  state_ = SessionState::kConnecting;
+  setState(SessionState::kConnecting);
   updateClientReading();
-  login_sent_ = false;
-  sasl_sent_ = false;
-  backend_caps_.clear();
-  backend_pending_.clear();
-  backend_parsed_ = 0;
-  login_untagged_.clear();
-  response_framer_.reset();
+  backend_login_.reset();
   deadline_ = host_.now() + connect_timeout_.value_or(rc.config.timeouts.backend_connect);
   armTimer();
   if (backend.tls == TlsMode::kImplicit) {
     // The PROXY header goes in the clear before the ClientHello, as HAProxy
     // and nginx send it; inside TLS the backend would refuse the connection.
     backend_ = backend_index_ < rc.backend_tls.size()
-                   ? host_.connectBackendTls(backend, rc.backend_tls[backend_index_], this,
-                                             backend.proxy_protocol ? proxyHeader() : "")
+                   ? host_.connectBackendTls(
+                         backend, rc.backend_tls[backend_index_], this,
+                         backend.proxy_protocol
+                             ? proxyV2Header(client_->peerAddress(), client_->localAddress())
+                             : "")
                    : nullptr;
   } else {
     backend_ = host_.connectBackend(backend, this);
@@ -406,28 +399,28 @@ void Session::onConnected(Transport* transport, bool ok, std::string_view error)
                  client_address_, user_);
     return;  // onClosed follows and tries the next candidate
   }
-  if (state_ == SessionState::kBackendTlsHandshake) {
-    // STARTTLS done: capabilities may differ under TLS, so ask again.
-    backend_->write(std::string_view("P0CAP CAPABILITY\r\n"));
-    state_ = SessionState::kBackendCapability;
+  if (backend_login_ && backend_login_->state() == BackendLoginClient::State::kTlsHandshake) {
+    backend_login_->tlsEstablished();  // capabilities may differ under TLS: ask again
+    flushBackendLogin();
     return;
   }
   backend_->setHighWatermark(config_->config.limits.write_high_watermark);
-  state_ = SessionState::kBackendGreeting;
+  setState(SessionState::kBackendGreeting);
+  startBackendLogin();
   deadline_ = host_.now() + config_->config.timeouts.backend_login;
   armTimer();
   const BackendConfig& backend = config_->config.backends[backend_index_];
   if (backend.proxy_protocol && backend.tls != TlsMode::kImplicit) {
     // The first bytes on the connection, before the greeting is read (and
     // before STARTTLS); implicit TLS sent it ahead of the handshake.
-    backend_->write(proxyHeader());
+    backend_->write(proxyV2Header(client_->peerAddress(), client_->localAddress()));
   }
 }
 
 void Session::backendFailed(std::string_view why) {
   logging::log(logging::Level::kWarn, "session",
                "id={:016x} backend {} failed while {}: {}; client={} user={}", id_, backend_name_,
-               sessionStateName(state_), why, client_address_, user_);
+               sessionStateName(state()), why, client_address_, user_);
   backendStats()->connect_failures.add();
   if (backend_ != nullptr) {
     backend_->close();  // onClosed decides: next candidate or NO [UNAVAILABLE]
@@ -442,18 +435,15 @@ void Session::failLogin(std::string_view client_line, bool count_failure) {
     backend_ = nullptr;
   }
   wipeSecrets();
-  if (tracing()) {
-    std::string_view result =
-        client_line.substr(std::min(client_line.size(), login_tag_.size() + 1));
-    while (!result.empty() && (result.back() == '\n' || result.back() == '\r')) {
-      result.remove_suffix(1);
-    }
-    traceRecord(login_kind_ == LoginKind::kLogin ? "LOGIN" : "AUTHENTICATE", login_parameters_,
-                fmt::format("R={};B={}", result, backend_name_.empty() ? "-" : backend_name_),
-                duration_cast<milliseconds>(host_.now() - login_started_).count(),
-                login_request_bytes_, client_line.size());
+  LoginOutcome outcome;
+  outcome.result = client_line.substr(std::min(client_line.size(), login_tag_.size() + 1));
+  while (!outcome.result.empty() &&
+         (outcome.result.back() == '\n' || outcome.result.back() == '\r')) {
+    outcome.result.remove_suffix(1);
   }
-  state_ = SessionState::kPrelogin;
+  outcome.response_bytes = client_line.size();
+  notify([&](SessionObserver& o) { o.onLoginDone(*this, outcome); });
+  setState(SessionState::kPrelogin);
   if (client_ == nullptr) {
     finishIfClosed();
     return;
@@ -484,7 +474,7 @@ void Session::failLogin(std::string_view client_line, bool count_failure) {
     auto delay = milliseconds(cfg.limits.login_failure_delay.count()
                               << std::min<std::uint32_t>(login_failures_ - 1, 6));
     delayed_reply_.assign(client_line);
-    state_ = SessionState::kLoginDelay;
+    setState(SessionState::kLoginDelay);
     updateClientReading();
     deadline_ = host_.now() + delay;
     armTimer();

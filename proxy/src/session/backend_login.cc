@@ -1,0 +1,284 @@
+// BackendLoginClient: the backend login as a state machine over bytes.
+#include "backend_login.h"
+
+#include <netinet/in.h>
+
+#include <fmt/format.h>
+
+#include "portico/ascii.h"
+#include "session_internal.h"
+
+namespace portico::proxy {
+
+using namespace session_detail;  // NOLINT: the session's own helpers
+
+namespace {
+
+constexpr const char* kStateNames[] = {
+#define PORTICO_NAME(name) #name,
+    PORTICO_BACKEND_LOGIN_STATES(PORTICO_NAME)
+#undef PORTICO_NAME
+};
+static_assert(sizeof(kStateNames) / sizeof(kStateNames[0]) ==
+                  static_cast<std::size_t>(BackendLoginClient::State::kDone) + 1,
+              "a name for every backend login state");
+
+constexpr const char* kEventNames[] = {"NeedMore", "Untagged", "StartTls",
+                                       "LoggedIn", "Refused",  "Failed"};
+static_assert(sizeof(kEventNames) / sizeof(kEventNames[0]) ==
+                  static_cast<std::size_t>(BackendLoginEventType::kFailed) + 1,
+              "a name for every backend login event");
+
+BackendLoginEvent event(BackendLoginEventType type, std::string_view line = {}) {
+  BackendLoginEvent out;
+  out.type = type;
+  out.line = line;
+  return out;
+}
+
+}  // namespace
+
+const char* backendLoginEventTypeName(BackendLoginEventType type) {
+  return kEventNames[static_cast<std::size_t>(type)];
+}
+
+const char* BackendLoginClient::stateName(State state) {
+  return kStateNames[static_cast<std::size_t>(state)];
+}
+
+BackendLoginClient::BackendLoginClient(BackendLoginParams params) : params_(std::move(params)) {}
+
+BackendLoginClient::~BackendLoginClient() {
+  wipeAll(output_);
+}
+
+void BackendLoginClient::clearOutput() {
+  wipe(output_);
+}
+
+void BackendLoginClient::feed(std::string_view bytes) {
+  if (pending_.size() + bytes.size() > kMaxBytes) {
+    overflow_ = true;
+    return;
+  }
+  pending_.append(bytes);
+}
+
+std::string_view BackendLoginClient::rest() const {
+  return std::string_view(pending_).substr(parsed_);
+}
+
+BackendLoginEvent BackendLoginClient::failed(std::string why) {
+  BackendLoginEvent out;
+  out.type = BackendLoginEventType::kFailed;
+  out.why = std::move(why);
+  return out;
+}
+
+BackendLoginEvent BackendLoginClient::next() {
+  if (overflow_) {
+    return failed("too much data during login");
+  }
+  while (state_ != State::kDone && state_ != State::kTlsHandshake && parsed_ < pending_.size()) {
+    parser::ResponseFeedResult r = framer_.feed(std::string_view(pending_).substr(parsed_));
+    parsed_ += r.consumed;
+    if (r.event.type == parser::ResponseEventType::kNeedMore) {
+      break;
+    }
+    std::string_view line(pending_.data() + parsed_ - r.event.bytes,
+                          static_cast<std::size_t>(r.event.bytes));
+    BackendLoginEvent out = handle(r.event, line);
+    if (out.type != BackendLoginEventType::kNeedMore) {
+      return out;
+    }
+  }
+  return event(BackendLoginEventType::kNeedMore);
+}
+
+BackendLoginEvent BackendLoginClient::handle(const parser::ResponseEvent& ev,
+                                             std::string_view line) {
+  using parser::ResponseEventType;
+  if (ev.type == ResponseEventType::kError && ev.error.fatal) {
+    // A failed framer consumes nothing more: give up on this backend.
+    return failed(fmt::format("unreadable response '{}'", excerpt(ev.head)));
+  }
+  switch (state_) {
+    case State::kGreeting:
+      if (ev.type != ResponseEventType::kUntagged || ev.status != parser::Status::kOk) {
+        return failed(fmt::format("unexpected greeting '{}'", excerpt(ev.head)));
+      }
+      if (startsWithIgnoreCase(ev.code, "CAPABILITY ")) {
+        caps_.assign(ev.code.substr(11));
+      }
+      if (params_.starttls) {
+        output_.append("P0TLS STARTTLS\r\n");
+        state_ = State::kStarttls;
+        return event(BackendLoginEventType::kNeedMore);
+      }
+      return afterCapabilities();
+    case State::kStarttls:
+      if (ev.type != ResponseEventType::kTagged || ev.tag != "P0TLS") {
+        return event(BackendLoginEventType::kNeedMore);
+      }
+      if (ev.status != parser::Status::kOk) {
+        return failed(fmt::format("STARTTLS refused '{}'", excerpt(ev.head)));
+      }
+      // Anything after the OK was sent in plaintext: drop it, as the
+      // client side does.
+      pending_.clear();
+      parsed_ = 0;
+      framer_.reset();
+      caps_.clear();
+      state_ = State::kTlsHandshake;
+      return event(BackendLoginEventType::kStartTls);
+    case State::kCapability:
+      if (ev.type == ResponseEventType::kUntagged &&
+          startsWithIgnoreCase(ev.head, "* CAPABILITY ")) {
+        caps_.assign(ev.head.substr(13));
+      } else if (ev.type == ResponseEventType::kTagged && ev.tag == "P0CAP") {
+        return afterCapabilities();
+      }
+      return event(BackendLoginEventType::kNeedMore);
+    case State::kId:
+      if (ev.type == ResponseEventType::kTagged && ev.tag == kForwardIdTag) {
+        sendLogin();  // a refused ID is not fatal: the login can go on
+      }
+      return event(BackendLoginEventType::kNeedMore);
+    case State::kLogin:
+      return handleLogin(ev, line);
+    case State::kTlsHandshake:
+    case State::kDone:
+      break;
+  }
+  return event(BackendLoginEventType::kNeedMore);
+}
+
+BackendLoginEvent BackendLoginClient::handleLogin(const parser::ResponseEvent& ev,
+                                                  std::string_view line) {
+  using parser::ResponseEventType;
+  switch (ev.type) {
+    case ResponseEventType::kContinuation:
+      if (params_.method == BackendLoginMethod::kAuthenticate && !sasl_sent_) {
+        output_.append(params_.sasl.empty() ? std::string_view("=") : params_.sasl);
+        output_.append("\r\n");
+        sasl_sent_ = true;
+      } else {
+        // A SASL error challenge (XOAUTH2 sends one): answer empty to get
+        // the final tagged NO.
+        output_.append("\r\n");
+      }
+      return event(BackendLoginEventType::kNeedMore);
+    case ResponseEventType::kUntagged:
+      if (ev.status == parser::Status::kBye) {
+        return failed(fmt::format("BYE during login '{}'", excerpt(ev.head)));
+      }
+      return event(BackendLoginEventType::kUntagged, line);
+    case ResponseEventType::kTagged:
+      if (ev.tag != params_.tag) {
+        return event(BackendLoginEventType::kNeedMore);
+      }
+      state_ = State::kDone;
+      return event(ev.status == parser::Status::kOk ? BackendLoginEventType::kLoggedIn
+                                                    : BackendLoginEventType::kRefused,
+                   line);
+    default:
+      return failed(fmt::format("unexpected line during login '{}'", excerpt(ev.head)));
+  }
+}
+
+void BackendLoginClient::tlsEstablished() {
+  // Capabilities may differ under TLS, so ask again.
+  output_.append("P0CAP CAPABILITY\r\n");
+  state_ = State::kCapability;
+}
+
+BackendLoginEvent BackendLoginClient::afterCapabilities() {
+  if (!params_.id_command.empty()) {
+    output_.append(params_.id_command);
+    state_ = State::kId;
+  } else {
+    sendLogin();
+  }
+  return event(BackendLoginEventType::kNeedMore);
+}
+
+void BackendLoginClient::sendLogin() {
+  // output_ is reserved big enough up front and no temporaries hold the
+  // secret except `plain`/`encoded`, each wiped: no reallocated copy is
+  // left behind.
+  const BackendLoginParams& p = params_;
+  output_.reserve(output_.size() + p.tag.size() + p.mechanism.size() +
+                  2 * (p.user.size() + p.password.size() + p.sasl.size()) + 96);
+  state_ = State::kLogin;
+  if (p.method == BackendLoginMethod::kLogin) {
+    sendLoginAsLogin();
+  } else if (parser::hasCapability(caps_, "SASL-IR")) {
+    output_.append(p.tag).append(" AUTHENTICATE ").append(p.mechanism).push_back(' ');
+    output_.append(p.sasl.empty() ? std::string_view("=") : p.sasl).append("\r\n");
+    sasl_sent_ = true;
+  } else {
+    output_.append(p.tag).append(" AUTHENTICATE ").append(p.mechanism).append("\r\n");
+  }
+}
+
+void BackendLoginClient::sendLoginAsLogin() {
+  const BackendLoginParams& p = params_;
+  if (quotable(p.user) && quotable(p.password)) {
+    output_.append(p.tag).append(" LOGIN ");
+    appendQuoted(output_, p.user);
+    output_.push_back(' ');
+    appendQuoted(output_, p.password);
+    output_.append("\r\n");
+  } else if (parser::hasCapability(caps_, "AUTH=PLAIN") &&
+             parser::hasCapability(caps_, "SASL-IR")) {
+    std::string plain;
+    plain.reserve(p.user.size() + p.password.size() + 2);
+    plain.push_back('\0');
+    plain.append(p.user).push_back('\0');
+    plain.append(p.password);
+    std::string encoded = parser::encodeBase64(plain);
+    output_.append(p.tag).append(" AUTHENTICATE PLAIN ").append(encoded).append("\r\n");
+    wipe(plain);
+    wipe(encoded);
+  } else {
+    // Unquotable bytes and no SASL-IR: LOGIN with non-synchronizing
+    // literals needs LITERAL+.
+    output_.append(p.tag).append(" LOGIN {").append(std::to_string(p.user.size()));
+    output_.append("+}\r\n").append(p.user).append(" {").append(std::to_string(p.password.size()));
+    output_.append("+}\r\n").append(p.password).append("\r\n");
+  }
+}
+
+std::string proxyV2Header(const sockaddr_storage& src, const sockaddr_storage& dst) {
+  std::string header("\r\n\r\n\0\r\nQUIT\n", 12);
+  header.push_back(static_cast<char>(0x21));  // version 2, PROXY
+  auto put16 = [&header](std::uint16_t v) {
+    header.push_back(static_cast<char>(v >> 8));
+    header.push_back(static_cast<char>(v & 0xff));
+  };
+  if (src.ss_family == AF_INET && dst.ss_family == AF_INET) {
+    const auto* s = reinterpret_cast<const sockaddr_in*>(&src);
+    const auto* d = reinterpret_cast<const sockaddr_in*>(&dst);
+    header.push_back(static_cast<char>(0x11));  // TCP over IPv4
+    put16(12);
+    header.append(reinterpret_cast<const char*>(&s->sin_addr), 4);
+    header.append(reinterpret_cast<const char*>(&d->sin_addr), 4);
+    header.append(reinterpret_cast<const char*>(&s->sin_port), 2);  // network order already
+    header.append(reinterpret_cast<const char*>(&d->sin_port), 2);
+  } else if (src.ss_family == AF_INET6 && dst.ss_family == AF_INET6) {
+    const auto* s = reinterpret_cast<const sockaddr_in6*>(&src);
+    const auto* d = reinterpret_cast<const sockaddr_in6*>(&dst);
+    header.push_back(static_cast<char>(0x21));  // TCP over IPv6
+    put16(36);
+    header.append(reinterpret_cast<const char*>(&s->sin6_addr), 16);
+    header.append(reinterpret_cast<const char*>(&d->sin6_addr), 16);
+    header.append(reinterpret_cast<const char*>(&s->sin6_port), 2);
+    header.append(reinterpret_cast<const char*>(&d->sin6_port), 2);
+  } else {
+    header.push_back(static_cast<char>(0x00));  // UNSPEC: addresses unknown
+    put16(0);
+  }
+  return header;
+}
+
+}  // namespace portico::proxy

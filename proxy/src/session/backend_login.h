@@ -1,0 +1,135 @@
+// BackendLoginClient: Portico as an IMAP client logging in to a backend,
+// written sans-IO. It reads the backend's greeting, runs STARTTLS when
+// asked, reads capabilities, sends ID when asked, then replays the login
+// (LOGIN, AUTHENTICATE with or without SASL-IR and its continuation).
+//
+// It owns no socket, timer or TLS: the caller feeds it the backend's bytes
+// (feed()), asks for the next event (next()), and writes what output()
+// holds to the backend after every call. STARTTLS is an event: the caller
+// runs the handshake and then calls tlsEstablished(). The same machine can
+// drive a health probe's login, which is why it knows nothing of Session.
+//
+// Secrets: the login's user, password and SASL response are views the
+// caller keeps alive (and wipes) until the client is destroyed or reports
+// kLoggedIn, kRefused or kFailed. output() may hold them: the caller writes
+// it and then calls clearOutput(), which wipes it.
+//
+// Limits: at most kMaxBytes of backend bytes are held during the login; a
+// backend that sends more fails the login.
+#pragma once
+
+#include <sys/socket.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "portico/parser.h"
+
+namespace portico::proxy {
+
+enum class BackendLoginMethod : std::uint8_t {
+  kLogin,         // LOGIN user password (AUTHENTICATE PLAIN when it cannot be quoted)
+  kAuthenticate,  // AUTHENTICATE mechanism, the client's SASL response passed through
+};
+
+struct BackendLoginParams {
+  BackendLoginMethod method = BackendLoginMethod::kLogin;
+  std::string tag;  // the client's tag, reused so the tagged answer is the client's
+  std::string_view user;
+  std::string_view password;  // kLogin
+  std::string mechanism;      // kAuthenticate
+  std::string_view sasl;      // kAuthenticate: base64 as the client sent it; empty: "="
+  bool starttls = false;      // STARTTLS before anything else
+  std::string id_command;     // a whole `P0ID ID (...)` line to send first; empty: none
+};
+
+enum class BackendLoginEventType : std::uint8_t {
+  kNeedMore,  // feed more bytes
+  kUntagged,  // an untagged line during the login (line: the whole line, CRLF included)
+  kStartTls,  // STARTTLS accepted: run the handshake, then tlsEstablished()
+  kLoggedIn,  // the login's tagged OK (line); rest() holds what followed it
+  kRefused,   // the login's tagged NO/BAD (line)
+  kFailed,    // the backend cannot be used (why)
+};
+const char* backendLoginEventTypeName(BackendLoginEventType type);
+
+// Views are valid until the next call to feed(), next() or tlsEstablished().
+struct BackendLoginEvent {
+  BackendLoginEventType type = BackendLoginEventType::kNeedMore;
+  std::string_view line;
+  std::string why;  // kFailed: printable, for an operator's log
+};
+
+// clang-format off
+#define PORTICO_BACKEND_LOGIN_STATES(X) \
+  X(Greeting) X(Starttls) X(TlsHandshake) X(Capability) X(Id) X(Login) X(Done)
+// clang-format on
+
+class BackendLoginClient {
+ public:
+  enum class State : std::uint8_t {
+#define PORTICO_ENUM(name) k##name,
+    PORTICO_BACKEND_LOGIN_STATES(PORTICO_ENUM)
+#undef PORTICO_ENUM
+  };
+  static const char* stateName(State state);
+
+  static constexpr std::size_t kMaxBytes = 64 * 1024;
+
+  // The connection is up; the greeting is awaited.
+  explicit BackendLoginClient(BackendLoginParams params);
+  ~BackendLoginClient();
+  BackendLoginClient(const BackendLoginClient&) = delete;
+  BackendLoginClient& operator=(const BackendLoginClient&) = delete;
+
+  // Appends the backend's bytes. Past kMaxBytes the next event is kFailed.
+  void feed(std::string_view bytes);
+  BackendLoginEvent next();
+  // The TLS handshake after kStartTls is done: capabilities are asked again.
+  void tlsEstablished();
+
+  // Bytes to write to the backend; may hold a secret.
+  const std::string& output() const {
+    return output_;
+  }
+  void clearOutput();
+
+  State state() const {
+    return state_;
+  }
+  // Whether the login command (which holds the secret) went out.
+  bool loginSent() const {
+    return state_ == State::kLogin || state_ == State::kDone;
+  }
+  const std::string& capabilities() const {
+    return caps_;
+  }
+  // After kLoggedIn: the backend bytes that followed the tagged OK.
+  std::string_view rest() const;
+
+ private:
+  BackendLoginEvent handle(const parser::ResponseEvent& event, std::string_view line);
+  BackendLoginEvent handleLogin(const parser::ResponseEvent& event, std::string_view line);
+  BackendLoginEvent afterCapabilities();
+  void sendLogin();
+  void sendLoginAsLogin();
+  static BackendLoginEvent failed(std::string why);
+
+  BackendLoginParams params_;
+  State state_ = State::kGreeting;
+  parser::ResponseFramer framer_;
+  std::string pending_;
+  std::size_t parsed_ = 0;
+  std::string output_;
+  std::string caps_;
+  bool sasl_sent_ = false;
+  bool overflow_ = false;
+};
+
+// A PROXY protocol v2 header (HAProxy's proxy-protocol.txt, 2.2) for a
+// connection from `source` to `destination`; UNSPEC for other families.
+std::string proxyV2Header(const sockaddr_storage& source, const sockaddr_storage& destination);
+
+}  // namespace portico::proxy

@@ -1,0 +1,159 @@
+// Session: greeting, STARTTLS, ID and login replay at the backend, then the switch to relay.
+#include "session.h"
+
+#include <netinet/in.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "backend_login.h"
+#include "portico/logging.h"
+#include "portico/proxy.h"
+#include "session_internal.h"
+
+namespace portico::proxy {
+
+using namespace session_detail;  // NOLINT: this file's own helpers
+
+// ---------------------------------------------------------------------------
+// Backend login: the session runs the transport, BackendLoginClient the
+// IMAP dialogue (backend_login.h).
+
+void Session::startBackendLogin() {
+  const BackendConfig& backend = config_->config.backends[backend_index_];
+  BackendLoginParams params;
+  params.method = login_kind_ == LoginKind::kLogin || replay_as_login_
+                      ? BackendLoginMethod::kLogin
+                      : BackendLoginMethod::kAuthenticate;
+  params.tag = login_tag_;
+  // The directory may name another user (Auth-User, destuser) for the backend.
+  params.user = backend_user_ ? std::string_view(*backend_user_) : std::string_view(user_);
+  params.password = password_;
+  params.mechanism = mechanism_;
+  params.sasl = sasl_;
+  params.starttls = backend.tls == TlsMode::kStarttls;
+  if (backend.forward_id) {
+    params.id_command = forwardIdCommand();
+  }
+  login_untagged_.clear();
+  backend_login_.emplace(std::move(params));
+}
+
+void Session::flushBackendLogin() {
+  if (backend_ != nullptr && !backend_login_->output().empty()) {
+    backend_->write(std::string_view(backend_login_->output()));
+  }
+  backend_login_->clearOutput();
+}
+
+void Session::onBackendLoginData(Chunk chunk) {
+  BackendLoginClient& login = *backend_login_;
+  login.feed(chunk.view());
+  while (backend_ != nullptr) {
+    BackendLoginEvent ev = login.next();
+    flushBackendLogin();
+    switch (ev.type) {
+      case BackendLoginEventType::kNeedMore:
+        return;
+      case BackendLoginEventType::kUntagged:
+        login_untagged_.append(clientCapabilityLine(ev.line));
+        continue;
+      case BackendLoginEventType::kStartTls:
+        startBackendTls();
+        return;
+      case BackendLoginEventType::kLoggedIn:
+        writeClient(login_untagged_);
+        writeClient(clientCapabilityLine(ev.line));
+        enterRelay();
+        return;
+      case BackendLoginEventType::kRefused:
+        backendStats()->login_failures.add();
+        failLogin(ev.line, true);
+        return;
+      case BackendLoginEventType::kFailed:
+        backendFailed(ev.why);
+        return;
+    }
+  }
+}
+
+void Session::startBackendTls() {
+  Transport* plain = backend_;
+  backend_ = backend_index_ < config_->backend_tls.size()
+                 ? host_.startClientTls(plain, config_->backend_tls[backend_index_], this)
+                 : nullptr;
+  if (backend_ == nullptr) {
+    orphans_.push_back(plain);
+    plain->close();
+    failLogin(fmt::format("{} NO [UNAVAILABLE] Mailbox server TLS unavailable.\r\n", login_tag_),
+              false);
+  }
+}
+
+std::string Session::forwardIdCommand() const {
+  std::string client = formatAddress(client_->peerAddress());
+  std::string local = formatAddress(client_->localAddress());
+  auto split = [](const std::string& hostport) {
+    auto colon = hostport.rfind(':');
+    std::string host = hostport.substr(0, colon);
+    if (!host.empty() && host.front() == '[') {
+      host = host.substr(1, host.size() - 2);
+    }
+    return std::make_pair(host, hostport.substr(colon + 1));
+  };
+  auto [cip, cport] = split(client);
+  auto [lip, lport] = split(local);
+  return fmt::format(
+      "{} ID (\"x-originating-ip\" \"{}\" \"x-originating-port\" \"{}\" \"x-connected-ip\" \"{}\" "
+      "\"x-connected-port\" \"{}\" \"x-session-id\" \"{:016x}\")\r\n",
+      kForwardIdTag, cip, cport, lip, lport, id_);
+}
+
+void Session::enterRelay() {
+  const Config& cfg = config_->config;
+  setState(SessionState::kRelay);
+  wipeSecrets();
+  // The login is over: from here the transports relay without wiping.
+  client_->setCarriesSecrets(false);
+  backend_->setCarriesSecrets(false);
+  host_.stats().connections_unauthenticated.sub();
+  counted_unauthenticated_ = false;
+  logged_in_ = true;
+  LoginOutcome outcome;
+  outcome.ok = true;
+  outcome.result = "OK";
+  outcome.backend = backendStats();
+  notify([&](SessionObserver& o) { o.onLoginDone(*this, outcome); });
+  logging::log(logging::Level::kInfo, "session", "id={:016x} login user={} backend={} client={}",
+               id_, user_, backend_name_, client_address_);
+
+  parser::Limits limits;
+  limits.max_line = cfg.limits.max_line;
+  command_framer_.reset();
+  command_framer_.setLimits(limits);
+  response_framer_.reset();
+  response_framer_.setLimits(limits);
+  last_activity_ = host_.now();
+  deadline_ = last_activity_ + cfg.timeouts.idle;
+  armTimer();
+
+  std::string backend_rest(backend_login_->rest());
+  backend_login_.reset();
+  std::string client_rest = std::move(client_pending_);
+  client_pending_ = std::string();
+  pending_parsed_ = 0;
+  if (!backend_rest.empty()) {
+    relayFromBackend(Chunk::copyOf(backend_rest));
+  }
+  if (!client_rest.empty() && backend_ != nullptr) {
+    relayFromClient(Chunk::copyOf(client_rest, true));
+  }
+  wipeAll(client_rest);  // the buffer the LOGIN was read into
+  updateClientReading();
+  maybeByeOnShutdown();
+}
+
+}  // namespace portico::proxy
