@@ -181,12 +181,19 @@ def test_redis_outage_local_keeps_state_and_reconciles(portico_factory, backends
                 assert [s["backend"] for s in b.admin("sessions --user %s" % user)["sessions"]] \
                     == ["mbx2"]
         assert drained(b, "mbx1") and drained(a, "mbx1")
+        # A hold placed during the outage holds on its node at once ...
+        reply = a.admin("user hold user06 --ttl 10m")
+        assert reply["ok"] and reply["fleet"].startswith("this node only for now"), reply
+        assert login_status(a, "user06").startswith(b"a001 NO [UNAVAILABLE]")
+        assert login_status(b, "user06").startswith(b"a001 OK")
 
         server = RedisServer(port=port).start()  # back, and empty
         assert wait_until(lambda: synced(a) and synced(b), 10)
         assert wait_until(lambda: (redis_value(server, "HGET", "portico:fleet:backends", "mbx1")
                                    or "").startswith("drained "), 5)
         assert wait_until(lambda: (fleet_monitor(b) or {}).get("AlertValue") == "Healthy", 10)
+        # ... and reaches the other nodes once Redis is back.
+        assert wait_until(lambda: login_status(b, "user06").startswith(b"a001 NO [UNAVAILABLE]"), 5)
         # A node that starts now learns the drain made before the restart.
         (c,) = start_nodes(portico_factory, backends, server.address, ["node-c"])
         assert wait_until(lambda: drained(c, "mbx1"), 5)

@@ -181,26 +181,29 @@ void FleetClient::stop() {
 }
 
 void FleetClient::onConnected() {
-  commands_->command({"EVAL", kEpochScript, "1", key("epoch"), randomToken()},
-                     [this](const redisReply* reply, const std::string& error) {
-                       if (!replyError(reply, error).empty() || reply->type != REDIS_REPLY_ARRAY ||
-                           reply->elements != 2) {
-                         unreachable("epoch: " + (replyError(reply, error).empty()
-                                                      ? std::string("unexpected reply")
-                                                      : replyError(reply, error)));
-                         return;
-                       }
-                       std::string epoch(textOf(reply->element[0]));
-                       const bool created = reply->element[1]->type == REDIS_REPLY_INTEGER &&
-                                            reply->element[1]->integer == 1;
-                       const bool everything = created || (!epoch_.empty() && epoch != epoch_);
-                       epoch_ = epoch;
-                       republish(everything);
-                       reconcile();
-                     });
+  republishing_ =
+      commands_->command({"EVAL", kEpochScript, "1", key("epoch"), randomToken()},
+                         [this](const redisReply* reply, const std::string& error) {
+                           republishing_ = false;
+                           if (!replyError(reply, error).empty() ||
+                               reply->type != REDIS_REPLY_ARRAY || reply->elements != 2) {
+                             unreachable("epoch: " + (replyError(reply, error).empty()
+                                                          ? std::string("unexpected reply")
+                                                          : replyError(reply, error)));
+                             return;
+                           }
+                           std::string epoch(textOf(reply->element[0]));
+                           const bool created = reply->element[1]->type == REDIS_REPLY_INTEGER &&
+                                                reply->element[1]->integer == 1;
+                           const bool everything = created || (!epoch_.empty() && epoch != epoch_);
+                           epoch_ = epoch;
+                           republish(everything);
+                           reconcile();
+                         });
 }
 
 void FleetClient::onLost(const std::string& why) {
+  republishing_ = false;
   unreachable(why);
 }
 
@@ -347,6 +350,9 @@ void FleetClient::release(const std::string& user, Done done) {
 }
 
 void FleetClient::reconcile() {
+  if (republishing_) {
+    return;  // the epoch's answer reads the state once it has republished
+  }
   if (reading_) {
     read_again_ = true;
     return;

@@ -92,9 +92,12 @@ class FleetClient {
   std::unique_ptr<RedisConnection> commands_;
   std::unique_ptr<RedisConnection> events_;  // SUBSCRIBE only
   uv_timer_t* timer_ = nullptr;
-  bool synced_ = false;              // the last read of the fleet state worked
-  bool reading_ = false;             // a reconcile is in flight
-  bool read_again_ = false;          // ... and another was asked for meanwhile
+  bool synced_ = false;      // the last read of the fleet state worked
+  bool reading_ = false;     // a reconcile is in flight
+  bool read_again_ = false;  // ... and another was asked for meanwhile
+  // Connected, and what this node made meanwhile not sent yet: a read now
+  // would drop the holds it placed while Redis was away.
+  bool republishing_ = false;
   std::string epoch_;                // the Redis data generation last seen
   std::uint64_t local_changes_ = 0;  // holds and releases made here
   std::string last_error_;
