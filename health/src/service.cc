@@ -142,6 +142,10 @@ void HealthService::Impl::build() {
     keep(std::make_unique<ConsecutiveFailureMonitor>(MonitorKey{kDirectory, config_.directory},
                                                      kDirectorySet, monitorSettings(kDirectory)));
   }
+  if (!config_.fleet.empty()) {
+    keep(std::make_unique<ConsecutiveFailureMonitor>(MonitorKey{kFleet, config_.fleet}, kFleetSet,
+                                                     monitorSettings(kFleet)));
+  }
   for (const auto& [key, monitor] : monitors_) {
     executor_.execute(ladder_.forget(key, steadyNow(), wallNow()));
   }
@@ -596,6 +600,28 @@ void HealthService::recordDirectoryResult(bool ok, const std::string& error) {
     result.probe = "DirectoryLookup";
     result.health_set = kDirectorySet;
     result.target = impl.config_.directory;
+    result.result = ok ? ResultType::kSucceeded : ResultType::kFailed;
+    result.start = result.end = Impl::wallNow();
+    result.error = ok ? std::string() : error;
+    monitor->record(result, result.end);
+    impl.monitorUpdated(*monitor);
+  }
+}
+
+void HealthService::recordFleetResult(bool ok, const std::string& error) {
+  Impl& impl = *impl_;
+  if (impl.stopping_ || impl.config_.fleet.empty()) {
+    return;
+  }
+  auto it = impl.monitors_.find(MonitorKey{kFleet, impl.config_.fleet});
+  if (it == impl.monitors_.end()) {
+    return;
+  }
+  if (auto* monitor = dynamic_cast<ConsecutiveFailureMonitor*>(it->second.get())) {
+    ProbeResult result;
+    result.probe = "FleetState";
+    result.health_set = kFleetSet;
+    result.target = impl.config_.fleet;
     result.result = ok ? ResultType::kSucceeded : ResultType::kFailed;
     result.start = result.end = Impl::wallNow();
     result.error = ok ? std::string() : error;

@@ -36,6 +36,8 @@ inline constexpr const char* kGt60 = "AverageCommandProcessingTimeGt60sMonitor";
 inline constexpr const char* kQueued = "RequestsQueuedGt500Monitor";
 inline constexpr const char* kDirectory = "DirectoryLookupMonitor";
 inline constexpr const char* kDirectorySet = "IMAP.Directory";
+inline constexpr const char* kFleet = "FleetStateMonitor";
+inline constexpr const char* kFleetSet = "IMAP.Fleet";
 
 // A uv_timer_t that frees itself after its close callback.
 struct ServiceTimer {

@@ -363,7 +363,8 @@ void backendCommand(Control& c, const std::vector<std::string>& words, AdminServ
       reply(fail("backend " + verb + ": no backend named '" + name + "'"));
       return;
     }
-    reply(ok(json{{"backend", name}, {"drained_by_operator", drain}}));
+    publishOperatorDrain(c, name, drain, args.options.count("--move-sessions") != 0,
+                         json{{"backend", name}, {"drained_by_operator", drain}}, std::move(reply));
     return;
   }
   reply(fail("usage: backend list | backend drain NAME [--move-sessions] | backend enable NAME"));
@@ -582,6 +583,10 @@ std::pair<std::string, std::string> actionOf(const std::vector<std::string>& wor
   if (command == "backend" && (word(1) == "drain" || word(1) == "enable")) {
     return {"backend " + word(1), word(2)};
   }
+  if (command == "user" && (word(1) == "hold" || word(1) == "release")) {
+    std::string user = word(2) == "--ttl" ? word(4) : word(2);
+    return {"user " + word(1), user};
+  }
   if (command == "kick") {
     const std::string user = option("--user");
     return {"kick", user.empty() ? "session " + word(1) : "user " + user};
@@ -657,6 +662,8 @@ void handleAdminCommand(Control& c, const AdminRequest& request, AdminServer::Re
     kickCommand(c, words, std::move(reply));
   } else if (command == "lookup") {
     lookupCommand(c, words, std::move(reply));
+  } else if (command == "user" || command == "fleet") {
+    fleetCommand(c, words, std::move(reply));  // fleet/fleet_control.cc
   } else if (command == "monitor") {
     monitorCommand(c, words, request.peer, reply);
   } else if (command == "component") {
@@ -697,7 +704,7 @@ void handleAdminCommand(Control& c, const AdminRequest& request, AdminServer::Re
           "monitor override MONITOR [--target B] --duration D [--state S] | override remove "
           "MONITOR [--target B]",
           "actions", "component [ImapProxy active|inactive]", "stats", "reload",
-          "lookup flush [--user U]"}}}));
+          "lookup flush [--user U]", "user hold USER --ttl D | release USER | list", "fleet"}}}));
   } else {
     reply(fail("unknown command '" + command + "' (try 'help')"));
   }

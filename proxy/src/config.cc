@@ -169,6 +169,7 @@ Config ConfigReader::read(const toml::table& root) {
       error(line, message);
     });
   }
+  readTable(root, kFleetSection, config.fleet);
   return config;
 }
 

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "fleet/fleet_config.h"
 #include "lookup/lookup_config.h"
 #include "network.h"
 
@@ -179,6 +180,7 @@ struct Config {
   std::map<std::string, MonitorSettings> monitors;
   HealthConfig health;
   LookupConfig lookup;  // [lookup]: lookup/lookup_config.h
+  FleetConfig fleet;    // [fleet]: fleet/fleet_config.h
 };
 
 struct ConfigResult {

@@ -4,6 +4,8 @@
 #include <array>
 #include <string>
 
+#include "fleet/fleet_state.h"
+
 namespace portico::proxy {
 
 namespace {
@@ -58,6 +60,7 @@ constexpr Field<Config> kTopLevel[] = {
     {{"protocol_log", VT::kTable, "", "The per-command protocol log"}},
     {{"health", VT::kTable, "", "Probes, monitors and responders"}},
     {{"lookup", VT::kTable, "", "The directory that says where a user lives"}},
+    {{"fleet", VT::kTable, "", "Nodes sharing drains and user holds through Redis"}},
 };
 
 constexpr Field<ListenConfig> kListen[] = {
@@ -302,6 +305,36 @@ constexpr Field<LookupConfig> kLookup[] = {
     {{"fallback", VT::kString, "\"hash\"", "No entry for the user: hash or refuse"}},
 };
 
+// [fleet]: fleet/fleet_config.h.
+constexpr Field<FleetConfig> kFleet[] = {
+    {{"redis", VT::kString, "\"\"", "Redis server IP:PORT shared by the fleet; \"\": no fleet"},
+     &FleetConfig::redis,
+     [](const FleetConfig& f) -> std::string {
+       if (!f.redis.empty() && !parseHostPort(f.redis)) {
+         return "bad 'redis' address '" + f.redis + "' (IP:PORT or [IPv6]:PORT)";
+       }
+       return "";
+     }},
+    {{"node", VT::kString, "", "This node's unique name in the fleet; default: the host name"},
+     &FleetConfig::node,
+     [](const FleetConfig& f) -> std::string {
+       if (f.node.empty()) {
+         return "";
+       }
+       std::string problem = fleet::nodeNameProblem(f.node);
+       return problem.empty() ? "" : "bad 'node' '" + f.node + "': " + problem;
+     }},
+    {{"on_redis_down", VT::kString, "\"local\"",
+      "Redis unreachable: local (go on with the last known state) or refuse (new logins)"},
+     &FleetConfig::on_redis_down,
+     [](const FleetConfig& f) -> std::string {
+       if (f.on_redis_down != "local" && f.on_redis_down != "refuse") {
+         return "bad on_redis_down '" + f.on_redis_down + "' (local or refuse)";
+       }
+       return "";
+     }},
+};
+
 template <typename S>
 SectionSpec spec(const Section<S>& section) {
   SectionSpec out{section.name, section.kind, {}};
@@ -332,6 +365,7 @@ const Section<CertificateConfig> kCertificateSection{"listen.certificate", Secti
 const Section<BackendConfig> kBackendSection{"backend", SectionKind::kTableArray, kBackend};
 const Section<RoutingConfig> kRoutingSection{"routing", SectionKind::kTable, kRouting};
 const Section<LookupConfig> kLookupSection{"lookup", SectionKind::kTable, kLookup};
+const Section<FleetConfig> kFleetSection{"fleet", SectionKind::kTable, kFleet};
 const Section<Timeouts> kTimeoutsSection{"timeouts", SectionKind::kTable, kTimeouts};
 const Section<Limits> kLimitsSection{"limits", SectionKind::kTable, kLimits};
 const Section<StatusConfig> kStatusSection{"status", SectionKind::kTable, kStatus};
@@ -346,11 +380,12 @@ const Section<MonitorSettings> kMonitorSection{"health.monitor", SectionKind::kN
 
 const std::vector<SectionSpec>& configSchema() {
   static const std::vector<SectionSpec> schema = {
-      spec(kTopLevelSection), spec(kListenSection),  spec(kCertificateSection),
-      spec(kBackendSection),  spec(kRoutingSection), spec(kLookupSection),
-      spec(kTimeoutsSection), spec(kLimitsSection),  spec(kStatusSection),
-      spec(kAdminSection),    spec(kProcessSection), spec(kProtocolLogSection),
-      spec(kHealthSection),   spec(kProbeSection),   spec(kMonitorSection),
+      spec(kTopLevelSection),    spec(kListenSection),   spec(kCertificateSection),
+      spec(kBackendSection),     spec(kRoutingSection),  spec(kLookupSection),
+      spec(kFleetSection),       spec(kTimeoutsSection), spec(kLimitsSection),
+      spec(kStatusSection),      spec(kAdminSection),    spec(kProcessSection),
+      spec(kProtocolLogSection), spec(kHealthSection),   spec(kProbeSection),
+      spec(kMonitorSection),
   };
   return schema;
 }

@@ -101,6 +101,7 @@ extern const Section<CertificateConfig> kCertificateSection;
 extern const Section<BackendConfig> kBackendSection;
 extern const Section<RoutingConfig> kRoutingSection;
 extern const Section<LookupConfig> kLookupSection;
+extern const Section<FleetConfig> kFleetSection;
 extern const Section<Timeouts> kTimeoutsSection;
 extern const Section<Limits> kLimitsSection;
 extern const Section<StatusConfig> kStatusSection;

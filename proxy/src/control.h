@@ -10,7 +10,10 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "admin.h"
+#include "fleet/fleet_client.h"
 #include "portico/health.h"
 #include "portico/logging.h"
 #include "runtime.h"
@@ -36,7 +39,18 @@ struct Control {
   std::unique_ptr<health::HealthService> health;
   std::unique_ptr<AdminServer> admin;
   std::unique_ptr<logging::ProtocolLog> protocol_log;
+  std::unique_ptr<fleet::FleetClient> fleet;  // null unless [fleet] redis is set
 };
+
+// fleet/fleet_control.cc: starts fleet mode when [fleet] redis is set.
+void startFleet(Control& control);
+// The admin socket's `user hold|release|list` and `fleet` commands.
+void fleetCommand(Control& control, const std::vector<std::string>& words,
+                  AdminServer::Reply reply);
+// After an operator's drain or enable on this node: publishes it to the
+// fleet (when there is one), then replies `result` with a "fleet" field.
+void publishOperatorDrain(Control& control, const std::string& backend, bool drained,
+                          bool move_sessions, nlohmann::json result, AdminServer::Reply reply);
 
 // Re-reads the config file; an error when it is refused (the running
 // snapshot then stays).

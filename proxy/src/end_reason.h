@@ -39,6 +39,7 @@ namespace portico::proxy {
   R(X, kIdleTimeout, idle_timeout, "idle timeout")                                            \
   R(X, kKicked, kicked, "kicked")                                                             \
   R(X, kMovedOffDrained, moved_off_drained, "moved off drained backend")                      \
+  R(X, kUserHeld, user_held, "user held")                                                     \
   R(X, kShutdown, shutdown, "shutdown")                                                       \
   R(X, kShutdownTimeout, shutdown_timeout, "shutdown timeout")
 // clang-format on

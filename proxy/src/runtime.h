@@ -13,6 +13,7 @@
 
 #include "accounting.h"
 #include "config.h"
+#include "fleet/fleet_state.h"
 #include "log_throttle.h"
 #include "lookup/lookup_shared.h"
 #include "portico/logging.h"
@@ -86,6 +87,9 @@ struct SharedState {
   std::atomic<logging::ProtocolLog*> protocol_log{nullptr};
   // Directory lookups: counters, the health feed, the log rate limit.
   LookupShared lookup;
+  // Fleet mode: user holds and on_redis_down = "refuse", kept by the
+  // control loop (fleet/fleet_client.h), asked at each login.
+  fleet::LoginGate fleet_gate;
 };
 
 }  // namespace portico::proxy

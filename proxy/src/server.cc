@@ -123,6 +123,9 @@ void beginShutdown(Control& c, const char* why) {
   for (auto& w : c.workers) {
     w->post([](Worker& worker) { worker.beginShutdown("Server shutting down."); });
   }
+  if (c.fleet) {
+    c.fleet->stop();
+  }
   if (c.health) {
     c.health->stop([] {});
   }
@@ -231,6 +234,10 @@ Status reloadConfigNow(Control& c) {
     logging::log(logging::Level::kWarn, "reload",
                  "reload: 'workers' changed; it takes effect at the next restart ({} running)",
                  c.workers.size());
+  }
+  if (next->config.fleet != c.config->config.fleet) {
+    logging::log(logging::Level::kWarn, "reload",
+                 "reload: [fleet] changed; it takes effect at the next restart");
   }
   if (next->config.limits.max_connections != c.config->config.limits.max_connections) {
     checkOpenFileLimit(next->config);
@@ -450,6 +457,7 @@ int runProxy(const std::string& config_path) {
       },
       250, 250);
 
+  startFleet(c);  // fleet/fleet_control.cc; nothing without [fleet] redis
   for (auto& w : c.workers) {
     w->start();
   }
@@ -469,6 +477,7 @@ int runProxy(const std::string& config_path) {
     w->join();
   }
   c.admin.reset();
+  c.fleet.reset();
   c.health.reset();
   uv_run(&c.loop, UV_RUN_DEFAULT);  // close callbacks of what was just freed
   uv_loop_close(&c.loop);

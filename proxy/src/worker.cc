@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -704,6 +705,20 @@ void Worker::moveSessions(const std::string& backend) {
     session->requestBye("[UNAVAILABLE] Mailbox server is being drained, please reconnect.",
                         EndReason::kMovedOffDrained);
   }
+}
+
+std::size_t Worker::byeUsers(const std::vector<std::string>& users) {
+  std::vector<Session*> held;
+  for (auto& [session, ip] : sessions_) {
+    if (std::find(users.begin(), users.end(), normaliseUser(session->user())) != users.end()) {
+      held.push_back(session);
+    }
+  }
+  for (Session* session : held) {
+    session->requestBye("[UNAVAILABLE] Your mailbox is being moved, please reconnect later.",
+                        EndReason::kUserHeld);
+  }
+  return held.size();
 }
 
 std::vector<SessionInfo> Worker::listSessions(const SessionFilter& filter) {

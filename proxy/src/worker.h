@@ -91,6 +91,9 @@ class Worker final : public SessionHost, private InboundProxyHost {
   void beginShutdown(std::string reason);
   // Sends the sessions relayed to `backend` a BYE between commands.
   void moveSessions(const std::string& backend);
+  // Fleet user holds: the sessions of these (normalised) users get a BYE
+  // between commands; how many.
+  std::size_t byeUsers(const std::vector<std::string>& users);
   // Admin queries, run on the worker's loop.
   std::vector<SessionInfo> listSessions(const SessionFilter& filter);
   std::size_t kick(const SessionFilter& filter);

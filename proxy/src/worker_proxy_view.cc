@@ -84,6 +84,7 @@ std::optional<std::string> readSecret(const std::string& path) {
 health::HealthConfig makeHealthConfig(const Config& config) {
   health::HealthConfig h;
   h.directory = config.lookup.serviceText();  // "" for kind = "none": no monitor
+  h.fleet = config.fleet.enabled() ? "redis " + config.fleet.redis : "";
   auto toProbeTls = [](TlsMode mode) {
     switch (mode) {
       case TlsMode::kStarttls:

@@ -172,6 +172,10 @@ struct HealthConfig {
   // none. When set, DirectoryLookupMonitor (health set IMAP.Directory,
   // target this text) counts its answers: recordDirectoryResult().
   std::string directory;
+  // Fleet mode's Redis ("redis 127.0.0.1:6379"), or "" when not in a fleet.
+  // When set, FleetStateMonitor (health set IMAP.Fleet, target this text)
+  // counts the fleet state reads: recordFleetResult().
+  std::string fleet;
 };
 
 // Exchange's defaults for the probe and monitor names in DESIGN.md.
@@ -274,6 +278,10 @@ class HealthService {
   // holds a password. Consecutive failures make DirectoryLookupMonitor
   // Unhealthy (escalate-only responder). Ignored when no directory is set.
   void recordDirectoryResult(bool ok, const std::string& error);
+  // One read of the fleet's shared state in Redis (or a tick while it cannot
+  // be reached). Consecutive failures make FleetStateMonitor Unhealthy
+  // (escalate-only responder). Ignored when no fleet is set.
+  void recordFleetResult(bool ok, const std::string& error);
 
   // Operator overrides: AlertValue::kDisabled or kRepairing, or kUnknown to clear.
   bool setMonitorOverride(const std::string& monitor, const std::string& target, AlertValue value,

@@ -10,107 +10,12 @@
 #include <utility>
 
 #include "config.h"
+#include "lookup/redis_uv.h"
 #include "routing.h"
 
 namespace portico::proxy {
 
-// ---------------------------------------------------------------------------
-// hiredis <-> libuv. A copy of hiredis 0.14's adapters/libuv.h with one fix:
-// when libuv reports a poll error (a refused connect shows up as one), the
-// stock adapter returns without telling hiredis, so neither the connect
-// callback nor the command callbacks ever run. Here the error is handed to
-// hiredis as a write (while connecting) or read event, whose failing
-// syscall then reports the error through the usual callbacks.
-
 namespace {
-
-struct UvRedisEvents {
-  redisAsyncContext* context = nullptr;
-  uv_poll_t handle{};
-  int events = 0;
-};
-
-void uvRedisPoll(uv_poll_t* handle, int status, int events) {
-  auto* p = static_cast<UvRedisEvents*>(handle->data);
-  if (p->context == nullptr) {
-    return;
-  }
-  if (status != 0) {
-    if ((p->context->c.flags & REDIS_CONNECTED) != 0) {
-      redisAsyncHandleRead(p->context);
-    } else {
-      redisAsyncHandleWrite(p->context);
-    }
-    return;
-  }
-  if ((events & UV_READABLE) != 0) {
-    redisAsyncHandleRead(p->context);
-  }
-  // The read may have freed the context (hiredis then calls cleanup, which
-  // clears p->context).
-  if (p->context != nullptr && (events & UV_WRITABLE) != 0) {
-    redisAsyncHandleWrite(p->context);
-  }
-}
-
-void uvRedisUpdate(UvRedisEvents* p) {
-  if (p->events != 0) {
-    uv_poll_start(&p->handle, p->events, &uvRedisPoll);
-  } else {
-    uv_poll_stop(&p->handle);
-  }
-}
-
-void uvRedisAddRead(void* data) {
-  auto* p = static_cast<UvRedisEvents*>(data);
-  p->events |= UV_READABLE;
-  uvRedisUpdate(p);
-}
-
-void uvRedisDelRead(void* data) {
-  auto* p = static_cast<UvRedisEvents*>(data);
-  p->events &= ~UV_READABLE;
-  uvRedisUpdate(p);
-}
-
-void uvRedisAddWrite(void* data) {
-  auto* p = static_cast<UvRedisEvents*>(data);
-  p->events |= UV_WRITABLE;
-  uvRedisUpdate(p);
-}
-
-void uvRedisDelWrite(void* data) {
-  auto* p = static_cast<UvRedisEvents*>(data);
-  p->events &= ~UV_WRITABLE;
-  uvRedisUpdate(p);
-}
-
-void uvRedisCleanup(void* data) {
-  auto* p = static_cast<UvRedisEvents*>(data);
-  p->context = nullptr;
-  uv_close(reinterpret_cast<uv_handle_t*>(&p->handle),
-           [](uv_handle_t* h) { delete static_cast<UvRedisEvents*>(h->data); });
-}
-
-bool uvRedisAttach(redisAsyncContext* context, uv_loop_t* loop) {
-  if (context->ev.data != nullptr) {
-    return false;
-  }
-  auto* p = new UvRedisEvents;
-  if (uv_poll_init(loop, &p->handle, context->c.fd) != 0) {
-    delete p;
-    return false;
-  }
-  p->handle.data = p;
-  p->context = context;
-  context->ev.addRead = &uvRedisAddRead;
-  context->ev.delRead = &uvRedisDelRead;
-  context->ev.addWrite = &uvRedisAddWrite;
-  context->ev.delWrite = &uvRedisDelWrite;
-  context->ev.cleanup = &uvRedisCleanup;
-  context->ev.data = p;
-  return true;
-}
 
 bool isBackendNameChar(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||

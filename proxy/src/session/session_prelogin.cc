@@ -329,6 +329,12 @@ void Session::startLogin() {
     connectNext();
     return;
   }
+  // Fleet mode: a user held for a mailbox move, or Redis away with
+  // on_redis_down = "refuse" (one relaxed load when neither).
+  if (std::optional<std::string> refusal = host_.shared().fleet_gate.refusal(user, host_.now())) {
+    failLogin(fmt::format("{} NO {}\r\n", login_tag_, *refusal), false);
+    return;
+  }
   if (std::shared_ptr<LookupStage> stage = host_.lookupStage()) {
     startLookup(std::move(stage));  // session_lookup.cc
     return;

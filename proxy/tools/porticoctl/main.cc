@@ -46,6 +46,7 @@ struct Args {
   std::string mr_name, mr_target;                                  // monitor override remove
   std::string comp_name, comp_state;                               // component
   std::string lf_user;                                             // lookup flush
+  std::string hold_user, hold_ttl;                                 // user hold|release
 };
 
 // Adds "--name value" to the words when the option was given.
@@ -232,11 +233,24 @@ void addOthers(CLI::App& app, Args& a, Words& w) {
     addOption(w, user, "--user", a.lf_user);
   });
 
+  auto* user_cmd = app.add_subcommand("user", "Fleet user holds for mailbox moves ([fleet])");
+  user_cmd->require_subcommand(1);
+  auto* hold =
+      user_cmd->add_subcommand("hold", "Refuse the user's logins on every node for a while");
+  hold->add_option("name", a.hold_user, "User name")->required();
+  hold->add_option("--ttl", a.hold_ttl, "How long (e.g. 90s, 10m, 2h)")->required();
+  hold->callback([&a, &w] { w = {"user", "hold", a.hold_user, "--ttl", a.hold_ttl}; });
+  auto* release = user_cmd->add_subcommand("release", "End the user's hold on every node");
+  release->add_option("name", a.hold_user, "User name")->required();
+  release->callback([&a, &w] { w = {"user", "release", a.hold_user}; });
+  user_cmd->add_subcommand("list", "Users held now")->callback([&w] { w = {"user", "list"}; });
+
   // Commands of one word.
   const std::pair<const char*, const char*> plain[] = {
       {"actions", "What responders and operators did, newest first (GET /health/actions)"},
       {"stats", "Counters: connections, bytes, commands per backend"},
       {"reload", "Re-read the configuration file"},
+      {"fleet", "Fleet mode: this node, its Redis link, shared drains and holds"},
   };
   for (const auto& [name, what] : plain) {
     app.add_subcommand(name, what)->callback([&w, name = std::string(name)] { w = {name}; });

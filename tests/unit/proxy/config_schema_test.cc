@@ -267,6 +267,7 @@ address = "127.0.0.1:10143"
   expectStructDefaults(kProcessSection, w.process, f.process);
   expectStructDefaults(kProtocolLogSection, w.protocol_log, f.protocol_log);
   expectStructDefaults(kHealthSection, w.health, f.health);
+  expectStructDefaults(kFleetSection, w.fleet, f.fleet);
   // The keys read by hand: compared whole.
   EXPECT_EQ(w.backends.at(0).pin_sha256, f.backends.at(0).pin_sha256);
   EXPECT_EQ(w.health.responders_dry_run, f.health.responders_dry_run);

@@ -1,0 +1,452 @@
+#include "fleet/fleet_client.h"
+
+#include <hiredis/hiredis.h>
+
+#include <algorithm>
+#include <charconv>
+#include <random>
+#include <utility>
+
+#include "config.h"
+#include "portico/logging.h"
+
+namespace portico::proxy::fleet {
+
+namespace {
+
+using Millis = std::chrono::milliseconds;
+
+std::string key(std::string_view name) {
+  return std::string(kKeyPrefix) + std::string(name);
+}
+
+// Reads every live hold (dropping index entries whose key expired) and the
+// backend verdicts, in one round trip.
+constexpr const char* kReconcileScript = R"lua(
+local holds = {}
+for _, u in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local ttl = redis.call('PTTL', ARGV[1] .. u)
+  if ttl > 0 then
+    holds[#holds + 1] = u
+    holds[#holds + 1] = tostring(ttl)
+  else
+    redis.call('SREM', KEYS[2], u)
+  end
+end
+return {redis.call('HGETALL', KEYS[1]), holds}
+)lua";
+
+// Last writer wins: each (field, value, stamp, node) replaces the stored
+// verdict only when newer; a change is announced on the channel (ARGV[1]).
+constexpr const char* kMergeScript = R"lua(
+local changed = 0
+for i = 2, #ARGV, 4 do
+  local stamp, node = -1, ''
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  if cur then
+    local s, n = string.match(cur, '^%S+ (%d+) (.*)$')
+    if s then stamp, node = tonumber(s), n end
+  end
+  local mine = tonumber(ARGV[i + 2])
+  if mine > stamp or (mine == stamp and ARGV[i + 3] > node) then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    changed = changed + 1
+  end
+end
+if changed > 0 then redis.call('PUBLISH', ARGV[1], 'backends') end
+return changed
+)lua";
+
+// KEYS: hold key, index set. ARGV: user, node, ttl ms, channel, "nx" to
+// leave an existing hold alone.
+constexpr const char* kHoldScript = R"lua(
+if ARGV[5] == 'nx' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('PUBLISH', ARGV[4], 'holds')
+return 1
+)lua";
+
+constexpr const char* kReleaseScript = R"lua(
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('PUBLISH', ARGV[2], 'holds')
+return 1
+)lua";
+
+// The data generation: set by the first node to reach an empty Redis.
+constexpr const char* kEpochScript = R"lua(
+local e = redis.call('GET', KEYS[1])
+if e then return {e, 0} end
+redis.call('SET', KEYS[1], ARGV[1])
+return {ARGV[1], 1}
+)lua";
+
+std::uint64_t wallMs() {
+  return static_cast<std::uint64_t>(
+      std::chrono::duration_cast<Millis>(std::chrono::system_clock::now().time_since_epoch())
+          .count());
+}
+
+std::string randomToken() {
+  std::random_device device;
+  std::uint64_t value = (static_cast<std::uint64_t>(device()) << 32) | device();
+  char text[17];
+  std::snprintf(text, sizeof(text), "%016llx", static_cast<unsigned long long>(value));
+  return text;
+}
+
+std::string_view textOf(const redisReply* reply) {
+  return reply != nullptr && (reply->type == REDIS_REPLY_STRING ||
+                              reply->type == REDIS_REPLY_STATUS || reply->type == REDIS_REPLY_ERROR)
+             ? std::string_view(reply->str, reply->len)
+             : std::string_view();
+}
+
+// The error of a reply: transport error, Redis error, or "".
+std::string replyError(const redisReply* reply, const std::string& error) {
+  if (reply == nullptr) {
+    return error.empty() ? "no reply" : error;
+  }
+  if (reply->type == REDIS_REPLY_ERROR) {
+    return "redis: " + std::string(textOf(reply).substr(0, 200));
+  }
+  return "";
+}
+
+}  // namespace
+
+FleetClient::FleetClient(uv_loop_t* loop, const FleetConfig& config, LoginGate& gate,
+                         FleetHooks hooks)
+    : loop_(loop),
+      config_(config),
+      node_(config.node.empty() ? defaultNodeName() : config.node),
+      gate_(gate),
+      hooks_(std::move(hooks)) {
+  std::optional<HostPort> address = parseHostPort(config_.redis);
+  HostPort where = address.value_or(HostPort{"127.0.0.1", 6379, false});
+  commands_ = std::make_unique<RedisConnection>(
+      loop_, where.host, where.port, where.ipv6, kRedisTimeout,
+      RedisConnection::Hooks{[this] { onConnected(); },
+                             [this](const std::string& why) { onLost(why); }});
+  events_ = std::make_unique<RedisConnection>(
+      loop_, where.host, where.port, where.ipv6, kRedisTimeout,
+      RedisConnection::Hooks{[this] { onSubscriberConnected(); }, nullptr});
+}
+
+FleetClient::~FleetClient() {
+  stop();
+}
+
+void FleetClient::start() {
+  if (timer_ != nullptr) {
+    return;
+  }
+  timer_ = new uv_timer_t;
+  uv_timer_init(loop_, timer_);
+  timer_->data = this;
+  const auto every = static_cast<std::uint64_t>(kReconcileEvery.count());
+  uv_timer_start(
+      timer_,
+      [](uv_timer_t* t) {
+        auto* self = static_cast<FleetClient*>(t->data);
+        if (self->holds_.expire(Clock::now()) > 0) {
+          self->gate_.setHolds(self->holds_);
+        }
+        if (self->commands_->connected()) {
+          self->reconcile();
+        } else {
+          self->unreachable(self->commands_->lastError().empty() ? "not connected"
+                                                                 : self->commands_->lastError());
+        }
+      },
+      every, every);
+  logging::log(logging::Level::kInfo, "fleet", "fleet node {} sharing state through {} ({})", node_,
+               commands_->where(),
+               config_.refuseWhenDown() ? "refusing logins while it is down"
+                                        : "local state while it is down");
+  commands_->start();
+  events_->start();
+}
+
+void FleetClient::stop() {
+  if (timer_ != nullptr) {
+    uv_timer_stop(timer_);
+    uv_close(reinterpret_cast<uv_handle_t*>(timer_),
+             [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+    timer_ = nullptr;
+  }
+  commands_->close();
+  events_->close();
+}
+
+void FleetClient::onConnected() {
+  republishing_ =
+      commands_->command({"EVAL", kEpochScript, "1", key("epoch"), randomToken()},
+                         [this](const redisReply* reply, const std::string& error) {
+                           republishing_ = false;
+                           if (!replyError(reply, error).empty() ||
+                               reply->type != REDIS_REPLY_ARRAY || reply->elements != 2) {
+                             unreachable("epoch: " + (replyError(reply, error).empty()
+                                                          ? std::string("unexpected reply")
+                                                          : replyError(reply, error)));
+                             return;
+                           }
+                           std::string epoch(textOf(reply->element[0]));
+                           const bool created = reply->element[1]->type == REDIS_REPLY_INTEGER &&
+                                                reply->element[1]->integer == 1;
+                           const bool everything = created || (!epoch_.empty() && epoch != epoch_);
+                           epoch_ = epoch;
+                           republish(everything);
+                           reconcile();
+                         });
+}
+
+void FleetClient::onLost(const std::string& why) {
+  republishing_ = false;
+  unreachable(why);
+}
+
+void FleetClient::unreachable(const std::string& why) {
+  if (synced_ || last_error_ != why) {
+    logging::log(
+        synced_ ? logging::Level::kWarn : logging::Level::kInfo, "fleet",
+        "fleet state unavailable ({}): {}", why,
+        config_.refuseWhenDown() ? "refusing new logins" : "going on with the last known state");
+  }
+  synced_ = false;
+  last_error_ = why;
+  if (config_.refuseWhenDown()) {
+    gate_.setRefusing(true);
+  }
+  if (hooks_.health) {
+    hooks_.health(false, why);
+  }
+}
+
+void FleetClient::onSubscriberConnected() {
+  events_->subscribe(key("events"), [this](const redisReply* reply, const std::string&) {
+    // The confirmation and every message: read the state again (a message
+    // missed while resubscribing is covered by the confirmation's read).
+    if (reply != nullptr && reply->type == REDIS_REPLY_ARRAY && commands_->connected()) {
+      reconcile();
+    }
+  });
+}
+
+void FleetClient::republish(bool everything) {
+  std::vector<std::pair<std::string, Verdict>> all(verdicts_.begin(), verdicts_.end());
+  if (!all.empty()) {
+    sendVerdicts(all, [](const std::string& error) {
+      if (!error.empty()) {
+        logging::log(logging::Level::kWarn, "fleet", "republishing backend state: {}", error);
+      }
+    });
+  }
+  const auto now = Clock::now();
+  auto logError = [](const std::string& error) {
+    if (!error.empty()) {
+      logging::log(logging::Level::kWarn, "fleet", "republishing holds: {}", error);
+    }
+  };
+  std::map<std::string, std::optional<Clock::time_point>> unsent = std::move(unsent_holds_);
+  unsent_holds_.clear();
+  for (const auto& [user, until] : unsent) {
+    if (!until) {
+      sendRelease(user, logError);
+    } else if (*until > now) {
+      sendHold(user, std::chrono::duration_cast<Millis>(*until - now), false, logError);
+    }
+  }
+  if (everything) {
+    logging::log(logging::Level::kInfo, "fleet",
+                 "Redis lost the fleet state (new epoch): publishing this node's ({} backend "
+                 "verdicts, {} holds)",
+                 verdicts_.size(), holds_.entries().size());
+    for (const auto& [user, until] : holds_.entries()) {
+      if (until > now && unsent.count(user) == 0) {
+        sendHold(user, std::chrono::duration_cast<Millis>(until - now), true, logError);
+      }
+    }
+  }
+}
+
+void FleetClient::sendVerdicts(const std::vector<std::pair<std::string, Verdict>>& verdicts,
+                               Done done) {
+  std::vector<std::string> args{"EVAL", kMergeScript, "1", key("backends"), key("events")};
+  for (const auto& [backend, verdict] : verdicts) {
+    args.push_back(backend);
+    args.push_back(encodeVerdict(verdict));
+    args.push_back(std::to_string(verdict.stamp_ms));
+    args.push_back(verdict.node);
+  }
+  if (!commands_->command(args, [done](const redisReply* reply, const std::string& error) {
+        done(replyError(reply, error));
+      })) {
+    done(commands_->where() + " unavailable: " + commands_->lastError());
+  }
+}
+
+void FleetClient::sendHold(const std::string& user, Millis ttl, bool only_if_absent, Done done) {
+  std::vector<std::string> args{
+      "EVAL",        kHoldScript,
+      "2",           key("hold:") + user,
+      key("holds"),  user,
+      node_,         std::to_string(std::max<std::int64_t>(1, ttl.count())),
+      key("events"), only_if_absent ? "nx" : ""};
+  if (!commands_->command(args, [done](const redisReply* reply, const std::string& error) {
+        done(replyError(reply, error));
+      })) {
+    done(commands_->where() + " unavailable: " + commands_->lastError());
+  }
+}
+
+void FleetClient::sendRelease(const std::string& user, Done done) {
+  std::vector<std::string> args{"EVAL",       kReleaseScript, "2",          key("hold:") + user,
+                                key("holds"), user,           key("events")};
+  if (!commands_->command(args, [done](const redisReply* reply, const std::string& error) {
+        done(replyError(reply, error));
+      })) {
+    done(commands_->where() + " unavailable: " + commands_->lastError());
+  }
+}
+
+void FleetClient::publishVerdict(const std::string& backend, bool drained, bool move_sessions,
+                                 Done done) {
+  Verdict verdict{drained, move_sessions, wallMs(), node_};
+  if (auto it = verdicts_.find(backend); it != verdicts_.end()) {
+    verdict.stamp_ms = std::max(verdict.stamp_ms, it->second.stamp_ms + 1);
+  }
+  verdicts_[backend] = verdict;
+  sendVerdicts({{backend, verdict}}, std::move(done));
+}
+
+void FleetClient::hold(const std::string& user, Millis ttl, Done done) {
+  ++local_changes_;
+  const auto until = Clock::now() + ttl;
+  holds_.put(user, until);
+  gate_.setHolds(holds_);
+  if (hooks_.bye_users) {
+    hooks_.bye_users({user});
+  }
+  if (!commands_->connected()) {
+    unsent_holds_[user] = until;
+    done(commands_->where() + " unavailable: " + commands_->lastError());
+    return;
+  }
+  sendHold(user, ttl, false, std::move(done));
+}
+
+void FleetClient::release(const std::string& user, Done done) {
+  ++local_changes_;
+  holds_.erase(user);
+  gate_.setHolds(holds_);
+  if (!commands_->connected()) {
+    unsent_holds_[user] = std::nullopt;
+    done(commands_->where() + " unavailable: " + commands_->lastError());
+    return;
+  }
+  sendRelease(user, std::move(done));
+}
+
+void FleetClient::reconcile() {
+  if (republishing_) {
+    return;  // the epoch's answer reads the state once it has republished
+  }
+  if (reading_) {
+    read_again_ = true;
+    return;
+  }
+  reading_ = true;
+  const std::uint64_t changes = local_changes_;
+  const bool sent = commands_->command(
+      {"EVAL", kReconcileScript, "2", key("backends"), key("holds"), key("hold:")},
+      [this, changes](const redisReply* reply, const std::string& error) {
+        reading_ = false;
+        reconciled(reply, error, changes != local_changes_);
+        if (read_again_ && commands_->connected()) {
+          read_again_ = false;
+          reconcile();
+        }
+      });
+  if (!sent) {
+    reading_ = false;
+    unreachable(commands_->lastError().empty() ? "not connected" : commands_->lastError());
+  }
+}
+
+void FleetClient::reconciled(const void* raw, const std::string& error, bool stale_holds) {
+  const auto* reply = static_cast<const redisReply*>(raw);
+  std::string problem = replyError(reply, error);
+  if (problem.empty() && (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+                          reply->element[0]->type != REDIS_REPLY_ARRAY ||
+                          reply->element[1]->type != REDIS_REPLY_ARRAY)) {
+    problem = "unexpected reply to the state read";
+  }
+  if (!problem.empty()) {
+    unreachable(problem);
+    return;
+  }
+  const redisReply* backends = reply->element[0];
+  for (std::size_t i = 0; i + 1 < backends->elements; i += 2) {
+    std::string backend(textOf(backends->element[i]));
+    std::optional<Verdict> verdict = decodeVerdict(textOf(backends->element[i + 1]));
+    if (!verdict) {
+      continue;
+    }
+    auto it = verdicts_.find(backend);
+    if (it != verdicts_.end() && !newer(*verdict, it->second)) {
+      continue;
+    }
+    verdicts_[backend] = *verdict;
+    if (hooks_.apply_drain &&
+        hooks_.apply_drain(backend, verdict->drained, verdict->drained && verdict->move_sessions)) {
+      logging::log(logging::Level::kInfo, "fleet", "backend {} {} fleet-wide by node {}", backend,
+                   verdict->drained ? "drained" : "enabled", verdict->node);
+    }
+  }
+  if (!stale_holds) {
+    const redisReply* holds = reply->element[1];
+    std::vector<std::pair<std::string, std::int64_t>> remaining;
+    for (std::size_t i = 0; i + 1 < holds->elements; i += 2) {
+      std::string_view ms = textOf(holds->element[i + 1]);
+      std::int64_t value = 0;
+      std::from_chars(ms.data(), ms.data() + ms.size(), value);
+      remaining.emplace_back(std::string(textOf(holds->element[i])), value);
+    }
+    HoldTable next;
+    next.replace(remaining, Clock::now());
+    std::vector<std::string> added;
+    for (const auto& [user, until] : next.entries()) {
+      if (holds_.entries().count(user) == 0) {
+        added.push_back(user);
+      }
+    }
+    std::size_t removed = 0;
+    for (const auto& [user, until] : holds_.entries()) {
+      removed += next.entries().count(user) == 0 ? 1 : 0;
+    }
+    if (!added.empty() || removed > 0) {
+      logging::log(logging::Level::kInfo, "fleet", "user holds: {} held ({} new, {} ended)",
+                   next.entries().size(), added.size(), removed);
+    }
+    holds_ = std::move(next);
+    gate_.setHolds(holds_);
+    if (!added.empty() && hooks_.bye_users) {
+      hooks_.bye_users(added);
+    }
+  } else {
+    read_again_ = true;  // a local hold or release crossed this read
+  }
+  if (!synced_) {
+    logging::log(logging::Level::kInfo, "fleet", "fleet state read from {}", commands_->where());
+  }
+  synced_ = true;
+  last_error_.clear();
+  gate_.setRefusing(false);
+  if (hooks_.health) {
+    hooks_.health(true, "");
+  }
+}
+
+}  // namespace portico::proxy::fleet

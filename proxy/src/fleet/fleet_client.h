@@ -1,0 +1,110 @@
+// Fleet mode's link to Redis, on the control loop (never on a worker loop):
+// publishes this node's operator drains and user holds, reads the fleet's
+// state back (at once on a pub/sub message, and every kReconcileEvery in any
+// case), applies it here, and feeds FleetStateMonitor. Key layout and the
+// rules of the state: fleet_state.h.
+//
+// Failure behaviour: every Redis call has a deadline (RedisConnection).
+// While Redis cannot be reached the node keeps its last known state (holds
+// still expire at their time) or, with on_redis_down = "refuse", has its
+// workers refuse new logins. Once Redis answers again the node publishes
+// what it made meanwhile, and everything it knows when Redis lost its data
+// (a restart without persistence: the epoch key changed), then reads the
+// fleet's state again.
+#pragma once
+
+#include <uv.h>
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "fleet/fleet_config.h"
+#include "fleet/fleet_state.h"
+#include "fleet/redis_connection.h"
+
+namespace portico::proxy::fleet {
+
+struct FleetHooks {
+  // Drains (or enables) a backend on this node; false when it has no
+  // backend of that name.
+  std::function<bool(const std::string& backend, bool drained, bool move_sessions)> apply_drain;
+  // Ends the open sessions of these (normalised) users between commands.
+  std::function<void(const std::vector<std::string>& users)> bye_users;
+  // One observation for FleetStateMonitor.
+  std::function<void(bool ok, const std::string& error)> health;
+};
+
+class FleetClient {
+ public:
+  static constexpr std::chrono::milliseconds kReconcileEvery{500};
+  static constexpr std::chrono::milliseconds kRedisTimeout{1'000};
+
+  // `config.redis` must be a valid address (checked by the config reader).
+  FleetClient(uv_loop_t* loop, const FleetConfig& config, LoginGate& gate, FleetHooks hooks);
+  ~FleetClient();
+  FleetClient(const FleetClient&) = delete;
+  FleetClient& operator=(const FleetClient&) = delete;
+
+  void start();
+  // Closes the connections; run the loop afterwards to free the handles.
+  void stop();
+
+  // "" when Redis took it, else why not (the change then applies on this
+  // node and is published once Redis is back).
+  using Done = std::function<void(const std::string& error)>;
+  // An operator's drain or enable made here; the caller applied it locally.
+  void publishVerdict(const std::string& backend, bool drained, bool move_sessions, Done done);
+  // Holds (normalised) `user` on every node for `ttl`, or releases it.
+  void hold(const std::string& user, std::chrono::milliseconds ttl, Done done);
+  void release(const std::string& user, Done done);
+
+  const std::string& node() const { return node_; }
+  std::string where() const { return commands_->where(); }
+  bool connected() const { return commands_->connected() && synced_; }
+  const std::string& lastError() const { return last_error_; }
+  bool refusing() const { return gate_.refusing(); }
+  const std::map<std::string, Verdict>& verdicts() const { return verdicts_; }
+  const HoldTable& holds() const { return holds_; }
+
+ private:
+  void onConnected();
+  void onLost(const std::string& why);
+  void onSubscriberConnected();
+  void republish(bool everything);
+  void sendVerdicts(const std::vector<std::pair<std::string, Verdict>>& verdicts, Done done);
+  void sendHold(const std::string& user, std::chrono::milliseconds ttl, bool only_if_absent,
+                Done done);
+  void sendRelease(const std::string& user, Done done);
+  void reconcile();
+  void reconciled(const void* reply, const std::string& error, bool stale_holds);
+  void unreachable(const std::string& why);
+
+  uv_loop_t* loop_;
+  FleetConfig config_;
+  std::string node_;
+  LoginGate& gate_;
+  FleetHooks hooks_;
+  std::unique_ptr<RedisConnection> commands_;
+  std::unique_ptr<RedisConnection> events_;  // SUBSCRIBE only
+  uv_timer_t* timer_ = nullptr;
+  bool synced_ = false;      // the last read of the fleet state worked
+  bool reading_ = false;     // a reconcile is in flight
+  bool read_again_ = false;  // ... and another was asked for meanwhile
+  // Connected, and what this node made meanwhile not sent yet: a read now
+  // would drop the holds it placed while Redis was away.
+  bool republishing_ = false;
+  std::string epoch_;                // the Redis data generation last seen
+  std::uint64_t local_changes_ = 0;  // holds and releases made here
+  std::string last_error_;
+  std::map<std::string, Verdict> verdicts_;  // by backend: the newest known
+  HoldTable holds_;
+  // Holds (expiry) and releases (nullopt) made while Redis was away.
+  std::map<std::string, std::optional<Clock::time_point>> unsent_holds_;
+};
+
+}  // namespace portico::proxy::fleet

@@ -1,0 +1,20 @@
+// [fleet]: several Portico nodes sharing backend drains and user holds
+// through Redis (fleet/fleet_client.h). Read through the schema table
+// (config_schema.cc); the keys are the contract.
+#pragma once
+
+#include <string>
+
+namespace portico::proxy {
+
+struct FleetConfig {
+  std::string redis;                    // "IP:PORT"; "" = no fleet
+  std::string node;                     // "" = the host name (fleet::defaultNodeName())
+  std::string on_redis_down = "local";  // "local" | "refuse"
+
+  bool enabled() const { return !redis.empty(); }
+  bool refuseWhenDown() const { return on_redis_down == "refuse"; }
+  bool operator==(const FleetConfig&) const = default;
+};
+
+}  // namespace portico::proxy

@@ -1,0 +1,195 @@
+// Fleet mode on the control loop: the FleetClient's hooks into the workers
+// and the health model, and the admin socket's fleet commands.
+#include <chrono>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "config.h"
+#include "control.h"
+#include "portico/json_text.h"
+#include "portico/logging.h"
+#include "routing.h"
+
+namespace portico::proxy {
+
+namespace {
+
+using nlohmann::json;
+
+constexpr std::chrono::milliseconds kMaxHold{7 * 24 * 3600 * 1000LL};
+
+std::string ok(json body) {
+  body["ok"] = true;
+  return jsonText(body);
+}
+
+std::string fail(const std::string& message) {
+  return jsonText(json{{"ok", false}, {"error", message}});
+}
+
+// A user name fit to be a Redis key and a log field.
+bool goodUser(const std::string& user) {
+  if (user.empty() || user.size() > 256) {
+    return false;
+  }
+  for (char ch : user) {
+    auto c = static_cast<unsigned char>(ch);
+    if (c <= 0x20 || c == 0x7f) {
+      return false;
+    }
+  }
+  return true;
+}
+
+json statusJson(const Control& c) {
+  const fleet::FleetClient& f = *c.fleet;
+  json verdicts = json::object();
+  for (const auto& [backend, v] : f.verdicts()) {
+    verdicts[backend] = json{{"drained", v.drained},
+                             {"move_sessions", v.move_sessions},
+                             {"by", v.node},
+                             {"stamp_ms", v.stamp_ms}};
+  }
+  json holds = json::array();
+  const auto now = fleet::Clock::now();
+  for (const auto& [user, until] : f.holds().entries()) {
+    if (until > now) {
+      holds.push_back(
+          json{{"user", user},
+               {"remaining_ms",
+                std::chrono::duration_cast<std::chrono::milliseconds>(until - now).count()}});
+    }
+  }
+  return json{{"node", f.node()},
+              {"redis", f.where()},
+              {"connected", f.connected()},
+              {"last_error", f.lastError()},
+              {"on_redis_down", c.config->config.fleet.on_redis_down},
+              {"refusing_logins", f.refusing()},
+              {"backends", verdicts},
+              {"holds", holds}};
+}
+
+}  // namespace
+
+void startFleet(Control& c) {
+  const FleetConfig& config = c.config->config.fleet;
+  if (!config.enabled()) {
+    return;
+  }
+  fleet::FleetHooks hooks;
+  hooks.apply_drain = [&c](const std::string& backend, bool drained, bool move_sessions) {
+    return c.view->setDrainedByOperator(backend, drained, move_sessions);
+  };
+  hooks.bye_users = [&c](const std::vector<std::string>& users) {
+    for (auto& w : c.workers) {
+      w->post([users](Worker& worker) { worker.byeUsers(users); });
+    }
+  };
+  hooks.health = [&c](bool good, const std::string& error) {
+    if (c.health) {
+      c.health->recordFleetResult(good, error);
+    }
+  };
+  c.fleet =
+      std::make_unique<fleet::FleetClient>(&c.loop, config, c.shared.fleet_gate, std::move(hooks));
+  c.fleet->start();
+}
+
+void publishOperatorDrain(Control& c, const std::string& backend, bool drained, bool move_sessions,
+                          json result, AdminServer::Reply reply) {
+  if (!c.fleet) {
+    reply(ok(std::move(result)));
+    return;
+  }
+  c.fleet->publishVerdict(
+      backend, drained, move_sessions,
+      [result = std::move(result), reply = std::move(reply)](const std::string& error) mutable {
+        result["fleet"] = error.empty() ? "published" : "this node only for now: " + error;
+        reply(ok(std::move(result)));
+      });
+}
+
+void fleetCommand(Control& c, const std::vector<std::string>& words, AdminServer::Reply reply) {
+  const std::string& command = words.front();
+  if (!c.fleet) {
+    reply(fail(command + ": fleet mode is off ([fleet] redis is not set)"));
+    return;
+  }
+  if (command == "fleet") {
+    if (words.size() != 1) {
+      reply(fail("usage: fleet"));
+      return;
+    }
+    reply(ok(json{{"fleet", statusJson(c)}}));
+    return;
+  }
+  const std::string verb = words.size() > 1 ? words[1] : "";
+  if (verb == "list" && words.size() == 2) {
+    reply(ok(json{{"holds", statusJson(c)["holds"]}}));
+    return;
+  }
+  const char* usage = "usage: user hold USER --ttl DURATION | user release USER | user list";
+  if (verb == "hold") {
+    std::optional<Millis> ttl;
+    std::string user;
+    for (std::size_t i = 2; i < words.size(); ++i) {
+      if (words[i] == "--ttl" && i + 1 < words.size()) {
+        ttl = parseDuration(words[++i]);
+        if (!ttl) {
+          reply(fail("user hold: bad --ttl '" + words[i] + "' (e.g. 90s, 10m, 2h)"));
+          return;
+        }
+      } else if (user.empty() && words[i].rfind("--", 0) != 0) {
+        user = words[i];
+      } else {
+        reply(fail(usage));
+        return;
+      }
+    }
+    if (user.empty() || !ttl) {
+      reply(fail(usage));
+      return;
+    }
+    if (ttl->count() < 1000 || *ttl > kMaxHold) {
+      reply(fail("user hold: --ttl must be from 1s to 7 days"));
+      return;
+    }
+    user = normaliseUser(user);
+    if (!goodUser(user)) {
+      reply(fail("user hold: bad user name"));
+      return;
+    }
+    logging::log(logging::Level::kWarn, "admin", "user {} held fleet-wide for {} ms", user,
+                 ttl->count());
+    c.fleet->hold(
+        user, *ttl, [user, ttl = *ttl, reply = std::move(reply)](const std::string& error) {
+          reply(ok(
+              json{{"user", user},
+                   {"held", true},
+                   {"ttl_ms", ttl.count()},
+                   {"fleet", error.empty() ? "published" : "this node only for now: " + error}}));
+        });
+    return;
+  }
+  if (verb == "release" && words.size() == 3) {
+    std::string user = normaliseUser(words[2]);
+    if (!goodUser(user)) {
+      reply(fail("user release: bad user name"));
+      return;
+    }
+    logging::log(logging::Level::kWarn, "admin", "user {} released fleet-wide", user);
+    c.fleet->release(user, [user, reply = std::move(reply)](const std::string& error) {
+      reply(ok(json{{"user", user},
+                    {"held", false},
+                    {"fleet", error.empty() ? "published" : "this node only for now: " + error}}));
+    });
+    return;
+  }
+  reply(fail(usage));
+}
+
+}  // namespace portico::proxy

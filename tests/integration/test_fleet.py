@@ -1,0 +1,249 @@
+"""Fleet mode ([fleet], issue 11): several Portico nodes sharing operator
+drains and user holds through a real redis-server, with real Dovecot
+backends, all on loopback.
+
+- A drain (and an enable) made on one node reaches every other node.
+- A hold placed on one node refuses the user's logins on every node
+  (NO [UNAVAILABLE]) and ends her open sessions between commands; a release,
+  or the hold's TTL, lets her back in.
+- Redis killed mid-test: open sessions go on; new logins go on with the
+  last known state under on_redis_down = "local" and are refused under
+  "refuse"; FleetStateMonitor turns Unhealthy on /health; after Redis
+  restarts (empty) the nodes publish their state again, so a drain made
+  before the restart is still in force, also for a node started afterwards.
+
+Every wait polls for its condition with a deadline.
+"""
+import json
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from harness import ImapConn, portico_bin, wait_until
+from lookup_harness import RedisServer
+
+
+def fleet_cfg(redis_address, node, on_redis_down="local"):
+    return {"workers": 1,
+            "fleet": {"redis": redis_address, "node": node, "on_redis_down": on_redis_down}}
+
+
+def start_nodes(portico_factory, backends, redis_address, names, on_redis_down="local"):
+    return [portico_factory(backends, fleet_cfg(redis_address, n, on_redis_down)) for n in names]
+
+
+def drained(p, backend):
+    for b in p.admin("backend list")["backends"]:
+        if b["name"] == backend:
+            return b["drained_by_operator"]
+    raise AssertionError("no backend %s on %s" % (backend, p))
+
+
+def fleet_status(p):
+    return p.admin("fleet")["fleet"]
+
+
+def synced(p):
+    return fleet_status(p)["connected"]
+
+
+def fleet_monitor(p):
+    with urllib.request.urlopen("http://127.0.0.1:%d/health" % p.status_port, timeout=10) as r:
+        health = json.loads(r.read().decode())
+    for m in health["Monitors"]:
+        if m["Name"] == "FleetStateMonitor":
+            return m
+    return None
+
+
+def login_status(p, user):
+    with ImapConn(p.port) as c:
+        tagged = c.login(user)
+        return tagged
+
+
+def fresh_redis(redis):
+    assert redis.command("FLUSHALL") == "OK"
+    return redis
+
+
+def test_drain_and_enable_on_one_node_reach_every_node(portico_factory, backends, redis):
+    fresh_redis(redis)
+    a, b, c = start_nodes(portico_factory, backends, redis.address, ["node-a", "node-b", "node-c"])
+    assert wait_until(lambda: all(synced(p) for p in (a, b, c)), 10)
+    assert not any(drained(p, "mbx1") for p in (a, b, c))
+
+    reply = a.admin("backend drain mbx1")
+    assert reply["ok"] and reply["fleet"] == "published", reply
+    assert wait_until(lambda: drained(b, "mbx1") and drained(c, "mbx1"), 5), \
+        "the drain made on node-a did not reach node-b and node-c"
+    assert redis.command("HGET", "portico:fleet:backends", "mbx1").startswith("drained ")
+    # Routing on the other nodes follows: every login lands on mbx2.
+    for user in ("user01", "user02", "user03", "user04", "user05"):
+        with ImapConn(c.port) as conn:
+            assert conn.login(user).startswith(b"a001 OK"), user
+            sessions = c.admin("sessions --user %s" % user)["sessions"]
+            assert [s["backend"] for s in sessions] == ["mbx2"], sessions
+
+    # Enabled again from another node.
+    reply = b.admin("backend enable mbx1")
+    assert reply["ok"] and reply["fleet"] == "published", reply
+    assert wait_until(lambda: not drained(a, "mbx1") and not drained(c, "mbx1"), 5)
+    status = fleet_status(c)
+    assert status["backends"]["mbx1"]["drained"] is False
+    assert status["backends"]["mbx1"]["by"] == "node-b"
+
+
+def test_hold_refuses_logins_everywhere_and_ends_open_sessions(portico_factory, backends, redis):
+    fresh_redis(redis)
+    a, b, c = start_nodes(portico_factory, backends, redis.address, ["node-a", "node-b", "node-c"])
+    assert wait_until(lambda: all(synced(p) for p in (a, b, c)), 10)
+
+    held = ImapConn(c.port)
+    other = ImapConn(c.port)
+    try:
+        assert held.login("user07").startswith(b"a001 OK")  
+        assert other.login("user08").startswith(b"a001 OK")
+        assert held.ok("SELECT INBOX")
+
+        done = a.porticoctl("user", "hold", "USER07", "--ttl", "10m")
+        assert done.returncode == 0, done.stderr
+        # Node C ends user07's session between commands: a BYE, then close.
+        held.sock.settimeout(5)
+        line = held.readline()
+        assert line.startswith(b"* BYE [UNAVAILABLE]"), line
+        with pytest.raises(EOFError):
+            held.readline()
+        # Another user's session on the same node goes on.
+        assert other.ok("NOOP") is not None
+    finally:
+        held.close()
+        other.close()
+
+    for p in (a, b, c):
+        assert wait_until(lambda: login_status(p, "user07").startswith(b"a001 NO [UNAVAILABLE]"), 5), p
+        assert login_status(p, "user09").startswith(b"a001 OK")
+    assert redis.command("PTTL", "portico:fleet:hold:user07") is not None
+    assert c.count_lines("user held") >= 1
+
+    done = b.porticoctl("user", "release", "user07")
+    assert done.returncode == 0, done.stderr
+    for p in (a, b, c):
+        assert wait_until(lambda: login_status(p, "user07").startswith(b"a001 OK"), 5), p
+    assert redis.command("EXISTS", "portico:fleet:hold:user07") == "0"
+
+
+def test_hold_expires_by_itself(portico_factory, backends, redis):
+    fresh_redis(redis)
+    a, b = start_nodes(portico_factory, backends, redis.address, ["node-a", "node-b"])
+    assert wait_until(lambda: synced(a) and synced(b), 10)
+    reply = a.admin("user hold user06 --ttl 3s")
+    assert reply["ok"] and reply["fleet"] == "published", reply
+    assert wait_until(lambda: login_status(b, "user06").startswith(b"a001 NO [UNAVAILABLE]"), 2)
+    # Nobody releases it: the Redis key's TTL ends it on every node.
+    assert wait_until(lambda: login_status(b, "user06").startswith(b"a001 OK"), 10)
+    assert login_status(a, "user06").startswith(b"a001 OK")
+    assert redis.command("EXISTS", "portico:fleet:hold:user06") == "0"
+    assert fleet_status(b)["holds"] == []
+
+
+def outage_nodes(portico_factory, backends, on_redis_down):
+    server = RedisServer().start()
+    nodes = start_nodes(portico_factory, backends, server.address, ["node-a", "node-b"],
+                        on_redis_down)
+    assert wait_until(lambda: all(synced(p) for p in nodes), 10)
+    return server, nodes
+
+
+def test_redis_outage_local_keeps_state_and_reconciles(portico_factory, backends):
+    server, (a, b) = outage_nodes(portico_factory, backends, "local")
+    port = server.port
+    try:
+        assert a.admin("backend drain mbx1")["fleet"] == "published"
+        assert wait_until(lambda: drained(b, "mbx1"), 5)
+        session = ImapConn(b.port)
+        assert session.login("user02").startswith(b"a001 OK")
+        assert session.ok("SELECT INBOX")
+
+        server.stop()  # Redis killed mid-test
+        assert wait_until(lambda: (fleet_monitor(b) or {}).get("AlertValue") == "Unhealthy", 10), \
+            fleet_monitor(b)
+        assert "redis 127.0.0.1:%d" % port == fleet_monitor(b)["TargetResource"]
+        assert not fleet_status(b)["connected"]
+        # The open session goes on; new logins go on with the last known state.
+        assert session.ok("NOOP") is not None
+        assert session.ok("STATUS INBOX (MESSAGES)")
+        for user in ("user03", "user04"):
+            with ImapConn(b.port) as conn:
+                assert conn.login(user).startswith(b"a001 OK")
+                assert [s["backend"] for s in b.admin("sessions --user %s" % user)["sessions"]] \
+                    == ["mbx2"]
+        assert drained(b, "mbx1") and drained(a, "mbx1")
+        # A hold placed during the outage holds on its node at once ...
+        reply = a.admin("user hold user06 --ttl 10m")
+        assert reply["ok"] and reply["fleet"].startswith("this node only for now"), reply
+        assert login_status(a, "user06").startswith(b"a001 NO [UNAVAILABLE]")
+        assert login_status(b, "user06").startswith(b"a001 OK")
+
+        server = RedisServer(port=port).start()  # back, and empty
+        assert wait_until(lambda: synced(a) and synced(b), 10)
+        assert wait_until(lambda: (redis_value(server, "HGET", "portico:fleet:backends", "mbx1")
+                                   or "").startswith("drained "), 5)
+        assert wait_until(lambda: (fleet_monitor(b) or {}).get("AlertValue") == "Healthy", 10)
+        # ... and reaches the other nodes once Redis is back.
+        assert wait_until(lambda: login_status(b, "user06").startswith(b"a001 NO [UNAVAILABLE]"), 5)
+        # A node that starts now learns the drain made before the restart.
+        (c,) = start_nodes(portico_factory, backends, server.address, ["node-c"])
+        assert wait_until(lambda: drained(c, "mbx1"), 5)
+        assert session.ok("NOOP") is not None
+        session.close()
+    finally:
+        server.cleanup()
+
+
+def redis_value(server, *args):
+    try:
+        return server.command(*args)
+    except OSError:
+        return None
+
+
+def test_redis_outage_refuse_refuses_new_logins_only(portico_factory, backends):
+    server, (a, b) = outage_nodes(portico_factory, backends, "refuse")
+    port = server.port
+    try:
+        session = ImapConn(b.port)
+        assert session.login("user05").startswith(b"a001 OK")
+        server.stop()
+        assert wait_until(lambda: login_status(b, "user01").startswith(
+            b"a001 NO [UNAVAILABLE] Fleet state unavailable"), 10)
+        assert session.ok("SELECT INBOX")  # open sessions go on
+        assert fleet_status(b)["refusing_logins"] is True
+
+        server = RedisServer(port=port).start()
+        assert wait_until(lambda: login_status(b, "user01").startswith(b"a001 OK"), 10)
+        assert login_status(a, "user01").startswith(b"a001 OK")
+        assert session.ok("NOOP") is not None
+        session.close()
+    finally:
+        server.cleanup()
+
+
+def test_check_config_validates_the_fleet_table(tmp_path):
+    base = ('[[listen]]\naddress = "127.0.0.1:10143"\n[[backend]]\nname = "mbx1"\n'
+            'address = "127.0.0.1:10144"\n')
+    good = tmp_path / "good.toml"
+    good.write_text(base + '[fleet]\nredis = "127.0.0.1:6379"\nnode = "a"\non_redis_down = "refuse"\n')
+    run = subprocess.run([portico_bin(), "--check-config", str(good)], capture_output=True, text=True,
+                         timeout=30)
+    assert run.returncode == 0, run.stderr
+    for bad, says in (('redis = "redis.example:6379"', "bad 'redis' address"),
+                      ('on_redis_down = "wait"', "on_redis_down"),
+                      ('node = "a b"', "bad 'node'")):
+        path = tmp_path / "bad.toml"
+        path.write_text(base + "[fleet]\n" + bad + "\n")
+        run = subprocess.run([portico_bin(), "--check-config", str(path)], capture_output=True,
+                             text=True, timeout=30)
+        assert run.returncode != 0 and says in run.stderr, (bad, run.stderr)

@@ -1,0 +1,134 @@
+// Fleet mode's pure state: verdict encoding and ordering, hold expiry, and
+// the login gate workers ask.
+#include "fleet/fleet_state.h"
+
+#include <gtest/gtest.h>
+
+#include "config.h"
+
+namespace portico::proxy::fleet {
+namespace {
+
+using std::chrono::milliseconds;
+
+TEST(FleetVerdictTest, EncodesAndDecodesEveryState) {
+  for (Verdict v : {Verdict{true, false, 1733300000123, "portico-a"},
+                    Verdict{true, true, 5, "node.b_2"}, Verdict{false, false, 0, "c"}}) {
+    std::optional<Verdict> back = decodeVerdict(encodeVerdict(v));
+    ASSERT_TRUE(back.has_value()) << encodeVerdict(v);
+    EXPECT_EQ(*back, v);
+  }
+  EXPECT_EQ(encodeVerdict(Verdict{true, true, 42, "a"}), "drained+move 42 a");
+  EXPECT_EQ(encodeVerdict(Verdict{false, false, 7, "b"}), "enabled 7 b");
+}
+
+TEST(FleetVerdictTest, RefusesForeignOrDamagedValues) {
+  for (const char* text :
+       {"", "drained", "drained 12", "drained x12 a", "paused 12 a", "drained 12 ",
+        "drained 12 bad node", "enabled -1 a", "drained 99999999999999999999999 a"}) {
+    EXPECT_FALSE(decodeVerdict(text).has_value()) << text;
+  }
+}
+
+TEST(FleetVerdictTest, NewestStampWinsThenNodeName) {
+  Verdict older{true, false, 100, "z"};
+  Verdict later{false, false, 101, "a"};
+  EXPECT_TRUE(newer(later, older));
+  EXPECT_FALSE(newer(older, later));
+  Verdict tie_a{true, false, 100, "a"};
+  Verdict tie_b{false, false, 100, "b"};
+  EXPECT_TRUE(newer(tie_b, tie_a));
+  EXPECT_FALSE(newer(tie_a, tie_b));
+  EXPECT_FALSE(newer(tie_a, tie_a));  // the same verdict is not applied twice
+}
+
+TEST(FleetNodeNameTest, AcceptsHostNamesOnly) {
+  EXPECT_EQ(nodeNameProblem("portico-a.example_1"), "");
+  EXPECT_NE(nodeNameProblem(""), "");
+  EXPECT_NE(nodeNameProblem("a b"), "");
+  EXPECT_NE(nodeNameProblem(std::string(65, 'a')), "");
+  EXPECT_EQ(nodeNameProblem(defaultNodeName()), "");
+}
+
+TEST(FleetHoldTableTest, HoldsEndAtTheirTime) {
+  const Clock::time_point t0{};
+  HoldTable holds;
+  holds.put("alice", t0 + milliseconds(1000));
+  holds.put("bob", t0 + milliseconds(5000));
+  EXPECT_TRUE(holds.held("alice", t0 + milliseconds(999)));
+  EXPECT_FALSE(holds.held("alice", t0 + milliseconds(1000)));
+  EXPECT_FALSE(holds.held("carol", t0));
+  EXPECT_EQ(holds.expire(t0 + milliseconds(1000)), 1u);
+  EXPECT_EQ(holds.entries().count("alice"), 0u);
+  EXPECT_TRUE(holds.held("bob", t0 + milliseconds(4999)));
+  EXPECT_TRUE(holds.erase("bob"));
+  EXPECT_FALSE(holds.erase("bob"));
+  EXPECT_TRUE(holds.entries().empty());
+}
+
+TEST(FleetHoldTableTest, ReplaceTakesRedisRemainingTimes) {
+  const Clock::time_point t0{};
+  HoldTable holds;
+  holds.put("gone", t0 + milliseconds(60'000));
+  holds.replace({{"alice", 2000}, {"dead", 0}, {"negative", -2}}, t0);
+  EXPECT_FALSE(holds.held("gone", t0));  // Redis no longer has it
+  EXPECT_TRUE(holds.held("alice", t0 + milliseconds(1999)));
+  EXPECT_FALSE(holds.held("alice", t0 + milliseconds(2000)));
+  EXPECT_EQ(holds.entries().size(), 1u);
+}
+
+TEST(FleetLoginGateTest, RefusesHeldUsersUntilTheirHoldEnds) {
+  LoginGate gate;
+  const Clock::time_point t0 = Clock::now();
+  EXPECT_FALSE(gate.refusal("alice", t0).has_value());
+  HoldTable holds;
+  holds.put("alice", t0 + milliseconds(1000));
+  gate.setHolds(holds);
+  std::optional<std::string> refusal = gate.refusal("alice", t0);
+  ASSERT_TRUE(refusal.has_value());
+  EXPECT_EQ(refusal->rfind("[UNAVAILABLE] ", 0), 0u) << *refusal;
+  EXPECT_FALSE(gate.refusal("bob", t0).has_value());
+  // Expiry needs no update from the control loop.
+  EXPECT_FALSE(gate.refusal("alice", t0 + milliseconds(1000)).has_value());
+  gate.setHolds(HoldTable{});
+  EXPECT_FALSE(gate.refusal("alice", t0).has_value());
+}
+
+TEST(FleetLoginGateTest, RefusesEveryoneWhileRefusing) {
+  LoginGate gate;
+  const Clock::time_point t0 = Clock::now();
+  gate.setRefusing(true);
+  EXPECT_TRUE(gate.refusing());
+  ASSERT_TRUE(gate.refusal("anyone", t0).has_value());
+  EXPECT_NE(gate.refusal("anyone", t0)->find("[UNAVAILABLE]"), std::string::npos);
+  gate.setRefusing(false);
+  EXPECT_FALSE(gate.refusal("anyone", t0).has_value());
+}
+
+TEST(FleetConfigTest, ReadsAndChecksTheFleetTable) {
+  const std::string base =
+      "[[listen]]\naddress = \"127.0.0.1:10143\"\n[[backend]]\nname = "
+      "\"mbx1\"\naddress = \"127.0.0.1:10144\"\n";
+  ConfigResult none = parseConfig(base, "t.toml");
+  ASSERT_TRUE(none.errors.empty()) << none.errors[0];
+  EXPECT_FALSE(none.config->fleet.enabled());
+  EXPECT_EQ(none.config->fleet.on_redis_down, "local");
+
+  ConfigResult on = parseConfig(
+      base +
+          "[fleet]\nredis = \"127.0.0.1:6379\"\nnode = \"portico-a\"\non_redis_down = \"refuse\"\n",
+      "t.toml");
+  ASSERT_TRUE(on.errors.empty()) << on.errors[0];
+  EXPECT_TRUE(on.config->fleet.enabled());
+  EXPECT_EQ(on.config->fleet.node, "portico-a");
+  EXPECT_TRUE(on.config->fleet.refuseWhenDown());
+
+  for (const char* bad : {"redis = \"localhost\"", "on_redis_down = \"wait\"",
+                          "node = \"two words\"", "nodes = \"a\""}) {
+    ConfigResult result = parseConfig(base + "[fleet]\n" + bad + "\n", "t.toml");
+    EXPECT_FALSE(result.errors.empty()) << bad;
+  }
+}
+
+}  // namespace
+}  // namespace portico::proxy::fleet
