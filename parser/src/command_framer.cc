@@ -153,9 +153,7 @@ CommandHead parseCommandHead(const char* head, std::size_t n, bool complete, con
 
 }  // namespace
 
-CommandFramer::CommandFramer(const Limits& limits) : limits_(limits) {
-  allocate();
-}
+CommandFramer::CommandFramer(const Limits& limits) : limits_(limits) {}
 
 void CommandFramer::allocate() {
   head_.assign(detail::headCapacity(limits_), '\0');
@@ -163,8 +161,24 @@ void CommandFramer::allocate() {
   name_.assign(detail::kMaxCommandName, '\0');
 }
 
+bool CommandFramer::releaseBuffers() {
+  if (head_.empty() || !(atCommandStart() || failed())) {
+    return false;
+  }
+  std::string().swap(head_);
+  std::string().swap(tag_);
+  std::string().swap(name_);
+  tag_len_ = 0;
+  name_len_ = 0;
+  head_len_ = 0;
+  return true;
+}
+
 void CommandFramer::setLimits(const Limits& limits) {
   limits_ = limits;
+  if (head_.empty()) {
+    return;  // allocated with these limits by the next feed()
+  }
   allocate();
   // Keep the lengths inside the new buffers if called mid-command.
   scan_.stored = std::min<std::uint32_t>(scan_.stored, static_cast<std::uint32_t>(head_.size()));
@@ -318,6 +332,9 @@ FeedResult CommandFramer::feed(std::string_view input) {
     event.type = CommandEventType::kError;
     event.error = Error{failed_code_, true, failed_message_};
     return result;
+  }
+  if (head_.empty()) {
+    allocate();
   }
   const char* data = input.data();
   const std::size_t size = input.size();

@@ -68,12 +68,23 @@ Status statusAt(const char* head, std::size_t n, std::size_t pos, bool complete,
 
 }  // namespace
 
-ResponseFramer::ResponseFramer(const Limits& limits) : limits_(limits) {
-  head_.assign(detail::headCapacity(limits_), '\0');
+ResponseFramer::ResponseFramer(const Limits& limits) : limits_(limits) {}
+
+bool ResponseFramer::releaseBuffers() {
+  if (head_.empty() || !(atResponseStart() || failed())) {
+    return false;
+  }
+  std::string().swap(head_);
+  head_len_ = 0;
+  tag_len_ = 0;
+  return true;
 }
 
 void ResponseFramer::setLimits(const Limits& limits) {
   limits_ = limits;
+  if (head_.empty()) {
+    return;  // allocated with these limits by the next feed()
+  }
   head_.assign(detail::headCapacity(limits_), '\0');
   scan_.stored = std::min<std::uint32_t>(scan_.stored, static_cast<std::uint32_t>(head_.size()));
   head_len_ = std::min<std::uint32_t>(head_len_, scan_.stored);
@@ -246,6 +257,9 @@ ResponseFeedResult ResponseFramer::feed(std::string_view input) {
     event.type = ResponseEventType::kError;
     event.error = Error{failed_code_, true, failed_message_};
     return result;
+  }
+  if (head_.empty()) {
+    head_.assign(detail::headCapacity(limits_), '\0');
   }
   const char* data = input.data();
   const std::size_t size = input.size();

@@ -323,6 +323,9 @@ void TlsTransport::continueHandshake() {
         explicit_bzero(out.data(), out.size());
       }
     }
+    // The handshake's buffers are done with: an idle session keeps none.
+    releaseBioBuffer(wbio_, false, 0);
+    releaseBioBuffer(rbio_, true, 0);
     readPlaintext();
     return;
   }
@@ -412,6 +415,39 @@ void TlsTransport::flushCiphertext() {
     }
     inner_->write(Chunk(block, block->data(), static_cast<std::size_t>(n)));
   }
+  releaseBioBuffer(wbio_, false, kBioKeepBytes);
+}
+
+namespace {
+
+// What a memory BIO holds allocated (its buffer never shrinks by itself).
+std::size_t bioCapacity(BIO* bio) {
+  BUF_MEM* mem = nullptr;
+  BIO_get_mem_ptr(bio, &mem);
+  return mem != nullptr ? mem->max : 0;
+}
+
+}  // namespace
+
+void TlsTransport::releaseBioBuffer(BIO* bio, bool read_side, std::size_t keep) {
+  // A memory BIO keeps the largest buffer it ever needed: the handshake's
+  // flights on an idle session, or a 64 KiB read on one that once carried a
+  // big message. Once it is empty, a fresh BIO gives that memory back.
+  if (BIO_ctrl_pending(bio) > 0 || bioCapacity(bio) <= keep) {
+    return;
+  }
+  BIO* fresh = BIO_new(BIO_s_mem());
+  if (fresh == nullptr) {
+    return;  // keep the old one: only memory is at stake
+  }
+  if (read_side) {
+    BIO_set_mem_eof_return(fresh, -1);
+    SSL_set0_rbio(ssl_, fresh);  // frees the old one
+    rbio_ = fresh;
+  } else {
+    SSL_set0_wbio(ssl_, fresh);
+    wbio_ = fresh;
+  }
 }
 
 std::size_t TlsTransport::queuedBytes() const {
@@ -485,6 +521,7 @@ void TlsTransport::readPlaintext() {
   in_read_ = false;
   if (!closing_) {
     flushCiphertext();  // session tickets, key updates
+    releaseBioBuffer(rbio_, true, kBioKeepBytes);
   }
 }
 

@@ -131,6 +131,13 @@ class TlsTransport final : public Transport, public TransportHandler {
 
   Transport* inner_;
   SSL* ssl_;
+  // Replaces `bio` (rbio_ or wbio_) by a fresh one when it is empty and
+  // holds more than `keep` bytes of buffer.
+  void releaseBioBuffer(BIO* bio, bool read_side, std::size_t keep);
+  // A BIO buffer up to this size is kept between reads or writes (small
+  // commands reuse it); a bigger one is freed once drained.
+  static constexpr std::size_t kBioKeepBytes = 4096;
+
   BIO* rbio_;  // ciphertext from the peer, owned by ssl_
   BIO* wbio_;  // ciphertext to the peer, owned by ssl_
   TimerPtr timer_;

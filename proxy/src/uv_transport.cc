@@ -58,10 +58,8 @@ FreeWriteReqs::~FreeWriteReqs() {
 
 UvTcpTransport::UvTcpTransport(uv_loop_t* loop, BufferPool& pool) : pool_(pool) {
   uv_tcp_init(loop, &tcp_);
-  uv_timer_init(loop, &flush_timer_);
   tcp_.data = this;
-  flush_timer_.data = this;
-  handles_open_ = 2;
+  handles_open_ = 1;
 }
 
 UvTcpTransport* UvTcpTransport::adopt(uv_loop_t* loop, int fd, BufferPool& pool) {
@@ -82,8 +80,9 @@ UvTcpTransport* UvTcpTransport::connect(uv_loop_t* loop, const sockaddr* address
                                         TransportHandler* handler) {
   auto* t = new UvTcpTransport(loop, pool);
   t->handler_ = handler;
-  t->connect_req_.data = t;
-  int rc = uv_tcp_connect(&t->connect_req_, &t->tcp_, address, &UvTcpTransport::onConnect);
+  t->connect_req_ = std::make_unique<uv_connect_t>();
+  t->connect_req_->data = t;
+  int rc = uv_tcp_connect(t->connect_req_.get(), &t->tcp_, address, &UvTcpTransport::onConnect);
   if (rc != 0) {
     // Report asynchronously through the normal close path, never from here.
     t->closeWithReason(uv_strerror(rc));
@@ -100,6 +99,7 @@ void UvTcpTransport::readAddresses() {
 
 void UvTcpTransport::onConnect(uv_connect_t* req, int status) {
   auto* t = static_cast<UvTcpTransport*>(req->data);
+  t->connect_req_.reset();  // libuv is done with it (closing the handle cancels it first)
   if (t->closed_) {
     return;  // closed while connecting: the close callback reports it
   }
@@ -303,13 +303,17 @@ void UvTcpTransport::shutdown() {
     closeWithReason("closed");
     return;
   }
-  shutdown_req_.data = this;
-  if (uv_shutdown(&shutdown_req_, reinterpret_cast<uv_stream_t*>(&tcp_),
+  shutdown_ = std::make_unique<Shutdown>();
+  shutdown_->req.data = this;
+  uv_timer_init(tcp_.loop, &shutdown_->flush_timer);
+  shutdown_->flush_timer.data = this;
+  ++handles_open_;
+  if (uv_shutdown(&shutdown_->req, reinterpret_cast<uv_stream_t*>(&tcp_),
                   &UvTcpTransport::onShutdown) != 0) {
     closeWithReason("closed");
     return;
   }
-  uv_timer_start(&flush_timer_, &UvTcpTransport::onFlushTimeout, kShutdownFlushMs, 0);
+  uv_timer_start(&shutdown_->flush_timer, &UvTcpTransport::onFlushTimeout, kShutdownFlushMs, 0);
 }
 
 void UvTcpTransport::onShutdown(uv_shutdown_t* req, int) {
@@ -337,7 +341,10 @@ void UvTcpTransport::closeWithReason(std::string_view reason) {
     reading_ = false;
   }
   uv_close(reinterpret_cast<uv_handle_t*>(&tcp_), &UvTcpTransport::onHandleClosed);
-  uv_close(reinterpret_cast<uv_handle_t*>(&flush_timer_), &UvTcpTransport::onHandleClosed);
+  if (shutdown_ != nullptr) {
+    uv_close(reinterpret_cast<uv_handle_t*>(&shutdown_->flush_timer),
+             &UvTcpTransport::onHandleClosed);
+  }
 }
 
 void UvTcpTransport::onHandleClosed(uv_handle_t* handle) {

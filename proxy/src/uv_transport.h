@@ -14,6 +14,8 @@
 
 #include <uv.h>
 
+#include <memory>
+
 #include <functional>
 #include <string>
 
@@ -79,10 +81,16 @@ class UvTcpTransport final : public Transport {
   static void onFlushTimeout(uv_timer_t* timer);
   static void onHandleClosed(uv_handle_t* handle);
 
+  // Only the TCP handle lives as long as the connection: the connect
+  // request and the shutdown's request and flush timer exist only while
+  // they are in use, so an idle session does not carry them.
+  struct Shutdown {
+    uv_shutdown_t req;
+    uv_timer_t flush_timer;
+  };
   uv_tcp_t tcp_;
-  uv_timer_t flush_timer_;
-  uv_connect_t connect_req_;
-  uv_shutdown_t shutdown_req_;
+  std::unique_ptr<uv_connect_t> connect_req_;
+  std::unique_ptr<Shutdown> shutdown_;
   BufferPool& pool_;
   TransportHandler* handler_ = nullptr;
   Block* read_block_ = nullptr;

@@ -225,9 +225,17 @@ class CommandFramer {
   // setLimits() or reset().
   std::string_view currentTag() const;
   std::string_view currentName() const;
-  // Allocates (resizes the buffers); call between commands, not per feed.
+  // Resizes the buffers if they exist; call between commands, not per feed.
   void setLimits(const Limits& limits);
   void reset();
+  // The buffers (about 1.2 KiB with the default limits) are allocated by the
+  // first feed(), not by the constructor, so a connection that has sent
+  // nothing holds none. releaseBuffers() gives them back between commands
+  // (atCommandStart(), or failed()) so an idle session holds none either;
+  // the next feed() allocates them again. Returns whether it released them.
+  // Views from earlier events are invalid afterwards.
+  bool releaseBuffers();
+  bool holdsBuffers() const { return !head_.empty(); }
 
  private:
   enum class State : std::uint8_t { kLine, kBody, kSkip, kFailed };
@@ -244,9 +252,10 @@ class CommandFramer {
   bool lineEnded(const detail::LineResult& line, CommandEvent& event);
 
   Limits limits_;
-  std::string head_;  // first line of the command (see headCapacity()), sized once
-  std::string tag_;   // sized once to Limits::max_tag
-  std::string name_;  // upper-cased, sized once
+  // Sized by allocate() (from the first feed() on), empty while released.
+  std::string head_;  // first line of the command (see headCapacity())
+  std::string tag_;   // Limits::max_tag
+  std::string name_;  // upper-cased
   detail::LineScan scan_;
   std::uint64_t literal_left_ = 0;
   std::uint64_t command_bytes_ = 0;
@@ -321,9 +330,13 @@ class ResponseFramer {
   ResponseFeedResult feed(std::string_view input);
   bool atResponseStart() const;
   bool failed() const;  // a fatal error was reported; only reset() helps
-  // Allocates (resizes the head buffer); call between responses.
+  // Resizes the head buffer if it exists; call between responses.
   void setLimits(const Limits& limits);
   void reset();
+  // As CommandFramer's: the head buffer exists from the first feed() until
+  // releaseBuffers() between responses (atResponseStart(), or failed()).
+  bool releaseBuffers();
+  bool holdsBuffers() const { return !head_.empty(); }
 
  private:
   enum class State : std::uint8_t { kLine, kBody, kSkip, kFailed };
@@ -336,7 +349,7 @@ class ResponseFramer {
   bool lineEnded(const detail::LineResult& line, ResponseEvent& event);
 
   Limits limits_;
-  std::string head_;  // first line of the response, sized once
+  std::string head_;  // first line of the response; sized by the first feed(), empty while released
   detail::LineScan scan_;
   std::uint64_t literal_left_ = 0;
   std::uint64_t response_bytes_ = 0;

@@ -630,6 +630,48 @@ TEST(CommandFramer, StateAccessorsAcrossALiteral) {
   EXPECT_TRUE(framer.atCommandStart());
 }
 
+TEST(CommandFramer, BuffersExistFromTheFirstFeedUntilReleasedBetweenCommands) {
+  CommandFramer framer;
+  EXPECT_FALSE(framer.holdsBuffers());  // a connection that sent nothing holds none
+  EXPECT_FALSE(framer.releaseBuffers());
+  auto r = framer.feed("a1 APPEND x {3}\r\nab");
+  EXPECT_EQ(Type::kLiteral, r.event.type);
+  EXPECT_TRUE(framer.holdsBuffers());
+  EXPECT_FALSE(framer.releaseBuffers());  // mid-command: kept
+  r = framer.feed("abc");
+  EXPECT_FALSE(framer.releaseBuffers());  // still inside the command (no CRLF yet)
+  r = framer.feed("\r\n");
+  EXPECT_EQ(Type::kCommand, r.event.type);
+  EXPECT_EQ("a1", r.event.tag);
+  EXPECT_TRUE(framer.releaseBuffers());
+  EXPECT_FALSE(framer.holdsBuffers());
+  EXPECT_EQ("", framer.currentTag());
+  // Framing after a release is the same as before it.
+  r = framer.feed("b2 uid fetch 1:* (FLAGS)\r\n");
+  EXPECT_EQ(Type::kCommand, r.event.type);
+  EXPECT_EQ("b2", r.event.tag);
+  EXPECT_EQ("FETCH", r.event.name);
+  EXPECT_TRUE(r.event.uid);
+  EXPECT_EQ("b2 uid fetch 1:* (FLAGS)", r.event.head);
+  // A partial line is never released.
+  r = framer.feed("c3 NO");
+  EXPECT_EQ(Type::kNeedMore, r.event.type);
+  EXPECT_FALSE(framer.releaseBuffers());
+  r = framer.feed("OP\r\n");
+  EXPECT_EQ("c3", r.event.tag);
+  EXPECT_EQ("NOOP", r.event.name);
+}
+
+TEST(CommandFramer, SetLimitsBeforeTheFirstFeedAppliesThem) {
+  CommandFramer framer;
+  Limits small;
+  small.max_tag = 4;
+  framer.setLimits(small);
+  EXPECT_FALSE(framer.holdsBuffers());
+  auto r = framer.feed("toolong NOOP\r\n");
+  EXPECT_EQ(Type::kError, r.event.type);
+}
+
 TEST(CommandFramer, NonSyncLiteralNeverAwaitsContinuation) {
   CommandFramer framer;
   auto r = framer.feed("a APPEND x {3+}\r\n");

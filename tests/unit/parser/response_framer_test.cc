@@ -342,6 +342,24 @@ TEST(ResponseFramer, AtResponseStart) {
   EXPECT_TRUE(framer.atResponseStart());
 }
 
+TEST(ResponseFramer, HeadBufferExistsFromTheFirstFeedUntilReleasedBetweenResponses) {
+  ResponseFramer framer;
+  EXPECT_FALSE(framer.holdsBuffers());
+  auto r = framer.feed("* 1 FETCH (BODY[] {3}\r\nab");
+  EXPECT_TRUE(framer.holdsBuffers());
+  EXPECT_FALSE(framer.releaseBuffers());  // mid-response: kept
+  r = framer.feed("c)\r\n");
+  EXPECT_EQ(Type::kUntagged, r.event.type);
+  EXPECT_TRUE(framer.releaseBuffers());
+  EXPECT_FALSE(framer.holdsBuffers());
+  r = framer.feed("a1 NO [UNAVAILABLE] try later\r\n");
+  EXPECT_EQ(Type::kTagged, r.event.type);
+  EXPECT_EQ("a1", r.event.tag);
+  EXPECT_EQ(Status::kNo, r.event.status);
+  EXPECT_EQ("UNAVAILABLE", r.event.code);
+  EXPECT_EQ("try later", r.event.text);
+}
+
 TEST(ResponseFramer, FatalErrorIsStickyUntilReset) {
   ResponseFramer framer;
   auto r = framer.feed("* 1 FETCH (BODY[] {}\r\n* OK\r\n");
