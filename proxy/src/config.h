@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "lookup/lookup_config.h"
-#include "network.h"
+#include "net_types.h"
 
 namespace portico::proxy {
 

@@ -14,7 +14,7 @@
 #include "portico/health.h"
 #include "portico/logging.h"
 #include "runtime.h"
-#include "task_queue.h"
+#include "net_types.h"
 #include "worker.h"
 #include "worker_proxy_view.h"
 

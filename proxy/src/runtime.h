@@ -19,7 +19,7 @@
 #include "portico/status.h"
 #include "protocol_trace.h"
 #include "routing.h"
-#include "tls.h"
+#include "net_types.h"
 
 namespace portico::proxy {
 

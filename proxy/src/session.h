@@ -23,7 +23,7 @@
 #include "lookup/lookup.h"
 #include "portico/parser.h"
 #include "runtime.h"
-#include "transport.h"
+#include "net_types.h"
 
 namespace portico::proxy {
 

@@ -20,7 +20,7 @@
 #include "lookup/lookup_stage.h"
 #include "runtime.h"
 #include "session.h"
-#include "task_queue.h"
+#include "net_types.h"
 
 namespace portico::proxy {
 

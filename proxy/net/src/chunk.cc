@@ -1,10 +1,10 @@
-#include "chunk.h"
+#include "portico/net/chunk.h"
 
 #include <cstdlib>
 #include <cstring>
 #include <new>
 
-namespace portico::proxy {
+namespace portico::net {
 
 namespace {
 // Zeroes what a secret left in a block before the memory is reused or
@@ -85,4 +85,4 @@ void Chunk::releaseBlock(Block* block) {
   }
 }
 
-}  // namespace portico::proxy
+}  // namespace portico::net

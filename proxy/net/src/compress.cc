@@ -1,4 +1,4 @@
-#include "compress.h"
+#include "portico/net/compress.h"
 
 #include <chrono>
 #include <cstdlib>
@@ -6,7 +6,7 @@
 
 #include <fmt/format.h>
 
-namespace portico::proxy {
+namespace portico::net {
 
 namespace {
 // zalloc keeps each allocation's size in front of it so zfree can count it.
@@ -220,4 +220,4 @@ void DeflateTransport::onClosed(Transport*, std::string_view reason) {
   delete this;
 }
 
-}  // namespace portico::proxy
+}  // namespace portico::net

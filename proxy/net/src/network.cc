@@ -1,11 +1,11 @@
-#include "network.h"
+#include "portico/net/network.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
 #include <cstring>
 
-namespace portico::proxy {
+namespace portico::net {
 
 namespace {
 
@@ -109,4 +109,4 @@ bool networksContain(const std::vector<Network>& networks, const sockaddr_storag
   return false;
 }
 
-}  // namespace portico::proxy
+}  // namespace portico::net

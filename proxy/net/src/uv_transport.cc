@@ -1,4 +1,4 @@
-#include "uv_transport.h"
+#include "portico/net/uv_transport.h"
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -7,7 +7,7 @@
 #include <cstring>
 #include <vector>
 
-namespace portico::proxy {
+namespace portico::net {
 
 struct UvTcpTransport::WriteReq {
   uv_write_t req;
@@ -382,4 +382,4 @@ void UvTimer::onTimer(uv_timer_t* timer) {
   }
 }
 
-}  // namespace portico::proxy
+}  // namespace portico::net

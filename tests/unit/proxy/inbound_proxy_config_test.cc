@@ -9,7 +9,7 @@
 #include <cstring>
 
 #include "config.h"
-#include "network.h"
+#include "net_types.h"
 #include "runtime.h"
 
 namespace portico::proxy {

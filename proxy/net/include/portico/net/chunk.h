@@ -17,7 +17,7 @@
 #include <utility>
 #include <vector>
 
-namespace portico::proxy {
+namespace portico::net {
 
 class BufferPool;
 
@@ -130,4 +130,4 @@ class Chunk {
   std::size_t size_ = 0;
 };
 
-}  // namespace portico::proxy
+}  // namespace portico::net

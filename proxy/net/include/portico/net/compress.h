@@ -38,11 +38,10 @@
 #include <cstddef>
 #include <string>
 
-#include "chunk.h"
-#include "tls.h"  // TimerFactory
-#include "transport.h"
+#include "portico/net/chunk.h"
+#include "portico/net/transport.h"
 
-namespace portico::proxy {
+namespace portico::net {
 
 inline constexpr int kDeflateWindowBits = 12;
 inline constexpr int kDeflateMemLevel = 6;
@@ -114,4 +113,4 @@ class DeflateTransport final : public Transport, public TransportHandler {
   std::string close_reason_;
 };
 
-}  // namespace portico::proxy
+}  // namespace portico::net

@@ -11,7 +11,7 @@
 #include <string_view>
 #include <vector>
 
-namespace portico::proxy {
+namespace portico::net {
 
 struct Network {
   std::array<std::uint8_t, 16> address{};  // network byte order, host bits zero
@@ -30,4 +30,4 @@ std::optional<Network> parseNetwork(std::string_view text, std::string& error);
 // IPv4-mapped IPv6 address (::ffff:10.1.2.3) matches as its IPv4 address.
 bool networksContain(const std::vector<Network>& networks, const sockaddr_storage& address);
 
-}  // namespace portico::proxy
+}  // namespace portico::net

@@ -9,7 +9,7 @@
 #include <mutex>
 #include <vector>
 
-namespace portico::proxy {
+namespace portico::net {
 
 class TaskQueue {
  public:
@@ -65,4 +65,4 @@ class TaskQueue {
   bool closed_ = false;
 };
 
-}  // namespace portico::proxy
+}  // namespace portico::net

@@ -16,10 +16,9 @@
 #include <string_view>
 #include <utility>
 
-#include "chunk.h"
-#include "config.h"
+#include "portico/net/chunk.h"
 
-namespace portico::proxy {
+namespace portico::net {
 
 class Transport;
 
@@ -78,5 +77,7 @@ class Timer {
   virtual void cancel() = 0;
 };
 using TimerPtr = std::unique_ptr<Timer>;
+// Makes a timer that runs the callback on the transport's loop.
+using TimerFactory = std::function<TimerPtr(std::function<void()>)>;
 
-}  // namespace portico::proxy
+}  // namespace portico::net

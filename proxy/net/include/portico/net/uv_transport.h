@@ -17,9 +17,9 @@
 #include <functional>
 #include <string>
 
-#include "transport.h"
+#include "portico/net/transport.h"
 
-namespace portico::proxy {
+namespace portico::net {
 
 class UvTcpTransport final : public Transport {
  public:
@@ -114,4 +114,4 @@ class UvTimer final : public Timer {
   std::function<void()> callback_;
 };
 
-}  // namespace portico::proxy
+}  // namespace portico::net
