@@ -3,7 +3,7 @@
 // carry each key's type, range and check; what is read here by hand is
 // what spans keys or tables: required tables, duplicate names, keys that
 // need each other, the routing map file and the probe users' pins.
-#include "config.h"
+#include "config/config.h"
 
 #include <algorithm>
 #include <cctype>
@@ -18,8 +18,8 @@
 
 #include <toml++/toml.h>
 
-#include "config_keys.h"
-#include "config_schema.h"
+#include "config/config_keys.h"
+#include "config/config_schema.h"
 #include "lookup/lookup_toml.h"
 #include "portico/ascii.h"
 #include "routing.h"

@@ -23,7 +23,7 @@
 
 #include <toml++/toml.h>
 
-#include "config_schema.h"
+#include "config/config_schema.h"
 
 namespace portico::proxy {
 

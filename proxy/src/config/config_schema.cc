@@ -1,4 +1,4 @@
-#include "config_schema.h"
+#include "config/config_schema.h"
 
 #include <algorithm>
 #include <array>

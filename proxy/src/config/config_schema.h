@@ -27,7 +27,7 @@
 #include <variant>
 #include <vector>
 
-#include "config.h"
+#include "config/config.h"
 
 namespace portico::proxy {
 

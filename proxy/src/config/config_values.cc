@@ -8,7 +8,7 @@
 #include <limits>
 #include <string_view>
 
-#include "config.h"
+#include "config/config.h"
 
 namespace portico::proxy {
 

@@ -1,4 +1,4 @@
-#include "admin.h"
+#include "control/admin.h"
 
 #include <grp.h>
 #include <pwd.h>

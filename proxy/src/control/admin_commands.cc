@@ -11,8 +11,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "control.h"
-#include "metrics.h"
+#include "control/control_loop.h"
+#include "control/metrics.h"
 #include "portico/ascii.h"
 #include "portico/json_text.h"
 #include "portico/logging.h"
@@ -90,7 +90,7 @@ std::string isoTime(std::chrono::system_clock::time_point t) {
   return buf;
 }
 
-json protocolLogStatus(Control& c) {
+json protocolLogStatus(ControlLoop& c) {
   TraceSettings t = c.shared.trace.settings();
   json out{{"enabled", t.on},
            {"directory", c.config->config.protocol_log.directory},
@@ -117,13 +117,13 @@ json protocolLogStatus(Control& c) {
 
 }  // namespace
 
-std::string protocolLogStatusText(Control& c) {
+std::string protocolLogStatusText(ControlLoop& c) {
   return protocolLogStatus(c).dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
 namespace {
 
-void protocolLogCommand(Control& c, const std::vector<std::string>& words,
+void protocolLogCommand(ControlLoop& c, const std::vector<std::string>& words,
                         AdminServer::Reply& reply) {
   if (words.size() < 2) {
     reply(fail("usage: protocol-log on [--user U] [--ip CIDR] [--ttl 15m] | off | status"));
@@ -199,7 +199,8 @@ json sessionJson(const SessionInfo& s) {
 // Runs `query` on every worker and calls `done` on the control loop with
 // the answers in worker order.
 template <typename T>
-void gather(Control& c, std::function<T(Worker&)> query, std::function<void(std::vector<T>)> done) {
+void gather(ControlLoop& c, std::function<T(Worker&)> query,
+            std::function<void(std::vector<T>)> done) {
   struct State {
     std::vector<T> results;
     std::size_t left;
@@ -241,7 +242,8 @@ SessionFilter sessionFilterOf(const Args& args) {
   return filter;
 }
 
-void sessionsCommand(Control& c, const std::vector<std::string>& words, AdminServer::Reply reply) {
+void sessionsCommand(ControlLoop& c, const std::vector<std::string>& words,
+                     AdminServer::Reply reply) {
   Args args = parseArgs(words, 1, {"--user", "--ip", "--backend"}, {});
   if (!args.error.empty() || !args.positional.empty()) {
     reply(fail(args.error.empty() ? "sessions: unexpected '" + args.positional.front() + "'"
@@ -264,7 +266,7 @@ void sessionsCommand(Control& c, const std::vector<std::string>& words, AdminSer
       });
 }
 
-void kickCommand(Control& c, const std::vector<std::string>& words, AdminServer::Reply reply) {
+void kickCommand(ControlLoop& c, const std::vector<std::string>& words, AdminServer::Reply reply) {
   Args args = parseArgs(words, 1, {"--user"}, {});
   if (!args.error.empty()) {
     reply(fail(args.error));
@@ -300,7 +302,8 @@ void kickCommand(Control& c, const std::vector<std::string>& words, AdminServer:
 }
 
 // lookup flush [--user U]: every worker drops its cached directory answers.
-void lookupCommand(Control& c, const std::vector<std::string>& words, AdminServer::Reply reply) {
+void lookupCommand(ControlLoop& c, const std::vector<std::string>& words,
+                   AdminServer::Reply reply) {
   if (words.size() < 2 || words[1] != "flush") {
     reply(fail("usage: lookup flush [--user U]"));
     return;
@@ -336,7 +339,8 @@ void lookupCommand(Control& c, const std::vector<std::string>& words, AdminServe
       });
 }
 
-void backendCommand(Control& c, const std::vector<std::string>& words, AdminServer::Reply& reply) {
+void backendCommand(ControlLoop& c, const std::vector<std::string>& words,
+                    AdminServer::Reply& reply) {
   std::string verb = words.size() > 1 ? words[1] : "";
   if (verb == "list") {
     // backendsJson() is {"backends": [...]}: answer its list, not the
@@ -369,7 +373,7 @@ void backendCommand(Control& c, const std::vector<std::string>& words, AdminServ
   reply(fail("usage: backend list | backend drain NAME [--move-sessions] | backend enable NAME"));
 }
 
-void probeCommand(Control& c, const std::vector<std::string>& words, AdminServer::Reply reply) {
+void probeCommand(ControlLoop& c, const std::vector<std::string>& words, AdminServer::Reply reply) {
   if (words.size() < 2 || words.size() > 3) {
     reply(fail("usage: probe SET\\PROBE [TARGET]"));
     return;
@@ -426,7 +430,7 @@ constexpr Millis kMaxOverride{60LL * 24 * 3'600'000};
 // monitor override MONITOR [--target B] --duration D [--state S]
 // monitor override remove MONITOR [--target B]
 // (Add-ServerMonitoringOverride / Remove-ServerMonitoringOverride.)
-void overrideCommand(Control& c, const std::vector<std::string>& words, const std::string& by,
+void overrideCommand(ControlLoop& c, const std::vector<std::string>& words, const std::string& by,
                      AdminServer::Reply& reply) {
   const bool remove = words.size() > 2 && words[2] == "remove";
   Args args = parseArgs(words, remove ? 3 : 2, {"--target", "--duration", "--state"}, {});
@@ -505,7 +509,7 @@ void overrideCommand(Control& c, const std::vector<std::string>& words, const st
 // (Disabled silences a monitor and releases its responders; Repairing
 // keeps a drain in place while someone works on the backend), until
 // cleared; `monitor override` sets one that expires by itself.
-void monitorCommand(Control& c, const std::vector<std::string>& words, const std::string& by,
+void monitorCommand(ControlLoop& c, const std::vector<std::string>& words, const std::string& by,
                     AdminServer::Reply& reply) {
   if (words.size() >= 2 && words[1] == "override") {
     overrideCommand(c, words, by, reply);
@@ -540,7 +544,7 @@ void monitorCommand(Control& c, const std::vector<std::string>& words, const std
 
 // Wraps `reply` so that the command lands in the action history (GET
 // /health/actions) with who sent it and how it ended.
-AdminServer::Reply recorded(Control& c, const AdminRequest& request, std::string action,
+AdminServer::Reply recorded(ControlLoop& c, const AdminRequest& request, std::string action,
                             std::string target, AdminServer::Reply reply) {
   std::string line;
   for (const std::string& w : request.words) {
@@ -616,7 +620,7 @@ std::pair<std::string, std::string> actionOf(const std::vector<std::string>& wor
   return {};
 }
 
-void statsCommand(Control& c, AdminServer::Reply& reply) {
+void statsCommand(ControlLoop& c, AdminServer::Reply& reply) {
   std::vector<const WorkerStats*> stats;
   for (const auto& w : c.workers) {
     stats.push_back(&w->workerStats());
@@ -628,7 +632,7 @@ void statsCommand(Control& c, AdminServer::Reply& reply) {
 
 }  // namespace
 
-void handleAdminCommand(Control& c, const AdminRequest& request, AdminServer::Reply reply) {
+void handleAdminCommand(ControlLoop& c, const AdminRequest& request, AdminServer::Reply reply) {
   const std::vector<std::string>& words = request.words;
   const std::string& command = words.front();
   if (!c.stopping) {

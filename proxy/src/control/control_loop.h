@@ -1,4 +1,4 @@
-// The control thread's state: config snapshots, workers, the health service,
+// ControlLoop: the control thread's state: config snapshots, workers, the health service,
 // the admin socket and the protocol log writer. Everything here is touched
 // only on the control loop (the main thread), except what workers reach
 // through SharedState.
@@ -10,17 +10,17 @@
 #include <string>
 #include <vector>
 
-#include "admin.h"
+#include "control/admin.h"
+#include "control/worker_proxy_view.h"
+#include "net_types.h"
 #include "portico/health.h"
 #include "portico/logging.h"
 #include "runtime.h"
-#include "net_types.h"
 #include "worker.h"
-#include "worker_proxy_view.h"
 
 namespace portico::proxy {
 
-struct Control {
+struct ControlLoop {
   std::string config_path;
   BackendRegistry registry;
   SharedState shared;
@@ -40,17 +40,18 @@ struct Control {
 
 // Re-reads the config file; an error when it is refused (the running
 // snapshot then stays).
-Status reloadConfig(Control& control);
+Status reloadConfig(ControlLoop& control);
 
 // Starts the protocol log writer if it is not running (directory from the
 // config).
-Status ensureProtocolLog(Control& control);
+Status ensureProtocolLog(ControlLoop& control);
 
 // `porticoctl protocol-log status` as JSON text, for the status endpoint's
 // GET /protocol-log.
-std::string protocolLogStatusText(Control& control);
+std::string protocolLogStatusText(ControlLoop& control);
 
 // Serves one admin socket command.
-void handleAdminCommand(Control& control, const AdminRequest& request, AdminServer::Reply reply);
+void handleAdminCommand(ControlLoop& control, const AdminRequest& request,
+                        AdminServer::Reply reply);
 
 }  // namespace portico::proxy

@@ -1,4 +1,4 @@
-#include "metrics.h"
+#include "control/metrics.h"
 
 #include <cmath>
 

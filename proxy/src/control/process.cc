@@ -1,4 +1,4 @@
-#include "process.h"
+#include "control/process.h"
 
 #include <grp.h>
 #include <pwd.h>

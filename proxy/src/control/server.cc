@@ -18,11 +18,11 @@
 
 #include <fmt/format.h>
 
-#include "config.h"
-#include "control.h"
+#include "config/config.h"
+#include "control/control_loop.h"
+#include "control/process.h"
 #include "portico/logging.h"
 #include "portico/proxy.h"
-#include "process.h"
 #include "runtime.h"
 #include "worker.h"
 
@@ -103,13 +103,13 @@ void checkOpenFileLimit(const Config& config) {
   }
 }
 
-void applyConfiguredTrace(Control& c) {
+void applyConfiguredTrace(ControlLoop& c) {
   TraceSettings settings;
   settings.on = c.config->config.protocol_log.enabled;
   c.shared.trace.set(settings);
 }
 
-void beginShutdown(Control& c, const char* why) {
+void beginShutdown(ControlLoop& c, const char* why) {
   if (c.stopping) {
     return;
   }
@@ -138,7 +138,7 @@ void beginShutdown(Control& c, const char* why) {
 }
 
 void onSignal(uv_signal_t* handle, int signum) {
-  auto* c = static_cast<Control*>(handle->data);
+  auto* c = static_cast<ControlLoop*>(handle->data);
   if (signum == SIGHUP) {
     const Status done = reloadConfig(*c);
     if (c->health) {
@@ -157,14 +157,14 @@ void onSignal(uv_signal_t* handle, int signum) {
   }
 }
 
-Status reloadConfigNow(Control& c);
+Status reloadConfigNow(ControlLoop& c);
 
 }  // namespace
 
 // Tells the service manager around the reload (RELOADING=1 ... READY=1):
 // `systemctl reload` waits for it, and a refused reload leaves the
 // service running with its old configuration, so READY=1 either way.
-Status reloadConfig(Control& c) {
+Status reloadConfig(ControlLoop& c) {
   notifyReloading();
   Status done = reloadConfigNow(c);
   notifyReady(done.ok() ? "ready: configuration reloaded"
@@ -174,7 +174,7 @@ Status reloadConfig(Control& c) {
 
 namespace {
 
-Status reloadConfigNow(Control& c) {
+Status reloadConfigNow(ControlLoop& c) {
   ConfigResult result = loadConfig(c.config_path);
   if (!result.errors.empty()) {
     for (const std::string& e : result.errors) {
@@ -277,7 +277,7 @@ Status reloadConfigNow(Control& c) {
 
 }  // namespace
 
-Status ensureProtocolLog(Control& c) {
+Status ensureProtocolLog(ControlLoop& c) {
   if (c.protocol_log && c.protocol_log->enabled()) {
     return Status();
   }
@@ -335,8 +335,8 @@ int runProxy(const std::string& config_path) {
   // A protocol log file that reaches RLIMIT_FSIZE must fail its write with
   // EFBIG (dropped and counted like a full disk), not kill the process.
   signal(SIGXFSZ, SIG_IGN);
-  auto control = std::make_unique<Control>();
-  Control& c = *control;
+  auto control = std::make_unique<ControlLoop>();
+  ControlLoop& c = *control;
   c.config_path = config_path;
   Result<RuntimeConfigPtr> made = makeRuntime(std::move(*result.config), c.registry);
   if (!made.ok()) {
@@ -439,7 +439,7 @@ int runProxy(const std::string& config_path) {
   uv_timer_start(
       &c.trace_timer,
       [](uv_timer_t* t) {
-        auto* ctl = static_cast<Control*>(t->data);
+        auto* ctl = static_cast<ControlLoop*>(t->data);
         if (ctl->shared.trace.expireIfDue(std::chrono::system_clock::now())) {
           logging::log(logging::Level::kInfo, "admin", "protocol-log trace ended: its TTL passed");
         }

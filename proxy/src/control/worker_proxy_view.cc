@@ -1,4 +1,4 @@
-#include "worker_proxy_view.h"
+#include "control/worker_proxy_view.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -7,7 +7,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "metrics.h"
+#include "control/metrics.h"
 #include "portico/logging.h"
 
 namespace portico::proxy {

@@ -8,7 +8,7 @@
 
 #include <cstring>
 
-#include "config.h"
+#include "config/config.h"
 #include "net_types.h"
 #include "runtime.h"
 
