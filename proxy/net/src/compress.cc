@@ -36,7 +36,9 @@ void DeflateTransport::zfree(void* opaque, void* address) {
 }
 
 DeflateTransport::DeflateTransport(Transport* inner, const TimerFactory& timers, BufferPool& pool)
-    : inner_(inner), pool_(pool), timer_(timers([this] { inflateInput(); })) {}
+    : LayeredTransport(inner), pool_(pool) {
+  timer_ = timers([this] { inflateInput(); });
+}
 
 DeflateTransport::~DeflateTransport() {
   if (deflate_ready_) {
@@ -176,13 +178,6 @@ void DeflateTransport::resumeReading() {
   }
 }
 
-void DeflateTransport::fail(const std::string& reason) {
-  if (close_reason_.empty()) {
-    close_reason_ = reason;
-  }
-  close();
-}
-
 void DeflateTransport::shutdown() {
   if (closing_) {
     return;
@@ -192,32 +187,10 @@ void DeflateTransport::shutdown() {
   inner_->shutdown();  // every write was flushed already
 }
 
-void DeflateTransport::close() {
-  closing_ = true;
-  timer_->cancel();
-  inner_->close();
-}
-
 void DeflateTransport::onConnected(Transport*, bool ok, std::string_view error) {
   if (handler_ != nullptr) {
     handler_->onConnected(this, ok, error);
   }
-}
-
-void DeflateTransport::onDrained(Transport*) {
-  if (handler_ != nullptr && !closing_) {
-    handler_->onDrained(this);
-  }
-}
-
-void DeflateTransport::onClosed(Transport*, std::string_view reason) {
-  TransportHandler* handler = handler_;
-  std::string why = close_reason_.empty() ? std::string(reason) : close_reason_;
-  timer_.reset();
-  if (handler != nullptr) {
-    handler->onClosed(this, why);
-  }
-  delete this;
 }
 
 }  // namespace portico::net

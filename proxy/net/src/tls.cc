@@ -9,12 +9,12 @@ namespace portico::net {
 TlsTransport::TlsTransport(Transport* inner, std::unique_ptr<TlsEngine> engine,
                            const TimerFactory& timers, std::chrono::milliseconds timeout,
                            BufferPool& pool, bool is_client)
-    : inner_(inner),
+    : LayeredTransport(inner),
       engine_(std::move(engine)),
-      timer_(timers([this] { onTimer(); })),
       handshake_timeout_(timeout),
       pool_(pool),
       is_client_(is_client) {
+  timer_ = timers([this] { onTimer(); });
   inner_->setHandler(this);
   inner_->setCarriesSecrets(false);  // ciphertext
   setCarriesSecrets(true);
@@ -96,13 +96,6 @@ void TlsTransport::handshakeFailed(const std::string& why) {
     handler_->onConnected(this, false, "TLS handshake failed: " + why);
   }
   fail("TLS handshake failed: " + why);
-}
-
-void TlsTransport::fail(const std::string& reason) {
-  if (close_reason_.empty()) {
-    close_reason_ = reason;
-  }
-  close();
 }
 
 void TlsTransport::onTimer() {
@@ -214,12 +207,6 @@ void TlsTransport::shutdown() {
   inner_->shutdown();
 }
 
-void TlsTransport::close() {
-  closing_ = true;
-  timer_->cancel();
-  inner_->close();
-}
-
 void TlsTransport::onConnected(Transport*, bool ok, std::string_view error) {
   if (!ok) {
     if (handler_ != nullptr) {
@@ -256,26 +243,13 @@ void TlsTransport::onData(Transport*, Chunk chunk) {
   readPlaintext();
 }
 
-void TlsTransport::onDrained(Transport*) {
-  if (handler_ != nullptr && !closing_) {
-    handler_->onDrained(this);
-  }
-}
-
-void TlsTransport::onClosed(Transport*, std::string_view reason) {
-  TransportHandler* handler = handler_;
-  std::string why = close_reason_.empty() ? std::string(reason) : close_reason_;
-  timer_.reset();
+void TlsTransport::beforeClosed() {
   if (engine_->handshakeDone() && !tls_error_) {
     // An orderly end (close_notify or a plain TCP close by the peer, which
     // many mail clients do): mark the connection shut down so SSL_free
     // keeps the session in the cache for resumption.
     engine_->markOrderlyEnd();
   }
-  if (handler != nullptr) {
-    handler->onClosed(this, why);
-  }
-  delete this;
 }
 
 }  // namespace portico::net

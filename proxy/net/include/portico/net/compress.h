@@ -39,6 +39,7 @@
 #include <string>
 
 #include "portico/net/chunk.h"
+#include "portico/net/layered_transport.h"
 #include "portico/net/transport.h"
 
 namespace portico::net {
@@ -52,7 +53,7 @@ inline constexpr int kInflateWindowBits = 15;
 // What zlib allocates for one session's two streams, at most.
 inline constexpr std::size_t kDeflateMemoryBound = 96 * 1024;
 
-class DeflateTransport final : public Transport, public TransportHandler {
+class DeflateTransport final : public LayeredTransport {
  public:
   // Starts compression on `inner` now: the next byte read from it is
   // compressed, and so is the next byte written. nullptr if zlib cannot
@@ -64,42 +65,25 @@ class DeflateTransport final : public Transport, public TransportHandler {
   std::size_t zlibBytes() const { return zlib_bytes_; }
 
   // Transport
-  void setHandler(TransportHandler* handler) override { handler_ = handler; }
-  void write(Chunk chunk) override { write(chunk.view()); }
+  using LayeredTransport::write;
   void write(std::string_view bytes) override;
-  std::size_t queuedBytes() const override { return inner_->queuedBytes(); }
-  void setHighWatermark(std::size_t bytes) override { inner_->setHighWatermark(bytes); }
   void pauseReading() override;
   void resumeReading() override;
   void shutdown() override;
-  void close() override;
-  void setCarriesSecrets(bool on) override { inner_->setCarriesSecrets(on); }
-  void acknowledgeNow() override { inner_->acknowledgeNow(); }  // the TCP connection's ACK
-  std::pair<std::string, std::string> tlsProtocolAndCipher() const override {
-    return inner_->tlsProtocolAndCipher();
-  }
-  const sockaddr_storage& peerAddress() const override { return inner_->peerAddress(); }
-  const sockaddr_storage& localAddress() const override { return inner_->localAddress(); }
 
   // TransportHandler (events of the inner transport)
   void onConnected(Transport* inner, bool ok, std::string_view error) override;
   void onData(Transport* inner, Chunk chunk) override;
-  void onDrained(Transport* inner) override;
-  void onClosed(Transport* inner, std::string_view reason) override;
 
  private:
   DeflateTransport(Transport* inner, const TimerFactory& timers, BufferPool& pool);
   ~DeflateTransport() override;
   bool init();
   void inflateInput();
-  void fail(const std::string& reason);
   static void* zalloc(void* opaque, unsigned items, unsigned size);
   static void zfree(void* opaque, void* address);
 
-  Transport* inner_;
   BufferPool& pool_;
-  TimerPtr timer_;
-  TransportHandler* handler_ = nullptr;
   z_stream deflate_{};
   z_stream inflate_{};
   bool deflate_ready_ = false;
@@ -108,9 +92,7 @@ class DeflateTransport final : public Transport, public TransportHandler {
   bool output_pending_ = false;  // the last inflate() filled its block: it may hold more
   bool want_read_ = true;
   bool in_read_ = false;
-  bool closing_ = false;
   std::size_t zlib_bytes_ = 0;
-  std::string close_reason_;
 };
 
 }  // namespace portico::net

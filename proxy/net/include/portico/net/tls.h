@@ -10,13 +10,14 @@
 #include <string>
 #include <vector>
 
+#include "portico/net/layered_transport.h"
 #include "portico/net/tls_context.h"
 #include "portico/net/tls_engine.h"
 #include "portico/net/transport.h"
 
 namespace portico::net {
 
-class TlsTransport final : public Transport, public TransportHandler {
+class TlsTransport final : public LayeredTransport {
  public:
   // Server side over an accepted connection (implicit TLS or after STARTTLS).
   static TlsTransport* server(Transport* inner, std::shared_ptr<const ServerTlsContext> context,
@@ -38,31 +39,23 @@ class TlsTransport final : public Transport, public TransportHandler {
   bool handshakeDone() const { return engine_->handshakeDone(); }
 
   // Transport
-  void setHandler(TransportHandler* handler) override { handler_ = handler; }
-  void write(Chunk chunk) override { write(chunk.view()); }
+  using LayeredTransport::write;
   void write(std::string_view bytes) override;
   std::size_t queuedBytes() const override;
-  void setHighWatermark(std::size_t bytes) override { inner_->setHighWatermark(bytes); }
   void pauseReading() override;
   void resumeReading() override;
   void shutdown() override;
-  void close() override;
   // Marks decrypted blocks for wiping and has OpenSSL cleanse the
   // plaintext it keeps (SSL_OP_CLEANSE_PLAINTEXT). The inner transport
   // carries only ciphertext and never wipes.
   void setCarriesSecrets(bool on) override;
-  void acknowledgeNow() override { inner_->acknowledgeNow(); }  // the TCP connection's ACK
   std::pair<std::string, std::string> tlsProtocolAndCipher() const override {
     return engine_->protocolAndCipher();
   }
-  const sockaddr_storage& peerAddress() const override { return inner_->peerAddress(); }
-  const sockaddr_storage& localAddress() const override { return inner_->localAddress(); }
 
   // TransportHandler (events of the inner transport)
   void onConnected(Transport* inner, bool ok, std::string_view error) override;
   void onData(Transport* inner, Chunk chunk) override;
-  void onDrained(Transport* inner) override;
-  void onClosed(Transport* inner, std::string_view reason) override;
 
  private:
   TlsTransport(Transport* inner, std::unique_ptr<TlsEngine> engine, const TimerFactory& timers,
@@ -75,22 +68,17 @@ class TlsTransport final : public Transport, public TransportHandler {
   void readPlaintext();
   void flushCiphertext();
   void onTimer();
-  void fail(const std::string& reason);
+  void beforeClosed() override;
 
-  Transport* inner_;
   std::unique_ptr<TlsEngine> engine_;
-  TimerPtr timer_;
   std::chrono::milliseconds handshake_timeout_;
   BufferPool& pool_;
-  TransportHandler* handler_ = nullptr;
   std::string pending_out_;  // plaintext written before the handshake finished
   std::string preamble_;     // cleartext for the inner connection before the ClientHello
-  std::string close_reason_;
   bool is_client_;
   bool handshake_started_ = false;
   bool want_read_ = true;
   bool secrets_ = false;
-  bool closing_ = false;
   bool in_read_ = false;
   bool tls_error_ = false;  // a TLS failure: do not keep the session for resumption
 };
