@@ -2,7 +2,6 @@
 #include "portico/ascii.h"
 
 #include <openssl/crypto.h>
-#include <openssl/ssl.h>
 
 #include <algorithm>
 #include <array>
@@ -75,7 +74,6 @@ ImapProbe::ImapProbe(uv_loop_t* loop, ImapProbeSpec spec, Done done)
 
 ImapProbe::~ImapProbe() {
   freeTls();
-  SSL_CTX_free(tls_ctx_);
   OPENSSL_cleanse(spec_.password.data(), spec_.password.size());
 }
 
@@ -239,7 +237,7 @@ void ImapProbe::peerClosed() {
 }
 
 void ImapProbe::receivedBytes(std::string_view bytes) {
-  if (ssl_ == nullptr) {
+  if (tls_ == nullptr) {
     feedPlaintext(bytes);
   } else {
     receivedCiphertext(bytes);
@@ -247,9 +245,9 @@ void ImapProbe::receivedBytes(std::string_view bytes) {
 }
 
 void ImapProbe::feedPlaintext(std::string_view bytes) {
-  const SSL* const tls_before = ssl_;
+  const net::TlsEngine* const tls_before = tls_.get();
   while (phase_ == Phase::kRunning && !bytes.empty()) {
-    if (ssl_ != tls_before) {
+    if (tls_.get() != tls_before) {
       // The STARTTLS OK started TLS; anything after it in the same plaintext
       // read was not protected and could be injected.
       attemptFailed("the server sent plaintext after its STARTTLS response");
@@ -323,14 +321,14 @@ void ImapProbe::nextCommand() {
       next = ProbeStep::kCapability;
       break;
     case ProbeStep::kTls:
-      if (ssl_ == nullptr) {
+      if (tls_ == nullptr) {
         startHandshake();  // STARTTLS answered OK
         return;
       }
       next = ProbeStep::kCapability;  // again, now under TLS
       break;
     case ProbeStep::kCapability:
-      if (spec_.tls.mode == ProbeTls::kStartTls && ssl_ == nullptr) {
+      if (spec_.tls.mode == ProbeTls::kStartTls && tls_ == nullptr) {
         next = ProbeStep::kTls;
       } else if (spec_.login && !preauth_) {
         next = ProbeStep::kLogin;
@@ -409,7 +407,7 @@ void ImapProbe::sendCommand(std::string command, std::string trace_text) {
 }
 
 void ImapProbe::sendBytes(std::string bytes) {
-  if (ssl_ == nullptr) {
+  if (tls_ == nullptr) {
     writeRaw(std::move(bytes));
   } else {
     sendEncrypted(std::move(bytes));

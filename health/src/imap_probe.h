@@ -20,9 +20,10 @@
 //   cancel() ends it early (result Failed, error "cancelled"); the pointer
 //   is valid until `done` runs.
 //
-// TLS (ImapProbeSpec::tls): OpenSSL over memory BIOs, all bytes passing
-// through sendBytes() (plaintext in, ciphertext to the socket) and
-// receivedBytes() (ciphertext in, plaintext to the framer).
+// TLS (ImapProbeSpec::tls): the network layer's client context and
+// TlsEngine (portico/net), the same TLS stack the proxy uses towards its
+// backends; all bytes pass through sendBytes() (plaintext in, ciphertext to
+// the socket) and receivedBytes() (ciphertext in, plaintext to the framer).
 // - Implicit TLS: the handshake right after connect, then the greeting.
 // - STARTTLS: after the greeting and CAPABILITY, `STARTTLS` (only if
 //   advertised); on its tagged OK the handshake, then CAPABILITY again
@@ -34,16 +35,18 @@
 //   verify failed: unable to get local issuer certificate".
 #pragma once
 
-#include <openssl/ossl_typ.h>
 #include <uv.h>
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
 
 #include "portico/health.h"
+#include "portico/net/tls_context.h"
+#include "portico/net/tls_engine.h"
 #include "portico/parser.h"
 
 namespace portico::health {
@@ -109,7 +112,6 @@ class ImapProbe {
   void sendEncrypted(std::string bytes);
   void startHandshake();
   void continueHandshake();
-  bool checkPin();
   void readPlaintext();
   void flushCiphertext();
   void freeTls();
@@ -161,10 +163,8 @@ class ImapProbe {
   bool saw_bye_ = false;
   bool login_disabled_ = false;
   bool starttls_advertised_ = false;
-  SSL_CTX* tls_ctx_ = nullptr;
-  SSL* ssl_ = nullptr;   // owns its BIOs
-  BIO* rbio_ = nullptr;  // ciphertext from the server
-  BIO* wbio_ = nullptr;  // ciphertext to the server
+  std::shared_ptr<const net::ClientTlsContext> tls_context_;  // made once per execution
+  std::unique_ptr<net::TlsEngine> tls_;                       // one per connection
   bool handshaking_ = false;
   std::uint64_t start_ns_ = 0;
   std::uint64_t step_start_ns_ = 0;

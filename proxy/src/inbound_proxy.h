@@ -25,7 +25,7 @@
 
 #include "log_throttle.h"
 #include "portico/proxy_header.h"
-#include "transport.h"
+#include "net_types.h"
 
 namespace portico::proxy {
 

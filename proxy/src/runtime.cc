@@ -35,12 +35,40 @@ RuntimeConfig::RuntimeConfig(Config c, std::vector<std::size_t> slots)
   }
 }
 
+namespace {
+
+// The config's TLS keys in the network layer's terms.
+ServerTlsSettings serverTlsSettings(const ListenConfig& listen) {
+  ServerTlsSettings tls;
+  tls.default_certificate = {"", listen.cert, listen.key};
+  for (const CertificateConfig& c : listen.certificates) {
+    tls.certificates.push_back({c.server_name, c.cert, c.key});
+  }
+  tls.min_version =
+      listen.tls_min_version == "TLSv1.3" ? net::TlsVersion::kTls13 : net::TlsVersion::kTls12;
+  return tls;
+}
+
+ClientTlsSettings clientTlsSettings(const BackendConfig& backend) {
+  ClientTlsSettings tls;
+  tls.label = "backend " + backend.name;
+  tls.ca = backend.ca;
+  tls.server_name = backend.server_name.empty() ? backend.address.host : backend.server_name;
+  tls.verify = backend.verify;
+  tls.pin_sha256 = backend.pin_sha256;
+  tls.client_cert = backend.client_cert;
+  tls.client_key = backend.client_key;
+  return tls;
+}
+
+}  // namespace
+
 Result<RuntimeConfigPtr> buildRuntime(Config config, std::vector<std::size_t> slots) {
   auto runtime = std::make_shared<RuntimeConfig>(std::move(config), std::move(slots));
   for (const ListenConfig& listen : runtime->config.listen) {
     std::shared_ptr<const ServerTlsContext> tls;
     if (listen.tls != TlsMode::kNone) {
-      auto created = ServerTlsContext::create(listen);
+      auto created = ServerTlsContext::create(serverTlsSettings(listen));
       if (!created.ok()) {
         return created.status().prefixed("listener " + listen.address.text());
       }
@@ -51,7 +79,7 @@ Result<RuntimeConfigPtr> buildRuntime(Config config, std::vector<std::size_t> sl
   for (const BackendConfig& backend : runtime->config.backends) {
     std::shared_ptr<const ClientTlsContext> tls;
     if (backend.tls != TlsMode::kNone) {
-      auto created = ClientTlsContext::create(backend);
+      auto created = ClientTlsContext::create(clientTlsSettings(backend));
       if (!created.ok()) {
         return created.status();
       }

@@ -12,15 +12,15 @@
 #include <vector>
 
 #include "accounting.h"
-#include "config.h"
+#include "config/config.h"
 #include "fleet/fleet_state.h"
 #include "log_throttle.h"
 #include "lookup/lookup_shared.h"
+#include "net_types.h"
 #include "portico/logging.h"
 #include "portico/status.h"
 #include "protocol_trace.h"
 #include "routing.h"
-#include "tls.h"
 
 namespace portico::proxy {
 

@@ -12,10 +12,8 @@
 
 #include <fmt/format.h>
 
-#include "compress.h"
+#include "net_types.h"
 #include "portico/logging.h"
-#include "tls.h"
-#include "uv_transport.h"
 
 namespace portico::proxy {
 

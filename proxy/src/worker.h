@@ -19,8 +19,8 @@
 #include "inbound_proxy.h"
 #include "lookup/lookup_stage.h"
 #include "runtime.h"
+#include "net_types.h"
 #include "session/session.h"
-#include "task_queue.h"
 
 namespace portico::proxy {
 

@@ -29,9 +29,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include "admin.h"
-#include "config.h"
-#include "control.h"
+#include "config/config.h"
+#include "control/admin.h"
+#include "control/control_loop.h"
 #include "portico/logging.h"
 
 namespace {
@@ -86,7 +86,7 @@ struct Scratch {
 // The control state of server.cc's runProxy(), minus workers, listeners,
 // signals and the admin socket itself.
 struct MiniControl {
-  Control c;
+  ControlLoop c;
 
   explicit MiniControl(const Scratch& scratch) {
     c.config_path = scratch.config_path;
@@ -160,7 +160,7 @@ std::vector<std::string> serve(MiniControl& mini, const std::string& line) {
   if (request.words.empty()) {
     return {};
   }
-  Control& c = mini.c;
+  ControlLoop& c = mini.c;
   handleAdminCommand(c, request, [replies](std::string json) { replies->push_back(json); });
   // Answers that wait for the loop (probe results, worker gathers): run it
   // until the reply is in, with a guard timer so a lost reply shows as one.

@@ -7,7 +7,7 @@
 #include <random>
 #include <utility>
 
-#include "config.h"
+#include "config/config.h"
 #include "portico/logging.h"
 
 namespace portico::proxy::fleet {

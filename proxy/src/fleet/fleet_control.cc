@@ -7,8 +7,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "config.h"
-#include "control.h"
+#include "config/config.h"
+#include "control/control_loop.h"
 #include "portico/json_text.h"
 #include "portico/logging.h"
 #include "routing.h"
@@ -44,7 +44,7 @@ bool goodUser(const std::string& user) {
   return true;
 }
 
-json statusJson(const Control& c) {
+json statusJson(const ControlLoop& c) {
   const fleet::FleetClient& f = *c.fleet;
   json verdicts = json::object();
   for (const auto& [backend, v] : f.verdicts()) {
@@ -75,7 +75,7 @@ json statusJson(const Control& c) {
 
 }  // namespace
 
-void startFleet(Control& c) {
+void startFleet(ControlLoop& c) {
   const FleetConfig& config = c.config->config.fleet;
   if (!config.enabled()) {
     return;
@@ -99,7 +99,7 @@ void startFleet(Control& c) {
   c.fleet->start();
 }
 
-void publishOperatorDrain(Control& c, const std::string& backend, bool drained, bool move_sessions,
+void publishOperatorDrain(ControlLoop& c, const std::string& backend, bool drained, bool move_sessions,
                           json result, AdminServer::Reply reply) {
   if (!c.fleet) {
     reply(ok(std::move(result)));
@@ -113,7 +113,7 @@ void publishOperatorDrain(Control& c, const std::string& backend, bool drained, 
       });
 }
 
-void fleetCommand(Control& c, const std::vector<std::string>& words, AdminServer::Reply reply) {
+void fleetCommand(ControlLoop& c, const std::vector<std::string>& words, AdminServer::Reply reply) {
   const std::string& command = words.front();
   if (!c.fleet) {
     reply(fail(command + ": fleet mode is off ([fleet] redis is not set)"));

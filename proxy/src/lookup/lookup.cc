@@ -4,7 +4,7 @@
 
 #include "lookup/http_auth_lookup.h"
 #include "lookup/redis_lookup.h"
-#include "uv_transport.h"
+#include "net_types.h"
 
 namespace portico::proxy {
 

@@ -37,7 +37,7 @@
 #include <string_view>
 
 #include "lookup/lookup_config.h"
-#include "transport.h"
+#include "net_types.h"
 
 namespace portico::proxy {
 

@@ -9,8 +9,8 @@
 #include <string_view>
 #include <tuple>
 
-#include "config.h"
-#include "config_keys.h"
+#include "config/config.h"
+#include "config/config_keys.h"
 #include "lookup/lookup_config.h"
 #include "lookup/lookup_toml.h"
 

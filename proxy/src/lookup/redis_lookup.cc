@@ -9,7 +9,7 @@
 #include <cassert>
 #include <utility>
 
-#include "config.h"
+#include "config/config.h"
 #include "lookup/redis_uv.h"
 #include "routing.h"
 

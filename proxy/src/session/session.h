@@ -26,9 +26,9 @@
 #include "portico/parser.h"
 #include "protocol_tap.h"
 #include "runtime.h"
+#include "net_types.h"
 #include "session_accounting.h"
 #include "session_observer.h"
-#include "transport.h"
 
 namespace portico::proxy {
 

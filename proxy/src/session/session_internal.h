@@ -9,7 +9,7 @@
 #include <string>
 #include <string_view>
 
-#include "config.h"
+#include "config/config.h"
 #include "portico/ascii.h"
 #include "portico/parser.h"
 

@@ -1,7 +1,7 @@
 // Chunks and the BufferPool: reference-counted slices give a block back to
 // its pool when the last one goes, and the pool caches at most max_free.
 
-#include "chunk.h"
+#include "net_types.h"
 
 #include <gtest/gtest.h>
 

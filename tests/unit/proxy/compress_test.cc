@@ -1,6 +1,6 @@
 // DeflateTransport (COMPRESS=DEFLATE, RFC 4978) over a fake connection: the
 // client side is played with zlib directly, as a real client would.
-#include "compress.h"
+#include "net_types.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -148,7 +148,7 @@ TEST_F(DeflateTransportTest, BombIsInflatedOneBlockAtATimeUnderBackpressure) {
   EXPECT_EQ(recorder_.received.size(), pool_.blockSize()) << "one block, then the pause holds";
   EXPECT_TRUE(inner_->paused()) << "no more compressed input is read while paused";
   EXPECT_LE(pool_.blocksInUse(), 1u) << "only the compressed input is held";
-  EXPECT_LE(transport_->zlibBytes(), kDeflateMemoryBound);
+  EXPECT_LE(transport_->zlibBytes(), net::kDeflateMemoryBound);
 
   // Each resume inflates one more block, from the loop (never inside
   // resumeReading()).
@@ -215,7 +215,7 @@ TEST_F(DeflateTransportTest, MemoryPerSessionStaysUnderTheDocumentedBound) {
   const std::size_t bytes = transport_->zlibBytes();
   // deflate: 4 KiB window x 2 + 1 << (6 + 9) + state; inflate: 32 KiB + state.
   EXPECT_GT(bytes, 80u * 1024);
-  EXPECT_LE(bytes, kDeflateMemoryBound);
+  EXPECT_LE(bytes, net::kDeflateMemoryBound);
   RecordProperty("zlib_bytes_per_session", static_cast<int>(bytes));
   std::printf("zlib bytes per compressed session: %zu\n", bytes);
 }

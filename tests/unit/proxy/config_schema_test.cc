@@ -2,7 +2,7 @@
 // conf/portico.toml documents exactly the schema's keys with the schema's
 // defaults, the structs of config.h start from those defaults, and the
 // probe and monitor tables show the health library's values.
-#include "config_schema.h"
+#include "config/config_schema.h"
 
 #include <gtest/gtest.h>
 
@@ -16,7 +16,7 @@
 
 #include <toml++/toml.h>
 
-#include "config.h"
+#include "config/config.h"
 #include "portico/health.h"
 
 namespace portico::proxy {

@@ -39,7 +39,7 @@
 #include <utility>
 #include <vector>
 
-#include "compress.h"
+#include "net_types.h"
 #include "session/session.h"
 
 namespace portico::proxy {

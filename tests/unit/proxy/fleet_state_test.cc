@@ -4,7 +4,7 @@
 
 #include <gtest/gtest.h>
 
-#include "config.h"
+#include "config/config.h"
 
 namespace portico::proxy::fleet {
 namespace {

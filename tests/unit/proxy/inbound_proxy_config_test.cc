@@ -8,8 +8,8 @@
 
 #include <cstring>
 
-#include "config.h"
-#include "network.h"
+#include "config/config.h"
+#include "net_types.h"
 #include "runtime.h"
 
 namespace portico::proxy {

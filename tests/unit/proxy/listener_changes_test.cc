@@ -2,7 +2,7 @@
 // [[listen]] is no change, and every real change is named for the log.
 #include <gtest/gtest.h>
 
-#include "config.h"
+#include "config/config.h"
 #include "runtime.h"
 
 namespace portico::proxy {

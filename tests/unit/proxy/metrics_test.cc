@@ -12,7 +12,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "metrics.h"
+#include "control/metrics.h"
 
 namespace portico::proxy {
 namespace {

@@ -3,7 +3,7 @@
 // small slices of pooled blocks are copied out while they wait, and every
 // byte still arrives in order. Each test ends with no handle left open.
 
-#include "uv_transport.h"
+#include "net_types.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
