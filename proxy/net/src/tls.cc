@@ -73,6 +73,7 @@ void TlsTransport::continueHandshake() {
     return;
   }
   timer_->cancel();
+  engine_->releaseBuffers(0);  // the handshake's: an idle connection keeps none
   if (is_client_ && handler_ != nullptr) {
     handler_->onConnected(this, true, "");
   }
@@ -134,6 +135,9 @@ void TlsTransport::flushCiphertext() {
     }
     inner_->write(Chunk(block, block->data(), n));
   }
+  if (engine_->handshakeDone()) {
+    engine_->releaseBuffers(TlsEngine::kKeepBufferBytes);
+  }
 }
 
 std::size_t TlsTransport::queuedBytes() const {
@@ -191,6 +195,7 @@ void TlsTransport::readPlaintext() {
   in_read_ = false;
   if (!closing_) {
     flushCiphertext();  // session tickets, key updates
+    engine_->releaseBuffers(TlsEngine::kKeepBufferBytes);
   }
 }
 

@@ -1,6 +1,7 @@
 #include "portico/net/tls_engine.h"
 
 #include <arpa/inet.h>
+#include <openssl/buffer.h>
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
@@ -164,6 +165,32 @@ Status TlsEngine::write(std::string_view plaintext) {
     plaintext.remove_prefix(static_cast<std::size_t>(n));
   }
   return Status();
+}
+
+namespace {
+
+std::size_t bioCapacity(BIO* bio) {
+  BUF_MEM* mem = nullptr;
+  BIO_get_mem_ptr(bio, &mem);
+  return mem != nullptr ? mem->max : 0;
+}
+
+}  // namespace
+
+void TlsEngine::releaseBuffers(std::size_t keep) {
+  if (BIO_ctrl_pending(rbio_) == 0 && bioCapacity(rbio_) > keep) {
+    if (BIO* fresh = BIO_new(BIO_s_mem()); fresh != nullptr) {
+      BIO_set_mem_eof_return(fresh, -1);
+      SSL_set0_rbio(ssl_, fresh);  // frees the old one
+      rbio_ = fresh;
+    }
+  }
+  if (BIO_ctrl_pending(wbio_) == 0 && bioCapacity(wbio_) > keep) {
+    if (BIO* fresh = BIO_new(BIO_s_mem()); fresh != nullptr) {
+      SSL_set0_wbio(ssl_, fresh);
+      wbio_ = fresh;
+    }
+  }
 }
 
 bool TlsEngine::hasUnreadInput() const {

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -23,10 +24,10 @@
 #include "backend_login.h"
 #include "end_reason.h"
 #include "lookup/lookup.h"
+#include "net_types.h"
 #include "portico/parser.h"
 #include "protocol_tap.h"
 #include "runtime.h"
-#include "net_types.h"
 #include "session_accounting.h"
 #include "session_observer.h"
 
@@ -332,7 +333,8 @@ class Session : public TransportHandler {
   std::size_t backend_index_ = 0;
   std::string backend_name_;
   // The backend's login dialogue, from connect to the tagged answer.
-  std::optional<BackendLoginClient> backend_login_;
+  // Only while logging in to a backend (an idle session does not carry it).
+  std::unique_ptr<BackendLoginClient> backend_login_;
   // From the directory (lookup/lookup.h): who and what to replay instead of
   // the client's user and password, and the backend-connect timeout.
   std::optional<std::string> backend_user_;

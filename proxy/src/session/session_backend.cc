@@ -39,7 +39,7 @@ void Session::startBackendLogin() {
     params.id_command = forwardIdCommand();
   }
   login_untagged_.clear();
-  backend_login_.emplace(std::move(params));
+  backend_login_ = std::make_unique<BackendLoginClient>(std::move(params));
 }
 
 void Session::flushBackendLogin() {

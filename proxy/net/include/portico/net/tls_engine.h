@@ -71,6 +71,14 @@ class TlsEngine {
   Status write(std::string_view plaintext);
   // Plaintext or ciphertext received and not yet read.
   bool hasUnreadInput() const;
+  // A memory BIO keeps the largest buffer it ever needed (the handshake's
+  // flights on an idle connection, 64 KiB on one that once carried a big
+  // message). Replaces each BIO that is empty and holds more than `keep`
+  // bytes by a fresh one, so that memory goes back to the allocator.
+  void releaseBuffers(std::size_t keep);
+  // What releaseBuffers() leaves alone between reads and writes: small
+  // commands reuse it.
+  static constexpr std::size_t kKeepBufferBytes = 4096;
 
   // On: OpenSSL wipes the plaintext it keeps (SSL_OP_CLEANSE_PLAINTEXT),
   // for connections that carry a LOGIN.
