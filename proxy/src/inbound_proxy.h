@@ -24,8 +24,8 @@
 #include <string>
 
 #include "log_throttle.h"
-#include "portico/proxy_header.h"
 #include "net_types.h"
+#include "portico/proxy_header.h"
 
 namespace portico::proxy {
 

@@ -18,8 +18,8 @@
 
 #include "inbound_proxy.h"
 #include "lookup/lookup_stage.h"
-#include "runtime.h"
 #include "net_types.h"
+#include "runtime.h"
 #include "session/session.h"
 
 namespace portico::proxy {

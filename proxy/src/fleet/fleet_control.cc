@@ -99,8 +99,8 @@ void startFleet(ControlLoop& c) {
   c.fleet->start();
 }
 
-void publishOperatorDrain(ControlLoop& c, const std::string& backend, bool drained, bool move_sessions,
-                          json result, AdminServer::Reply reply) {
+void publishOperatorDrain(ControlLoop& c, const std::string& backend, bool drained,
+                          bool move_sessions, json result, AdminServer::Reply reply) {
   if (!c.fleet) {
     reply(ok(std::move(result)));
     return;
