@@ -37,7 +37,8 @@ def complete(*words: str, path_dir: str | None = None) -> list:
 
 def test_completion_of_commands_sub_commands_and_options():
     assert complete("porticoctl", "") == ["sessions", "kick", "lookup", "health", "probe", "backend", "monitor", "actions",
-                                          "component", "protocol-log", "stats", "reload", "commands", "help"]
+                                          "component", "protocol-log", "user", "fleet", "stats", "reload", "commands",
+                                          "help"]
     assert complete("porticoctl", "mon") == ["monitor"]
     assert complete("porticoctl", "--json", "pro") == ["probe", "protocol-log"]
     assert complete("porticoctl", "-") == ["--socket", "--json", "--timeout", "--help", "--help-all"]
@@ -50,6 +51,8 @@ def test_completion_of_commands_sub_commands_and_options():
     assert complete("porticoctl", "monitor", "override", "rem") == ["remove"]
     assert complete("porticoctl", "backend", "") == ["list", "drain", "enable"]
     assert complete("porticoctl", "lookup", "") == ["flush"]
+    assert complete("porticoctl", "user", "") == ["hold", "release", "list"]
+    assert complete("porticoctl", "user", "hold", "alice", "--") == ["--ttl", "--json", "--help"]
     assert complete("porticoctl", "lookup", "flush", "--") == ["--user", "--json", "--help"]
     assert complete("porticoctl", "component", "ImapProxy", "") == ["active", "inactive"]
     assert complete("porticoctl", "protocol-log", "on", "--") == ["--user", "--ip", "--ttl", "--json", "--help"]
