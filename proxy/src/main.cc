@@ -3,6 +3,17 @@
 
 #include "portico/proxy.h"
 
+// jemalloc (the release build's allocator) reads this at start-up; with
+// another allocator it is an unused string. Background threads purge freed
+// pages on time even when the workers are idle: without them a quiet worker
+// never returns what its idle sessions gave back (Session::
+// releaseIdleBuffers), because jemalloc purges only while allocating. The
+// MALLOC_CONF environment variable still overrides it.
+extern "C" {
+// NOLINTNEXTLINE: the allocator looks this symbol up by name.
+const char* malloc_conf = "background_thread:true";
+}
+
 int main(int argc, char** argv) {
   // First of all: secrets (keys, probe passwords, client logins) are read
   // later, and must never be in a core file.

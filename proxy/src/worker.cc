@@ -138,6 +138,13 @@ Worker::Worker(std::size_t index, RuntimeConfigPtr config, SharedState& shared, 
   reaper_.data = this;
   accept_resume_timer_.data = this;
   throttle_timer_.data = this;
+  uv_timer_init(&loop_, &idle_sweep_);
+  idle_sweep_.data = this;
+  uv_timer_start(
+      &idle_sweep_, [](uv_timer_t* t) { static_cast<Worker*>(t->data)->releaseIdleBuffers(); },
+      static_cast<std::uint64_t>(kIdleSweep.count()),
+      static_cast<std::uint64_t>(kIdleSweep.count()));
+  uv_unref(reinterpret_cast<uv_handle_t*>(&idle_sweep_));  // never keeps the loop alive
   reserve_fd_ = openReserve();
   // libuv opens a reserve descriptor of its own per loop the first time a
   // stream is made on it (for uv_listen's EMFILE handling, unused here).
@@ -568,6 +575,13 @@ std::chrono::steady_clock::time_point Worker::now() {
   return std::chrono::steady_clock::now();
 }
 
+void Worker::releaseIdleBuffers() {
+  const auto now = this->now();
+  for (auto& [session, ip] : sessions_) {
+    session->releaseIdleBuffers(now, kIdleSweep);
+  }
+}
+
 TimerPtr Worker::createTimer(std::function<void()> callback) {
   return std::make_unique<UvTimer>(&loop_, std::move(callback));
 }
@@ -777,6 +791,7 @@ void Worker::maybeStop() {
     }
     uv_close(reinterpret_cast<uv_handle_t*>(&accept_resume_timer_), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&throttle_timer_), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&idle_sweep_), nullptr);
     // Close callbacks run after this turn's callbacks: the last sessions
     // are deleted there, outside their own.
     uv_close(reinterpret_cast<uv_handle_t*>(&reaper_),

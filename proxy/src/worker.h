@@ -106,6 +106,8 @@ class Worker final : public SessionHost, private InboundProxyHost {
   // SessionHost
   std::chrono::steady_clock::time_point now() override;
   TimerPtr createTimer(std::function<void()> callback) override;
+  // The idle sweep's work (see idle_sweep_).
+  void releaseIdleBuffers();
   Transport* connectBackend(const BackendConfig& backend, TransportHandler* handler) override;
   Transport* connectBackendTls(const BackendConfig& backend,
                                std::shared_ptr<const ClientTlsContext> tls,
@@ -178,6 +180,10 @@ class Worker final : public SessionHost, private InboundProxyHost {
   int last_accept_error_ = 0;       // errno of the last EMFILE/ENFILE, for the summary line
   uv_timer_t accept_resume_timer_;  // ends a pause
   uv_timer_t throttle_timer_;       // reports what LogThrottle held back
+  // Every kIdleSweep: sessions quiet that long give their framers' buffers
+  // back (Session::releaseIdleBuffers), so an idle session costs less.
+  uv_timer_t idle_sweep_;
+  static constexpr std::chrono::milliseconds kIdleSweep{10'000};
   // Sessions that ended are deleted here, on the loop's next turn, never
   // inside the callback in which they ended.
   uv_idle_t reaper_;

@@ -316,6 +316,24 @@ void Session::kick() {
   closeWithBye("* BYE [UNAVAILABLE] Session ended by the administrator.\r\n", EndReason::kKicked);
 }
 
+bool Session::releaseIdleBuffers(Clock::time_point now, Clock::duration quiet) {
+  if (now - last_activity_ < quiet) {
+    return false;
+  }
+  if (state_ == SessionState::kRelay) {
+    if (!inflight_.empty()) {
+      return false;
+    }
+    const bool commands = command_framer_.releaseBuffers();
+    const bool responses = response_framer_.releaseBuffers();
+    return commands || responses;
+  }
+  if (state_ == SessionState::kPrelogin && client_pending_.empty()) {
+    return command_framer_.releaseBuffers();
+  }
+  return false;
+}
+
 SessionInfo Session::info(std::chrono::steady_clock::time_point now) const {
   SessionInfo out;
   out.id = id_;

@@ -154,6 +154,13 @@ class Session : public TransportHandler {
   // Admin kick: `* BYE` now, then close, whatever the session is doing.
   void kick();
   SessionInfo info(std::chrono::steady_clock::time_point now) const;
+  // After `quiet` without client activity, gives the framers' line buffers
+  // (about 1 KiB per direction) back to the allocator: only between
+  // commands (relay: nothing in flight; pre-login: nothing pending) and at
+  // a line boundary. The next byte allocates them again. The worker calls
+  // it from a sweep, so no command pays for it. True if it released any.
+  bool releaseIdleBuffers(std::chrono::steady_clock::time_point now,
+                          std::chrono::steady_clock::duration quiet);
 
   std::uint64_t id() const { return id_; }
   // During the backend login, the login client's step (kBackendGreeting ..

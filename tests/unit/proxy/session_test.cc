@@ -408,6 +408,40 @@ TEST_F(SessionTest, BytesAroundTheLoginAreRelayedAfterIt) {
   EXPECT_EQ(session_->commandsInFlight(), 2u);
 }
 
+TEST_F(SessionTest, AQuietSessionGivesItsFramersBuffersBackAndRelaysOnAfterwards) {
+  start();
+  EXPECT_FALSE(
+      session_->releaseIdleBuffers(host_.now() + std::chrono::hours(1), std::chrono::seconds(10)))
+      << "nothing was ever allocated before the first byte";
+  client_->deliver("a1 LOGIN alice secret\r\n");
+  FakeTransport* backend = host_.lastBackend();
+  backend->connectOk();
+  backend->deliver(kGreetingSaslIr);
+  backend->takeWritten();
+  backend->deliver("a1 OK Logged in\r\n");
+  host_.runPending();
+  client_->takeWritten();
+  client_->deliver("a2 NOOP\r\n");
+  EXPECT_EQ(backend->takeWritten(), "a2 NOOP\r\n");
+  const auto quiet = std::chrono::seconds(10);
+  EXPECT_FALSE(session_->releaseIdleBuffers(host_.now() + quiet, quiet))
+      << "a command is in flight";
+  backend->deliver("a2 OK NOOP completed\r\n");
+  EXPECT_EQ(client_->takeWritten(), "a2 OK NOOP completed\r\n");
+  EXPECT_FALSE(session_->releaseIdleBuffers(host_.now() + quiet / 2, quiet))
+      << "not quiet long enough";
+  EXPECT_TRUE(session_->releaseIdleBuffers(host_.now() + quiet, quiet));
+  EXPECT_FALSE(session_->releaseIdleBuffers(host_.now() + quiet, quiet))
+      << "nothing left to release";
+  // The next command and its answer are framed and accounted as before.
+  client_->deliver("a3 SELECT INBOX\r\n");
+  EXPECT_EQ(backend->takeWritten(), "a3 SELECT INBOX\r\n");
+  EXPECT_EQ(session_->commandsInFlight(), 1u);
+  backend->deliver("* 1 EXISTS\r\na3 OK [READ-WRITE] SELECT completed\r\n");
+  EXPECT_EQ(client_->takeWritten(), "* 1 EXISTS\r\na3 OK [READ-WRITE] SELECT completed\r\n");
+  EXPECT_EQ(session_->commandsInFlight(), 0u);
+}
+
 TEST_F(SessionTest, LoginQuotesSpecialsAndFallsBackForUnquotableBytes) {
   start();
   client_->deliver("a1 LOGIN \"alice\" \"pa\\\"ss\\\\word\"\r\n");
