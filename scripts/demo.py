@@ -4,6 +4,12 @@
     /usr/bin/python3 scripts/demo.py          # runs until Ctrl-C
     /usr/bin/python3 scripts/demo.py --once   # exits after the client session (CI)
     /usr/bin/python3 scripts/demo.py --lookup http   # routes through an auth_http service
+    /usr/bin/python3 scripts/demo.py --fleet  # three nodes behind HAProxy, sharing state in Redis
+
+With --fleet the demo runs the fleet topology of scripts/demo_fleet.py
+instead of the single Portico: redis-server, three Portico nodes with PROXY
+protocol listeners and real HAProxy in front on 127.0.0.1:10143; it shows a
+drain and a user hold reaching every node and prints the fleet view.
 
 With --lookup http the demo also starts a small nginx-style auth service
 (tests/integration/auth_service.py) on 127.0.0.1:10190 that routes alice
@@ -106,12 +112,35 @@ def show_health(base: str, wait_s: float = 20.0) -> None:
         print("  also: %s%s" % (base, path))
 
 
+def finish(ok: bool, once: bool, portico: Portico) -> int:
+    """The demo's end: its verdict, or run until a signal (Stop) or until
+    Portico exits on its own."""
+    if not ok:
+        print("demo: the fetched message differs from the appended one", file=sys.stderr)
+        return 1
+    if once:
+        return 0
+    print("Press Ctrl-C to stop.", flush=True)
+    while True:
+        try:
+            portico.proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            continue
+        print("demo: Portico exited with %s\n%s" % (portico.proc.returncode, portico.log_tail()),
+              file=sys.stderr)
+        return 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--once", action="store_true", help="exit after the client session")
     ap.add_argument("--lookup", choices=["none", "http"], default="none",
                     help="http: route each login through a small auth_http service")
+    ap.add_argument("--fleet", action="store_true",
+                    help="three Portico nodes behind HAProxy, sharing state through Redis")
     args = ap.parse_args()
+    if args.fleet and args.lookup != "none":
+        ap.error("--fleet and --lookup are separate demos")
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -138,6 +167,14 @@ def main() -> int:
             secret.chmod(0o600)
 
         auth = None
+        if args.fleet:
+            import demo_fleet  # scripts/, next to this file
+
+            nodes, front = demo_fleet.start(backends, RUN_DIR, REPO, started)
+            ok = client_session(front)
+            ok = demo_fleet.show(nodes, front, PASSWORD) and ok
+            show_health("http://127.0.0.1:%d" % nodes[0].status_port)
+            return finish(ok, args.once, nodes[0])
         if args.lookup == "http":
             from auth_service import AuthService  # tests/integration, on sys.path
 
@@ -194,21 +231,7 @@ Connect yourself:  127.0.0.1:%(port)d   users %(users)s   password %(pw)s
           build/proxy/porticoctl --socket .run/admin.sock backend drain mbx1 --move-sessions
 """ % {"port": LISTEN_PORT, "users": ", ".join(DEMO_USERS), "pw": PASSWORD, "status": STATUS_PORT})
 
-        if not ok:
-            print("demo: the fetched message differs from the appended one", file=sys.stderr)
-            return 1
-        if args.once:
-            return 0
-        print("Press Ctrl-C to stop.", flush=True)
-        while True:
-            # Wake on a signal (Stop) or when Portico exits on its own.
-            try:
-                portico.proc.wait(timeout=1.0)
-            except subprocess.TimeoutExpired:
-                continue
-            print("demo: Portico exited with %s\n%s" % (portico.proc.returncode, portico.log_tail()),
-                  file=sys.stderr)
-            return 1
+        return finish(ok, args.once, portico)
     except Stop as s:
         print("\ndemo: %s received, stopping" % s, flush=True)
         rc = 0
@@ -220,13 +243,13 @@ Connect yourself:  127.0.0.1:%(port)d   users %(users)s   password %(pw)s
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for thing in reversed(started):
             try:
-                if isinstance(thing, Portico):
-                    thing.cleanup()
-                else:
+                if isinstance(thing, Dovecot) or not hasattr(thing, "cleanup"):
                     thing.stop()
+                else:
+                    thing.cleanup()
             except Exception as e:  # noqa: BLE001 - keep stopping the rest
                 print("demo: stopping %r: %s" % (thing, e), file=sys.stderr)
-        print("demo: stopped Portico and both Dovecots", flush=True)
+        print("demo: stopped everything it started", flush=True)
     return rc
 
 

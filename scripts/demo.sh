@@ -2,7 +2,8 @@
 # Portico demo: installs what is missing, builds, then runs scripts/demo.py
 # (two Dovecot backends + Portico + one client session). Extra arguments go
 # to demo.py, e.g. `scripts/demo.sh --once` or `scripts/demo.sh --lookup http`
-# (logins routed by a small nginx-style auth service).
+# (logins routed by a small nginx-style auth service) or `scripts/demo.sh --fleet`
+# (three nodes behind HAProxy sharing drains and holds through Redis).
 set -e
 cd "$(dirname "$0")/.."
 scripts/setup.sh

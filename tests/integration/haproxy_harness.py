@@ -85,13 +85,15 @@ class HAProxy:
         self.proc: Optional[subprocess.Popen] = None
 
     def add_frontend(self, name: str, servers: Iterable[tuple],
-                     send_proxy: Optional[str] = "v2", check: bool = False) -> int:
-        """Adds a frontend; returns its port. Call before start(). `servers`:
-        (host, port) or (host, port, status_port) each, all of one kind."""
+                     send_proxy: Optional[str] = "v2", check: bool = False,
+                     port: Optional[int] = None) -> int:
+        """Adds a frontend; returns its port (`port`, or a free one). Call
+        before start(). `servers`: (host, port) or (host, port, status_port)
+        each, all of one kind."""
         servers = list(servers)
         assert len({len(s) for s in servers}) <= 1, "mixed server kinds"
         assert send_proxy in ("v1", "v2", None), send_proxy
-        port = free_port()
+        port = port or free_port()
         self.frontends[name] = (port, list(servers), send_proxy, check)
         return port
 
