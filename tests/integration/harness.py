@@ -1182,8 +1182,12 @@ class ImapConn:
     hangs on a silent server.
     """
 
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0, read_greeting: bool = True):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0, read_greeting: bool = True,
+                 source: Optional[str] = None):
+        # source: connect from this local address (any of 127.0.0.0/8), e.g.
+        # a client behind a load balancer with an address of its own.
+        self.sock = socket.create_connection((host, port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.sock.settimeout(timeout)
         self.buf = b""
         self.greeting = self.readline() if read_greeting else b""
