@@ -1175,6 +1175,22 @@ def _matches(needle, line: str) -> bool:
 # Raw-socket IMAP client
 
 
+def status_of(tagged: bytes) -> bytes:
+    """The status word of a tagged reply (b"OK", b"NO", b"BAD"), or b""."""
+    parts = tagged.split(b" ", 2)
+    return parts[1] if len(parts) > 1 else b""
+
+
+def logged_in(server, user: str, timeout: float = 10.0) -> "ImapConn":
+    """A connection to `server` (a port, or anything with .port) logged in as
+    `user` with the test password; fails the test when LOGIN is not OK."""
+    port = server if isinstance(server, int) else server.port
+    c = ImapConn(port, timeout=timeout)
+    tagged = c.login(user)
+    assert status_of(tagged) == b"OK", "LOGIN %s via port %d: %r" % (user, port, tagged)
+    return c
+
+
 class ImapConn:
     """A minimal line-oriented IMAP client over a plain socket.
 

@@ -22,8 +22,10 @@ import pytest
 from harness import (
     ImapConn,
     admin_request,
+    logged_in,
     make_message,
     porticoctl_bin,
+    status_of,
     wait_until,
 )
 
@@ -34,18 +36,6 @@ from harness import (
 
 def new_marker(prefix="adm"):
     return "%s-%s" % (prefix, uuid.uuid4().hex[:12])
-
-
-def status_of(tagged: bytes) -> bytes:
-    parts = tagged.split(b" ", 2)
-    return parts[1] if len(parts) > 1 else b""
-
-
-def login_raw(portico, user, timeout=10) -> ImapConn:
-    c = ImapConn(portico.port, timeout=timeout)
-    tagged = c.login(user)
-    assert status_of(tagged) == b"OK", "LOGIN %s via Portico: %r" % (user, tagged)
-    return c
 
 
 def ok(portico, command) -> dict:
@@ -71,7 +61,7 @@ def session_of(portico, conn) -> dict:
 
 
 def backend_of_user(portico, user) -> str:
-    c = login_raw(portico, user)
+    c = logged_in(portico, user)
     try:
         return session_of(portico, c)["backend"]
     finally:
@@ -104,7 +94,7 @@ def stored_intact(dovecot, user, marker, msg) -> bool:
 
 def append_marker(portico, user, marker) -> str:
     """Logs in, appends a small message with marker; returns the session's backend."""
-    c = login_raw(portico, user)
+    c = logged_in(portico, user)
     backend = session_of(portico, c)["backend"]
     tagged = c.append(make_message("admin routing", marker=marker))
     assert status_of(tagged) == b"OK", tagged
@@ -287,7 +277,7 @@ def half_closed_exchange(path, data: bytes) -> bytes:
 
 def test_half_closed_client_gets_its_answers(portico):
     path = str(portico.admin_socket)
-    c = login_raw(portico, "alice")
+    c = logged_in(portico, "alice")
     # Commands answered at once and ones the workers answer later.
     for request in (b"stats\n", b"sessions --user alice\n", b"kick --user nobody-here\n", b"sessions"):
         out = half_closed_exchange(path, request)
@@ -308,12 +298,12 @@ def test_half_closed_client_gets_its_answers(portico):
 
 
 def test_sessions_and_kick(portico):
-    alice = login_raw(portico, "alice")
+    alice = logged_in(portico, "alice")
     alice.ok("SELECT INBOX")
     alice.send("i1 IDLE\r\n")
     assert alice.readline().startswith(b"+"), "no IDLE continuation"
-    bobs = [login_raw(portico, "bob") for _ in range(2)]
-    carol = login_raw(portico, "carol")
+    bobs = [logged_in(portico, "bob") for _ in range(2)]
+    carol = logged_in(portico, "carol")
 
     listed = ok(portico, ["sessions", "--user", "alice"])
     assert listed["count"] == 1, listed
@@ -359,7 +349,7 @@ def test_stats_counts_commands(portico):
     assert status_of(tagged) == b"BAD", tagged
     pre.close()
     assert ok(portico, "stats")["prelogin_bad_commands"] == bad_before + 1
-    c = login_raw(portico, "dave")
+    c = logged_in(portico, "dave")
     backend = session_of(portico, c)["backend"]
     before = ok(portico, "stats")["backends"].get(backend, {}).get("commands", {}).get("NOOP", {}).get("count", 0)
     for _ in range(7):
@@ -392,7 +382,7 @@ def test_reload_valid_and_broken(portico):
     assert re.search(r"%s:%d: .*colour_of_the_bikeshed" % (re.escape(str(portico.config_path)), len(lines)),
                      error), error
     # The running configuration stays and serves.
-    c = login_raw(portico, "alice")
+    c = logged_in(portico, "alice")
     c.ok("NOOP")
     c.close()
     portico.config_path.write_text(good)
@@ -427,13 +417,13 @@ def test_drain_and_enable_route_new_logins(backends, portico):
 
 def test_drain_move_sessions_waits_for_a_running_append(backends, portico):
     user = "heidi"
-    idle = login_raw(portico, user, timeout=30)
+    idle = logged_in(portico, user, timeout=30)
     idle.ok("SELECT INBOX")
     home = session_of(portico, idle)["backend"]
     bystander_user = next(u for u in ("alice", "bob", "carol", "dave", "erin", "frank")
                           if backend_of_user(portico, u) == other(home))
-    bystander = login_raw(portico, bystander_user)
-    loader = login_raw(portico, user, timeout=60)
+    bystander = logged_in(portico, bystander_user)
+    loader = logged_in(portico, user, timeout=60)
     assert session_of(portico, loader)["backend"] == home
 
     marker = new_marker("moving")
@@ -511,7 +501,7 @@ def test_probe_on_demand(portico):
 
 def test_porticoctl(portico, tmp_path):
     need_porticoctl()
-    c = login_raw(portico, "alice")
+    c = logged_in(portico, "alice")
     c.ok("NOOP")
     sid = session_of(portico, c)["id"]
 

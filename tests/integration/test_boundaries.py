@@ -35,16 +35,12 @@ from harness import (
     PorticoError,
     admin_request,
     free_port,
-    porticoctl_bin,
     portico_bin,
+    porticoctl_bin,
+    status_of,
     to_toml,
     wait_until,
 )
-
-
-def tagged_status(line: bytes) -> bytes:
-    parts = line.split(b" ", 2)
-    return parts[1] if len(parts) > 1 else b""
 
 
 def ctl(portico, *args, timeout=20):
@@ -105,7 +101,7 @@ def test_invalid_utf8_user_name_then_porticoctl_sessions(portico):
     c = ImapConn(portico.port)
     c.send(b"a1 LOGIN {2+}\r\n\xff\xfe wrong-password\r\n")
     tagged, _ = c.read_response("a1")
-    assert tagged_status(tagged) == b"NO", tagged
+    assert status_of(tagged) == b"NO", tagged
 
     r = ctl(portico, "sessions")
     assert r.returncode == 0, (r.returncode, r.stderr)
@@ -117,8 +113,8 @@ def test_invalid_utf8_user_name_then_porticoctl_sessions(portico):
     assert mine[0]["user"] == "\ufffd\ufffd", mine  # replaced, not fatal
     # The session is intact: it still answers, and logs in properly.
     tagged, _ = c.command("NOOP")
-    assert tagged_status(tagged) == b"OK", tagged
-    assert tagged_status(c.login("alice")) == b"OK"
+    assert status_of(tagged) == b"OK", tagged
+    assert status_of(c.login("alice")) == b"OK"
     c.close()
     assert portico.running()
     assert portico.admin("stats")["ok"] is True
@@ -256,7 +252,7 @@ def test_user_names_cannot_forge_log_lines(portico):
     c = ImapConn(portico.port)
     c.send(b"a1 LOGIN {%d+}\r\n" % len(user) + user + b" wrong-password\r\n")
     tagged, _ = c.read_response("a1")
-    assert tagged_status(tagged) == b"NO", tagged
+    assert status_of(tagged) == b"NO", tagged
     ports.append(c.local_port)
     r = ctl(portico, "sessions")  # the table shows it escaped too
     assert r.returncode == 0 and b"\x1b" not in r.stdout and b"\r" not in r.stdout, r
@@ -267,7 +263,7 @@ def test_user_names_cannot_forge_log_lines(portico):
     c = ImapConn(portico.port)
     payload = base64.b64encode(b"\0" + user + b"\0wrong-password").decode()
     tagged, _ = c.command("AUTHENTICATE PLAIN " + payload)
-    assert tagged_status(tagged) == b"NO", tagged
+    assert status_of(tagged) == b"NO", tagged
     ports.append(c.local_port)
     c.close()
     portico.wait_for_session_ends(ports)

@@ -57,11 +57,13 @@ import pytest
 from harness import (
     PASSWORD,
     ImapConn,
+    logged_in,
     make_message,
     parse_protocol_log,
     protocol_log_files,
     quote,
     sha256,
+    status_of,
     wait_until,
 )
 from scripted_backend import ScriptedBackend
@@ -71,18 +73,6 @@ from slow_relay import SlowRelay
 
 def _marker(prefix):
     return "%s-%s" % (prefix, uuid.uuid4().hex[:12])
-
-
-def _status(tagged: bytes) -> bytes:
-    parts = tagged.split(b" ", 2)
-    return parts[1] if len(parts) > 1 else b""
-
-
-def _login(port, user, timeout=10.0) -> ImapConn:
-    c = ImapConn(port, timeout=timeout)
-    tagged = c.login(user)
-    assert _status(tagged) == b"OK", "LOGIN %s: %r" % (user, tagged)
-    return c
 
 
 def _imap_process(backends, user, state=None, timeout=5.0):
@@ -154,7 +144,7 @@ def _search_direct(dovecot, user, marker):
 def test_backend_killed_mid_append(own_backends, portico_factory):
     p = portico_factory(own_backends)
     user = "user71"
-    c = _login(p.port, user, timeout=5)
+    c = logged_in(p.port, user, timeout=5)
     c.ok("SELECT INBOX")
     marker = _marker("kill-append")
     msg = make_message("killed mid-APPEND", body_bytes=2 << 20, marker=marker)
@@ -172,7 +162,7 @@ def test_backend_killed_mid_append(own_backends, portico_factory):
     assert backend.messages_with(user, marker) == []
     assert _search_direct(backend, user, marker) == []
     # The backend's master lives on: a new session through Portico works.
-    c2 = _login(p.port, user)
+    c2 = logged_in(p.port, user)
     c2.ok("SELECT INBOX")
     c2.close()
 
@@ -180,7 +170,7 @@ def test_backend_killed_mid_append(own_backends, portico_factory):
 def test_backend_killed_mid_idle(own_backends, portico_factory):
     p = portico_factory(own_backends)
     user = "user72"
-    c = _login(p.port, user, timeout=5)
+    c = logged_in(p.port, user, timeout=5)
     c.ok("SELECT INBOX")
     c.send("i1 IDLE\r\n")
     assert c.readline().startswith(b"+ "), "no continuation for IDLE"
@@ -206,7 +196,7 @@ def test_backend_stalled_gets_bye_within_the_idle_timeout(backends, portico_fact
             "backend": [{"name": "stally", "address": relay.address, "weight": 1}],
             "timeouts": {"idle": "%dms" % int(idle_s * 1000)},
         })
-        c = _login(p.port, "user73", timeout=idle_s + 5)
+        c = logged_in(p.port, "user73", timeout=idle_s + 5)
         c.ok("SELECT INBOX")
         relay.stall()
         sent = time.monotonic()
@@ -257,7 +247,7 @@ def test_backend_that_never_greets(backends, portico_factory, tmp_path):
             "timeouts": timeouts,
         })
         t0 = time.monotonic()
-        c = _login(pair.port, "alice", timeout=login_s + 5)
+        c = logged_in(pair.port, "alice", timeout=login_s + 5)
         elapsed = time.monotonic() - t0
         assert login_s - 0.1 <= elapsed <= login_s + 2.0, elapsed
         c.ok("SELECT INBOX")
@@ -324,11 +314,11 @@ def test_slowloris_prelogin_is_cut_off_and_others_are_served(backends, portico_f
     try:
         # Meanwhile a real client logs in and works, promptly.
         t0 = time.monotonic()
-        c = _login(p.port, "user74", timeout=3)
+        c = logged_in(p.port, "user74", timeout=3)
         c.ok("SELECT INBOX")
         c.ok("NOOP")
         tagged, _ = c.command("LOGOUT")
-        assert _status(tagged) == b"OK", tagged
+        assert status_of(tagged) == b"OK", tagged
         c.close()
         assert time.monotonic() - t0 < 1.5, "a normal client waited %.1fs" % (time.monotonic() - t0)
         assert time.monotonic() - started < prelogin_s, "served only after the lorises were gone"
@@ -363,7 +353,7 @@ def test_protocol_log_disk_full_drops_and_counts(backends, portico_factory):
 
     p = portico_factory(backends, preexec=small_files, config={"protocol_log": {"enabled": True}})
     log_dir = p.workdir / "log"
-    sessions = [_login(p.port, "user%02d" % (75 + i), timeout=10) for i in range(3)]
+    sessions = [logged_in(p.port, "user%02d" % (75 + i), timeout=10) for i in range(3)]
 
     def status():
         return p.admin("protocol-log status")["protocol_log"]
@@ -378,7 +368,7 @@ def test_protocol_log_disk_full_drops_and_counts(backends, portico_factory):
     for c in sessions:
         for i in range(n):
             tagged, _ = c.read_response("n%03d" % i)
-            assert _status(tagged) == b"OK", tagged
+            assert status_of(tagged) == b"OK", tagged
 
     # Every record is accounted for, written or dropped (the writer drains
     # every 150 ms).
@@ -400,9 +390,9 @@ def test_protocol_log_disk_full_drops_and_counts(backends, portico_factory):
     for c in sessions:
         c.ok("NOOP")
         tagged, _ = c.command("LOGOUT")
-        assert _status(tagged) == b"OK"
+        assert status_of(tagged) == b"OK"
         c.close()
-    c = _login(p.port, "user79")
+    c = logged_in(p.port, "user79")
     c.ok("SELECT INBOX")
     c.close()
     assert p.running()
@@ -417,7 +407,7 @@ def test_sighup_during_200_active_sessions(backends, portico_factory):
     p = portico_factory(backends)
     n = 200
     reloads = 3
-    logged_in = threading.Barrier(n + 1)
+    all_in = threading.Barrier(n + 1)
     stop = threading.Event()
     errors = []
     counts = [0] * n
@@ -426,9 +416,9 @@ def test_sighup_during_200_active_sessions(backends, portico_factory):
     def session(i):
         c = None
         try:
-            c = _login(p.port, "user%02d" % (i % 100), timeout=30)
+            c = logged_in(p.port, "user%02d" % (i % 100), timeout=30)
             c.ok("SELECT INBOX")
-            logged_in.wait(timeout=60)
+            all_in.wait(timeout=60)
             k = 0
             while not stop.is_set():
                 c.ok("NOOP" if k % 2 else "STATUS INBOX (MESSAGES)")
@@ -436,9 +426,9 @@ def test_sighup_during_200_active_sessions(backends, portico_factory):
                 counts[i] = k
             c.ok("NOOP")  # after the last reload
             tagged, _ = c.command("LOGOUT")
-            assert _status(tagged) == b"OK", tagged
+            assert status_of(tagged) == b"OK", tagged
         except BaseException as e:  # noqa: BLE001 - reported below
-            logged_in.abort()
+            all_in.abort()
             with lock:
                 errors.append("session %d: %r" % (i, e))
         finally:
@@ -449,7 +439,7 @@ def test_sighup_during_200_active_sessions(backends, portico_factory):
     for t in threads:
         t.start()
     try:
-        logged_in.wait(timeout=60)
+        all_in.wait(timeout=60)
         for r in range(reloads):
             # A real change each time (routing weights), so the workers take
             # a new snapshot while every session is busy.
@@ -481,7 +471,7 @@ def test_sigterm_during_20mib_append(own_backends, portico_factory):
     stuck_msg = make_message("stuck across SIGTERM", body_bytes=15 << 20, marker=stuck_marker, seed=8)
 
     def start_append(user, message):
-        c = _login(p.port, user, timeout=shutdown_s + 10)
+        c = logged_in(p.port, user, timeout=shutdown_s + 10)
         c.ok("SELECT INBOX")
         c.send("t1 APPEND INBOX {%d}\r\n" % len(message))
         assert c.readline().startswith(b"+"), "no continuation"
@@ -498,7 +488,7 @@ def test_sigterm_during_20mib_append(own_backends, portico_factory):
     # One client goes on sending; the other never sends another byte.
     done.send(msg[4 << 20:] + b"\r\n")
     tagged, _ = done.read_response("t1")
-    assert _status(tagged) == b"OK", tagged
+    assert status_of(tagged) == b"OK", tagged
     rest, how = _read_until_closed(done.sock, t0 + shutdown_s + 3)
     assert re.fullmatch(rb"\* BYE [^\r\n]+\r\n", done.buf + rest), (done.buf + rest, how)
     assert how in ("eof", "reset"), how

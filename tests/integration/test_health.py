@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import PASSWORD, USERS, Dovecot, ImapConn, make_message, wait_until
+from harness import PASSWORD, USERS, Dovecot, ImapConn, logged_in, make_message, wait_until
 from silent_server import SilentServer
 from slow_relay import SlowRelay
 
@@ -359,18 +359,11 @@ def fast(interval: str = "300ms", timeout: str = "1s") -> dict:
     return {"interval": interval, "timeout": timeout, "retries": 0}
 
 
-def imap_login(portico, user: str, timeout: float = 10.0) -> ImapConn:
-    c = ImapConn(portico.port, timeout=timeout)
-    tagged = c.login(user)
-    assert tagged.split(b" ")[1] == b"OK", "LOGIN %s via Portico: %r" % (user, tagged)
-    return c
-
-
 def append_marker(portico, user: str) -> tuple:
     """Logs user in through Portico, APPENDs a message with a new marker;
     returns (marker, client port)."""
     marker = "health-%s" % uuid.uuid4().hex[:12]
-    with imap_login(portico, user) as c:
+    with logged_in(portico, user) as c:
         port = c.local_port
         tagged = c.append(make_message("health test", marker=marker))
         assert tagged.split(b" ")[1] == b"OK", tagged
@@ -593,8 +586,8 @@ def test_slow_backend_trips_average_processing_time(pair, portico_factory):
         slow_user = users_preferring("mbx1", names)[0]
         fast_user = users_preferring("mbx2", names)[0]
 
-        slow = imap_login(p, slow_user, timeout=10)
-        quick = imap_login(p, fast_user)
+        slow = logged_in(p, slow_user, timeout=10)
+        quick = logged_in(p, fast_user)
         try:
             slow.ok("SELECT INBOX")
             quick.ok("SELECT INBOX")
@@ -655,7 +648,7 @@ def test_stalled_backend_trips_requests_queued(pair, portico_factory):
         st = Status(p)
         users = users_preferring("mbx1", ["mbx1", "mbx2"], 3)
         for u in users:
-            c = imap_login(p, u)
+            c = logged_in(p, u)
             c.ok("SELECT INBOX")
             sessions.append(c)
         st.wait_monitor(QUEUED, "mbx1", "Healthy", timeout=5)
@@ -912,7 +905,7 @@ def test_status_endpoint_survives_abuse(pair, portico_factory):
     p = portico_factory(pair, config=health_config([backend_entry(d.name, d.address) for d in pair]))
     st = Status(p)
     addr = ("127.0.0.1", p.status_port)
-    imap = imap_login(p, "alice")
+    imap = logged_in(p, "alice")
     flood: list = []
     trickle_stop = threading.Event()
     try:
@@ -1011,7 +1004,7 @@ def test_status_endpoint_survives_abuse(pair, portico_factory):
         assert refused >= 500 - max_conns, refused
         # While they are open: the workers serve IMAP.
         imap.ok("NOOP")
-        with imap_login(p, "bob") as c2:
+        with logged_in(p, "bob") as c2:
             c2.ok("SELECT INBOX")
             c2.ok("NOOP")
         for s in flood:
@@ -1049,7 +1042,7 @@ def test_metrics_are_valid_prometheus_text(pair, portico_factory):
     st = Status(p)
     user = "carol"
     backend = rendezvous_order(user, ["mbx1", "mbx2"])[0]
-    with imap_login(p, user) as c:
+    with logged_in(p, user) as c:
         c.ok("SELECT INBOX")
         for _ in range(3):
             c.ok("NOOP")

@@ -16,11 +16,13 @@ from harness import (
     PASSWORD,
     PROTOCOL_LOG_HEADER_PREFIXES,
     ImapConn,
+    logged_in,
     make_message,
     parse_protocol_log,
     plain_b64,
     protocol_log_files,
     read_protocol_log,
+    status_of,
     wait_until,
 )
 
@@ -36,18 +38,6 @@ DATE_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 def new_marker(prefix="plog"):
     return "%s-%s" % (prefix, uuid.uuid4().hex[:12])
-
-
-def status_of(tagged: bytes) -> bytes:
-    parts = tagged.split(b" ", 2)
-    return parts[1] if len(parts) > 1 else b""
-
-
-def login_raw(portico, user, timeout=10) -> ImapConn:
-    c = ImapConn(portico.port, timeout=timeout)
-    tagged = c.login(user)
-    assert status_of(tagged) == b"OK", "LOGIN %s via Portico: %r" % (user, tagged)
-    return c
 
 
 def log_dir(portico):
@@ -115,7 +105,7 @@ def prove_writer_caught_up(portico, user="carol"):
     whatever a session of the same worker submitted earlier is on disk too;
     then switches logging off again. Returns the sentinel's marker."""
     assert portico.admin(["protocol-log", "on", "--user", user])["ok"]
-    c = login_raw(portico, user)
+    c = logged_in(portico, user)
     marker = new_marker("sentinel")
     c.command("SEARCH SUBJECT %s" % marker)
     c.ok("LOGOUT")
@@ -131,7 +121,7 @@ class Busy(threading.Thread):
 
     def __init__(self, portico, user):
         super().__init__(name="busy-%s" % user, daemon=True)
-        self.conn = login_raw(portico, user)
+        self.conn = logged_in(portico, user)
         self.conn.ok("SELECT INBOX")
         self.user = user
         self.port = self.conn.local_port
@@ -209,7 +199,7 @@ def test_switch_on_and_off_under_load(portico):
     marker = new_marker("after-off")
     for b in busy[:5]:
         b.conn.command("SEARCH SUBJECT %s" % marker)
-    late = login_raw(portico, "user20")
+    late = logged_in(portico, "user20")
     late.command("SEARCH SUBJECT %s" % marker)
     late_port = late.local_port
     late.ok("LOGOUT")
@@ -384,7 +374,7 @@ def test_rotation_by_size(backends, portico_factory):
     # [protocol_log] max_file_size accepts any byte count (0 = no limit).
     p = portico_factory(backends, config={"protocol_log": {"enabled": True, "max_file_size": 4096}})
     directory = log_dir(p)
-    c = login_raw(p, "dave")
+    c = logged_in(p, "dave")
     port = c.local_port
     c.ok("SELECT INBOX")
     for i in range(120):
@@ -428,7 +418,7 @@ def test_unwritable_directory_keeps_serving(backends, portico_factory, tmp_path)
     p = portico_factory(backends, config={"protocol_log": {"directory": str(blocker / "log")}})
     reply = p.admin("protocol-log on")
     assert reply["ok"], reply
-    c = login_raw(p, "erin")
+    c = logged_in(p, "erin")
     c.ok("SELECT INBOX")
     for _ in range(10):
         c.ok("NOOP")
@@ -446,7 +436,7 @@ def test_unwritable_directory_keeps_serving(backends, portico_factory, tmp_path)
     c.ok("NOOP")
     c.ok("LOGOUT")
     c.close()
-    c2 = login_raw(p, "frank")
+    c2 = logged_in(p, "frank")
     c2.ok("SELECT INBOX")
     c2.ok("LOGOUT")
     c2.close()

@@ -20,10 +20,12 @@ import pytest
 from harness import (
     PASSWORD,
     ImapConn,
+    logged_in,
     make_message,
     plain_b64,
     quote,
     sha256,
+    status_of,
     wait_until,
     which_backend,
 )
@@ -47,11 +49,6 @@ def imap(portico, user=None, timeout=30):
     return m
 
 
-def status_of(tagged: bytes) -> bytes:
-    parts = tagged.split(b" ", 2)
-    return parts[1] if len(parts) > 1 else b""
-
-
 def caps_in(line: bytes) -> set:
     """Capability atoms from `* CAPABILITY ...` or a `[CAPABILITY ...]` code."""
     m = re.search(rb"\[CAPABILITY ([^\]]*)\]", line) or re.match(rb"\* CAPABILITY (.*)\r\n", line)
@@ -64,13 +61,6 @@ def exists_count(lines) -> int:
         if m:
             return int(m.group(1))
     raise AssertionError("no EXISTS in %r" % lines)
-
-
-def login_raw(portico, user, timeout=10) -> ImapConn:
-    c = ImapConn(portico.port, timeout=timeout)
-    tagged = c.login(user)
-    assert status_of(tagged) == b"OK", "LOGIN %s via Portico: %r" % (user, tagged)
-    return c
 
 
 def append_via(portico, user, marker):
@@ -133,7 +123,7 @@ def test_capability_after_login_offers_portico_compress_once(backends, portico):
 
 
 def test_compress_with_an_unknown_mechanism_is_refused(portico):
-    c = login_raw(portico, "alice")
+    c = logged_in(portico, "alice")
     tagged, untagged = c.command("COMPRESS ZSTD", tag="z1")
     assert tagged.startswith(b"z1 BAD"), (tagged, untagged)
     # The session must still speak plain IMAP afterwards.
@@ -191,7 +181,7 @@ def test_routing_uses_both_backends(backends, portico):
 
 
 def test_1000_pipelined_commands(portico):
-    c = login_raw(portico, "frank")
+    c = logged_in(portico, "frank")
     c.ok("SELECT INBOX")
     tags = ["t%04d" % i for i in range(1, 1001)]
     c.send("".join("%s NOOP\r\n" % t for t in tags))
@@ -211,7 +201,7 @@ def test_1000_pipelined_commands(portico):
 
 
 def test_idle_sees_exists_from_another_connection(portico):
-    c = login_raw(portico, "grace", timeout=5)
+    c = logged_in(portico, "grace", timeout=5)
     before = exists_count(c.ok("SELECT INBOX"))
     c.send("i1 IDLE\r\n")
     cont = c.readline()
@@ -340,7 +330,7 @@ def test_curl_lists_and_fetches(portico):
 
 def test_backend_killed_mid_session_gives_bye_unavailable(own_backends, portico_factory):
     p = portico_factory(own_backends)
-    c = login_raw(p, "heidi", timeout=3)
+    c = logged_in(p, "heidi", timeout=3)
     c.ok("SELECT INBOX")
     marker = new_marker("kill")
     assert status_of(c.append(make_message("before kill", marker=marker))) == b"OK"
@@ -523,7 +513,7 @@ def test_sighup_reload_keeps_sessions_and_routes_new_ones(backends, dovecot_fact
 
 def test_no_fd_leak_after_dropped_and_killed_sessions(own_backends, portico_factory):
     p = portico_factory(own_backends)
-    warm = login_raw(p, "user60")
+    warm = logged_in(p, "user60")
     warm_port = warm.local_port
     warm.command("LOGOUT")
     warm.close()
@@ -543,7 +533,7 @@ def test_no_fd_leak_after_dropped_and_killed_sessions(own_backends, portico_fact
 
     ports = []
     for i in range(50):
-        c = login_raw(p, "user%02d" % (60 + i % 30))
+        c = logged_in(p, "user%02d" % (60 + i % 30))
         c.ok("SELECT INBOX")
         ports.append(c.local_port)
         if i % 2:
@@ -551,7 +541,7 @@ def test_no_fd_leak_after_dropped_and_killed_sessions(own_backends, portico_fact
         else:
             c.close()  # FIN, no LOGOUT
 
-    doomed = [login_raw(p, "user%02d" % (90 + i), timeout=3) for i in range(5)]
+    doomed = [logged_in(p, "user%02d" % (90 + i), timeout=3) for i in range(5)]
     for c in doomed:
         c.ok("SELECT INBOX")
         ports.append(c.local_port)
@@ -576,7 +566,7 @@ def test_session_end_log_lines_and_no_password(backends, portico):
     users = ["user70", "user71", "user72"]
     ports = {}
     # LOGIN + LOGOUT
-    c = login_raw(portico, users[0])
+    c = logged_in(portico, users[0])
     ports[users[0]] = c.local_port
     c.command("LOGOUT")
     c.close()
@@ -618,7 +608,7 @@ def test_session_end_log_lines_and_no_password(backends, portico):
 def test_sigterm_sends_bye_and_exits(backends, portico_factory):
     shutdown_s = 3
     p = portico_factory(backends, config={"timeouts": {"shutdown": "%ds" % shutdown_s}})
-    c = login_raw(p, "user80", timeout=shutdown_s + 2)
+    c = logged_in(p, "user80", timeout=shutdown_s + 2)
     c.ok("SELECT INBOX")
     t0 = time.monotonic()
     os.kill(p.pid, signal.SIGTERM)
