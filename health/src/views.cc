@@ -144,12 +144,14 @@ std::string HealthService::Impl::backends() const {
   for (const BackendLoad& b : proxy_.backendLoad()) {
     const char* state = b.drained_by_operator    ? "drained-by-operator"
                         : b.drained_by_responder ? "drained-by-responder"
+                        : b.drained_by_fleet     ? "drained-by-fleet"
                                                  : "enabled";
     list.push_back({{"name", b.name},
                     {"weight", b.weight},
                     {"state", state},
                     {"drained_by_responder", b.drained_by_responder},
                     {"drained_by_operator", b.drained_by_operator},
+                    {"drained_by_fleet", b.drained_by_fleet},
                     {"sessions", b.sessions},
                     {"queued", b.queued},
                     {"average_processing_ms", b.average_processing_ms},
@@ -209,7 +211,7 @@ bool HealthService::Impl::ready(std::string* reason) const {
   }
   const auto loads = proxy_.backendLoad();
   const bool any = std::any_of(loads.begin(), loads.end(), [](const BackendLoad& b) {
-    return !b.drained_by_responder && !b.drained_by_operator;
+    return !b.drained_by_responder && !b.drained_by_operator && !b.drained_by_fleet;
   });
   if (!any) {
     reasons.emplace_back(loads.empty() ? "no backends" : "every backend is drained");

@@ -69,9 +69,12 @@ struct SharedState {
   // whether a responder or an operator drained them.
   std::array<std::atomic<bool>, kMaxBackends> drained_by_responder{};
   std::array<std::atomic<bool>, kMaxBackends> drained_by_operator{};
+  // Fleet mode: Unhealthy on a quorum of the fleet's nodes.
+  std::array<std::atomic<bool>, kMaxBackends> drained_by_fleet{};
   bool drained(std::size_t slot) const {
     return drained_by_responder[slot].load(std::memory_order_relaxed) ||
-           drained_by_operator[slot].load(std::memory_order_relaxed);
+           drained_by_operator[slot].load(std::memory_order_relaxed) ||
+           drained_by_fleet[slot].load(std::memory_order_relaxed);
   }
   std::atomic<std::uint64_t> connections{0};  // across workers, for max_connections
   // Accepts that found no file descriptor: answered with a BYE from the

@@ -73,31 +73,45 @@ def shm_tls_dovecot():
         pki.cleanup()
 
 
+ATTEMPTS = 3  # rounds of APPENDS pairs; the first round within the bound passes
+
+
 def _assert_append_within_2x(direct: imaplib.IMAP4, proxied: imaplib.IMAP4, what: str) -> None:
+    """Medians of APPENDS alternating APPENDs per path, in up to ATTEMPTS
+    rounds. A stall is a 40 ms delayed-ACK timer on every APPEND, so it fails
+    every round; a burst of load from elsewhere on this shared 2-core
+    machine (a build: every extra process hop waits for a core) fails one
+    round, not three in a row, so a later round may pass."""
     message = make_message("latency probe", body_bytes=200, marker="append-latency")
+    # A sanitizer build of Portico spends a few milliseconds of its own per
+    # APPEND, so the ratio says nothing there; the stall this test is about
+    # is the 40 ms delayed-ACK timer, which a 10 ms allowance still catches.
+    allowance = 0.0 if sanitizer_of() is None else 0.010
+    rounds = []
     try:
         # One APPEND each before timing: the first one creates Dovecot's files.
         _timed_append(direct, message)
         _timed_append(proxied, message)
-        # Alternating, so a burst of load from elsewhere on this shared
-        # machine hits both paths alike.
-        direct_times, proxied_times = [], []
-        for _ in range(APPENDS):
-            direct_times.append(_timed_append(direct, message))
-            proxied_times.append(_timed_append(proxied, message))
+        for _ in range(ATTEMPTS):
+            # Alternating, so load from elsewhere hits both paths alike.
+            direct_times, proxied_times = [], []
+            for _ in range(APPENDS):
+                direct_times.append(_timed_append(direct, message))
+                proxied_times.append(_timed_append(proxied, message))
+            d, p = statistics.median(direct_times), statistics.median(proxied_times)
+            rounds.append((d, p))
+            print("APPEND median: direct %.2f ms, %s %.2f ms (%.2fx)"
+                  % (d * 1e3, what, p * 1e3, p / d))
+            if p <= 2 * d + allowance:
+                return
     finally:
         for m in (direct, proxied):
             m.shutdown()
-    d, p = statistics.median(direct_times), statistics.median(proxied_times)
-    print("APPEND median: direct %.2f ms, %s %.2f ms (%.2fx)" % (d * 1e3, what, p * 1e3, p / d))
-    # A sanitizer build of Portico spends a few milliseconds of its own per
-    # APPEND, so the ratio says nothing there; the stall this test is about
-    # is the 40 ms delayed-ACK timer, which a 10 ms allowance still catches.
-    bound = 2 * d if sanitizer_of() is None else 2 * d + 0.010
-    assert p <= bound, (
-        "APPEND %s takes %.2f ms (median of %d), %.1fx the %.2f ms direct: "
+    assert False, (
+        "APPEND %s takes %s (medians of %d) against %s direct in %d rounds: "
         "a Nagle/delayed-ACK stall on one of the legs?"
-        % (what, p * 1e3, len(proxied_times), p / d, d * 1e3))
+        % (what, ", ".join("%.2f ms" % (p * 1e3) for _, p in rounds), APPENDS,
+           ", ".join("%.2f ms" % (d * 1e3) for d, _ in rounds), len(rounds)))
 
 
 def test_small_append_has_no_delayed_ack_stall(shm_dovecot, portico_factory):

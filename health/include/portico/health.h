@@ -187,6 +187,7 @@ struct BackendLoad {
   std::string name;
   bool drained_by_responder = false;
   bool drained_by_operator = false;
+  bool drained_by_fleet = false;  // fleet mode: Unhealthy on a quorum of nodes
   std::uint64_t sessions = 0;
   std::uint64_t queued = 0;           // commands sent, not yet answered
   double average_processing_ms = 0;   // moving average of the last 1,024 commands

@@ -333,6 +333,10 @@ constexpr Field<FleetConfig> kFleet[] = {
        }
        return "";
      }},
+    {{"health_quorum", VT::kInteger, "0",
+      "Nodes finding a backend Unhealthy before all drain it; 0: a majority of the live nodes", 0,
+      1000},
+     &FleetConfig::health_quorum},
 };
 
 template <typename S>

@@ -108,6 +108,8 @@ std::string renderProxyMetrics(const StatsSnapshot& s, const RuntimeConfig& conf
                    shared.drained_by_responder[r.slot].load(std::memory_order_relaxed) ? 1 : 0);
     fmt::format_to(it, "portico_backend_drained{{backend=\"{}\",by=\"operator\"}} {}\n", r.name,
                    shared.drained_by_operator[r.slot].load(std::memory_order_relaxed) ? 1 : 0);
+    fmt::format_to(it, "portico_backend_drained{{backend=\"{}\",by=\"fleet\"}} {}\n", r.name,
+                   shared.drained_by_fleet[r.slot].load(std::memory_order_relaxed) ? 1 : 0);
   }
   for (std::size_t k = 0; k < kBackendCounterCount; ++k) {
     const CounterSpec& spec = kBackendCounters[k];

@@ -192,6 +192,7 @@ std::vector<health::BackendLoad> WorkerProxyView::backendLoad() {
     load.name = config->config.backends[i].name;
     load.drained_by_responder = shared_.drained_by_responder[slot].load(std::memory_order_relaxed);
     load.drained_by_operator = shared_.drained_by_operator[slot].load(std::memory_order_relaxed);
+    load.drained_by_fleet = shared_.drained_by_fleet[slot].load(std::memory_order_relaxed);
     load.weight = config->config.backends[i].weight;
     if (slot < s.backends.size()) {
       const StatsSnapshot::Backend& b = s.backends[slot];
@@ -218,6 +219,32 @@ void WorkerProxyView::setDrainedByResponder(const std::string& backend, bool dra
   if (drained && move_sessions) {
     moveSessions(backend);
   }
+  if (on_responder_change_) {
+    on_responder_change_();
+  }
+}
+
+void WorkerProxyView::setDrainedByFleet(const std::string& backend, bool drained,
+                                        bool move_sessions) {
+  std::size_t slot = registry_.slot(backend);
+  if (slot >= kMaxBackends) {
+    return;
+  }
+  shared_.drained_by_fleet[slot].store(drained, std::memory_order_relaxed);
+  if (drained && move_sessions) {
+    moveSessions(backend);
+  }
+}
+
+std::vector<std::string> WorkerProxyView::drainedByResponder() {
+  RuntimeConfigPtr config = config_();
+  std::vector<std::string> out;
+  for (std::size_t i = 0; i < config->config.backends.size(); ++i) {
+    if (shared_.drained_by_responder[config->stats_slot[i]].load(std::memory_order_relaxed)) {
+      out.push_back(config->config.backends[i].name);
+    }
+  }
+  return out;
 }
 
 bool WorkerProxyView::setDrainedByOperator(const std::string& backend, bool drained,

@@ -41,6 +41,14 @@ class WorkerProxyView final : public health::ProxyView {
   void setListening(bool up) { listening_ = up; }
   // Operator drain (admin socket): same effect, separate flag.
   bool setDrainedByOperator(const std::string& backend, bool drained, bool move_sessions);
+  // Fleet mode's quorum drain: same effect, separate flag.
+  void setDrainedByFleet(const std::string& backend, bool drained, bool move_sessions);
+  // The backends this node's responders drained (its fleet health votes).
+  std::vector<std::string> drainedByResponder();
+  // Called after each responder drain or restore (fleet mode votes then).
+  void setOnResponderChange(std::function<void()> callback) {
+    on_responder_change_ = std::move(callback);
+  }
 
  private:
   StatsSnapshot snapshotNow() const;
@@ -52,6 +60,7 @@ class WorkerProxyView final : public health::ProxyView {
   std::function<RuntimeConfigPtr()> config_;
   bool listening_ = false;
   std::function<std::string()> protocol_log_status_;
+  std::function<void()> on_responder_change_;
 };
 
 }  // namespace portico::proxy

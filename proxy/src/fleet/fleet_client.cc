@@ -74,6 +74,28 @@ redis.call('PUBLISH', ARGV[2], 'holds')
 return 1
 )lua";
 
+// This node's health votes, and every live node's. KEYS: the nodes index.
+// ARGV: alive-key prefix, node, ttl ms, channel, this node's votes (the
+// backends it finds Unhealthy, one per line). Returns node, votes, ...
+constexpr const char* kVoteScript = R"lua(
+local mine = ARGV[1] .. ARGV[2]
+local before = redis.call('GET', mine)
+redis.call('SET', mine, ARGV[5], 'PX', ARGV[3])
+redis.call('SADD', KEYS[1], ARGV[2])
+if before ~= ARGV[5] then redis.call('PUBLISH', ARGV[4], 'health') end
+local out = {}
+for _, n in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local v = redis.call('GET', ARGV[1] .. n)
+  if v then
+    out[#out + 1] = n
+    out[#out + 1] = v
+  else
+    redis.call('SREM', KEYS[1], n)
+  end
+end
+return out
+)lua";
+
 // The data generation: set by the first node to reach an empty Redis.
 constexpr const char* kEpochScript = R"lua(
 local e = redis.call('GET', KEYS[1])
@@ -155,6 +177,7 @@ void FleetClient::start() {
         }
         if (self->commands_->connected()) {
           self->reconcile();
+          self->vote();
         } else {
           self->unreachable(self->commands_->lastError().empty() ? "not connected"
                                                                  : self->commands_->lastError());
@@ -230,6 +253,7 @@ void FleetClient::onSubscriberConnected() {
     // missed while resubscribing is covered by the confirmation's read).
     if (reply != nullptr && reply->type == REDIS_REPLY_ARRAY && commands_->connected()) {
       reconcile();
+      vote();
     }
   });
 }
@@ -447,6 +471,79 @@ void FleetClient::reconciled(const void* raw, const std::string& error, bool sta
   if (hooks_.health) {
     hooks_.health(true, "");
   }
+}
+
+void FleetClient::vote() {
+  if (!commands_->connected()) {
+    return;
+  }
+  if (voting_) {
+    vote_again_ = true;
+    return;
+  }
+  std::string mine;
+  if (hooks_.unhealthy_here) {
+    for (const std::string& backend : hooks_.unhealthy_here()) {
+      mine += backend;
+      mine += '\n';
+    }
+  }
+  voting_ = commands_->command({"EVAL", kVoteScript, "1", key("nodes"), key("alive:"), node_,
+                                std::to_string(kAliveTtl.count()), key("events"), mine},
+                               [this](const redisReply* reply, const std::string& error) {
+                                 voting_ = false;
+                                 voted(reply, error);
+                                 if (vote_again_) {
+                                   vote_again_ = false;
+                                   vote();
+                                 }
+                               });
+}
+
+void FleetClient::voted(const void* raw, const std::string& error) {
+  const auto* reply = static_cast<const redisReply*>(raw);
+  if (!replyError(reply, error).empty() || reply->type != REDIS_REPLY_ARRAY) {
+    return;  // the state read reports the outage; the last verdicts stay
+  }
+  QuorumView next;
+  for (std::size_t i = 0; i + 1 < reply->elements; i += 2) {
+    ++next.live_nodes;
+    std::string_view votes = textOf(reply->element[i + 1]);
+    while (!votes.empty()) {
+      std::size_t end = votes.find('\n');
+      std::string_view backend = votes.substr(0, end);
+      if (!backend.empty()) {
+        ++next.votes[std::string(backend)];
+      }
+      votes = end == std::string_view::npos ? std::string_view() : votes.substr(end + 1);
+    }
+  }
+  next.needed = quorumNeeded(next.live_nodes, config_.health_quorum);
+  for (const std::string& backend :
+       quorumDrains(next.votes, next.live_nodes, config_.health_quorum)) {
+    next.drained.insert(backend);
+  }
+  for (const std::string& backend : next.drained) {
+    if (quorum_.drained.count(backend) == 0) {
+      logging::log(logging::Level::kWarn, "fleet",
+                   "backend {} drained fleet-wide: Unhealthy on {} of {} live nodes (quorum {})",
+                   backend, next.votes[backend], next.live_nodes, next.needed);
+      if (hooks_.apply_quorum) {
+        hooks_.apply_quorum(backend, true);
+      }
+    }
+  }
+  for (const std::string& backend : quorum_.drained) {
+    if (next.drained.count(backend) == 0) {
+      logging::log(logging::Level::kInfo, "fleet",
+                   "backend {} restored fleet-wide: Unhealthy on {} of {} live nodes (quorum {})",
+                   backend, next.votes[backend], next.live_nodes, next.needed);
+      if (hooks_.apply_quorum) {
+        hooks_.apply_quorum(backend, false);
+      }
+    }
+  }
+  quorum_ = std::move(next);
 }
 
 }  // namespace portico::proxy::fleet

@@ -20,6 +20,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -37,12 +38,27 @@ struct FleetHooks {
   std::function<void(const std::vector<std::string>& users)> bye_users;
   // One observation for FleetStateMonitor.
   std::function<void(bool ok, const std::string& error)> health;
+  // The backends this node's own responders drained: its health votes.
+  std::function<std::vector<std::string>()> unhealthy_here;
+  // Drains (or restores) a backend on this node by the fleet's quorum.
+  std::function<void(const std::string& backend, bool drained)> apply_quorum;
+};
+
+// The fleet's health verdicts as last read (FleetClient::vote()).
+struct QuorumView {
+  std::uint32_t live_nodes = 0;
+  std::uint32_t needed = 0;
+  std::map<std::string, std::uint32_t> votes;  // backend -> nodes finding it Unhealthy
+  std::set<std::string> drained;               // by the quorum, applied here
 };
 
 class FleetClient {
  public:
   static constexpr std::chrono::milliseconds kReconcileEvery{500};
   static constexpr std::chrono::milliseconds kRedisTimeout{1'000};
+  // A node's health votes (and its place among the live nodes) last this
+  // long after its last write; it writes every kReconcileEvery.
+  static constexpr std::chrono::milliseconds kAliveTtl{3'000};
 
   // `config.redis` must be a valid address (checked by the config reader).
   FleetClient(uv_loop_t* loop, const FleetConfig& config, LoginGate& gate, FleetHooks hooks);
@@ -62,6 +78,8 @@ class FleetClient {
   // Holds (normalised) `user` on every node for `ttl`, or releases it.
   void hold(const std::string& user, std::chrono::milliseconds ttl, Done done);
   void release(const std::string& user, Done done);
+  // This node's responders drained or restored a backend: vote now.
+  void healthChanged() { vote(); }
 
   const std::string& node() const { return node_; }
   std::string where() const { return commands_->where(); }
@@ -70,6 +88,7 @@ class FleetClient {
   bool refusing() const { return gate_.refusing(); }
   const std::map<std::string, Verdict>& verdicts() const { return verdicts_; }
   const HoldTable& holds() const { return holds_; }
+  const QuorumView& quorum() const { return quorum_; }
 
  private:
   void onConnected();
@@ -83,6 +102,10 @@ class FleetClient {
   void reconcile();
   void reconciled(const void* reply, const std::string& error, bool stale_holds);
   void unreachable(const std::string& why);
+  // Writes this node's health votes and reads every live node's, in one
+  // round trip; applies the quorum's drains here (voted()).
+  void vote();
+  void voted(const void* reply, const std::string& error);
 
   uv_loop_t* loop_;
   FleetConfig config_;
@@ -103,6 +126,9 @@ class FleetClient {
   std::string last_error_;
   std::map<std::string, Verdict> verdicts_;  // by backend: the newest known
   HoldTable holds_;
+  QuorumView quorum_;
+  bool voting_ = false;      // a vote is in flight
+  bool vote_again_ = false;  // ... and another was asked for meanwhile
   // Holds (expiry) and releases (nullopt) made while Redis was away.
   std::map<std::string, std::optional<Clock::time_point>> unsent_holds_;
 };

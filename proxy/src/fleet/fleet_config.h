@@ -3,6 +3,7 @@
 // (config_schema.cc); the keys are the contract.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 namespace portico::proxy {
@@ -11,6 +12,9 @@ struct FleetConfig {
   std::string redis;                    // "IP:PORT"; "" = no fleet
   std::string node;                     // "" = the host name (fleet::defaultNodeName())
   std::string on_redis_down = "local";  // "local" | "refuse"
+  // Nodes that must find a backend Unhealthy (their responders drained it)
+  // before every node drains it; 0 = a majority of the live nodes.
+  std::uint32_t health_quorum = 0;
 
   bool enabled() const { return !redis.empty(); }
   bool refuseWhenDown() const { return on_redis_down == "refuse"; }

@@ -63,7 +63,20 @@ json statusJson(const ControlLoop& c) {
                 std::chrono::duration_cast<std::chrono::milliseconds>(until - now).count()}});
     }
   }
+  const fleet::QuorumView& q = f.quorum();
+  json health = json::object();
+  for (const auto& [backend, count] : q.votes) {
+    health[backend] = json{{"unhealthy_on", count}, {"drained", q.drained.count(backend) != 0}};
+  }
+  for (const std::string& backend : q.drained) {
+    if (!health.contains(backend)) {
+      health[backend] = json{{"unhealthy_on", 0}, {"drained", true}};
+    }
+  }
   return json{{"node", f.node()},
+              {"live_nodes", q.live_nodes},
+              {"health_quorum", q.needed},
+              {"health", health},
               {"redis", f.where()},
               {"connected", f.connected()},
               {"last_error", f.lastError()},
@@ -94,8 +107,17 @@ void startFleet(ControlLoop& c) {
       c.health->recordFleetResult(good, error);
     }
   };
+  hooks.unhealthy_here = [&c] { return c.view->drainedByResponder(); };
+  hooks.apply_quorum = [&c](const std::string& backend, bool drained) {
+    c.view->setDrainedByFleet(backend, drained, drained && c.config->config.health.move_sessions);
+  };
   c.fleet =
       std::make_unique<fleet::FleetClient>(&c.loop, config, c.shared.fleet_gate, std::move(hooks));
+  c.view->setOnResponderChange([&c] {
+    if (c.fleet) {
+      c.fleet->healthChanged();
+    }
+  });
   c.fleet->start();
 }
 

@@ -57,6 +57,25 @@ std::optional<Verdict> decodeVerdict(std::string_view text) {
   return verdict;
 }
 
+std::uint32_t quorumNeeded(std::uint32_t live_nodes, std::uint32_t configured) {
+  return configured != 0 ? configured : live_nodes / 2 + 1;
+}
+
+std::vector<std::string> quorumDrains(const std::map<std::string, std::uint32_t>& votes,
+                                      std::uint32_t live_nodes, std::uint32_t configured) {
+  std::vector<std::string> out;
+  if (live_nodes == 0) {
+    return out;
+  }
+  const std::uint32_t needed = quorumNeeded(live_nodes, configured);
+  for (const auto& [backend, count] : votes) {
+    if (count >= needed) {
+      out.push_back(backend);
+    }
+  }
+  return out;
+}
+
 bool newer(const Verdict& a, const Verdict& b) {
   if (a.stamp_ms != b.stamp_ms) {
     return a.stamp_ms > b.stamp_ms;

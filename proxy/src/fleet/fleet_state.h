@@ -12,8 +12,13 @@
 //   epoch            string: a random token set (NX) by the first node to
 //                    reach an empty Redis; a node that sees it change knows
 //                    Redis lost its data and publishes what it knows again
-//   events           pub/sub channel: "backends" or "holds" after a change,
-//                    so that every node reads the state again at once
+//   alive:<node>     string: the backends this node finds Unhealthy
+//                    (space-separated, maybe none); PX = kAliveTtl,
+//                    refreshed at every read, so a dead node's votes go
+//   nodes            set: nodes with an alive key (an index; entries whose
+//                    key expired are removed when read)
+//   events           pub/sub channel: "backends", "holds" or "health" after
+//                    a change, so that every node reads the state again
 #pragma once
 
 #include <atomic>
@@ -54,6 +59,16 @@ bool newer(const Verdict& a, const Verdict& b);
 std::string nodeNameProblem(std::string_view node);
 // The host name when it is a good node name, else "portico".
 std::string defaultNodeName();
+
+// Health verdicts by quorum: each node votes for the backends its own
+// responders drained (Unhealthy on that node); a backend with at least
+// `needed` votes among the live nodes is drained on every node.
+// `configured` 0 means a majority of the live nodes.
+std::uint32_t quorumNeeded(std::uint32_t live_nodes, std::uint32_t configured);
+// The backends drained by the fleet: those with enough votes. `votes`:
+// backend -> how many live nodes find it Unhealthy.
+std::vector<std::string> quorumDrains(const std::map<std::string, std::uint32_t>& votes,
+                                      std::uint32_t live_nodes, std::uint32_t configured);
 
 // Held users (normalised) and when each hold ends.
 using Clock = std::chrono::steady_clock;

@@ -145,8 +145,8 @@ TEST(HealthService, MonitorsAndJsonShapesFromConfig) {
     ASSERT_EQ(backends["backends"].size(), 2u);
     EXPECT_EQ(keys(backends["backends"][0]),
               (std::set<std::string>{"name", "weight", "state", "drained_by_responder",
-                                     "drained_by_operator", "sessions", "queued",
-                                     "average_processing_ms", "recent_commands"}));
+                                     "drained_by_operator", "drained_by_fleet", "sessions",
+                                     "queued", "average_processing_ms", "recent_commands"}));
     EXPECT_EQ(backends["backends"][0]["state"], "enabled");
 
     const std::string metrics = service.metricsText();

@@ -50,6 +50,26 @@ TEST(FleetNodeNameTest, AcceptsHostNamesOnly) {
   EXPECT_EQ(nodeNameProblem(defaultNodeName()), "");
 }
 
+TEST(FleetQuorumTest, MajorityOfTheLiveNodesUnlessConfigured) {
+  EXPECT_EQ(quorumNeeded(1, 0), 1u);
+  EXPECT_EQ(quorumNeeded(2, 0), 2u);
+  EXPECT_EQ(quorumNeeded(3, 0), 2u);
+  EXPECT_EQ(quorumNeeded(4, 0), 3u);
+  EXPECT_EQ(quorumNeeded(3, 1), 1u);
+  EXPECT_EQ(quorumNeeded(3, 5), 5u);  // more than live: never reached
+}
+
+TEST(FleetQuorumTest, DrainsTheBackendsWithEnoughVotes) {
+  std::map<std::string, std::uint32_t> votes{{"mbx1", 2}, {"mbx2", 1}, {"mbx3", 3}};
+  EXPECT_EQ(quorumDrains(votes, 3, 0), (std::vector<std::string>{"mbx1", "mbx3"}));
+  // A node died: its votes went with it, and the majority of two is two.
+  votes = {{"mbx1", 1}};
+  EXPECT_TRUE(quorumDrains(votes, 2, 0).empty());
+  EXPECT_EQ(quorumDrains(votes, 2, 1), (std::vector<std::string>{"mbx1"}));
+  EXPECT_TRUE(quorumDrains(votes, 0, 0).empty());
+  EXPECT_TRUE(quorumDrains({{"mbx1", 3}}, 3, 5).empty());
+}
+
 TEST(FleetHoldTableTest, HoldsEndAtTheirTime) {
   const Clock::time_point t0{};
   HoldTable holds;
