@@ -96,6 +96,9 @@ struct Limits {
   // Commands sent to the backend and not yet answered, per session; at the
   // cap Portico stops reading the client until half of them are answered.
   std::uint32_t max_commands_in_flight = 1'000;
+  // Open sessions of one user (logins in progress included), across this
+  // process's workers or, in fleet mode, across the fleet; 0: no limit.
+  std::uint32_t max_sessions_per_user = 0;
 };
 
 struct RoutingConfig {

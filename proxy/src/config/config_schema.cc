@@ -181,6 +181,9 @@ constexpr Field<Limits> kLimits[] = {
      &Limits::write_high_watermark},
     {{"max_commands_in_flight", VT::kInteger, "1000", "Commands sent and not yet answered", 1},
      &Limits::max_commands_in_flight},
+    {{"max_sessions_per_user", VT::kInteger, "0",
+      "Open sessions of one user, across the fleet in fleet mode; 0: no limit", 0},
+     &Limits::max_sessions_per_user},
 };
 
 constexpr Field<StatusConfig> kStatus[] = {
@@ -333,6 +336,9 @@ constexpr Field<FleetConfig> kFleet[] = {
        }
        return "";
      }},
+    {{"session_ttl", VT::kDuration, "\"30s\"",
+      "Life of this node's session registry and counts in Redis unless refreshed", 1000},
+     &FleetConfig::session_ttl},
 };
 
 template <typename S>

@@ -26,6 +26,7 @@
 #include "fleet/fleet_config.h"
 #include "fleet/fleet_state.h"
 #include "fleet/redis_connection.h"
+#include "fleet/session_limit.h"
 
 namespace portico::proxy::fleet {
 
@@ -37,6 +38,21 @@ struct FleetHooks {
   std::function<void(const std::vector<std::string>& users)> bye_users;
   // One observation for FleetStateMonitor.
   std::function<void(bool ok, const std::string& error)> health;
+  // Whether limits.max_sessions_per_user is on (then this node publishes
+  // its counts and reads the others').
+  std::function<bool()> limits_on;
+  // This node's logged-in sessions for the registry: (session id, value).
+  using Entries = std::vector<std::pair<std::string, std::string>>;
+  std::function<void(std::function<void(Entries)> done)> list_sessions;
+  // Ends the sessions of (normalised) `user` on this node; `done` gets how many.
+  std::function<void(const std::string& user, std::function<void(std::size_t)> done)> kick_user;
+};
+
+// A registry entry as read back: which node, the session id, its value.
+struct RegistryEntry {
+  std::string node;
+  std::string id;
+  std::string value;
 };
 
 class FleetClient {
@@ -45,7 +61,11 @@ class FleetClient {
   static constexpr std::chrono::milliseconds kRedisTimeout{1'000};
 
   // `config.redis` must be a valid address (checked by the config reader).
-  FleetClient(uv_loop_t* loop, const FleetConfig& config, LoginGate& gate, FleetHooks hooks);
+  // How long a kick --fleet waits for the nodes' answers.
+  static constexpr std::chrono::milliseconds kKickWait{2'000};
+
+  FleetClient(uv_loop_t* loop, const FleetConfig& config, LoginGate& gate, SessionCounts& counts,
+              FleetHooks hooks);
   ~FleetClient();
   FleetClient(const FleetClient&) = delete;
   FleetClient& operator=(const FleetClient&) = delete;
@@ -62,6 +82,16 @@ class FleetClient {
   // Holds (normalised) `user` on every node for `ttl`, or releases it.
   void hold(const std::string& user, std::chrono::milliseconds ttl, Done done);
   void release(const std::string& user, Done done);
+
+  // Every node's registered sessions (this one's as last published).
+  using RegistryDone = std::function<void(std::vector<RegistryEntry>, const std::string& error)>;
+  void readRegistry(RegistryDone done);
+  // Ends `user`'s sessions on every node: `done` gets each answering node's
+  // count and how many nodes heard the request (fewer answers: some did not
+  // answer within kKickWait).
+  using KickDone = std::function<void(const std::map<std::string, std::size_t>& kicked,
+                                      std::size_t asked, const std::string& error)>;
+  void kickEverywhere(const std::string& user, KickDone done);
 
   const std::string& node() const { return node_; }
   std::string where() const { return commands_->where(); }
@@ -83,11 +113,17 @@ class FleetClient {
   void reconcile();
   void reconciled(const void* reply, const std::string& error, bool stale_holds);
   void unreachable(const std::string& why);
+  void onEvent(std::string_view message);
+  void publishCounts(Clock::time_point now);
+  void publishRegistry(Clock::time_point now);
+  void finishKicks(Clock::time_point now, bool all);
+  std::chrono::milliseconds refreshEvery() const;
 
   uv_loop_t* loop_;
   FleetConfig config_;
   std::string node_;
   LoginGate& gate_;
+  SessionCounts& counts_;
   FleetHooks hooks_;
   std::unique_ptr<RedisConnection> commands_;
   std::unique_ptr<RedisConnection> events_;  // SUBSCRIBE only
@@ -105,6 +141,26 @@ class FleetClient {
   HoldTable holds_;
   // Holds (expiry) and releases (nullopt) made while Redis was away.
   std::map<std::string, std::optional<Clock::time_point>> unsent_holds_;
+  // Session counts and registry: what was last published, and when.
+  std::uint64_t counts_generation_ = 0;
+  bool counts_busy_ = false;
+  bool counts_published_ = false;
+  Clock::time_point counts_at_{};
+  bool registry_busy_ = false;
+  Clock::time_point registry_at_{};
+  // kick --fleet requests made here, by request id.
+  struct PendingKick {
+    std::string user;
+    std::size_t asked = 0;
+    bool published = false;
+    std::map<std::string, std::size_t> kicked;
+    Clock::time_point deadline;
+    KickDone done;
+  };
+  std::map<std::string, PendingKick> kicks_;
+  // Callbacks that may outlive this client (the workers answer through the
+  // control loop's queue) hold it weakly.
+  std::shared_ptr<int> alive_ = std::make_shared<int>(0);
 };
 
 }  // namespace portico::proxy::fleet

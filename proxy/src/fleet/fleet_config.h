@@ -3,6 +3,7 @@
 // (config_schema.cc); the keys are the contract.
 #pragma once
 
+#include <chrono>
 #include <string>
 
 namespace portico::proxy {
@@ -11,6 +12,9 @@ struct FleetConfig {
   std::string redis;                    // "IP:PORT"; "" = no fleet
   std::string node;                     // "" = the host name (fleet::defaultNodeName())
   std::string on_redis_down = "local";  // "local" | "refuse"
+  // Lifetime of this node's session registry and session counts in Redis;
+  // refreshed every third of it.
+  std::chrono::milliseconds session_ttl{30'000};
 
   bool enabled() const { return !redis.empty(); }
   bool refuseWhenDown() const { return on_redis_down == "refuse"; }

@@ -1,6 +1,7 @@
 // Fleet mode's pure state: verdict encoding and ordering, hold expiry, and
 // the login gate workers ask.
 #include "fleet/fleet_state.h"
+#include "fleet/session_limit.h"
 
 #include <gtest/gtest.h>
 
@@ -128,6 +129,60 @@ TEST(FleetConfigTest, ReadsAndChecksTheFleetTable) {
     ConfigResult result = parseConfig(base + "[fleet]\n" + bad + "\n", "t.toml");
     EXPECT_FALSE(result.errors.empty()) << bad;
   }
+}
+
+TEST(FleetSessionCountsTest, LimitCountsThisNodeAndTheOthers) {
+  SessionCounts counts;
+  UserSlot a, b, c;
+  ASSERT_TRUE(counts.acquire("alice", 2, a));
+  ASSERT_TRUE(counts.acquire("alice", 2, b));
+  EXPECT_FALSE(counts.acquire("alice", 2, c));
+  EXPECT_FALSE(c.held());
+  EXPECT_TRUE(counts.acquire("bob", 2, c));  // per user
+  EXPECT_EQ(counts.local("alice"), 2u);
+
+  b.reset();  // a failed login or an ended session gives the slot back
+  EXPECT_EQ(counts.local("alice"), 1u);
+  // Another node has one of alice's sessions: the last slot is taken.
+  counts.setRemote({{"alice", 1}});
+  UserSlot d;
+  EXPECT_FALSE(counts.acquire("alice", 2, d));
+  EXPECT_TRUE(counts.acquire("alice", 0, d));  // 0: no limit
+  // Redis away: only this node's sessions count.
+  counts.setRemote({});
+  d.reset();
+  EXPECT_TRUE(counts.acquire("alice", 2, d));
+}
+
+TEST(FleetSessionCountsTest, SlotsGiveBackOnceAndTrackChanges) {
+  SessionCounts counts;
+  const std::uint64_t before = counts.generation();
+  {
+    UserSlot slot;
+    ASSERT_TRUE(counts.acquire("alice", 1, slot));
+    UserSlot moved(std::move(slot));
+    EXPECT_FALSE(slot.held());
+    slot.reset();  // the moved-from slot gives nothing back
+    EXPECT_EQ(counts.localCounts(), (CountMap{{"alice", 1}}));
+  }
+  EXPECT_TRUE(counts.localCounts().empty());
+  EXPECT_NE(counts.generation(), before);
+  UserSlot held, refused;
+  EXPECT_TRUE(counts.acquire("alice", 1, held));
+  EXPECT_FALSE(counts.acquire("alice", 1, refused));  // a refusal leaves no slot behind
+  EXPECT_FALSE(refused.held());
+  EXPECT_EQ(counts.local("alice"), 1u);
+}
+
+TEST(FleetSessionCountsTest, AddsPublishedCountsSkippingDamagedOnes) {
+  CountMap sum;
+  addCounts(sum, "alice", "2");
+  addCounts(sum, "alice", "3");
+  addCounts(sum, "bob", "x1");
+  addCounts(sum, "carol", "0");
+  addCounts(sum, "", "4");
+  addCounts(sum, "dave", "-1");
+  EXPECT_EQ(sum, (CountMap{{"alice", 5}}));
 }
 
 }  // namespace
