@@ -14,6 +14,7 @@
 #include "accounting.h"
 #include "config/config.h"
 #include "fleet/fleet_state.h"
+#include "fleet/login_penalty.h"
 #include "fleet/session_limit.h"
 #include "log_throttle.h"
 #include "lookup/lookup_shared.h"
@@ -94,6 +95,9 @@ struct SharedState {
   // Open sessions per user on this node, and the fleet's (as last read),
   // for limits.max_sessions_per_user.
   fleet::SessionCounts user_sessions;
+  // Failed logins on their way to Redis, and the IPs and users the fleet
+  // penalises (limits.login_failures_per_ip / _per_user).
+  fleet::LoginPenalties login_penalties;
 };
 
 }  // namespace portico::proxy

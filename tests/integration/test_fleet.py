@@ -18,6 +18,8 @@ backends, all on loopback.
 - `sessions --fleet` lists every node's sessions (client address as the
   PROXY header reported it) and `kick --user U --fleet` ends U's sessions on
   every node, saying how many on which.
+- Failed logins for one user on one node penalise that user on every node
+  (NO [UNAVAILABLE]) for the window; Redis holds no password.
 
 Every wait polls for its condition with a deadline.
 """
@@ -396,3 +398,28 @@ def test_sessions_and_kick_across_three_nodes(portico_factory, backends, redis):
         for conn in kicked + [stays]:
             conn.close()
 
+
+def test_login_failures_for_a_user_on_one_node_penalise_it_on_every_node(
+        portico_factory, backends, redis):
+    fresh_redis(redis)
+    cfg = [fleet_cfg(redis.address, n) for n in ("node-a", "node-b")]
+    for one in cfg:
+        one["limits"] = {"login_failures_per_user": 3, "login_failure_window": "20s"}
+    a, b = [portico_factory(backends, one) for one in cfg]
+    assert wait_until(lambda: synced(a) and synced(b), 10)
+    with ImapConn(a.port) as conn:
+        for _ in range(3):
+            assert conn.login("user16", "wrong-password").split()[1] == b"NO"
+    for p in (b, a):
+        assert wait_until(lambda: login_status(p, "user16").startswith(
+            b"a001 NO [UNAVAILABLE] Too many failed logins"), 5), p
+    assert login_status(b, "user17").startswith(b"a001 OK")  # per user (the IP is not limited)
+    assert redis.command("ZCARD", "portico:fleet:fail:user:user16") == "3"
+    # Redis holds the IP and the user name, never the password.
+    everything = redis.command(
+        "EVAL", "local out = {} for _, k in ipairs(redis.call('KEYS', 'portico:fleet:*')) do "
+        "out[#out + 1] = k if redis.call('TYPE', k).ok == 'zset' then "
+        "for _, m in ipairs(redis.call('ZRANGE', k, 0, -1)) do out[#out + 1] = m end end end "
+        "return table.concat(out, ' ')", "0")
+    assert "fail:user:user16" in everything and "penalties" in everything, everything
+    assert "wrong-password" not in everything, everything

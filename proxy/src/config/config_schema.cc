@@ -184,6 +184,17 @@ constexpr Field<Limits> kLimits[] = {
     {{"max_sessions_per_user", VT::kInteger, "0",
       "Open sessions of one user, across the fleet in fleet mode; 0: no limit", 0},
      &Limits::max_sessions_per_user},
+    {{"login_failures_per_ip", VT::kInteger, "0",
+      "Fleet mode: failed logins from one IP in the window before its logins are refused; 0: off",
+      0},
+     &Limits::login_failures_per_ip},
+    {{"login_failures_per_user", VT::kInteger, "0",
+      "Fleet mode: failed logins for one user in the window before its logins are refused; 0: off",
+      0},
+     &Limits::login_failures_per_user},
+    {{"login_failure_window", VT::kDuration, "\"10m\"",
+      "Fleet mode: the sliding window of the two counts above, and the penalty's length", 1000},
+     &Limits::login_failure_window},
 };
 
 constexpr Field<StatusConfig> kStatus[] = {

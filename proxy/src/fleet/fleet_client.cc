@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <charconv>
 #include <random>
+#include <set>
 #include <utility>
 
 #include "config/config.h"
@@ -132,6 +133,33 @@ end
 return out
 )lua";
 
+// Failed logins (ARGV[7..]: ip, user pairs) counted in a sliding window per
+// IP and per user; an IP or user that reaches its limit is penalised until
+// the window has passed (KEYS[1]: score = end). Returns the penalised.
+// ARGV: key prefix, now ms, window ms, per-ip limit, per-user limit, node.
+constexpr const char* kFailuresScript = R"lua(
+local now, window = tonumber(ARGV[2]), tonumber(ARGV[3])
+local limits = {ip = tonumber(ARGV[4]), user = tonumber(ARGV[5])}
+for i = 7, #ARGV, 2 do
+  local ids = {ip = ARGV[i], user = ARGV[i + 1]}
+  for _, kind in ipairs({'ip', 'user'}) do
+    local id = ids[kind]
+    if limits[kind] > 0 and id ~= '' then
+      local k = ARGV[1] .. 'fail:' .. kind .. ':' .. id
+      redis.call('ZADD', k, now, ARGV[6] .. ':' .. now .. ':' .. i)
+      redis.call('ZREMRANGEBYSCORE', k, '-inf', now - window)
+      redis.call('PEXPIRE', k, window)
+      if redis.call('ZCARD', k) >= limits[kind] then
+        redis.call('ZADD', KEYS[1], now + window, kind .. ':' .. id)
+        redis.call('PEXPIRE', KEYS[1], window)
+      end
+    end
+  end
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+)lua";
+
 std::uint64_t wallMs() {
   return static_cast<std::uint64_t>(
       std::chrono::duration_cast<Millis>(std::chrono::system_clock::now().time_since_epoch())
@@ -167,12 +195,13 @@ std::string replyError(const redisReply* reply, const std::string& error) {
 }  // namespace
 
 FleetClient::FleetClient(uv_loop_t* loop, const FleetConfig& config, LoginGate& gate,
-                         SessionCounts& counts, FleetHooks hooks)
+                         SessionCounts& counts, LoginPenalties& penalties, FleetHooks hooks)
     : loop_(loop),
       config_(config),
       node_(config.node.empty() ? defaultNodeName() : config.node),
       gate_(gate),
       counts_(counts),
+      penalties_(penalties),
       hooks_(std::move(hooks)) {
   std::optional<HostPort> address = parseHostPort(config_.redis);
   HostPort where = address.value_or(HostPort{"127.0.0.1", 6379, false});
@@ -210,6 +239,7 @@ void FleetClient::start() {
           self->reconcile();
           self->publishCounts(now);
           self->publishRegistry(now);
+          self->publishFailures();
         } else {
           self->unreachable(self->commands_->lastError().empty() ? "not connected"
                                                                  : self->commands_->lastError());
@@ -275,6 +305,8 @@ void FleetClient::unreachable(const std::string& why) {
   // Only this node's sessions count towards max_sessions_per_user now.
   counts_.setRemote({});
   counts_published_ = false;
+  // Penalties end at their time in Redis, which cannot be asked now: none.
+  penalties_.setPenalised({});
   if (config_.refuseWhenDown()) {
     gate_.setRefusing(true);
   }
@@ -730,6 +762,50 @@ void FleetClient::finishKicks(Clock::time_point now, bool all) {
   for (PendingKick& k : finished) {
     k.done(k.kicked, k.asked, k.published ? "" : "no answer from Redis");
   }
+}
+
+void FleetClient::publishFailures() {
+  if (penalties_busy_) {
+    return;
+  }
+  FleetHooks::PenaltyLimits limits =
+      hooks_.penalty_limits ? hooks_.penalty_limits() : FleetHooks::PenaltyLimits{};
+  std::vector<std::pair<std::string, std::string>> notes = penalties_.take();
+  if (limits.per_ip == 0 && limits.per_user == 0) {
+    penalties_.setPenalised({});
+    return;
+  }
+  std::vector<std::string> args{"EVAL",
+                                kFailuresScript,
+                                "1",
+                                key("penalties"),
+                                std::string(kKeyPrefix),
+                                std::to_string(wallMs()),
+                                std::to_string(std::max<std::int64_t>(1000, limits.window.count())),
+                                std::to_string(limits.per_ip),
+                                std::to_string(limits.per_user),
+                                node_};
+  for (auto& [ip, user] : notes) {
+    args.push_back(std::move(ip));
+    args.push_back(std::move(user));
+  }
+  penalties_busy_ =
+      commands_->command(args, [this](const redisReply* reply, const std::string& error) {
+        penalties_busy_ = false;
+        std::string problem = replyError(reply, error);
+        if (problem.empty() && reply->type != REDIS_REPLY_ARRAY) {
+          problem = "unexpected reply to the login failures";
+        }
+        if (!problem.empty()) {
+          logging::log(logging::Level::kDebug, "fleet", "login failures: {}", problem);
+          return;
+        }
+        std::set<std::string> penalised;
+        for (std::size_t i = 0; i < reply->elements; ++i) {
+          penalised.emplace(textOf(reply->element[i]));
+        }
+        penalties_.setPenalised(std::move(penalised));
+      });
 }
 
 }  // namespace portico::proxy::fleet

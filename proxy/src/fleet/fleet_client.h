@@ -25,6 +25,7 @@
 
 #include "fleet/fleet_config.h"
 #include "fleet/fleet_state.h"
+#include "fleet/login_penalty.h"
 #include "fleet/redis_connection.h"
 #include "fleet/session_limit.h"
 
@@ -46,6 +47,13 @@ struct FleetHooks {
   std::function<void(std::function<void(Entries)> done)> list_sessions;
   // Ends the sessions of (normalised) `user` on this node; `done` gets how many.
   std::function<void(const std::string& user, std::function<void(std::size_t)> done)> kick_user;
+  // limits.login_failures_per_ip / _per_user / login_failure_window now.
+  struct PenaltyLimits {
+    std::uint32_t per_ip = 0;
+    std::uint32_t per_user = 0;
+    std::chrono::milliseconds window{0};
+  };
+  std::function<PenaltyLimits()> penalty_limits;
 };
 
 // A registry entry as read back: which node, the session id, its value.
@@ -65,7 +73,7 @@ class FleetClient {
   static constexpr std::chrono::milliseconds kKickWait{2'000};
 
   FleetClient(uv_loop_t* loop, const FleetConfig& config, LoginGate& gate, SessionCounts& counts,
-              FleetHooks hooks);
+              LoginPenalties& penalties, FleetHooks hooks);
   ~FleetClient();
   FleetClient(const FleetClient&) = delete;
   FleetClient& operator=(const FleetClient&) = delete;
@@ -116,6 +124,7 @@ class FleetClient {
   void onEvent(std::string_view message);
   void publishCounts(Clock::time_point now);
   void publishRegistry(Clock::time_point now);
+  void publishFailures();
   void finishKicks(Clock::time_point now, bool all);
   std::chrono::milliseconds refreshEvery() const;
 
@@ -124,6 +133,8 @@ class FleetClient {
   std::string node_;
   LoginGate& gate_;
   SessionCounts& counts_;
+  LoginPenalties& penalties_;
+  bool penalties_busy_ = false;
   FleetHooks hooks_;
   std::unique_ptr<RedisConnection> commands_;
   std::unique_ptr<RedisConnection> events_;  // SUBSCRIBE only

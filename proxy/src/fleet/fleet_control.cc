@@ -134,8 +134,14 @@ void startFleet(ControlLoop& c) {
           done(total);
         });
   };
+  hooks.penalty_limits = [&c] {
+    const Limits& l = c.config->config.limits;
+    return fleet::FleetHooks::PenaltyLimits{l.login_failures_per_ip, l.login_failures_per_user,
+                                            l.login_failure_window};
+  };
   c.fleet = std::make_unique<fleet::FleetClient>(&c.loop, config, c.shared.fleet_gate,
-                                                 c.shared.user_sessions, std::move(hooks));
+                                                 c.shared.user_sessions, c.shared.login_penalties,
+                                                 std::move(hooks));
   c.fleet->start();
 }
 

@@ -1,6 +1,7 @@
 // Fleet mode's pure state: verdict encoding and ordering, hold expiry, and
 // the login gate workers ask.
 #include "fleet/fleet_state.h"
+#include "fleet/login_penalty.h"
 #include "fleet/session_limit.h"
 
 #include <gtest/gtest.h>
@@ -183,6 +184,28 @@ TEST(FleetSessionCountsTest, AddsPublishedCountsSkippingDamagedOnes) {
   addCounts(sum, "", "4");
   addCounts(sum, "dave", "-1");
   EXPECT_EQ(sum, (CountMap{{"alice", 5}}));
+}
+
+TEST(FleetLoginPenaltiesTest, NotesGoOutOnceAndPenaltiesRefuseIpOrUser) {
+  EXPECT_EQ(clientIp("192.0.2.7:40001"), "192.0.2.7");
+  EXPECT_EQ(clientIp("[2001:db8::1]:993"), "2001:db8::1");
+  LoginPenalties p;
+  p.record("192.0.2.7", "alice");
+  p.record("192.0.2.8", "bob");
+  EXPECT_EQ(p.take().size(), 2u);
+  EXPECT_TRUE(p.take().empty());
+  EXPECT_FALSE(p.refusal("192.0.2.7", "alice"));
+  p.setPenalised({"ip:192.0.2.7", "user:carol"});
+  EXPECT_TRUE(p.refusal("192.0.2.7", "dave"));
+  EXPECT_TRUE(p.refusal("192.0.2.9", "carol"));
+  EXPECT_FALSE(p.refusal("192.0.2.9", "alice"));
+  p.setPenalised({});
+  EXPECT_FALSE(p.refusal("192.0.2.7", "carol"));
+  for (std::size_t i = 0; i < LoginPenalties::kMaxNotes + 5; ++i) {
+    p.record("192.0.2.1", "eve");
+  }
+  EXPECT_EQ(p.dropped(), 5u);  // bounded
+  EXPECT_EQ(p.take().size(), LoginPenalties::kMaxNotes);
 }
 
 }  // namespace
