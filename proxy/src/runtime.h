@@ -14,6 +14,8 @@
 #include "accounting.h"
 #include "config/config.h"
 #include "fleet/fleet_state.h"
+#include "fleet/login_penalty.h"
+#include "fleet/session_limit.h"
 #include "log_throttle.h"
 #include "lookup/lookup_shared.h"
 #include "net_types.h"
@@ -93,6 +95,12 @@ struct SharedState {
   // Fleet mode: user holds and on_redis_down = "refuse", kept by the
   // control loop (fleet/fleet_client.h), asked at each login.
   fleet::LoginGate fleet_gate;
+  // Open sessions per user on this node, and the fleet's (as last read),
+  // for limits.max_sessions_per_user.
+  fleet::SessionCounts user_sessions;
+  // Failed logins on their way to Redis, and the IPs and users the fleet
+  // penalises (limits.login_failures_per_ip / _per_user).
+  fleet::LoginPenalties login_penalties;
 };
 
 }  // namespace portico::proxy

@@ -96,6 +96,16 @@ struct Limits {
   // Commands sent to the backend and not yet answered, per session; at the
   // cap Portico stops reading the client until half of them are answered.
   std::uint32_t max_commands_in_flight = 1'000;
+  // Open sessions of one user (logins in progress included), across this
+  // process's workers or, in fleet mode, across the fleet; 0: no limit.
+  std::uint32_t max_sessions_per_user = 0;
+  // Fleet mode: failed logins from one client IP / for one user name, across
+  // the fleet, within login_failure_window before further logins from that
+  // IP / for that user are refused for the rest of the window; 0: off.
+  std::uint32_t login_failures_per_ip = 0;
+  std::uint32_t login_failures_per_user = 0;
+  Millis login_failure_window{10 * 60'000};
+  bool loginPenalties() const { return login_failures_per_ip != 0 || login_failures_per_user != 0; }
 };
 
 struct RoutingConfig {

@@ -181,6 +181,20 @@ constexpr Field<Limits> kLimits[] = {
      &Limits::write_high_watermark},
     {{"max_commands_in_flight", VT::kInteger, "1000", "Commands sent and not yet answered", 1},
      &Limits::max_commands_in_flight},
+    {{"max_sessions_per_user", VT::kInteger, "0",
+      "Open sessions of one user, across the fleet in fleet mode; 0: no limit", 0},
+     &Limits::max_sessions_per_user},
+    {{"login_failures_per_ip", VT::kInteger, "0",
+      "Fleet mode: failed logins from one IP in the window before its logins are refused; 0: off",
+      0},
+     &Limits::login_failures_per_ip},
+    {{"login_failures_per_user", VT::kInteger, "0",
+      "Fleet mode: failed logins for one user in the window before its logins are refused; 0: off",
+      0},
+     &Limits::login_failures_per_user},
+    {{"login_failure_window", VT::kDuration, "\"10m\"",
+      "Fleet mode: the sliding window of the two counts above, and the penalty's length", 1000},
+     &Limits::login_failure_window},
 };
 
 constexpr Field<StatusConfig> kStatus[] = {
@@ -337,6 +351,9 @@ constexpr Field<FleetConfig> kFleet[] = {
       "Nodes finding a backend Unhealthy before all drain it; 0: a majority of the live nodes", 0,
       1000},
      &FleetConfig::health_quorum},
+    {{"session_ttl", VT::kDuration, "\"30s\"",
+      "Life of this node's session registry and counts in Redis unless refreshed", 1000},
+     &FleetConfig::session_ttl},
 };
 
 template <typename S>

@@ -196,38 +196,6 @@ json sessionJson(const SessionInfo& s) {
               {"age_ms", s.age_ms}};
 }
 
-// Runs `query` on every worker and calls `done` on the control loop with
-// the answers in worker order.
-template <typename T>
-void gather(ControlLoop& c, std::function<T(Worker&)> query,
-            std::function<void(std::vector<T>)> done) {
-  struct State {
-    std::vector<T> results;
-    std::size_t left;
-    std::function<void(std::vector<T>)> done;
-  };
-  auto state = std::make_shared<State>();
-  state->results.resize(c.workers.size());
-  state->left = c.workers.size();
-  state->done = std::move(done);
-  if (state->left == 0) {
-    state->done({});
-    return;
-  }
-  TaskQueue* tasks = c.tasks.get();
-  for (std::size_t i = 0; i < c.workers.size(); ++i) {
-    c.workers[i]->post([state, query, tasks, i](Worker& w) {
-      T result = query(w);
-      tasks->post([state, i, result = std::move(result)]() mutable {
-        state->results[i] = std::move(result);
-        if (--state->left == 0) {
-          state->done(std::move(state->results));
-        }
-      });
-    });
-  }
-}
-
 SessionFilter sessionFilterOf(const Args& args) {
   SessionFilter filter;
   if (auto it = args.options.find("--user"); it != args.options.end()) {
@@ -244,13 +212,17 @@ SessionFilter sessionFilterOf(const Args& args) {
 
 void sessionsCommand(ControlLoop& c, const std::vector<std::string>& words,
                      AdminServer::Reply reply) {
-  Args args = parseArgs(words, 1, {"--user", "--ip", "--backend"}, {});
+  Args args = parseArgs(words, 1, {"--user", "--ip", "--backend"}, {"--fleet"});
   if (!args.error.empty() || !args.positional.empty()) {
     reply(fail(args.error.empty() ? "sessions: unexpected '" + args.positional.front() + "'"
                                   : args.error));
     return;
   }
   const SessionFilter filter = sessionFilterOf(args);
+  if (args.options.count("--fleet") != 0) {
+    fleetSessions(c, filter, std::move(reply));  // fleet/fleet_control.cc
+    return;
+  }
   gather<std::vector<SessionInfo>>(
       c, [filter](Worker& w) { return w.listSessions(filter); },
       [reply](std::vector<std::vector<SessionInfo>> all) {
@@ -267,9 +239,18 @@ void sessionsCommand(ControlLoop& c, const std::vector<std::string>& words,
 }
 
 void kickCommand(ControlLoop& c, const std::vector<std::string>& words, AdminServer::Reply reply) {
-  Args args = parseArgs(words, 1, {"--user"}, {});
+  Args args = parseArgs(words, 1, {"--user"}, {"--fleet"});
   if (!args.error.empty()) {
     reply(fail(args.error));
+    return;
+  }
+  if (args.options.count("--fleet") != 0) {
+    auto it = args.options.find("--user");
+    if (it == args.options.end() || !args.positional.empty()) {
+      reply(fail("usage: kick --user U --fleet"));
+      return;
+    }
+    fleetKick(c, normaliseUser(it->second), std::move(reply));  // fleet/fleet_control.cc
     return;
   }
   SessionFilter filter;
@@ -285,7 +266,7 @@ void kickCommand(ControlLoop& c, const std::vector<std::string>& words, AdminSer
     }
     filter.id = value;
   } else {
-    reply(fail("usage: kick SESSION-ID | kick --user U"));
+    reply(fail("usage: kick SESSION-ID | kick --user U [--fleet]"));
     return;
   }
   gather<std::size_t>(
@@ -703,7 +684,8 @@ void handleAdminCommand(ControlLoop& c, const AdminRequest& request, AdminServer
         {"commands",
          {"protocol-log on [--user U] [--ip CIDR] [--ttl D] | off | status", "health [SET-GLOB]",
           "probe SET\\PROBE [TARGET]", "backend list | drain NAME [--move-sessions] | enable NAME",
-          "sessions [--user U] [--ip IP] [--backend B]", "kick SESSION-ID | --user U",
+          "sessions [--user U] [--ip IP] [--backend B] [--fleet]",
+          "kick SESSION-ID | --user U [--fleet]",
           "monitor disable|repairing|enable MONITOR [TARGET]",
           "monitor override MONITOR [--target B] --duration D [--state S] | override remove "
           "MONITOR [--target B]",

@@ -6,6 +6,7 @@
 
 #include <uv.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -42,11 +43,47 @@ struct ControlLoop {
   std::unique_ptr<fleet::FleetClient> fleet;  // null unless [fleet] redis is set
 };
 
+// Runs `query` on every worker and calls `done` on the control loop with
+// the answers in worker order.
+template <typename T>
+void gather(ControlLoop& c, std::function<T(Worker&)> query,
+            std::function<void(std::vector<T>)> done) {
+  struct State {
+    std::vector<T> results;
+    std::size_t left;
+    std::function<void(std::vector<T>)> done;
+  };
+  auto state = std::make_shared<State>();
+  state->results.resize(c.workers.size());
+  state->left = c.workers.size();
+  state->done = std::move(done);
+  if (state->left == 0) {
+    state->done({});
+    return;
+  }
+  TaskQueue* tasks = c.tasks.get();
+  for (std::size_t i = 0; i < c.workers.size(); ++i) {
+    c.workers[i]->post([state, query, tasks, i](Worker& w) {
+      T result = query(w);
+      tasks->post([state, i, result = std::move(result)]() mutable {
+        state->results[i] = std::move(result);
+        if (--state->left == 0) {
+          state->done(std::move(state->results));
+        }
+      });
+    });
+  }
+}
+
 // fleet/fleet_control.cc: starts fleet mode when [fleet] redis is set.
 void startFleet(ControlLoop& control);
 // The admin socket's `user hold|release|list` and `fleet` commands.
 void fleetCommand(ControlLoop& control, const std::vector<std::string>& words,
                   AdminServer::Reply reply);
+// `sessions --fleet`: every node's registered sessions matching `filter`.
+void fleetSessions(ControlLoop& control, const SessionFilter& filter, AdminServer::Reply reply);
+// `kick --user U --fleet`: ends (normalised) `user`'s sessions on every node.
+void fleetKick(ControlLoop& control, const std::string& user, AdminServer::Reply reply);
 // After an operator's drain or enable on this node: publishes it to the
 // fleet (when there is one), then replies `result` with a "fleet" field.
 void publishOperatorDrain(ControlLoop& control, const std::string& backend, bool drained,

@@ -26,7 +26,9 @@
 
 #include "fleet/fleet_config.h"
 #include "fleet/fleet_state.h"
+#include "fleet/login_penalty.h"
 #include "fleet/redis_connection.h"
+#include "fleet/session_limit.h"
 
 namespace portico::proxy::fleet {
 
@@ -38,6 +40,21 @@ struct FleetHooks {
   std::function<void(const std::vector<std::string>& users)> bye_users;
   // One observation for FleetStateMonitor.
   std::function<void(bool ok, const std::string& error)> health;
+  // Whether limits.max_sessions_per_user is on (then this node publishes
+  // its counts and reads the others').
+  std::function<bool()> limits_on;
+  // This node's logged-in sessions for the registry: (session id, value).
+  using Entries = std::vector<std::pair<std::string, std::string>>;
+  std::function<void(std::function<void(Entries)> done)> list_sessions;
+  // Ends the sessions of (normalised) `user` on this node; `done` gets how many.
+  std::function<void(const std::string& user, std::function<void(std::size_t)> done)> kick_user;
+  // limits.login_failures_per_ip / _per_user / login_failure_window now.
+  struct PenaltyLimits {
+    std::uint32_t per_ip = 0;
+    std::uint32_t per_user = 0;
+    std::chrono::milliseconds window{0};
+  };
+  std::function<PenaltyLimits()> penalty_limits;
   // The backends this node's own responders drained: its health votes.
   std::function<std::vector<std::string>()> unhealthy_here;
   // Drains (or restores) a backend on this node by the fleet's quorum.
@@ -52,6 +69,13 @@ struct QuorumView {
   std::set<std::string> drained;               // by the quorum, applied here
 };
 
+// A registry entry as read back: which node, the session id, its value.
+struct RegistryEntry {
+  std::string node;
+  std::string id;
+  std::string value;
+};
+
 class FleetClient {
  public:
   static constexpr std::chrono::milliseconds kReconcileEvery{500};
@@ -60,8 +84,13 @@ class FleetClient {
   // long after its last write; it writes every kReconcileEvery.
   static constexpr std::chrono::milliseconds kAliveTtl{3'000};
 
+  // How long a kick --fleet waits for the nodes' answers.
+  static constexpr std::chrono::milliseconds kKickWait{2'000};
+
   // `config.redis` must be a valid address (checked by the config reader).
-  FleetClient(uv_loop_t* loop, const FleetConfig& config, LoginGate& gate, FleetHooks hooks);
+
+  FleetClient(uv_loop_t* loop, const FleetConfig& config, LoginGate& gate, SessionCounts& counts,
+              LoginPenalties& penalties, FleetHooks hooks);
   ~FleetClient();
   FleetClient(const FleetClient&) = delete;
   FleetClient& operator=(const FleetClient&) = delete;
@@ -80,6 +109,16 @@ class FleetClient {
   void release(const std::string& user, Done done);
   // This node's responders drained or restored a backend: vote now.
   void healthChanged() { vote(); }
+
+  // Every node's registered sessions (this one's as last published).
+  using RegistryDone = std::function<void(std::vector<RegistryEntry>, const std::string& error)>;
+  void readRegistry(RegistryDone done);
+  // Ends `user`'s sessions on every node: `done` gets each answering node's
+  // count and how many nodes heard the request (fewer answers: some did not
+  // answer within kKickWait).
+  using KickDone = std::function<void(const std::map<std::string, std::size_t>& kicked,
+                                      std::size_t asked, const std::string& error)>;
+  void kickEverywhere(const std::string& user, KickDone done);
 
   const std::string& node() const { return node_; }
   std::string where() const { return commands_->where(); }
@@ -106,11 +145,20 @@ class FleetClient {
   // round trip; applies the quorum's drains here (voted()).
   void vote();
   void voted(const void* reply, const std::string& error);
+  void onEvent(std::string_view message);
+  void publishCounts(Clock::time_point now);
+  void publishRegistry(Clock::time_point now);
+  void publishFailures();
+  void finishKicks(Clock::time_point now, bool all);
+  std::chrono::milliseconds refreshEvery() const;
 
   uv_loop_t* loop_;
   FleetConfig config_;
   std::string node_;
   LoginGate& gate_;
+  SessionCounts& counts_;
+  LoginPenalties& penalties_;
+  bool penalties_busy_ = false;
   FleetHooks hooks_;
   std::unique_ptr<RedisConnection> commands_;
   std::unique_ptr<RedisConnection> events_;  // SUBSCRIBE only
@@ -131,6 +179,26 @@ class FleetClient {
   bool vote_again_ = false;  // ... and another was asked for meanwhile
   // Holds (expiry) and releases (nullopt) made while Redis was away.
   std::map<std::string, std::optional<Clock::time_point>> unsent_holds_;
+  // Session counts and registry: what was last published, and when.
+  std::uint64_t counts_generation_ = 0;
+  bool counts_busy_ = false;
+  bool counts_published_ = false;
+  Clock::time_point counts_at_{};
+  bool registry_busy_ = false;
+  Clock::time_point registry_at_{};
+  // kick --fleet requests made here, by request id.
+  struct PendingKick {
+    std::string user;
+    std::size_t asked = 0;
+    bool published = false;
+    std::map<std::string, std::size_t> kicked;
+    Clock::time_point deadline;
+    KickDone done;
+  };
+  std::map<std::string, PendingKick> kicks_;
+  // Callbacks that may outlive this client (the workers answer through the
+  // control loop's queue) hold it weakly.
+  std::shared_ptr<int> alive_ = std::make_shared<int>(0);
 };
 
 }  // namespace portico::proxy::fleet

@@ -3,6 +3,7 @@
 // (config_schema.cc); the keys are the contract.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 
@@ -15,6 +16,9 @@ struct FleetConfig {
   // Nodes that must find a backend Unhealthy (their responders drained it)
   // before every node drains it; 0 = a majority of the live nodes.
   std::uint32_t health_quorum = 0;
+  // Lifetime of this node's session registry and session counts in Redis;
+  // refreshed every third of it.
+  std::chrono::milliseconds session_ttl{30'000};
 
   bool enabled() const { return !redis.empty(); }
   bool refuseWhenDown() const { return on_redis_down == "refuse"; }

@@ -1,10 +1,13 @@
 // Fleet mode on the control loop: the FleetClient's hooks into the workers
 // and the health model, and the admin socket's fleet commands.
 #include <chrono>
+#include <cstdlib>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "config/config.h"
@@ -111,8 +114,51 @@ void startFleet(ControlLoop& c) {
   hooks.apply_quorum = [&c](const std::string& backend, bool drained) {
     c.view->setDrainedByFleet(backend, drained, drained && c.config->config.health.move_sessions);
   };
-  c.fleet =
-      std::make_unique<fleet::FleetClient>(&c.loop, config, c.shared.fleet_gate, std::move(hooks));
+  hooks.limits_on = [&c] { return c.config->config.limits.max_sessions_per_user > 0; };
+  hooks.list_sessions = [&c](std::function<void(fleet::FleetHooks::Entries)> done) {
+    gather<std::vector<SessionInfo>>(
+        c, [](Worker& w) { return w.listSessions(SessionFilter{}); },
+        [done = std::move(done)](std::vector<std::vector<SessionInfo>> all) {
+          const std::int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                          std::chrono::system_clock::now().time_since_epoch())
+                                          .count();
+          fleet::FleetHooks::Entries entries;
+          for (const auto& worker : all) {
+            for (const SessionInfo& s : worker) {
+              if (s.backend.empty()) {
+                continue;  // not logged in
+              }
+              entries.emplace_back(fmt::format("{:016x}", s.id),
+                                   jsonText(json{{"user", s.user},
+                                                 {"client", s.client},
+                                                 {"backend", s.backend},
+                                                 {"since_ms", now_ms - s.age_ms}}));
+            }
+          }
+          done(std::move(entries));
+        });
+  };
+  hooks.kick_user = [&c](const std::string& user, std::function<void(std::size_t)> done) {
+    SessionFilter filter;
+    filter.user = user;
+    gather<std::size_t>(
+        c, [filter](Worker& w) { return w.kick(filter); },
+        [done = std::move(done)](std::vector<std::size_t> counts) {
+          std::size_t total = 0;
+          for (std::size_t n : counts) {
+            total += n;
+          }
+          done(total);
+        });
+  };
+  hooks.penalty_limits = [&c] {
+    const Limits& l = c.config->config.limits;
+    return fleet::FleetHooks::PenaltyLimits{l.login_failures_per_ip, l.login_failures_per_user,
+                                            l.login_failure_window};
+  };
+  c.fleet = std::make_unique<fleet::FleetClient>(&c.loop, config, c.shared.fleet_gate,
+                                                 c.shared.user_sessions, c.shared.login_penalties,
+                                                 std::move(hooks));
   c.view->setOnResponderChange([&c] {
     if (c.fleet) {
       c.fleet->healthChanged();
@@ -132,6 +178,79 @@ void publishOperatorDrain(ControlLoop& c, const std::string& backend, bool drain
       [result = std::move(result), reply = std::move(reply)](const std::string& error) mutable {
         result["fleet"] = error.empty() ? "published" : "this node only for now: " + error;
         reply(ok(std::move(result)));
+      });
+}
+
+void fleetSessions(ControlLoop& c, const SessionFilter& filter, AdminServer::Reply reply) {
+  if (!c.fleet) {
+    reply(fail("sessions --fleet: fleet mode is off ([fleet] redis is not set)"));
+    return;
+  }
+  c.fleet->readRegistry([filter, reply = std::move(reply)](
+                            std::vector<fleet::RegistryEntry> entries, const std::string& error) {
+    if (!error.empty()) {
+      reply(fail("sessions --fleet: " + error));
+      return;
+    }
+    json list = json::array();
+    std::map<std::string, std::size_t> per_node;
+    for (const fleet::RegistryEntry& e : entries) {
+      json value = json::parse(e.value, nullptr, false);
+      if (!value.is_object()) {
+        continue;
+      }
+      SessionInfo info;
+      info.id = std::strtoull(e.id.c_str(), nullptr, 16);
+      info.user = value.value("user", "");
+      info.client = value.value("client", "");
+      info.backend = value.value("backend", "");
+      if (!filter.matches(info)) {
+        continue;
+      }
+      ++per_node[e.node];
+      list.push_back(json{{"node", e.node},
+                          {"id", e.id},
+                          {"user", info.user},
+                          {"client", info.client},
+                          {"backend", info.backend},
+                          {"since_ms", value.value("since_ms", std::int64_t{0})}});
+    }
+    reply(ok(json{{"sessions", list}, {"count", list.size()}, {"nodes", per_node}}));
+  });
+}
+
+void fleetKick(ControlLoop& c, const std::string& user, AdminServer::Reply reply) {
+  if (!c.fleet) {
+    reply(fail("kick --fleet: fleet mode is off ([fleet] redis is not set)"));
+    return;
+  }
+  if (!goodUser(user)) {
+    reply(fail("kick --fleet: bad user name"));
+    return;
+  }
+  logging::log(logging::Level::kWarn, "admin", "kick --fleet of user {}", user);
+  c.fleet->kickEverywhere(
+      user, [user, reply = std::move(reply)](const std::map<std::string, std::size_t>& kicked,
+                                             std::size_t asked, const std::string& error) {
+        if (!error.empty()) {
+          reply(fail("kick --fleet: " + error));
+          return;
+        }
+        std::size_t total = 0;
+        for (const auto& [node, n] : kicked) {
+          total += n;
+        }
+        json body{{"user", user},
+                  {"kicked", total},
+                  {"nodes", kicked},
+                  {"nodes_asked", asked},
+                  {"nodes_answered", kicked.size()}};
+        if (total == 0 && kicked.size() >= asked) {
+          reply(fail(fmt::format("kick: no matching session on any of {} node{}", asked,
+                                 asked == 1 ? "" : "s")));
+          return;
+        }
+        reply(ok(std::move(body)));
       });
 }
 

@@ -15,7 +15,7 @@
 //   alive:<node>     string: the backends this node finds Unhealthy
 //                    (space-separated, maybe none); PX = kAliveTtl,
 //                    refreshed at every read, so a dead node's votes go
-//   nodes            set: nodes with an alive key (an index; entries whose
+//   voters           set: nodes with an alive key (an index; entries whose
 //                    key expired are removed when read)
 //   events           pub/sub channel: "backends", "holds" or "health" after
 //                    a change, so that every node reads the state again

@@ -368,6 +368,9 @@ class Session : public TransportHandler {
 
   std::uint32_t bad_in_row_ = 0;
   std::uint32_t login_failures_ = 0;
+  // This session's place in limits.max_sessions_per_user, from the start of
+  // its login until the login fails or the session ends.
+  fleet::UserSlot user_slot_;
   std::uint64_t bytes_in_ = 0;
   std::uint64_t bytes_out_ = 0;
   std::uint64_t commands_ = 0;

@@ -335,6 +335,18 @@ void Session::startLogin() {
     failLogin(fmt::format("{} NO {}\r\n", login_tag_, *refusal), false);
     return;
   }
+  if (std::optional<std::string> refusal =
+          host_.shared().login_penalties.refusal(fleet::clientIp(client_address_), user)) {
+    failLogin(fmt::format("{} NO {}\r\n", login_tag_, *refusal), false);
+    return;
+  }
+  if (const std::uint32_t limit = rc.config.limits.max_sessions_per_user;
+      !host_.shared().user_sessions.acquire(user, limit, user_slot_)) {
+    failLogin(fmt::format("{} NO [LIMIT] Too many sessions for this user (at most {}).\r\n",
+                          login_tag_, limit),
+              false);
+    return;
+  }
   if (std::shared_ptr<LookupStage> stage = host_.lookupStage()) {
     startLookup(std::move(stage));  // session_lookup.cc
     return;
@@ -434,6 +446,10 @@ void Session::backendFailed(std::string_view why) {
 }
 
 void Session::failLogin(std::string_view client_line, bool count_failure) {
+  user_slot_.reset();
+  if (count_failure && config_->config.fleet.enabled() && config_->config.limits.loginPenalties()) {
+    host_.shared().login_penalties.record(fleet::clientIp(client_address_), normaliseUser(user_));
+  }
   (count_failure ? host_.stats().logins_rejected : host_.stats().logins_unavailable).add();
   if (backend_ != nullptr) {
     orphans_.push_back(backend_);

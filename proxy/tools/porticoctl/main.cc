@@ -42,6 +42,7 @@ struct Args {
   bool move_sessions = false;                                      //
   std::string s_user, s_ip, s_backend;                             // sessions
   std::string kick_id, kick_user;                                  // kick
+  bool fleet_wide = false;                                         // sessions, kick --fleet
   std::string m_name, m_target, mo_target, mo_duration, mo_state;  // monitor
   std::string mr_name, mr_target;                                  // monitor override remove
   std::string comp_name, comp_state;                               // component
@@ -131,25 +132,36 @@ void addSessionsAndKick(CLI::App& app, Args& a, Words& w) {
   auto* user = sessions->add_option("--user", a.s_user, "Only this user's");
   auto* ip = sessions->add_option("--ip", a.s_ip, "Only from this client address");
   auto* backend = sessions->add_option("--backend", a.s_backend, "Only on this backend");
+  sessions->add_flag("--fleet", a.fleet_wide, "Every node's (fleet session registry)");
   sessions->callback([&a, &w, user, ip, backend] {
     w = {"sessions"};
     addOption(w, user, "--user", a.s_user);
     addOption(w, ip, "--ip", a.s_ip);
     addOption(w, backend, "--backend", a.s_backend);
+    if (a.fleet_wide) {
+      w.emplace_back("--fleet");
+    }
   });
   auto* kick = app.add_subcommand("kick", "End a session (or all of a user's) with BYE");
   auto* id =
       kick->add_option("session-id", a.kick_id, "Session id (16 hex digits, from `sessions`)");
   auto* kick_user = kick->add_option("--user", a.kick_user, "End all of this user's sessions");
+  kick->add_flag("--fleet", a.fleet_wide, "With --user: on every node of the fleet");
   kick->callback([&a, &w, id, kick_user] {
     if ((id->count() > 0) == (kick_user->count() > 0)) {
       usage("kick needs a SESSION-ID or --user U (one of them)");
+    }
+    if (a.fleet_wide && kick_user->count() == 0) {
+      usage("kick --fleet goes with --user U");
     }
     w = {"kick"};
     if (id->count() > 0) {
       w.push_back(a.kick_id);
     } else {
       addOption(w, kick_user, "--user", a.kick_user);
+    }
+    if (a.fleet_wide) {
+      w.emplace_back("--fleet");
     }
   });
 }

@@ -1,6 +1,7 @@
 // porticoctl's output for humans: tables and "key: value" lines, every
 // value passed through shown().
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 
@@ -110,6 +111,23 @@ void printSessions(const json& reply) {
   }
   t.print();
   std::printf("%zu session%s\n", t.size(), t.size() == 1 ? "" : "s");
+}
+
+// sessions --fleet: the registry's entries, by node.
+void printFleetSessions(const json& reply) {
+  Table t({"NODE", "ID", "USER", "CLIENT", "BACKEND", "AGE"});
+  const auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                          std::chrono::system_clock::now().time_since_epoch())
+                          .count();
+  for (const json& s : reply.value("sessions", json::array())) {
+    const std::int64_t since = s.value("since_ms", std::int64_t{0});
+    t.add({field(s, "node"), field(s, "id"), field(s, "user"), field(s, "client"),
+           field(s, "backend"), ageText(json(std::max<std::int64_t>(0, now_ms - since)))});
+  }
+  t.print();
+  std::printf("%zu session%s on %zu node%s\n", t.size(), t.size() == 1 ? "" : "s",
+              reply.value("nodes", json::object()).size(),
+              reply.value("nodes", json::object()).size() == 1 ? "" : "s");
 }
 
 void printHealth(const json& reply) {
@@ -276,7 +294,9 @@ void printGeneric(const json& r) {
 }  // namespace
 
 void printHuman(const std::string& command, const std::vector<std::string>& words, const json& r) {
-  if (command == "sessions") {
+  if (command == "sessions" && r.contains("nodes")) {
+    printFleetSessions(r);
+  } else if (command == "sessions") {
     printSessions(r);
   } else if (command == "health") {
     printHealth(r);
@@ -294,6 +314,13 @@ void printHuman(const std::string& command, const std::vector<std::string>& word
   } else if (command == "kick") {
     std::printf("kicked %s session%s\n", field(r, "kicked").c_str(),
                 field(r, "kicked") == "1" ? "" : "s");
+    if (r.contains("nodes")) {
+      for (const auto& [node, n] : r["nodes"].items()) {
+        std::printf("  %s: %s\n", node.c_str(), n.dump().c_str());
+      }
+      std::printf("%s of %s nodes answered\n", field(r, "nodes_answered").c_str(),
+                  field(r, "nodes_asked").c_str());
+    }
   } else if (command == "lookup") {
     std::printf("flushed %s cached directory answer%s\n", field(r, "flushed").c_str(),
                 field(r, "flushed") == "1" ? "" : "s");

@@ -1,6 +1,8 @@
 // Fleet mode's pure state: verdict encoding and ordering, hold expiry, and
 // the login gate workers ask.
 #include "fleet/fleet_state.h"
+#include "fleet/login_penalty.h"
+#include "fleet/session_limit.h"
 
 #include <gtest/gtest.h>
 
@@ -148,6 +150,82 @@ TEST(FleetConfigTest, ReadsAndChecksTheFleetTable) {
     ConfigResult result = parseConfig(base + "[fleet]\n" + bad + "\n", "t.toml");
     EXPECT_FALSE(result.errors.empty()) << bad;
   }
+}
+
+TEST(FleetSessionCountsTest, LimitCountsThisNodeAndTheOthers) {
+  SessionCounts counts;
+  UserSlot a, b, c;
+  ASSERT_TRUE(counts.acquire("alice", 2, a));
+  ASSERT_TRUE(counts.acquire("alice", 2, b));
+  EXPECT_FALSE(counts.acquire("alice", 2, c));
+  EXPECT_FALSE(c.held());
+  EXPECT_TRUE(counts.acquire("bob", 2, c));  // per user
+  EXPECT_EQ(counts.local("alice"), 2u);
+
+  b.reset();  // a failed login or an ended session gives the slot back
+  EXPECT_EQ(counts.local("alice"), 1u);
+  // Another node has one of alice's sessions: the last slot is taken.
+  counts.setRemote({{"alice", 1}});
+  UserSlot d;
+  EXPECT_FALSE(counts.acquire("alice", 2, d));
+  EXPECT_TRUE(counts.acquire("alice", 0, d));  // 0: no limit
+  // Redis away: only this node's sessions count.
+  counts.setRemote({});
+  d.reset();
+  EXPECT_TRUE(counts.acquire("alice", 2, d));
+}
+
+TEST(FleetSessionCountsTest, SlotsGiveBackOnceAndTrackChanges) {
+  SessionCounts counts;
+  const std::uint64_t before = counts.generation();
+  {
+    UserSlot slot;
+    ASSERT_TRUE(counts.acquire("alice", 1, slot));
+    UserSlot moved(std::move(slot));
+    EXPECT_FALSE(slot.held());
+    slot.reset();  // the moved-from slot gives nothing back
+    EXPECT_EQ(counts.localCounts(), (CountMap{{"alice", 1}}));
+  }
+  EXPECT_TRUE(counts.localCounts().empty());
+  EXPECT_NE(counts.generation(), before);
+  UserSlot held, refused;
+  EXPECT_TRUE(counts.acquire("alice", 1, held));
+  EXPECT_FALSE(counts.acquire("alice", 1, refused));  // a refusal leaves no slot behind
+  EXPECT_FALSE(refused.held());
+  EXPECT_EQ(counts.local("alice"), 1u);
+}
+
+TEST(FleetSessionCountsTest, AddsPublishedCountsSkippingDamagedOnes) {
+  CountMap sum;
+  addCounts(sum, "alice", "2");
+  addCounts(sum, "alice", "3");
+  addCounts(sum, "bob", "x1");
+  addCounts(sum, "carol", "0");
+  addCounts(sum, "", "4");
+  addCounts(sum, "dave", "-1");
+  EXPECT_EQ(sum, (CountMap{{"alice", 5}}));
+}
+
+TEST(FleetLoginPenaltiesTest, NotesGoOutOnceAndPenaltiesRefuseIpOrUser) {
+  EXPECT_EQ(clientIp("192.0.2.7:40001"), "192.0.2.7");
+  EXPECT_EQ(clientIp("[2001:db8::1]:993"), "2001:db8::1");
+  LoginPenalties p;
+  p.record("192.0.2.7", "alice");
+  p.record("192.0.2.8", "bob");
+  EXPECT_EQ(p.take().size(), 2u);
+  EXPECT_TRUE(p.take().empty());
+  EXPECT_FALSE(p.refusal("192.0.2.7", "alice"));
+  p.setPenalised({"ip:192.0.2.7", "user:carol"});
+  EXPECT_TRUE(p.refusal("192.0.2.7", "dave"));
+  EXPECT_TRUE(p.refusal("192.0.2.9", "carol"));
+  EXPECT_FALSE(p.refusal("192.0.2.9", "alice"));
+  p.setPenalised({});
+  EXPECT_FALSE(p.refusal("192.0.2.7", "carol"));
+  for (std::size_t i = 0; i < LoginPenalties::kMaxNotes + 5; ++i) {
+    p.record("192.0.2.1", "eve");
+  }
+  EXPECT_EQ(p.dropped(), 5u);  // bounded
+  EXPECT_EQ(p.take().size(), LoginPenalties::kMaxNotes);
 }
 
 }  // namespace
