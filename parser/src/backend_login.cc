@@ -1,16 +1,12 @@
 // BackendLoginClient: the backend login as a state machine over bytes.
-#include "backend_login.h"
+#include "portico/backend_login.h"
 
 #include <netinet/in.h>
 
-#include <fmt/format.h>
-
 #include "portico/ascii.h"
-#include "session_internal.h"
+#include "portico/imap_output.h"
 
-namespace portico::proxy {
-
-using namespace session_detail;  // NOLINT: the session's own helpers
+namespace portico::parser {
 
 namespace {
 
@@ -80,9 +76,9 @@ BackendLoginEvent BackendLoginClient::next() {
     return failed("too much data during login");
   }
   while (state_ != State::kDone && state_ != State::kTlsHandshake && parsed_ < pending_.size()) {
-    parser::ResponseFeedResult r = framer_.feed(std::string_view(pending_).substr(parsed_));
+    ResponseFeedResult r = framer_.feed(std::string_view(pending_).substr(parsed_));
     parsed_ += r.consumed;
-    if (r.event.type == parser::ResponseEventType::kNeedMore) {
+    if (r.event.type == ResponseEventType::kNeedMore) {
       break;
     }
     std::string_view line(pending_.data() + parsed_ - r.event.bytes,
@@ -95,17 +91,15 @@ BackendLoginEvent BackendLoginClient::next() {
   return event(BackendLoginEventType::kNeedMore);
 }
 
-BackendLoginEvent BackendLoginClient::handle(const parser::ResponseEvent& ev,
-                                             std::string_view line) {
-  using parser::ResponseEventType;
+BackendLoginEvent BackendLoginClient::handle(const ResponseEvent& ev, std::string_view line) {
   if (ev.type == ResponseEventType::kError && ev.error.fatal) {
     // A failed framer consumes nothing more: give up on this backend.
-    return failed(fmt::format("unreadable response '{}'", excerpt(ev.head)));
+    return failed("unreadable response '" + excerpt(ev.head) + "'");
   }
   switch (state_) {
     case State::kGreeting:
-      if (ev.type != ResponseEventType::kUntagged || ev.status != parser::Status::kOk) {
-        return failed(fmt::format("unexpected greeting '{}'", excerpt(ev.head)));
+      if (ev.type != ResponseEventType::kUntagged || ev.status != Status::kOk) {
+        return failed("unexpected greeting '" + excerpt(ev.head) + "'");
       }
       if (startsWithIgnoreCase(ev.code, "CAPABILITY ")) {
         caps_.assign(ev.code.substr(11));
@@ -120,8 +114,8 @@ BackendLoginEvent BackendLoginClient::handle(const parser::ResponseEvent& ev,
       if (ev.type != ResponseEventType::kTagged || ev.tag != "P0TLS") {
         return event(BackendLoginEventType::kNeedMore);
       }
-      if (ev.status != parser::Status::kOk) {
-        return failed(fmt::format("STARTTLS refused '{}'", excerpt(ev.head)));
+      if (ev.status != Status::kOk) {
+        return failed("STARTTLS refused '" + excerpt(ev.head) + "'");
       }
       // Anything after the OK was sent in plaintext: drop it, as the
       // client side does.
@@ -153,9 +147,7 @@ BackendLoginEvent BackendLoginClient::handle(const parser::ResponseEvent& ev,
   return event(BackendLoginEventType::kNeedMore);
 }
 
-BackendLoginEvent BackendLoginClient::handleLogin(const parser::ResponseEvent& ev,
-                                                  std::string_view line) {
-  using parser::ResponseEventType;
+BackendLoginEvent BackendLoginClient::handleLogin(const ResponseEvent& ev, std::string_view line) {
   switch (ev.type) {
     case ResponseEventType::kContinuation:
       if (params_.method == BackendLoginMethod::kAuthenticate && !sasl_sent_) {
@@ -169,8 +161,8 @@ BackendLoginEvent BackendLoginClient::handleLogin(const parser::ResponseEvent& e
       }
       return event(BackendLoginEventType::kNeedMore);
     case ResponseEventType::kUntagged:
-      if (ev.status == parser::Status::kBye) {
-        return failed(fmt::format("BYE during login '{}'", excerpt(ev.head)));
+      if (ev.status == Status::kBye) {
+        return failed("BYE during login '" + excerpt(ev.head) + "'");
       }
       return event(BackendLoginEventType::kUntagged, line);
     case ResponseEventType::kTagged:
@@ -178,11 +170,11 @@ BackendLoginEvent BackendLoginClient::handleLogin(const parser::ResponseEvent& e
         return event(BackendLoginEventType::kNeedMore);
       }
       state_ = State::kDone;
-      return event(ev.status == parser::Status::kOk ? BackendLoginEventType::kLoggedIn
-                                                    : BackendLoginEventType::kRefused,
+      return event(ev.status == Status::kOk ? BackendLoginEventType::kLoggedIn
+                                            : BackendLoginEventType::kRefused,
                    line);
     default:
-      return failed(fmt::format("unexpected line during login '{}'", excerpt(ev.head)));
+      return failed("unexpected line during login '" + excerpt(ev.head) + "'");
   }
 }
 
@@ -212,7 +204,7 @@ void BackendLoginClient::sendLogin() {
   state_ = State::kLogin;
   if (p.method == BackendLoginMethod::kLogin) {
     sendLoginAsLogin();
-  } else if (parser::hasCapability(caps_, "SASL-IR")) {
+  } else if (hasCapability(caps_, "SASL-IR")) {
     output_.append(p.tag).append(" AUTHENTICATE ").append(p.mechanism).push_back(' ');
     output_.append(p.sasl.empty() ? std::string_view("=") : p.sasl).append("\r\n");
     sasl_sent_ = true;
@@ -229,14 +221,13 @@ void BackendLoginClient::sendLoginAsLogin() {
     output_.push_back(' ');
     appendQuoted(output_, p.password);
     output_.append("\r\n");
-  } else if (parser::hasCapability(caps_, "AUTH=PLAIN") &&
-             parser::hasCapability(caps_, "SASL-IR")) {
+  } else if (hasCapability(caps_, "AUTH=PLAIN") && hasCapability(caps_, "SASL-IR")) {
     std::string plain;
     plain.reserve(p.user.size() + p.password.size() + 2);
     plain.push_back('\0');
     plain.append(p.user).push_back('\0');
     plain.append(p.password);
-    std::string encoded = parser::encodeBase64(plain);
+    std::string encoded = encodeBase64(plain);
     output_.append(p.tag).append(" AUTHENTICATE PLAIN ").append(encoded).append("\r\n");
     wipe(plain);
     wipe(encoded);
@@ -281,4 +272,4 @@ std::string proxyV2Header(const sockaddr_storage& src, const sockaddr_storage& d
   return header;
 }
 
-}  // namespace portico::proxy
+}  // namespace portico::parser

@@ -27,7 +27,7 @@
 
 #include "portico/parser.h"
 
-namespace portico::proxy {
+namespace portico::parser {
 
 enum class BackendLoginMethod : std::uint8_t {
   kLogin,         // LOGIN user password (AUTHENTICATE PLAIN when it cannot be quoted)
@@ -66,6 +66,9 @@ struct BackendLoginEvent {
 #define PORTICO_BACKEND_LOGIN_STATES(X) \
   X(Greeting) X(Starttls) X(TlsHandshake) X(Capability) X(Id) X(Login) X(Done)
 // clang-format on
+
+// The tag of the ID command a caller puts in BackendLoginParams::id_command.
+inline constexpr const char* kForwardIdTag = "P0ID";
 
 class BackendLoginClient {
  public:
@@ -110,8 +113,8 @@ class BackendLoginClient {
   std::string_view rest() const;
 
  private:
-  BackendLoginEvent handle(const parser::ResponseEvent& event, std::string_view line);
-  BackendLoginEvent handleLogin(const parser::ResponseEvent& event, std::string_view line);
+  BackendLoginEvent handle(const ResponseEvent& event, std::string_view line);
+  BackendLoginEvent handleLogin(const ResponseEvent& event, std::string_view line);
   BackendLoginEvent afterCapabilities();
   void sendLogin();
   void sendLoginAsLogin();
@@ -119,7 +122,7 @@ class BackendLoginClient {
 
   BackendLoginParams params_;
   State state_ = State::kGreeting;
-  parser::ResponseFramer framer_;
+  ResponseFramer framer_;
   std::string pending_;
   std::size_t parsed_ = 0;
   std::string output_;
@@ -132,4 +135,4 @@ class BackendLoginClient {
 // connection from `source` to `destination`; UNSPEC for other families.
 std::string proxyV2Header(const sockaddr_storage& source, const sockaddr_storage& destination);
 
-}  // namespace portico::proxy
+}  // namespace portico::parser

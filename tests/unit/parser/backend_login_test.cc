@@ -2,7 +2,7 @@
 // bytes out. Each dialogue runs whole, split at every offset and byte at a
 // time, and must give the same events, the same bytes to the backend and
 // the same bytes left for the relay.
-#include "session/backend_login.h"
+#include "portico/backend_login.h"
 
 #include <netinet/in.h>
 
@@ -11,7 +11,7 @@
 
 #include <gtest/gtest.h>
 
-namespace portico::proxy {
+namespace portico::parser {
 namespace {
 
 using Type = BackendLoginEventType;
@@ -293,4 +293,4 @@ TEST(BackendLoginTest, ProxyV2HeaderForIpv4) {
 }
 
 }  // namespace
-}  // namespace portico::proxy
+}  // namespace portico::parser
