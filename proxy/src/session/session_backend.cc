@@ -75,6 +75,9 @@ void Session::onBackendLoginData(Chunk chunk) {
       case BackendLoginEventType::kFailed:
         backendFailed(ev.why);
         return;
+      case BackendLoginEventType::kStep:
+      case BackendLoginEventType::kReady:
+        continue;  // the probes' profile only
     }
   }
 }
