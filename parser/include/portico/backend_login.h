@@ -52,15 +52,16 @@ enum class BackendLoginProfile : std::uint8_t { kSession, kProbe };
 struct BackendLoginParams {
   BackendLoginProfile profile = BackendLoginProfile::kSession;
   BackendLoginMethod method = BackendLoginMethod::kLogin;
-  std::string
-      tag;  // the client's tag, reused so the tagged answer is the client's (kProbe: prefix)
+  std::string tag;  // the client's tag, reused so the tagged answer is the client's
   std::string_view user;
-  std::string_view password;    // kLogin
-  std::string mechanism;        // kAuthenticate
-  std::string_view sasl;        // kAuthenticate: base64 as the client sent it; empty: "="
-  bool starttls = false;        // STARTTLS before anything else
-  std::string id_command;       // a whole `P0ID ID (...)` line to send first; empty: none
-  std::uint32_t tag_count = 0;  // kProbe: tags used before (the count goes on from it)
+  std::string_view password;  // kLogin
+  std::string mechanism;      // kAuthenticate
+  std::string_view sasl;      // kAuthenticate: base64 as the client sent it; empty: "="
+  bool starttls = false;      // STARTTLS before anything else
+  std::string id_command;     // a whole `P0ID ID (...)` line to send first; empty: none
+  // kProbe: `tag` is the tags' prefix, and tag_count the tags used before
+  // (a probe's retry goes on counting).
+  std::uint32_t tag_count = 0;
 };
 
 enum class BackendLoginEventType : std::uint8_t {
