@@ -35,18 +35,37 @@ std::optional<std::string> quoted(std::string_view text) {
   return out;
 }
 
+// Whether LOGIN can carry the text as a quoted string (quoted() would).
+bool quotable(std::string_view text) {
+  return text.find_first_of(std::string_view("\r\n\0", 3)) == std::string_view::npos;
+}
+
+// A response's first line, without its line end.
+std::string_view headOf(std::string_view line) {
+  return line.substr(0, line.find_first_of("\r\n"));
+}
+
 // The response line after its tag (or `*`): "NO [AUTHENTICATIONFAILED] ...".
-std::string_view afterTag(const parser::ResponseEvent& event) {
-  std::string_view head = event.head;
+std::string_view afterTag(std::string_view head) {
   const std::size_t space = head.find(' ');
   return space == std::string_view::npos ? std::string_view() : head.substr(space + 1);
 }
 
 // ... and after its status: "[AUTHENTICATIONFAILED] Invalid credentials".
-std::string_view afterStatus(const parser::ResponseEvent& event) {
-  std::string_view rest = afterTag(event);
+std::string_view afterStatus(std::string_view head) {
+  std::string_view rest = afterTag(head);
   const std::size_t space = rest.find(' ');
   return space == std::string_view::npos ? std::string_view() : rest.substr(space + 1);
+}
+
+// Its status word, upper case: "OK", "PREAUTH", "NO".
+std::string statusWord(std::string_view head) {
+  std::string_view rest = afterTag(head);
+  std::string word(rest.substr(0, rest.find(' ')));
+  for (char& c : word) {
+    c = asciiUpper(c);
+  }
+  return word;
 }
 
 }  // namespace
@@ -96,10 +115,17 @@ void ImapProbe::begin() {
 
 void ImapProbe::startAttempt() {
   framer_.reset();
-  preauth_ = false;
   saw_bye_ = false;
-  login_disabled_ = false;
-  starttls_advertised_ = false;
+  parser::BackendLoginParams login;
+  login.profile = parser::BackendLoginProfile::kProbe;
+  login.method =
+      spec_.login ? parser::BackendLoginMethod::kLogin : parser::BackendLoginMethod::kNone;
+  login.tag = "p";
+  login.tag_count = tag_counter_;  // tags go on counting across attempts
+  login.user = spec_.user;
+  login.password = spec_.password;
+  login.starttls = spec_.tls.mode == ProbeTls::kStartTls;
+  login_ = std::make_unique<parser::BackendLoginClient>(std::move(login));
   freeTls();
   tag_.clear();
   command_trace_.clear();
@@ -245,14 +271,11 @@ void ImapProbe::receivedBytes(std::string_view bytes) {
 }
 
 void ImapProbe::feedPlaintext(std::string_view bytes) {
-  const net::TlsEngine* const tls_before = tls_.get();
+  if (login_ != nullptr) {
+    feedLogin(bytes);
+    return;
+  }
   while (phase_ == Phase::kRunning && !bytes.empty()) {
-    if (tls_.get() != tls_before) {
-      // The STARTTLS OK started TLS; anything after it in the same plaintext
-      // read was not protected and could be injected.
-      attemptFailed("the server sent plaintext after its STARTTLS response");
-      return;
-    }
     const parser::ResponseFeedResult fed = framer_.feed(bytes);
     bytes.remove_prefix(fed.consumed);
     if (fed.event.type != parser::ResponseEventType::kNeedMore) {
@@ -260,6 +283,155 @@ void ImapProbe::feedPlaintext(std::string_view bytes) {
     } else if (fed.consumed == 0) {
       break;
     }
+  }
+}
+
+void ImapProbe::feedLogin(std::string_view bytes) {
+  login_->feed(bytes);
+  while (phase_ == Phase::kRunning && login_ != nullptr) {
+    if (!handleLoginEvent(login_->next())) {
+      return;
+    }
+  }
+}
+
+// Returns whether the client may have more events.
+bool ImapProbe::handleLoginEvent(const parser::BackendLoginEvent& event) {
+  using Type = parser::BackendLoginEventType;
+  switch (event.type) {
+    case Type::kNeedMore:
+      return false;
+    case Type::kUntagged:
+      return true;
+    case Type::kStep:
+      loginStepAnswered(event.line);
+      return true;
+    case Type::kStartTls: {
+      traceStep("OK", "");
+      const bool injected = login_->plaintextAfterStartTls();
+      startHandshake();
+      if (injected && phase_ == Phase::kRunning) {
+        // Bytes after the STARTTLS OK in the same plaintext read were not
+        // protected and could be injected.
+        attemptFailed("the server sent plaintext after its STARTTLS response");
+      }
+      return false;
+    }
+    case Type::kRefused: {
+      const std::string_view head = headOf(event.line);
+      const std::string status = statusWord(head);
+      traceStep(status, afterStatus(head));
+      failStep(fmt::format("{} {}", status, afterStatus(head)));
+      return false;
+    }
+    case Type::kFailed:
+      attemptFailed(event.why);
+      return false;
+    case Type::kLoggedIn:
+    case Type::kReady:
+      traceStep("OK", "");
+      loggedIn(event.type == Type::kReady);
+      return false;
+  }
+  return false;
+}
+
+void ImapProbe::loginStepAnswered(std::string_view line) {
+  if (step_ == ProbeStep::kGreeting) {
+    const std::string_view head = headOf(line);
+    traceStep(statusWord(head), afterStatus(head));
+  } else {
+    traceStep("OK", "");
+  }
+  startQueuedStep();
+}
+
+void ImapProbe::startQueuedStep() {
+  using State = parser::BackendLoginClient::State;
+  switch (login_->state()) {
+    case State::kCapability:
+      startStep(ProbeStep::kCapability);
+      command_trace_ = "CAPABILITY";
+      break;
+    case State::kStarttls:
+      startStep(ProbeStep::kTls);
+      command_trace_ = "STARTTLS";
+      break;
+    case State::kLogin:
+      startStep(ProbeStep::kLogin);
+      command_trace_ = fmt::format("LOGIN {} {}", spec_.user, kMask);
+      break;
+    default:
+      break;
+  }
+  if (vetoQueuedStep()) {
+    login_->clearOutput();  // wipes a LOGIN line never sent
+    return;
+  }
+  flushLogin();
+}
+
+// Whether the command the client queued must not go out; if so, the
+// attempt has ended.
+bool ImapProbe::vetoQueuedStep() {
+  using State = parser::BackendLoginClient::State;
+  const std::string& capabilities = login_->capabilities();
+  if (login_->state() == State::kStarttls) {
+    if (login_->preauth()) {
+      traceStep("not sent", "");
+      failStep("PREAUTH greeting: STARTTLS is not allowed once authenticated");
+      return true;
+    }
+    if (!parser::hasCapability(capabilities, "STARTTLS")) {
+      traceStep("not sent", "");
+      failStep("the server does not advertise STARTTLS");
+      return true;
+    }
+  } else if (login_->state() == State::kLogin) {
+    if (parser::hasCapability(capabilities, "LOGINDISABLED")) {
+      traceStep("not sent", "");
+      failStep("the server advertises LOGINDISABLED (LOGIN needs TLS)");
+      return true;
+    }
+    if (!quotable(spec_.user) || !quotable(spec_.password)) {
+      traceStep("not sent", "");
+      result_.failed_step = ProbeStep::kLogin;
+      finish(ResultType::kFailed, "the probe user or password holds CR, LF or NUL");
+      return true;
+    }
+  }
+  return false;
+}
+
+void ImapProbe::flushLogin() {
+  if (!login_->output().empty()) {
+    sendBytes(login_->output());  // a copy, wiped once written
+  }
+  login_->clearOutput();
+}
+
+// The login is done (or, `ready`, not asked for or PREAUTH): SELECT and
+// LOGOUT follow on this side.
+void ImapProbe::loggedIn(bool ready) {
+  tag_counter_ = login_->tagCount();
+  const std::string rest(login_->rest());
+  login_.reset();
+  framer_.reset();
+  ProbeStep next = ProbeStep::kLogout;
+  if (ready && spec_.login && spec_.select) {
+    result_.trace.push_back("LOGIN skipped: PREAUTH greeting");
+    next = ProbeStep::kSelect;
+  } else if (!ready && spec_.select) {
+    next = ProbeStep::kSelect;
+  }
+  startStep(next);
+  if (next == ProbeStep::kSelect) {
+    sendCommand("SELECT INBOX", "SELECT INBOX");
+  } else {
+    sendCommand("LOGOUT", "LOGOUT");
+  }
+  if (!rest.empty()) {
+    feedPlaintext(rest);
   }
 }
 
@@ -276,124 +448,36 @@ void ImapProbe::handleResponse(const parser::ResponseEvent& event) {
       attemptFailed("unexpected continuation request");
       return;
     case ResponseEventType::kUntagged:
-      if (startsWithIgnoreCase(event.code, "CAPABILITY ") ||
-          startsWithIgnoreCase(event.text, "CAPABILITY ")) {
-        const std::string_view list = startsWithIgnoreCase(event.code, "CAPABILITY ")
-                                          ? event.code.substr(11)
-                                          : event.text.substr(11);
-        login_disabled_ = login_disabled_ || parser::hasCapability(list, "LOGINDISABLED");
-        starttls_advertised_ = starttls_advertised_ || parser::hasCapability(list, "STARTTLS");
-      }
-      if (step_ == ProbeStep::kGreeting) {
-        if (event.status == Status::kOk || event.status == Status::kPreauth) {
-          preauth_ = event.status == Status::kPreauth;
-          traceStep(parser::statusName(event.status), afterStatus(event));
-          nextCommand();
-        } else {
-          attemptFailed(fmt::format("unexpected greeting: {}", afterTag(event)));
-        }
-      } else if (event.status == Status::kBye) {
+      if (event.status == Status::kBye) {
         saw_bye_ = true;
         if (step_ != ProbeStep::kLogout) {
-          attemptFailed(fmt::format("server said {}", afterTag(event)));
+          attemptFailed(fmt::format("server said {}", afterTag(event.head)));
         }
       }
       return;
     case ResponseEventType::kTagged:
-      if (step_ == ProbeStep::kGreeting || event.tag != tag_) {
+      if (event.tag != tag_) {
         attemptFailed(fmt::format("unexpected tagged response: {}", event.head));
       } else if (event.status == Status::kOk) {
         traceStep("OK", "");
         nextCommand();
       } else {
         const std::string_view status = parser::statusName(event.status);
-        traceStep(status, afterStatus(event));
-        failStep(fmt::format("{} {}", status, afterStatus(event)));
+        traceStep(status, afterStatus(event.head));
+        failStep(fmt::format("{} {}", status, afterStatus(event.head)));
       }
       return;
   }
 }
 
+// After SELECT: LOGOUT; after LOGOUT: done.
 void ImapProbe::nextCommand() {
-  ProbeStep next = ProbeStep::kLogout;
-  switch (step_) {
-    case ProbeStep::kGreeting:
-      next = ProbeStep::kCapability;
-      break;
-    case ProbeStep::kTls:
-      if (tls_ == nullptr) {
-        startHandshake();  // STARTTLS answered OK
-        return;
-      }
-      next = ProbeStep::kCapability;  // again, now under TLS
-      break;
-    case ProbeStep::kCapability:
-      if (spec_.tls.mode == ProbeTls::kStartTls && tls_ == nullptr) {
-        next = ProbeStep::kTls;
-      } else if (spec_.login && !preauth_) {
-        next = ProbeStep::kLogin;
-      } else if (spec_.login && spec_.select) {
-        result_.trace.push_back("LOGIN skipped: PREAUTH greeting");
-        next = ProbeStep::kSelect;
-      }
-      break;
-    case ProbeStep::kLogin:
-      next = spec_.select ? ProbeStep::kSelect : ProbeStep::kLogout;
-      break;
-    case ProbeStep::kSelect:
-      break;
-    default:
-      finish(ResultType::kSucceeded, "");
-      return;
+  if (step_ != ProbeStep::kSelect) {
+    finish(ResultType::kSucceeded, "");
+    return;
   }
-  startStep(next);
-  switch (next) {
-    case ProbeStep::kCapability:
-      sendCommand("CAPABILITY", "CAPABILITY");
-      break;
-    case ProbeStep::kLogin: {
-      const std::string trace = fmt::format("LOGIN {} {}", spec_.user, kMask);
-      if (login_disabled_) {
-        command_trace_ = trace;
-        traceStep("not sent", "");
-        failStep("the server advertises LOGINDISABLED (LOGIN needs TLS)");
-        return;
-      }
-      auto user = quoted(spec_.user);
-      auto password = quoted(spec_.password);
-      if (!user || !password) {
-        command_trace_ = trace;
-        traceStep("not sent", "");
-        result_.failed_step = ProbeStep::kLogin;
-        finish(ResultType::kFailed, "the probe user or password holds CR, LF or NUL");
-        return;
-      }
-      std::string command = "LOGIN " + *user + " " + *password;
-      OPENSSL_cleanse(password->data(), password->size());
-      sendCommand(std::move(command), trace);
-      break;
-    }
-    case ProbeStep::kSelect:
-      sendCommand("SELECT INBOX", "SELECT INBOX");
-      break;
-    case ProbeStep::kTls:
-      command_trace_ = "STARTTLS";
-      if (preauth_) {
-        traceStep("not sent", "");
-        failStep("PREAUTH greeting: STARTTLS is not allowed once authenticated");
-        return;
-      }
-      if (!starttls_advertised_) {
-        traceStep("not sent", "");
-        failStep("the server does not advertise STARTTLS");
-        return;
-      }
-      sendCommand("STARTTLS", "STARTTLS");
-      break;
-    default:
-      sendCommand("LOGOUT", "LOGOUT");
-      break;
-  }
+  startStep(ProbeStep::kLogout);
+  sendCommand("LOGOUT", "LOGOUT");
 }
 
 void ImapProbe::sendCommand(std::string command, std::string trace_text) {

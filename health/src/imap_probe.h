@@ -12,8 +12,14 @@
 //   buffer wiped once written). The trace shows `LOGIN user *****`, and any
 //   text from the server that echoes the password is masked before it
 //   reaches the trace or the error.
-// - Responses are framed by parser::ResponseFramer (literals skipped by
-//   count); a malformed response fails the step.
+// - The dialogue up to the login (greeting, CAPABILITY, STARTTLS, LOGIN) is
+//   the parser library's IMAP client, parser::BackendLoginClient in its
+//   kProbe profile: the same state machine the proxy logs its clients in
+//   with. The probe times and traces each step it reports, and checks what
+//   the client queued before writing it (STARTTLS advertised, LOGINDISABLED,
+//   a user or password that cannot be quoted). After the login, SELECT and
+//   LOGOUT are the probe's own, framed by parser::ResponseFramer (literals
+//   skipped by count); a malformed response fails the step.
 // - Lifetime: start() returns a probe that owns its handles and frees
 //   itself. `done` runs exactly once, after every handle has been closed, so
 //   a loop that ran all probes to completion has no live handle left.
@@ -44,6 +50,7 @@
 #include <string>
 #include <string_view>
 
+#include "portico/backend_login.h"
 #include "portico/health.h"
 #include "portico/net/tls_context.h"
 #include "portico/net/tls_engine.h"
@@ -115,6 +122,16 @@ class ImapProbe {
   void readPlaintext();
   void flushCiphertext();
   void freeTls();
+  // The login dialogue (BackendLoginClient): its events, then the step it
+  // queued a command for, checked before the command is written.
+  void feedLogin(std::string_view bytes);
+  bool handleLoginEvent(const parser::BackendLoginEvent& event);
+  void loginStepAnswered(std::string_view line);
+  void startQueuedStep();
+  bool vetoQueuedStep();
+  void flushLogin();
+  void loggedIn(bool ready);
+  // After the login: SELECT and LOGOUT.
   void handleResponse(const parser::ResponseEvent& event);
   void nextCommand();
   // attemptFailed() traces the failure; failStep() is for a step whose
@@ -143,7 +160,8 @@ class ImapProbe {
   ImapProbeSpec spec_;
   Done done_;
   ProbeResult result_;
-  parser::ResponseFramer framer_;
+  parser::ResponseFramer framer_;                      // after the login
+  std::unique_ptr<parser::BackendLoginClient> login_;  // until the login, one per attempt
 
   uv_tcp_t tcp_{};
   uv_timer_t deadline_{};
@@ -159,10 +177,7 @@ class ImapProbe {
   ProbeStep step_ = ProbeStep::kConnect;
   std::string tag_;            // of the command in flight
   std::string command_trace_;  // how that command shows in the trace
-  bool preauth_ = false;
   bool saw_bye_ = false;
-  bool login_disabled_ = false;
-  bool starttls_advertised_ = false;
   std::shared_ptr<const net::ClientTlsContext> tls_context_;  // made once per execution
   std::unique_ptr<net::TlsEngine> tls_;                       // one per connection
   bool handshaking_ = false;

@@ -63,10 +63,10 @@ void ImapProbe::continueHandshake() {
   if (spec_.tls.mode == ProbeTls::kImplicit) {
     startStep(ProbeStep::kGreeting);
   } else {
-    // RFC 3501 6.2.1: forget what was advertised before TLS.
-    login_disabled_ = false;
-    starttls_advertised_ = false;
-    nextCommand();
+    // RFC 3501 6.2.1: capabilities are asked again (the client forgot
+    // what was advertised before TLS).
+    login_->tlsEstablished();
+    startQueuedStep();
   }
 }
 

@@ -405,37 +405,46 @@ void CommandFramer::lineTooLong(CommandEvent& event) {
   state_ = State::kSkip;
 }
 
+bool CommandFramer::authLineEnded(const LineResult& line, CommandEvent& event) {
+  const std::uint64_t content = line.content_len;
+  head_len_ = 0;
+  head_truncated_ = false;
+  if (content > limits_.max_line || line.bare_cr) {
+    fail(event, content > limits_.max_line ? ErrorCode::kLineTooLong : ErrorCode::kBareCR, false);
+    return true;
+  }
+  fillCommand(event);
+  event.type = CommandEventType::kAuthLine;
+  startCommand();
+  return true;
+}
+
+bool CommandFramer::idleLineEnded(const LineResult& line, CommandEvent& event) {
+  const std::uint64_t content = line.content_len;
+  head_len_ = static_cast<std::uint32_t>(std::min<std::uint64_t>(content, limits_.max_head));
+  head_truncated_ = content > limits_.max_head;
+  mode_ = Mode::kCommand;  // DONE or not, IDLE is over
+  if (content > limits_.max_line || line.bare_cr) {
+    fail(event, content > limits_.max_line ? ErrorCode::kLineTooLong : ErrorCode::kBareCR, false);
+    return true;
+  }
+  if (!detail::equalsUpper(std::string_view(head_.data(), scan_.stored), "DONE") || content != 4) {
+    fail(event, ErrorCode::kExpectedDone, false);
+    return true;
+  }
+  fillCommand(event);
+  event.type = CommandEventType::kIdleDone;
+  startCommand();
+  return true;
+}
+
 bool CommandFramer::lineEnded(const LineResult& line, CommandEvent& event) {
   const std::uint64_t content = line.content_len;
   if (mode_ == Mode::kAuth) {
-    head_len_ = 0;
-    head_truncated_ = false;
-    if (content > limits_.max_line || line.bare_cr) {
-      fail(event, content > limits_.max_line ? ErrorCode::kLineTooLong : ErrorCode::kBareCR, false);
-      return true;
-    }
-    fillCommand(event);
-    event.type = CommandEventType::kAuthLine;
-    startCommand();
-    return true;
+    return authLineEnded(line, event);
   }
   if (mode_ == Mode::kIdle) {
-    head_len_ = static_cast<std::uint32_t>(std::min<std::uint64_t>(content, limits_.max_head));
-    head_truncated_ = content > limits_.max_head;
-    mode_ = Mode::kCommand;  // DONE or not, IDLE is over
-    if (content > limits_.max_line || line.bare_cr) {
-      fail(event, content > limits_.max_line ? ErrorCode::kLineTooLong : ErrorCode::kBareCR, false);
-      return true;
-    }
-    if (!detail::equalsUpper(std::string_view(head_.data(), scan_.stored), "DONE") ||
-        content != 4) {
-      fail(event, ErrorCode::kExpectedDone, false);
-      return true;
-    }
-    fillCommand(event);
-    event.type = CommandEventType::kIdleDone;
-    startCommand();
-    return true;
+    return idleLineEnded(line, event);
   }
   ErrorCode error = ErrorCode::kNone;
   const bool first_line = first_line_;

@@ -250,6 +250,10 @@ class CommandFramer {
   bool startsIdCommand();
   void lineTooLong(CommandEvent& event);
   bool lineEnded(const detail::LineResult& line, CommandEvent& event);
+  // lineEnded() for the line after AUTHENTICATE (a SASL response) and
+  // during IDLE (DONE).
+  bool authLineEnded(const detail::LineResult& line, CommandEvent& event);
+  bool idleLineEnded(const detail::LineResult& line, CommandEvent& event);
 
   Limits limits_;
   // Sized by allocate() (from the first feed() on), empty while released.

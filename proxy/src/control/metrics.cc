@@ -49,14 +49,9 @@ std::vector<Row> configuredRows(const StatsSnapshot& s, const RuntimeConfig& con
   return rows;
 }
 
-}  // namespace
-
-std::string renderProxyMetrics(const StatsSnapshot& s, const RuntimeConfig& config,
-                               const SharedState& shared) {
-  std::string out;
-  out.reserve(16 * 1024);
+// The process-wide counters, one family per name (the logins share one).
+void appendProcessCounters(std::string& out, const StatsSnapshot& s) {
   auto it = std::back_inserter(out);
-  // The process-wide counters, one family per name (the logins share one).
   std::string_view open_family;
   for (std::size_t k = 0; k < kWorkerCounterCount; ++k) {
     const CounterSpec& spec = kWorkerCounters[k];
@@ -73,9 +68,12 @@ std::string renderProxyMetrics(const StatsSnapshot& s, const RuntimeConfig& conf
     }
     fmt::format_to(it, "{} {}\n", spec.metric, s.*kWorkerSnapshotFields[k]);
   }
+}
 
-  // The protocol log: whether sessions are being traced, and what the
-  // writer did (dropped records are lost lines: full disk, full queue).
+// The protocol log: whether sessions are being traced, and what the
+// writer did (dropped records are lost lines: full disk, full queue).
+void appendProtocolLogMetrics(std::string& out, const SharedState& shared) {
+  auto it = std::back_inserter(out);
   const logging::ProtocolLog* plog = shared.protocol_log.load(std::memory_order_relaxed);
   const logging::ProtocolLog::Stats plog_stats =
       plog ? plog->stats() : logging::ProtocolLog::Stats{};
@@ -90,8 +88,12 @@ std::string renderProxyMetrics(const StatsSnapshot& s, const RuntimeConfig& conf
   family(out, "portico_protocol_log_written_bytes_total", "counter",
          "Bytes written to protocol log files, headers included.");
   fmt::format_to(it, "portico_protocol_log_written_bytes_total {}\n", plog_stats.bytes_written);
+}
 
-  const std::vector<Row> rows = configuredRows(s, config);
+// Per backend: weight, processing time, drains and the backend counters.
+void appendBackendMetrics(std::string& out, const std::vector<Row>& rows,
+                          const SharedState& shared) {
+  auto it = std::back_inserter(out);
   family(out, "portico_backend_weight", "gauge", "Routing weight of the backend.");
   for (const Row& r : rows) {
     fmt::format_to(it, "portico_backend_weight{{backend=\"{}\"}} {}\n", r.name, r.weight);
@@ -119,9 +121,12 @@ std::string renderProxyMetrics(const StatsSnapshot& s, const RuntimeConfig& conf
                      r.stats->*kBackendSnapshotFields[k]);
     }
   }
+}
 
-  // Per command name: only names seen, to keep the page small. The command
-  // label is bounded: the names in PORTICO_COMMANDS, everything else OTHER.
+// Per command name: only names seen, to keep the page small. The command
+// label is bounded: the names in PORTICO_COMMANDS, everything else OTHER.
+void appendCommandMetrics(std::string& out, const std::vector<Row>& rows) {
+  auto it = std::back_inserter(out);
   family(out, "portico_commands_total", "counter", "Commands answered, by backend and command.");
   for (const Row& r : rows) {
     for (std::size_t c = 0; c < kCommandCount; ++c) {
@@ -177,6 +182,19 @@ std::string renderProxyMetrics(const StatsSnapshot& s, const RuntimeConfig& conf
       histogram(r.name, "IDLE", r.stats->idle, "portico_idle_duration_seconds");
     }
   }
+}
+
+}  // namespace
+
+std::string renderProxyMetrics(const StatsSnapshot& s, const RuntimeConfig& config,
+                               const SharedState& shared) {
+  std::string out;
+  out.reserve(16 * 1024);
+  appendProcessCounters(out, s);
+  appendProtocolLogMetrics(out, shared);
+  const std::vector<Row> rows = configuredRows(s, config);
+  appendBackendMetrics(out, rows, shared);
+  appendCommandMetrics(out, rows);
   out += renderLookupMetrics(shared.lookup.stats);  // lookup/lookup_metrics.cc
   return out;
 }

@@ -177,6 +177,23 @@ Status reloadConfig(ControlLoop& c) {
 
 namespace {
 
+void logListenerChanges(const ListenerChanges& listeners, const RuntimeConfig& next) {
+  for (const std::string& address : listeners.added) {
+    const ListenConfig& entry = next.config.listen[next.listener_index.at(address)];
+    logging::log(logging::Level::kInfo, "reload", "reload: listening on {} (tls {})", address,
+                 tlsModeName(entry.tls));
+  }
+  for (const std::string& address : listeners.removed) {
+    logging::log(logging::Level::kInfo, "reload",
+                 "reload: closing listener {}; its open sessions go on", address);
+  }
+  for (const std::string& change : listeners.changed) {
+    logging::log(logging::Level::kInfo, "reload",
+                 "reload: listener {}: applies to new connections; open sessions keep theirs",
+                 change);
+  }
+}
+
 Status reloadConfigNow(ControlLoop& c) {
   ConfigResult result = loadConfig(c.config_path);
   if (!result.errors.empty()) {
@@ -216,20 +233,7 @@ Status reloadConfigNow(ControlLoop& c) {
   for (ListenerUpdate& update : updates) {
     update.removed = listeners.removed;
   }
-  for (const std::string& address : listeners.added) {
-    const ListenConfig& entry = next->config.listen[next->listener_index.at(address)];
-    logging::log(logging::Level::kInfo, "reload", "reload: listening on {} (tls {})", address,
-                 tlsModeName(entry.tls));
-  }
-  for (const std::string& address : listeners.removed) {
-    logging::log(logging::Level::kInfo, "reload",
-                 "reload: closing listener {}; its open sessions go on", address);
-  }
-  for (const std::string& change : listeners.changed) {
-    logging::log(logging::Level::kInfo, "reload",
-                 "reload: listener {}: applies to new connections; open sessions keep theirs",
-                 change);
-  }
+  logListenerChanges(listeners, *next);
   if (next->config.workers != c.config->config.workers) {
     logging::log(logging::Level::kWarn, "reload",
                  "reload: 'workers' changed; it takes effect at the next restart ({} running)",
@@ -327,6 +331,114 @@ int checkConfig(const std::string& config_path) {
   return 0;
 }
 
+namespace {
+
+// One worker per configured thread (or per core), each with its listeners
+// bound; start-up ends here if one cannot bind.
+std::size_t makeWorkers(ControlLoop& c) {
+  std::string error;
+  std::size_t n = c.config->config.workers;
+  if (n == 0) {
+    n = std::max(1u, std::thread::hardware_concurrency());
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    c.workers.push_back(std::make_unique<Worker>(i, c.config, c.shared, c.limiter));
+    if (!c.workers.back()->bindListeners(error)) {
+      std::fprintf(stderr, "portico: not starting: %s\n", error.c_str());
+      std::_Exit(1);  // listeners half-bound on loops that never ran: nothing to tidy
+    }
+  }
+  return n;
+}
+
+// The health service and its status endpoint, over the workers' view.
+void startHealth(ControlLoop& c) {
+  std::string error;
+  c.view =
+      std::make_unique<WorkerProxyView>(c.workers, c.shared, c.registry, [&c] { return c.config; });
+  c.view->setListening(true);
+  c.view->setProtocolLogStatus([&c] { return protocolLogStatusText(c); });
+  c.health =
+      std::make_unique<health::HealthService>(&c.loop, makeHealthConfig(c.config->config), *c.view);
+  if (!c.health->start(error)) {
+    std::fprintf(stderr, "portico: not starting: status endpoint: %s\n", error.c_str());
+    std::_Exit(1);
+  }
+}
+
+// The control loop, its task queue and the signals it handles.
+void initControlLoop(ControlLoop& c) {
+  uv_loop_init(&c.loop);
+  c.tasks = std::make_unique<TaskQueue>(&c.loop);
+  for (uv_signal_t* s : {&c.sigterm, &c.sigint, &c.sighup, &c.sigusr1}) {
+    uv_signal_init(&c.loop, s);
+    s->data = &c;
+  }
+  uv_signal_start(&c.sigterm, &onSignal, SIGTERM);
+  uv_signal_start(&c.sigint, &onSignal, SIGINT);
+  uv_signal_start(&c.sighup, &onSignal, SIGHUP);
+  uv_signal_start(&c.sigusr1, &onSignal, SIGUSR1);
+}
+
+// Drops root for the configured user (the admin socket, and its directory
+// when start-up made it, handed over to it), or warns about running as root.
+void becomeConfiguredUser(ControlLoop& c, const std::optional<Identity>& identity,
+                          const std::string& admin_socket, const std::string& created_socket_dir) {
+  if (identity) {
+    const bool admin_group = !c.config->config.admin.group.empty();
+    std::vector<Handover> handover{{admin_socket, admin_group}};
+    if (!created_socket_dir.empty()) {
+      handover.push_back({created_socket_dir, admin_group});
+    }
+    std::string error;
+    if (!dropPrivileges(*identity, handover, error)) {
+      std::fprintf(stderr, "portico: not starting: cannot drop privileges: %s\n", error.c_str());
+      std::_Exit(1);
+    }
+    // setuid() resets the dumpable flag to the system default: set it again.
+    setDumpable(c.config->config.process.dumpable);
+    logging::log(logging::Level::kInfo, "main", "running as user {} (uid {}), group {} (gid {})",
+                 identity->user, identity->uid, identity->group, identity->gid);
+  } else if (::geteuid() == 0) {
+    logging::log(logging::Level::kWarn, "main",
+                 "running as root: set [process] user (or the unit's User=) to drop privileges");
+  }
+}
+
+// Every 250 ms: a protocol-log trace past its TTL ends, and the workers'
+// directory answers reach DirectoryLookupMonitor.
+void startTraceTimer(ControlLoop& c) {
+  uv_timer_init(&c.loop, &c.trace_timer);
+  c.trace_timer.data = &c;
+  uv_timer_start(
+      &c.trace_timer,
+      [](uv_timer_t* t) {
+        auto* ctl = static_cast<ControlLoop*>(t->data);
+        if (ctl->shared.trace.expireIfDue(std::chrono::system_clock::now())) {
+          logging::log(logging::Level::kInfo, "admin", "protocol-log trace ended: its TTL passed");
+        }
+        // The workers' directory answers, for DirectoryLookupMonitor.
+        for (const LookupHealthFeed::Observation& o : ctl->shared.lookup.health.drain()) {
+          ctl->health->recordDirectoryResult(o.ok, o.error);
+        }
+      },
+      250, 250);
+}
+
+void announceReady(ControlLoop& c, std::size_t n) {
+  checkOpenFileLimit(c.config->config);
+  std::string addresses;
+  for (const ListenConfig& l : c.config->config.listen) {
+    addresses += (addresses.empty() ? "" : ", ") + l.address.text();
+  }
+  logging::log(logging::Level::kInfo, "main",
+               "ready: listening on {} with {} workers; status on http://{}; admin socket {}",
+               addresses, n, c.config->config.status.listen.text(), c.config->config.admin.socket);
+  notifyReady(fmt::format("ready: listening on {} with {} workers", addresses, n));
+}
+
+}  // namespace
+
 int runProxy(const std::string& config_path) {
   ConfigResult result = loadConfig(config_path);
   if (!result.errors.empty()) {
@@ -359,28 +471,9 @@ int runProxy(const std::string& config_path) {
     std::fprintf(stderr, "portico: not starting: %s\n", error.c_str());
     return 2;
   }
-  std::size_t n = c.config->config.workers;
-  if (n == 0) {
-    n = std::max(1u, std::thread::hardware_concurrency());
-  }
-  for (std::size_t i = 0; i < n; ++i) {
-    c.workers.push_back(std::make_unique<Worker>(i, c.config, c.shared, c.limiter));
-    if (!c.workers.back()->bindListeners(error)) {
-      std::fprintf(stderr, "portico: not starting: %s\n", error.c_str());
-      std::_Exit(1);  // listeners half-bound on loops that never ran: nothing to tidy
-    }
-  }
+  const std::size_t n = makeWorkers(c);
 
-  uv_loop_init(&c.loop);
-  c.tasks = std::make_unique<TaskQueue>(&c.loop);
-  for (uv_signal_t* s : {&c.sigterm, &c.sigint, &c.sighup, &c.sigusr1}) {
-    uv_signal_init(&c.loop, s);
-    s->data = &c;
-  }
-  uv_signal_start(&c.sigterm, &onSignal, SIGTERM);
-  uv_signal_start(&c.sigint, &onSignal, SIGINT);
-  uv_signal_start(&c.sighup, &onSignal, SIGHUP);
-  uv_signal_start(&c.sigusr1, &onSignal, SIGUSR1);
+  initControlLoop(c);
 
   // The protocol log writer is created now and started (if the config
   // switches it on) after the privilege switch, so its files belong to the
@@ -388,16 +481,7 @@ int runProxy(const std::string& config_path) {
   c.protocol_log = std::make_unique<logging::ProtocolLog>(n);
   applyConfiguredTrace(c);
 
-  c.view =
-      std::make_unique<WorkerProxyView>(c.workers, c.shared, c.registry, [&c] { return c.config; });
-  c.view->setListening(true);
-  c.view->setProtocolLogStatus([&c] { return protocolLogStatusText(c); });
-  c.health =
-      std::make_unique<health::HealthService>(&c.loop, makeHealthConfig(c.config->config), *c.view);
-  if (!c.health->start(error)) {
-    std::fprintf(stderr, "portico: not starting: status endpoint: %s\n", error.c_str());
-    std::_Exit(1);
-  }
+  startHealth(c);
   const std::string& admin_socket = c.config->config.admin.socket;
   // AdminServer::start() creates the socket's directory when it is missing;
   // one it created goes to the user Portico switches to, with the socket.
@@ -417,60 +501,21 @@ int runProxy(const std::string& config_path) {
 
   // Every privileged socket is bound: become the configured user for good,
   // before any worker runs or any file is written.
-  if (identity) {
-    const bool admin_group = !c.config->config.admin.group.empty();
-    std::vector<Handover> handover{{admin_socket, admin_group}};
-    if (created_socket_dir) {
-      handover.push_back({socket_dir.string(), admin_group});
-    }
-    if (!dropPrivileges(*identity, handover, error)) {
-      std::fprintf(stderr, "portico: not starting: cannot drop privileges: %s\n", error.c_str());
-      std::_Exit(1);
-    }
-    // setuid() resets the dumpable flag to the system default: set it again.
-    setDumpable(c.config->config.process.dumpable);
-    logging::log(logging::Level::kInfo, "main", "running as user {} (uid {}), group {} (gid {})",
-                 identity->user, identity->uid, identity->group, identity->gid);
-  } else if (::geteuid() == 0) {
-    logging::log(logging::Level::kWarn, "main",
-                 "running as root: set [process] user (or the unit's User=) to drop privileges");
-  }
+  becomeConfiguredUser(c, identity, admin_socket, created_socket_dir ? socket_dir.string() : "");
 
   if (Status log = c.config->config.protocol_log.enabled ? ensureProtocolLog(c) : Status();
       !log.ok()) {
     std::fprintf(stderr, "portico: not starting: protocol log: %s\n", log.message().c_str());
     std::_Exit(1);
   }
-  uv_timer_init(&c.loop, &c.trace_timer);
-  c.trace_timer.data = &c;
-  uv_timer_start(
-      &c.trace_timer,
-      [](uv_timer_t* t) {
-        auto* ctl = static_cast<ControlLoop*>(t->data);
-        if (ctl->shared.trace.expireIfDue(std::chrono::system_clock::now())) {
-          logging::log(logging::Level::kInfo, "admin", "protocol-log trace ended: its TTL passed");
-        }
-        // The workers' directory answers, for DirectoryLookupMonitor.
-        for (const LookupHealthFeed::Observation& o : ctl->shared.lookup.health.drain()) {
-          ctl->health->recordDirectoryResult(o.ok, o.error);
-        }
-      },
-      250, 250);
+  startTraceTimer(c);
 
   startFleet(c);  // fleet/fleet_control.cc; nothing without [fleet] redis
   for (auto& w : c.workers) {
     w->start();
   }
 
-  checkOpenFileLimit(c.config->config);
-  std::string addresses;
-  for (const ListenConfig& l : c.config->config.listen) {
-    addresses += (addresses.empty() ? "" : ", ") + l.address.text();
-  }
-  logging::log(logging::Level::kInfo, "main",
-               "ready: listening on {} with {} workers; status on http://{}; admin socket {}",
-               addresses, n, c.config->config.status.listen.text(), c.config->config.admin.socket);
-  notifyReady(fmt::format("ready: listening on {} with {} workers", addresses, n));
+  announceReady(c, n);
 
   uv_run(&c.loop, UV_RUN_DEFAULT);
   for (auto& w : c.workers) {

@@ -313,8 +313,11 @@ AuthHttpResponseParser::State AuthHttpResponseParser::finish() {
 // ---------------------------------------------------------------------------
 // The answer's meaning.
 
-AuthHttpAnswer interpretAuthHttpAnswer(const AuthHttpHeaders& headers, std::string_view service) {
-  const std::string who = "auth http server " + std::string(service);
+namespace {
+
+// The answer's headers nginx's mail auth reads (the last of a name wins;
+// unknown names are ignored).
+struct AuthHttpFields {
   bool status_seen = false;
   bool wait = false;
   std::optional<std::string> error_text;
@@ -329,7 +332,12 @@ AuthHttpAnswer interpretAuthHttpAnswer(const AuthHttpHeaders& headers, std::stri
   std::optional<std::string_view> reason;
   bool nologin = false;
   std::uint32_t sleep = 0;
+};
 
+AuthHttpFields readAuthHttpFields(const AuthHttpHeaders& headers) {
+  AuthHttpFields fields;
+  auto& [status_seen, wait, error_text, server, port, user, destuser, pass, ssl, starttls,
+         proxy_timeout, reason, nologin, sleep] = fields;
   for (const auto& [name, value] : headers) {
     if (equalsIgnoreCase(name, "Auth-Status")) {
       status_seen = true;
@@ -368,6 +376,16 @@ AuthHttpAnswer interpretAuthHttpAnswer(const AuthHttpHeaders& headers, std::stri
       reason = value;
     }
   }
+  return fields;
+}
+
+}  // namespace
+
+AuthHttpAnswer interpretAuthHttpAnswer(const AuthHttpHeaders& headers, std::string_view service) {
+  const std::string who = "auth http server " + std::string(service);
+  AuthHttpFields fields = readAuthHttpFields(headers);
+  auto& [status_seen, wait, error_text, server, port, user, destuser, pass, ssl, starttls,
+         proxy_timeout, reason, nologin, sleep] = fields;
 
   AuthHttpAnswer answer;
   LookupResult& result = answer.result;

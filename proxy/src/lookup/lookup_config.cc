@@ -319,36 +319,47 @@ std::string LookupConfig::serviceText() const {
   return {};
 }
 
+namespace {
+
+// An auth_http URI: absolute, no spaces or control characters.
+bool validUri(std::string_view uri) {
+  return !uri.empty() && uri.front() == '/' && std::all_of(uri.begin(), uri.end(), [](char ch) {
+    auto c = static_cast<unsigned char>(ch);
+    return c > 0x20 && c != 0x7f;
+  });
+}
+
+// nginx: "unix:/path" with an optional ":/uri" after the path (`rest`
+// follows "unix:").
+bool parseUnixAuthHttpUrl(std::string_view rest, AuthHttpTarget& out, std::string& error) {
+  AuthHttpTarget target;
+  std::size_t colon = rest.find(':');
+  std::string_view path = rest.substr(0, colon);
+  if (colon != std::string_view::npos) {
+    target.uri = std::string(rest.substr(colon + 1));
+  }
+  if (path.empty() || path.front() != '/' || path.size() > kMaxUnixSocketPath) {
+    error = "the socket path must be absolute and at most " + std::to_string(kMaxUnixSocketPath) +
+            " bytes (unix:/path:/uri)";
+    return false;
+  }
+  if (!validUri(target.uri)) {
+    error = "the URI must start with '/' and hold no spaces or control characters";
+    return false;
+  }
+  target.unix_path = std::string(path);
+  target.host_header = "localhost";
+  out = std::move(target);
+  return true;
+}
+
+}  // namespace
+
 bool parseAuthHttpUrl(const std::string& url, AuthHttpTarget& out, std::string& error) {
   AuthHttpTarget target;
   std::string_view rest = url;
-  auto validUri = [](std::string_view uri) {
-    return !uri.empty() && uri.front() == '/' && std::all_of(uri.begin(), uri.end(), [](char ch) {
-      auto c = static_cast<unsigned char>(ch);
-      return c > 0x20 && c != 0x7f;
-    });
-  };
   if (rest.substr(0, 5) == "unix:") {
-    // nginx: "unix:/path" with an optional ":/uri" after the path.
-    rest.remove_prefix(5);
-    std::size_t colon = rest.find(':');
-    std::string_view path = rest.substr(0, colon);
-    if (colon != std::string_view::npos) {
-      target.uri = std::string(rest.substr(colon + 1));
-    }
-    if (path.empty() || path.front() != '/' || path.size() > kMaxUnixSocketPath) {
-      error = "the socket path must be absolute and at most " + std::to_string(kMaxUnixSocketPath) +
-              " bytes (unix:/path:/uri)";
-      return false;
-    }
-    if (!validUri(target.uri)) {
-      error = "the URI must start with '/' and hold no spaces or control characters";
-      return false;
-    }
-    target.unix_path = std::string(path);
-    target.host_header = "localhost";
-    out = std::move(target);
-    return true;
+    return parseUnixAuthHttpUrl(rest.substr(5), out, error);
   }
   if (rest.substr(0, 7) == "http://") {
     rest.remove_prefix(7);

@@ -21,10 +21,10 @@
 #include <string_view>
 #include <vector>
 
-#include "backend_login.h"
 #include "end_reason.h"
 #include "lookup/lookup.h"
 #include "net_types.h"
+#include "portico/backend_login.h"
 #include "portico/parser.h"
 #include "protocol_tap.h"
 #include "runtime.h"
@@ -32,6 +32,15 @@
 #include "session_observer.h"
 
 namespace portico::proxy {
+
+// The backend login is the parser library's IMAP client (shared with the
+// health probes).
+using parser::BackendLoginClient;
+using parser::BackendLoginEvent;
+using parser::BackendLoginEventType;
+using parser::BackendLoginMethod;
+using parser::BackendLoginParams;
+using parser::proxyV2Header;
 
 class Session;
 class LookupStage;

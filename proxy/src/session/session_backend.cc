@@ -9,7 +9,6 @@
 
 #include <fmt/format.h>
 
-#include "backend_login.h"
 #include "portico/logging.h"
 #include "portico/proxy.h"
 #include "session_internal.h"
@@ -20,7 +19,7 @@ using namespace session_detail;  // NOLINT: this file's own helpers
 
 // ---------------------------------------------------------------------------
 // Backend login: the session runs the transport, BackendLoginClient the
-// IMAP dialogue (backend_login.h).
+// IMAP dialogue (portico/backend_login.h).
 
 void Session::startBackendLogin() {
   const BackendConfig& backend = config_->config.backends[backend_index_];
@@ -76,6 +75,9 @@ void Session::onBackendLoginData(Chunk chunk) {
       case BackendLoginEventType::kFailed:
         backendFailed(ev.why);
         return;
+      case BackendLoginEventType::kStep:
+      case BackendLoginEventType::kReady:
+        continue;  // the probes' profile only
     }
   }
 }

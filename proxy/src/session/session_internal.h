@@ -11,6 +11,8 @@
 
 #include "config/config.h"
 #include "portico/ascii.h"
+#include "portico/backend_login.h"
+#include "portico/imap_output.h"
 #include "portico/parser.h"
 
 namespace portico::proxy::session_detail {
@@ -19,7 +21,7 @@ using std::chrono::duration_cast;
 using std::chrono::microseconds;
 using std::chrono::milliseconds;
 
-inline constexpr const char* kForwardIdTag = "P0ID";
+using parser::kForwardIdTag;
 
 // The parser's limits before login: small lines and literals, except that an
 // ID may take every line RFC 2971 allows it.
@@ -44,75 +46,15 @@ inline std::size_t preloginMaxCommand(const Limits& limits, std::string_view nam
   return common;
 }
 
-// A LOGIN argument Portico sends to a backend as a quoted string. 8-bit
-// bytes (UTF-8 user names and passwords) are not: an IMAP4rev1 server without
-// UTF8=ACCEPT may refuse them there, while SASL PLAIN (RFC 4616 is UTF-8) and
-// literals (CHAR8) carry the same bytes to any server.
-inline bool quotable(std::string_view s) {
-  for (unsigned char c : s) {
-    if (c == '\r' || c == '\n' || c == '\0' || c >= 0x80) {
-      return false;
-    }
-  }
-  return true;
-}
-
-// Overwrites a secret before its memory is released or reused.
-inline void wipe(std::string& s) {
-  volatile char* p = s.data();
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    p[i] = 0;
-  }
-  s.clear();
-}
-
-// wipe() over the whole buffer, spare capacity included: erase() and
-// clear() leave old bytes there.
-inline void wipeAll(std::string& s) {
-  s.resize(s.capacity());
-  wipe(s);
-}
-
-// Appends to a buffer that may hold secrets without leaving a copy behind
-// when it grows: the old buffer is wiped before it is freed.
-inline void appendWiping(std::string& s, std::string_view bytes) {
-  if (s.size() + bytes.size() > s.capacity()) {
-    std::string bigger;
-    bigger.reserve(std::max(s.size() + bytes.size(), 2 * s.capacity()));
-    bigger.append(s);
-    wipeAll(s);
-    s.swap(bigger);  // `bigger` now owns the wiped old buffer
-  }
-  s.append(bytes);
-}
-
-// An IMAP quoted string, appended in place (no temporary copy of a secret).
-inline void appendQuoted(std::string& out, std::string_view s) {
-  out.push_back('"');
-  for (char c : s) {
-    if (c == '"' || c == '\\') {
-      out.push_back('\\');
-    }
-    out.push_back(c);
-  }
-  out.push_back('"');
-}
-
-inline std::string quote(std::string_view s) {
-  std::string out;
-  out.reserve(s.size() + 2);
-  appendQuoted(out, s);
-  return out;
-}
-
-// Printable, bounded excerpt of a peer's line for an operator's log.
-inline std::string excerpt(std::string_view line) {
-  std::string out;
-  for (char c : line.substr(0, 120)) {
-    out.push_back(c >= 0x20 && c < 0x7f ? c : '?');
-  }
-  return out;
-}
+// Quoting, wiping and excerpts live with the IMAP client in the parser
+// library (portico/imap_output.h).
+using parser::appendQuoted;
+using parser::appendWiping;
+using parser::excerpt;
+using parser::quotable;
+using parser::quote;
+using parser::wipe;
+using parser::wipeAll;
 
 inline bool isSupportedMechanism(std::string_view mechanism) {
   return mechanism == "PLAIN" || mechanism == "XOAUTH2" || mechanism == "OAUTHBEARER";

@@ -125,6 +125,41 @@ std::optional<std::chrono::milliseconds> parseTimeout(const std::string& text) {
   return std::chrono::milliseconds(static_cast<std::int64_t>(std::ceil(ms)));
 }
 
+// Sends `line`; returns an error text (and not a Failure) when Portico
+// closed first, as it may have answered before reading (too many
+// connections).
+std::string sendRequest(const Fd& fd, const std::string& path, const std::string& line,
+                        Clock::time_point deadline, std::chrono::milliseconds timeout) {
+  std::size_t sent = 0;
+  std::string send_error;
+  while (sent < line.size()) {
+    ssize_t n = ::send(fd.get(), line.data() + sent, line.size() - sent, MSG_NOSIGNAL);
+    if (n > 0) {
+      sent += static_cast<std::size_t>(n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n < 0 && errno == EAGAIN) {
+      pollfd p{fd.get(), POLLOUT, 0};
+      if (::poll(&p, 1, msLeft(deadline)) == 0) {
+        throw Failure{
+            fmt::format("{}: could not send the request within {}", path, timeoutText(timeout))};
+      }
+      continue;
+    }
+    if (errno == EPIPE || errno == ECONNRESET) {
+      // Portico may have answered and closed before reading the request
+      // (too many connections): show its answer if there is one.
+      send_error = fmt::format("{}: sending the request failed: {}", path, std::strerror(errno));
+      break;
+    }
+    throw Failure{fmt::format("{}: sending the request failed: {}", path, std::strerror(errno))};
+  }
+  return send_error;
+}
+
 // Sends `line` and returns the reply line (without its '\n').
 std::string exchange(const std::string& path, const std::string& line,
                      std::chrono::milliseconds timeout) {
@@ -156,33 +191,7 @@ std::string exchange(const std::string& path, const std::string& line,
                               std::strerror(err))};
   }
 
-  std::size_t sent = 0;
-  std::string send_error;
-  while (sent < line.size()) {
-    ssize_t n = ::send(fd.get(), line.data() + sent, line.size() - sent, MSG_NOSIGNAL);
-    if (n > 0) {
-      sent += static_cast<std::size_t>(n);
-      continue;
-    }
-    if (n < 0 && errno == EINTR) {
-      continue;
-    }
-    if (n < 0 && errno == EAGAIN) {
-      pollfd p{fd.get(), POLLOUT, 0};
-      if (::poll(&p, 1, msLeft(deadline)) == 0) {
-        throw Failure{
-            fmt::format("{}: could not send the request within {}", path, timeoutText(timeout))};
-      }
-      continue;
-    }
-    if (errno == EPIPE || errno == ECONNRESET) {
-      // Portico may have answered and closed before reading the request
-      // (too many connections): show its answer if there is one.
-      send_error = fmt::format("{}: sending the request failed: {}", path, std::strerror(errno));
-      break;
-    }
-    throw Failure{fmt::format("{}: sending the request failed: {}", path, std::strerror(errno))};
-  }
+  const std::string send_error = sendRequest(fd, path, line, deadline, timeout);
 
   std::string reply;
   char buf[64 * 1024];

@@ -2,7 +2,7 @@
 // bytes out. Each dialogue runs whole, split at every offset and byte at a
 // time, and must give the same events, the same bytes to the backend and
 // the same bytes left for the relay.
-#include "session/backend_login.h"
+#include "portico/backend_login.h"
 
 #include <netinet/in.h>
 
@@ -11,7 +11,7 @@
 
 #include <gtest/gtest.h>
 
-namespace portico::proxy {
+namespace portico::parser {
 namespace {
 
 using Type = BackendLoginEventType;
@@ -81,9 +81,9 @@ Transcript run(const BackendLoginParams& params, const std::vector<std::string>&
         client.clearOutput();
         continue;
       }
-      if (ev.type != Type::kUntagged) {
+      if (ev.type != Type::kUntagged && ev.type != Type::kStep) {
         finished = true;
-        if (ev.type == Type::kLoggedIn) {
+        if (ev.type == Type::kLoggedIn || ev.type == Type::kReady) {
           t.rest = std::string(client.rest());
         }
         break;
@@ -274,6 +274,68 @@ TEST(BackendLoginTest, TooMuchDataFails) {
   EXPECT_EQ(ev.why, "too much data during login");
 }
 
+// --- kProbe: the health probes' dialogue -------------------------------------
+
+BackendLoginParams probeParams() {
+  BackendLoginParams p = loginParams();
+  p.profile = BackendLoginProfile::kProbe;
+  p.tag = "p";
+  return p;
+}
+
+TEST(BackendLoginTest, ProbeAsksCapabilitiesThenStarttlsThenLogsIn) {
+  BackendLoginParams p = probeParams();
+  p.starttls = true;
+  p.password =
+      "s\xc3\xa9"
+      "cret";  // 8-bit bytes go quoted, as a probe always sent them
+  Transcript t =
+      run(p, {"* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED] ready\r\n",
+              "* CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED\r\np1 OK done\r\n",
+              "p2 OK Begin TLS\r\n", "* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\np3 OK done\r\n",
+              "p4 OK Logged in\r\n* 1 EXISTS\r\n"});
+  EXPECT_EQ(t.sent,
+            "p1 CAPABILITY\r\np2 STARTTLS\r\np3 CAPABILITY\r\n"
+            "p4 LOGIN \"alice\" \"s\xc3\xa9"
+            "cret\"\r\n");
+  const std::vector<std::string> events = {
+      "Step * OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED] ready\r\n", "Step p1 OK done\r\n",
+      "StartTls ", "Step p3 OK done\r\n", "LoggedIn p4 OK Logged in\r\n"};
+  EXPECT_EQ(t.events, events);
+  EXPECT_EQ(t.rest, "* 1 EXISTS\r\n");
+}
+
+TEST(BackendLoginTest, ProbeWithoutLoginOrPreauthIsReadyAfterCapabilities) {
+  BackendLoginParams p = probeParams();
+  p.method = BackendLoginMethod::kNone;
+  Transcript t = runEverySplit(p, "* OK ready\r\np1 OK done\r\n* 2 EXISTS\r\n");
+  EXPECT_EQ(t.sent, "p1 CAPABILITY\r\n");
+  ASSERT_EQ(t.events.size(), 2u);
+  EXPECT_EQ(t.events[1], "Ready p1 OK done\r\n");
+  EXPECT_EQ(t.rest, "* 2 EXISTS\r\n");
+
+  p = probeParams();
+  p.tag_count = 4;  // a retry goes on counting
+  t = runEverySplit(p, "* PREAUTH [CAPABILITY IMAP4rev1] hi\r\np5 OK done\r\n");
+  EXPECT_EQ(t.sent, "p5 CAPABILITY\r\n");  // no LOGIN after PREAUTH
+  ASSERT_EQ(t.events.size(), 2u);
+  EXPECT_EQ(t.events[1], "Ready p5 OK done\r\n");
+}
+
+TEST(BackendLoginTest, ProbeFailuresReadAsAProbes) {
+  Transcript t = runEverySplit(probeParams(), "* BAD go away\r\n");
+  EXPECT_EQ(t.events, std::vector<std::string>{"Failed unexpected greeting: BAD go away"});
+  t = runEverySplit(probeParams(), "* OK hi\r\n* BYE shutting down\r\n");
+  EXPECT_EQ(t.events.back(), "Failed server said BYE shutting down");
+  t = runEverySplit(probeParams(), "* OK hi\r\np9 OK what\r\n");
+  EXPECT_EQ(t.events.back(), "Failed unexpected tagged response: p9 OK what");
+  t = runEverySplit(probeParams(), "* OK hi\r\np1 NO not now\r\n");
+  EXPECT_EQ(t.events.back(), "Refused p1 NO not now\r\n");
+  t = runEverySplit(probeParams(), "* OK hi\r\n+ go on\r\n");
+  EXPECT_EQ(t.events.back(), "Failed unexpected continuation request");
+  EXPECT_EQ(t.sent, "p1 CAPABILITY\r\n");  // the secret never went out
+}
+
 TEST(BackendLoginTest, ProxyV2HeaderForIpv4) {
   sockaddr_storage src{};
   sockaddr_storage dst{};
@@ -293,4 +355,4 @@ TEST(BackendLoginTest, ProxyV2HeaderForIpv4) {
 }
 
 }  // namespace
-}  // namespace portico::proxy
+}  // namespace portico::parser
