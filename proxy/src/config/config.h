@@ -98,6 +98,14 @@ struct Limits {
   std::uint32_t max_commands_in_flight = 1'000;
 };
 
+// [backend_pool]: per worker and backend, connections opened and greeted
+// ahead of logins (session/backend_pool.h). 0: no pool.
+struct BackendPoolConfig {
+  std::uint32_t size = 0;
+  Millis idle_timeout{30'000};  // a pooled connection unused this long is closed
+  bool operator==(const BackendPoolConfig&) const = default;
+};
+
 struct RoutingConfig {
   std::string map_file;
   std::uint32_t connect_retries = 2;  // further candidates tried after the first
@@ -181,6 +189,7 @@ struct Config {
   HealthConfig health;
   LookupConfig lookup;  // [lookup]: lookup/lookup_config.h
   FleetConfig fleet;    // [fleet]: fleet/fleet_config.h
+  BackendPoolConfig backend_pool;
 };
 
 struct ConfigResult {
