@@ -14,10 +14,10 @@ using std::chrono::milliseconds;
 // PoolPlan
 
 std::size_t PoolPlan::toOpen(std::size_t target, Clock::time_point now) const {
-  if (now < retry_at_ || ready_ + connecting_ >= target || connecting_ >= kMaxConnecting) {
+  if (now < retry_at_ || ready_ + connecting_ >= target) {
     return 0;
   }
-  return std::min(target - ready_ - connecting_, kMaxConnecting - connecting_);
+  return target - ready_ - connecting_;
 }
 
 void PoolPlan::opened() {

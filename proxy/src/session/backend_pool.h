@@ -8,7 +8,7 @@
 // once a session takes it). A backend that needs a PROXY header gets no
 // pool: the header names the client, unknown ahead of the login.
 //
-// Bounded: at most `size` ready and kMaxConnecting opening per backend;
+// Bounded: at most `size` ready or opening per backend and worker;
 // after a failed open the next waits (PoolPlan's backoff). A drained
 // backend gets no refills and its connections are closed; so does one
 // whose connection closes, speaks or outlives idle_timeout while ready.
@@ -39,13 +39,14 @@ class SessionHost;
 class PoolPlan {
  public:
   using Clock = std::chrono::steady_clock;
-  // Opening at once per backend: a refill never becomes a connect storm.
-  static constexpr std::size_t kMaxConnecting = 2;
   static constexpr std::chrono::milliseconds kFirstBackoff{250};
   static constexpr std::chrono::milliseconds kMaxBackoff{30'000};
 
-  // Connections to start opening now to reach `target` ready ones: none
-  // while backing off after a failure.
+  // Connections to start opening now to reach `target` ready ones, those
+  // already opening included (so never more than `target` connects in
+  // flight: a refill is no connect storm); none while backing off after a
+  // failure. A login-only burst drains the pool as fast as logins come, so
+  // the whole shortfall is opened at once rather than a few at a time.
   std::size_t toOpen(std::size_t target, Clock::time_point now) const;
   void opening() { ++connecting_; }
   // An opening connection is ready: failures are forgotten.

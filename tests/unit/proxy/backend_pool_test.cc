@@ -32,18 +32,19 @@ constexpr std::string_view kGreeting = "* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=
 // ---------------------------------------------------------------------------
 // PoolPlan
 
-TEST(PoolPlanTest, OpensUpToTargetButNeverMoreThanTwoAtOnce) {
+TEST(PoolPlanTest, OpensUpToTargetCountingThoseStillOpening) {
   PoolPlan plan;
   Clock::time_point now{};
   EXPECT_EQ(plan.toOpen(0, now), 0u);
   EXPECT_EQ(plan.toOpen(1, now), 1u);
-  EXPECT_EQ(plan.toOpen(8, now), PoolPlan::kMaxConnecting);
+  EXPECT_EQ(plan.toOpen(8, now), 8u);
   plan.opening();
   plan.opening();
-  EXPECT_EQ(plan.toOpen(8, now), 0u) << "two already opening";
+  EXPECT_EQ(plan.toOpen(2, now), 0u) << "two already opening";
+  EXPECT_EQ(plan.toOpen(8, now), 6u);
   plan.opened();
-  EXPECT_EQ(plan.toOpen(8, now), 1u);
   EXPECT_EQ(plan.toOpen(2, now), 0u) << "one ready and one opening make two";
+  EXPECT_EQ(plan.toOpen(3, now), 1u);
   plan.readyGone();
   EXPECT_EQ(plan.ready(), 0u);
   EXPECT_EQ(plan.toOpen(2, now), 1u);
@@ -68,7 +69,7 @@ TEST(PoolPlanTest, FailuresBackOffDoublingUpToTheCapAndASuccessResets) {
   plan.opening();
   plan.opened();
   EXPECT_EQ(plan.failures(), 0u);
-  EXPECT_EQ(plan.toOpen(3, now), 2u) << "a success ends the backoff";
+  EXPECT_EQ(plan.toOpen(3, now), 2u) << "a success ends the backoff (one is ready)";
   plan.readyLost(now);
   EXPECT_EQ(plan.ready(), 0u);
   EXPECT_EQ(plan.toOpen(3, now), 0u) << "a ready connection lost backs off too";
