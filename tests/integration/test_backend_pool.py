@@ -8,13 +8,15 @@ a drained backend's pool is emptied and refilled once enabled. A scripted
 backend (harness's ScriptedBackend) closes the pooled connection a login was
 sent on, which Dovecot cannot do on demand: the login still succeeds over a
 fresh connection. A proxy_protocol backend never gets a pooled connection.
+Backends with STARTTLS and implicit TLS get pooled connections whose TLS is
+already up when a session takes them.
 """
 
 import socket
 
 import pytest
 
-from harness import PASSWORD, ImapConn, wait_until
+from harness import PASSWORD, Dovecot, ImapConn, wait_until
 from scripted_backend import ScriptedBackend
 
 
@@ -171,3 +173,25 @@ def test_password_never_reaches_pooled_connection_logs(portico_factory, backends
     wait_ready(p, d.name, 1)
     login_logout(p.port, "dave")
     assert PASSWORD not in p.log_text()
+
+
+@pytest.mark.parametrize("mode", ["starttls", "implicit"])
+def test_tls_backends_are_pooled_with_tls_already_up(portico_factory, pki, mode):
+    d = Dovecot("pooltls", tls={"cert": pki.mail.cert, "key": pki.mail.key, "required": True})
+    try:
+        d.start()
+        backend = {"name": "tls", "weight": 1, "tls": mode, "ca": str(pki.ca),
+                   "server_name": "mail.test", "forward_id": True, "proxy_protocol": False,
+                   "address": d.imaps_address if mode == "implicit" else d.address}
+        p = portico_factory([], config=dict(pool_config(2), backend=[backend]))
+        wait_ready(p, "tls", 2)
+        tagged, _ = login_logout(p.port, "erin")
+        assert b"OK" in tagged
+        s = pool_stats(p, "tls")
+        assert s["pool_hits"] == 1 and s["pool_misses"] == 0 and s["pool_stale"] == 0, s
+        # The login went over TLS: Dovecot requires it ("required": True)
+        # and logged it with its TLS marker.
+        assert wait_until(lambda: "user=<erin>" in d.log_text() and "TLS" in d.log_text(), 10), \
+            d.log_text()[-2000:]
+    finally:
+        d.cleanup()
