@@ -13,6 +13,9 @@ process group, with the reaped children's time the master accounts). The
 client and the machine's busy share are reported too: the machine is
 shared, so every figure carries the load it was measured under.
 
+With --load-bin PATH the clients are portico_load --login-only (C++, one
+thread per client) instead of the built-in asyncio client.
+
 Prints a markdown section; --results FILE writes it into that file,
 replacing a previous section with the same heading.
 
@@ -23,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -107,6 +112,29 @@ async def client(port: int, users: list, index: int, stop_at: float, out: dict) 
                 out["first_errors"].append(str(e))
 
 
+def run_round_tool(load_bin: str, port: int, clients: int, duration: float, user_count: int,
+                   portico_pid: int | None, dovecot_pgid: int) -> dict:
+    """The same round with portico_load --login-only (C++, one thread per client)."""
+    cmd = [load_bin, "--login-only", "--json", "--port", str(port), "--sessions", str(clients),
+           "--duration", "%gs" % duration, "--users", "user%02d", "--user-count", str(user_count),
+           "--password", harness.PASSWORD, "--pgid", str(dovecot_pgid)]
+    if portico_pid:
+        cmd += ["--pid", str(portico_pid)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+    if proc.returncode not in (0, 1):
+        raise RuntimeError("portico_load failed: %s" % proc.stderr[-2000:])
+    r = json.loads(proc.stdout)
+    cpu = r["cpu"]
+    return {
+        "logins": r["logins"], "lps": r["logins_per_s"],
+        "p50": r["login_latency_us"]["p50"], "p99": r["login_latency_us"]["p99"],
+        "portico_us": cpu["pids"][0]["us_per_login"] if cpu["pids"] else 0.0,
+        "dovecot_us": cpu["pgids"][0]["us_per_login"],
+        "client_us": cpu["load_tool_us_per_login"], "busy_pct": cpu["machine_busy_pct"],
+        "errors": r["failures"], "first_errors": [r["first_error"]] if r["first_error"] else [],
+    }
+
+
 def run_round(port: int, clients: int, duration: float, users: list, portico_pid: int | None,
               dovecot_pgid: int) -> dict:
     out = {"lat": [], "errors": 0, "first_errors": []}
@@ -163,6 +191,7 @@ def markdown(meta: dict) -> str:
                  "before the rounds (1 s sample). Command:" % (
                      meta["when"], meta["model"], os.cpu_count(), meta["idle_busy"]))
     lines += ["", "    " + meta["command"], ""]
+    lines.append("Client: %s. " % meta["client"])
     lines.append("%d clients, each repeating connect, greeting, LOGIN, LOGOUT, close; %d rounds "
                  "of %s per target, targets interleaved (direct, pool off, pool on, order rotating "
                  "per round). Latency: LOGIN sent to its tagged OK. One Dovecot; each Portico has "
@@ -197,6 +226,9 @@ def main() -> int:
     ap.add_argument("--user-count", type=int, default=20)
     ap.add_argument("--portico-bin", default=None)
     ap.add_argument("--results", default=None)
+    ap.add_argument("--load-bin", default=None,
+                    help="drive the load with this portico_load (--login-only) instead of the "
+                         "built-in asyncio client")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("login_pool_bench: run as root (Dovecot test instances need it)")
@@ -218,7 +250,11 @@ def main() -> int:
         for i in range(args.rounds):
             order = targets[i % 3:] + targets[:i % 3]
             for name, port, pid in order:
-                r = run_round(port, args.clients, args.duration, users, pid, d.pid)
+                if args.load_bin:
+                    r = run_round_tool(args.load_bin, port, args.clients, args.duration,
+                                       args.user_count, pid, d.pid)
+                else:
+                    r = run_round(port, args.clients, args.duration, users, pid, d.pid)
                 results[name].append(r)
                 print("login_pool_bench: round %d %s: %.0f logins/s p50 %.0f µs p99 %.0f µs "
                       "Dovecot %.0f µs/login Portico %.0f µs/login errors %d %s" % (
@@ -241,7 +277,9 @@ def main() -> int:
                 "model": machine_model(), "idle_busy": idle_busy, "clients": args.clients,
                 "rounds": args.rounds, "duration": "%gs" % args.duration,
                 "pool_size": args.pool_size, "verdict": verdict,
-                "command": "/usr/bin/python3 bench/login_pool_bench.py " + " ".join(sys.argv[1:])}
+                "client": ("portico_load --login-only (one thread per client)" if args.load_bin
+                           else "the script's asyncio client"),
+                "command": "/usr/bin/python3 bench/login_pool_bench.py " + " ".join(sys.argv[1:]).replace(str(REPO) + "/", "")}
         section = markdown(meta)
         print(section)
         if args.results:
