@@ -54,7 +54,8 @@ struct Options {
   std::vector<int> pgids;
   std::string label;
   bool json = false;
-  bool seed_only = false;  // seed the mailboxes, then exit
+  bool seed_only = false;   // seed the mailboxes, then exit
+  bool login_only = false;  // login_only.h: connect, LOGIN, LOGOUT, close, repeated
 
   // Derived by finishOptions().
   std::vector<MixEntry> mix;

@@ -35,6 +35,7 @@
 #include "cpu_usage.h"
 #include "load_options.h"
 #include "load_session.h"
+#include "login_only.h"
 
 namespace portico::load {
 namespace {
@@ -506,6 +507,9 @@ int main(int argc, char** argv) {
   app.add_option("--label", o.label, "free text copied into the report");
   app.add_flag("--json", o.json, "print the report as JSON on stdout");
   app.add_flag("--seed-only", o.seed_only, "seed the mailboxes (--seed-messages), then exit");
+  app.add_flag("--login-only", o.login_only,
+               "each session repeats connect, LOGIN, LOGOUT, close; reports LOGIN latency and "
+               "CPU per login");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -541,5 +545,8 @@ int main(int argc, char** argv) {
   std::string target = o.host.find(':') != std::string::npos
                            ? fmt::format("[{}]:{}", o.host, o.port)
                            : fmt::format("{}:{}", o.host, o.port);
+  if (o.login_only) {
+    return runLoginOnly(o, address, target);
+  }
   return run(o, target, address);
 }

@@ -161,6 +161,8 @@ BackendLoginEvent BackendLoginClient::handle(const ResponseEvent& ev, std::strin
       return event(BackendLoginEventType::kNeedMore);
     case State::kLogin:
       return handleLogin(ev, line);
+    case State::kReady:  // a held connection must stay silent until used
+      return failed("unexpected line while held '" + excerpt(ev.head) + "'");
     case State::kTlsHandshake:
     case State::kDone:
       break;
@@ -206,8 +208,19 @@ void BackendLoginClient::tlsEstablished() {
   state_ = State::kCapability;
 }
 
+void BackendLoginClient::resumeLogin(BackendLoginParams params) {
+  if (state_ != State::kReady) {
+    return;
+  }
+  params.hold_before_login = false;
+  params_ = std::move(params);
+  (void)afterCapabilities();
+}
+
 BackendLoginEvent BackendLoginClient::afterCapabilities() {
-  if (!params_.id_command.empty()) {
+  if (params_.hold_before_login) {
+    state_ = State::kReady;
+  } else if (!params_.id_command.empty()) {
     output_.append(params_.id_command);
     state_ = State::kId;
   } else {

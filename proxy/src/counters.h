@@ -97,7 +97,21 @@ struct CounterSpec {
   X(bytes_to_backend, "bytes_to", Counter, "portico_backend_bytes_sent_total",                \
     "Bytes relayed to the backend.")                                                          \
   X(bytes_from_backend, "bytes_from", Counter, "portico_backend_bytes_received_total",        \
-    "Bytes relayed from the backend.")
+    "Bytes relayed from the backend.")                                                        \
+  X(pool_ready, "pool_ready", Gauge, "portico_backend_pool_ready",                            \
+    "Pooled backend connections greeted and ready for a login now ([backend_pool]).")         \
+  X(pool_hits, "pool_hits", Counter, "portico_backend_pool_hits_total",                       \
+    "Logins that took a ready pooled connection.")                                            \
+  X(pool_misses, "pool_misses", Counter, "portico_backend_pool_misses_total",                 \
+    "Logins that found the pool empty and connected themselves.")                             \
+  X(pool_opened, "pool_opened", Counter, "portico_backend_pool_opened_total",                 \
+    "Pooled connections opened and greeted.")                                                 \
+  X(pool_expired, "pool_expired", Counter, "portico_backend_pool_expired_total",              \
+    "Pooled connections closed unused after idle_timeout.")                                   \
+  X(pool_lost, "pool_lost", Counter, "portico_backend_pool_lost_total",                       \
+    "Pooled connections that failed before ready, or that the backend closed or spoke on.")   \
+  X(pool_stale, "pool_stale", Counter, "portico_backend_pool_stale_total",                    \
+    "Taken pooled connections found dead; the login went on over a fresh connection.")
 // clang-format on
 
 #define PORTICO_COUNTER_SPEC(field, key, kind, metric, help) \

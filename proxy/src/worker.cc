@@ -110,9 +110,11 @@ void Worker::reconfigure(RuntimeConfigPtr config, ListenerUpdate update) {
   if (lookup_changed) {
     buildLookup();
   }
+  backend_pool_.configure(config_);
 }
 
 void Worker::start() {
+  post([](Worker& w) { w.backend_pool_.configure(w.config_); });
   thread_ = std::thread([this] { uv_run(&loop_, UV_RUN_DEFAULT); });
 }
 

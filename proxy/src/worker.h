@@ -20,6 +20,7 @@
 #include "lookup/lookup_stage.h"
 #include "net_types.h"
 #include "runtime.h"
+#include "session/backend_pool.h"
 #include "session/session.h"
 
 namespace portico::proxy {
@@ -117,6 +118,10 @@ class Worker final : public SessionHost, private InboundProxyHost {
   bool compressionAvailable() const override { return true; }
   Transport* startClientTls(Transport* plain, std::shared_ptr<const ClientTlsContext> tls,
                             TransportHandler* handler) override;
+  std::optional<PooledBackend> takePooledBackend(const RuntimeConfig& config, std::size_t index,
+                                                 TransportHandler* handler) override {
+    return backend_pool_.take(config, index, handler);
+  }
   WorkerStats& stats() override { return stats_; }
   SharedState& shared() override { return shared_; }
   std::size_t index() const override { return index_; }
@@ -193,6 +198,7 @@ class Worker final : public SessionHost, private InboundProxyHost {
   UvLookupLoop lookup_loop_{&loop_};
   std::shared_ptr<LookupStage> lookup_;  // null for kind = "none"
   std::vector<std::shared_ptr<LookupStage>> retired_lookups_;
+  BackendPool backend_pool_{*this};  // [backend_pool]; its timer is made on the loop
 };
 
 }  // namespace portico::proxy

@@ -12,6 +12,7 @@ void Worker::beginShutdown(std::string reason) {
     return;
   }
   stopping_ = true;
+  backend_pool_.shutdown();
   for (Listener* listener : listeners_) {
     closeListener(listener);
   }

@@ -62,6 +62,10 @@ struct BackendLoginParams {
   // kProbe: `tag` is the tags' prefix, and tag_count the tags used before
   // (a probe's retry goes on counting).
   std::uint32_t tag_count = 0;
+  // Stop in kReady once the greeting, STARTTLS and capabilities are done,
+  // until resumeLogin() brings the login (a pooled connection,
+  // backend_pool.h). The login fields are unused until then.
+  bool hold_before_login = false;
 };
 
 enum class BackendLoginEventType : std::uint8_t {
@@ -85,7 +89,7 @@ struct BackendLoginEvent {
 
 // clang-format off
 #define PORTICO_BACKEND_LOGIN_STATES(X) \
-  X(Greeting) X(Starttls) X(TlsHandshake) X(Capability) X(Id) X(Login) X(Done)
+  X(Greeting) X(Starttls) X(TlsHandshake) X(Capability) X(Ready) X(Id) X(Login) X(Done)
 // clang-format on
 
 // The tag of the ID command a caller puts in BackendLoginParams::id_command.
@@ -113,6 +117,10 @@ class BackendLoginClient {
   BackendLoginEvent next();
   // The TLS handshake after kStartTls is done: capabilities are asked again.
   void tlsEstablished();
+  // In kReady (hold_before_login): the login to replay, as the constructor
+  // takes it (its starttls is ignored: that part is done). ID, then the
+  // login, go to output().
+  void resumeLogin(BackendLoginParams params);
 
   // Bytes to write to the backend; may hold a secret.
   const std::string& output() const {

@@ -170,6 +170,7 @@ Config ConfigReader::read(const toml::table& root) {
     });
   }
   readTable(root, kFleetSection, config.fleet);
+  readTable(root, kBackendPoolSection, config.backend_pool);
   return config;
 }
 

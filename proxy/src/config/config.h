@@ -108,6 +108,14 @@ struct Limits {
   bool loginPenalties() const { return login_failures_per_ip != 0 || login_failures_per_user != 0; }
 };
 
+// [backend_pool]: per worker and backend, connections opened and greeted
+// ahead of logins (session/backend_pool.h). 0: no pool.
+struct BackendPoolConfig {
+  std::uint32_t size = 0;
+  Millis idle_timeout{30'000};  // a pooled connection unused this long is closed
+  bool operator==(const BackendPoolConfig&) const = default;
+};
+
 struct RoutingConfig {
   std::string map_file;
   std::uint32_t connect_retries = 2;  // further candidates tried after the first
@@ -191,6 +199,7 @@ struct Config {
   HealthConfig health;
   LookupConfig lookup;  // [lookup]: lookup/lookup_config.h
   FleetConfig fleet;    // [fleet]: fleet/fleet_config.h
+  BackendPoolConfig backend_pool;
 };
 
 struct ConfigResult {

@@ -61,6 +61,7 @@ constexpr Field<Config> kTopLevel[] = {
     {{"health", VT::kTable, "", "Probes, monitors and responders"}},
     {{"lookup", VT::kTable, "", "The directory that says where a user lives"}},
     {{"fleet", VT::kTable, "", "Nodes sharing drains and user holds through Redis"}},
+    {{"backend_pool", VT::kTable, "", "Backend connections opened ahead of logins"}},
 };
 
 constexpr Field<ListenConfig> kListen[] = {
@@ -356,6 +357,17 @@ constexpr Field<FleetConfig> kFleet[] = {
      &FleetConfig::session_ttl},
 };
 
+// [backend_pool]: session/backend_pool.h.
+constexpr Field<BackendPoolConfig> kBackendPool[] = {
+    {{"size", VT::kInteger, "0",
+      "Greeted connections kept ready per worker and backend; 0: none (no PROXY-header backends)",
+      0, 64},
+     &BackendPoolConfig::size},
+    {{"idle_timeout", VT::kDuration, "\"30s\"",
+      "A pooled connection unused this long is closed (and replaced)", 1000},
+     &BackendPoolConfig::idle_timeout},
+};
+
 template <typename S>
 SectionSpec spec(const Section<S>& section) {
   SectionSpec out{section.name, section.kind, {}};
@@ -387,6 +399,8 @@ const Section<BackendConfig> kBackendSection{"backend", SectionKind::kTableArray
 const Section<RoutingConfig> kRoutingSection{"routing", SectionKind::kTable, kRouting};
 const Section<LookupConfig> kLookupSection{"lookup", SectionKind::kTable, kLookup};
 const Section<FleetConfig> kFleetSection{"fleet", SectionKind::kTable, kFleet};
+const Section<BackendPoolConfig> kBackendPoolSection{"backend_pool", SectionKind::kTable,
+                                                     kBackendPool};
 const Section<Timeouts> kTimeoutsSection{"timeouts", SectionKind::kTable, kTimeouts};
 const Section<Limits> kLimitsSection{"limits", SectionKind::kTable, kLimits};
 const Section<StatusConfig> kStatusSection{"status", SectionKind::kTable, kStatus};
@@ -401,12 +415,12 @@ const Section<MonitorSettings> kMonitorSection{"health.monitor", SectionKind::kN
 
 const std::vector<SectionSpec>& configSchema() {
   static const std::vector<SectionSpec> schema = {
-      spec(kTopLevelSection),    spec(kListenSection),   spec(kCertificateSection),
-      spec(kBackendSection),     spec(kRoutingSection),  spec(kLookupSection),
-      spec(kFleetSection),       spec(kTimeoutsSection), spec(kLimitsSection),
-      spec(kStatusSection),      spec(kAdminSection),    spec(kProcessSection),
-      spec(kProtocolLogSection), spec(kHealthSection),   spec(kProbeSection),
-      spec(kMonitorSection),
+      spec(kTopLevelSection),    spec(kListenSection),      spec(kCertificateSection),
+      spec(kBackendSection),     spec(kRoutingSection),     spec(kLookupSection),
+      spec(kFleetSection),       spec(kTimeoutsSection),    spec(kLimitsSection),
+      spec(kStatusSection),      spec(kAdminSection),       spec(kProcessSection),
+      spec(kProtocolLogSection), spec(kHealthSection),      spec(kProbeSection),
+      spec(kMonitorSection),     spec(kBackendPoolSection),
   };
   return schema;
 }

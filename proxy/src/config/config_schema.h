@@ -102,6 +102,7 @@ extern const Section<BackendConfig> kBackendSection;
 extern const Section<RoutingConfig> kRoutingSection;
 extern const Section<LookupConfig> kLookupSection;
 extern const Section<FleetConfig> kFleetSection;
+extern const Section<BackendPoolConfig> kBackendPoolSection;
 extern const Section<Timeouts> kTimeoutsSection;
 extern const Section<Limits> kLimitsSection;
 extern const Section<StatusConfig> kStatusSection;

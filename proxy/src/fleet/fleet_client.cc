@@ -641,276 +641,271 @@ void FleetClient::voted(const void* raw, const std::string& error) {
     }
   }
   quorum_ = std::move(next);
+}
 
-  std::chrono::milliseconds FleetClient::refreshEvery() const {
-    return std::clamp<Millis>(std::chrono::duration_cast<Millis>(config_.session_ttl / 3),
-                              Millis(100), Millis(5'000));
-  }
+std::chrono::milliseconds FleetClient::refreshEvery() const {
+  return std::clamp<Millis>(std::chrono::duration_cast<Millis>(config_.session_ttl / 3),
+                            Millis(100), Millis(5'000));
+}
 
-  void FleetClient::onEvent(std::string_view message) {
-    auto word = [&message]() {
-      std::size_t space = message.find(' ');
-      std::string_view out = message.substr(0, space);
-      message = space == std::string_view::npos ? std::string_view() : message.substr(space + 1);
-      return std::string(out);
-    };
-    if (message.rfind("kick ", 0) == 0) {
-      word();
-      std::string request = word();
-      std::string user(message);
-      if (request.empty() || user.empty() || !hooks_.kick_user) {
-        return;
-      }
-      std::weak_ptr<int> alive = alive_;
-      hooks_.kick_user(user, [this, alive, request, user](std::size_t kicked) {
-        if (alive.expired()) {
-          return;
-        }
-        logging::log(logging::Level::kInfo, "fleet", "kick --fleet of user {}: {} session{} here",
-                     user, kicked, kicked == 1 ? "" : "s");
-        commands_->command({"PUBLISH", key("events"),
-                            "kicked " + request + " " + node_ + " " + std::to_string(kicked)},
-                           [](const redisReply*, const std::string&) {});
-      });
+void FleetClient::onEvent(std::string_view message) {
+  auto word = [&message]() {
+    std::size_t space = message.find(' ');
+    std::string_view out = message.substr(0, space);
+    message = space == std::string_view::npos ? std::string_view() : message.substr(space + 1);
+    return std::string(out);
+  };
+  if (message.rfind("kick ", 0) == 0) {
+    word();
+    std::string request = word();
+    std::string user(message);
+    if (request.empty() || user.empty() || !hooks_.kick_user) {
       return;
     }
-    if (message.rfind("kicked ", 0) == 0) {
-      word();
-      std::string request = word();
-      std::string node = word();
-      std::size_t count = 0;
-      std::from_chars(message.data(), message.data() + message.size(), count);
-      if (auto it = kicks_.find(request); it != kicks_.end() && !node.empty()) {
-        it->second.kicked[node] = count;
-        finishKicks(Clock::now(), false);
-      }
-      return;
-    }
-    if (commands_->connected()) {
-      reconcile();
-      if (message == "health") {
-        vote();  // a node's health votes changed: count them again
-      }
-    }
-  }
-
-  void FleetClient::publishCounts(Clock::time_point now) {
-    if (counts_busy_) {
-      return;
-    }
-    if (!hooks_.limits_on || !hooks_.limits_on()) {
-      if (counts_published_) {
-        counts_.setRemote({});
-        counts_published_ = false;
-      }
-      return;
-    }
-    const std::uint64_t generation = counts_.generation();
-    const bool write = !counts_published_ || generation != counts_generation_ ||
-                       now - counts_at_ >= refreshEvery();
-    std::vector<std::string> args{"EVAL",
-                                  kCountsScript,
-                                  "2",
-                                  key("counts:") + node_,
-                                  key("nodes"),
-                                  std::string(kKeyPrefix),
-                                  node_,
-                                  std::to_string(config_.session_ttl.count()),
-                                  write ? "w" : ""};
-    if (write) {
-      counts_generation_ = generation;
-      counts_at_ = now;
-      for (const auto& [user, count] : counts_.localCounts()) {
-        args.push_back(user);
-        args.push_back(std::to_string(count));
-      }
-    }
-    counts_busy_ =
-        commands_->command(args, [this, write](const redisReply* reply, const std::string& error) {
-          counts_busy_ = false;
-          std::string problem = replyError(reply, error);
-          if (problem.empty() && reply->type != REDIS_REPLY_ARRAY) {
-            problem = "unexpected reply to the session counts";
-          }
-          if (!problem.empty()) {
-            counts_published_ = false;
-            logging::log(logging::Level::kDebug, "fleet", "session counts: {}", problem);
-            return;
-          }
-          CountMap others;
-          for (std::size_t i = 0; i < reply->elements; ++i) {
-            const redisReply* node = reply->element[i];
-            if (node->type != REDIS_REPLY_ARRAY) {
-              continue;
-            }
-            for (std::size_t j = 0; j + 1 < node->elements; j += 2) {
-              addCounts(others, std::string(textOf(node->element[j])),
-                        std::string(textOf(node->element[j + 1])));
-            }
-          }
-          counts_.setRemote(std::move(others));
-          if (write) {
-            counts_published_ = true;
-          }
-        });
-  }
-
-  void FleetClient::publishRegistry(Clock::time_point now) {
-    if (registry_busy_ || !hooks_.list_sessions || now - registry_at_ < refreshEvery()) {
-      return;
-    }
-    registry_busy_ = true;
-    registry_at_ = now;
     std::weak_ptr<int> alive = alive_;
-    hooks_.list_sessions([this, alive](FleetHooks::Entries entries) {
+    hooks_.kick_user(user, [this, alive, request, user](std::size_t kicked) {
       if (alive.expired()) {
         return;
       }
-      std::vector<std::string> args{"EVAL",
-                                    kRegistryWriteScript,
-                                    "2",
-                                    key("sessions:") + node_,
-                                    key("nodes"),
-                                    node_,
-                                    std::to_string(config_.session_ttl.count())};
-      for (auto& [id, value] : entries) {
-        args.push_back(std::move(id));
-        args.push_back(std::move(value));
-      }
-      registry_busy_ =
-          commands_->command(args, [this](const redisReply* reply, const std::string& error) {
-            registry_busy_ = false;
-            if (std::string problem = replyError(reply, error); !problem.empty()) {
-              registry_at_ = {};  // try again at the next tick
-              logging::log(logging::Level::kDebug, "fleet", "session registry: {}", problem);
-            }
-          });
+      logging::log(logging::Level::kInfo, "fleet", "kick --fleet of user {}: {} session{} here",
+                   user, kicked, kicked == 1 ? "" : "s");
+      commands_->command({"PUBLISH", key("events"),
+                          "kicked " + request + " " + node_ + " " + std::to_string(kicked)},
+                         [](const redisReply*, const std::string&) {});
     });
+    return;
   }
-
-  void FleetClient::readRegistry(RegistryDone done) {
-    const bool sent = commands_->command(
-        {"EVAL", kRegistryReadScript, "1", key("nodes"), std::string(kKeyPrefix)},
-        [done](const redisReply* reply, const std::string& error) {
-          std::string problem = replyError(reply, error);
-          if (problem.empty() && reply->type != REDIS_REPLY_ARRAY) {
-            problem = "unexpected reply to the registry read";
-          }
-          if (!problem.empty()) {
-            done({}, problem);
-            return;
-          }
-          std::vector<RegistryEntry> out;
-          for (std::size_t i = 0; i + 1 < reply->elements; i += 2) {
-            std::string node(textOf(reply->element[i]));
-            const redisReply* sessions = reply->element[i + 1];
-            if (sessions->type != REDIS_REPLY_ARRAY) {
-              continue;
-            }
-            for (std::size_t j = 0; j + 1 < sessions->elements; j += 2) {
-              out.push_back(RegistryEntry{node, std::string(textOf(sessions->element[j])),
-                                          std::string(textOf(sessions->element[j + 1]))});
-            }
-          }
-          done(std::move(out), "");
-        });
-    if (!sent) {
-      done({}, commands_->where() + " unavailable: " + commands_->lastError());
+  if (message.rfind("kicked ", 0) == 0) {
+    word();
+    std::string request = word();
+    std::string node = word();
+    std::size_t count = 0;
+    std::from_chars(message.data(), message.data() + message.size(), count);
+    if (auto it = kicks_.find(request); it != kicks_.end() && !node.empty()) {
+      it->second.kicked[node] = count;
+      finishKicks(Clock::now(), false);
+    }
+    return;
+  }
+  if (commands_->connected()) {
+    reconcile();
+    if (message == "health") {
+      vote();  // a node's health votes changed: count them again
     }
   }
+}
 
-  void FleetClient::kickEverywhere(const std::string& user, KickDone done) {
-    if (!commands_->connected()) {
-      done({}, 0, commands_->where() + " unavailable: " + commands_->lastError());
+void FleetClient::publishCounts(Clock::time_point now) {
+  if (counts_busy_) {
+    return;
+  }
+  if (!hooks_.limits_on || !hooks_.limits_on()) {
+    if (counts_published_) {
+      counts_.setRemote({});
+      counts_published_ = false;
+    }
+    return;
+  }
+  const std::uint64_t generation = counts_.generation();
+  const bool write =
+      !counts_published_ || generation != counts_generation_ || now - counts_at_ >= refreshEvery();
+  std::vector<std::string> args{
+      "EVAL",          kCountsScript,           "2",   key("counts:") + node_,
+      key("nodes"),    std::string(kKeyPrefix), node_, std::to_string(config_.session_ttl.count()),
+      write ? "w" : ""};
+  if (write) {
+    counts_generation_ = generation;
+    counts_at_ = now;
+    for (const auto& [user, count] : counts_.localCounts()) {
+      args.push_back(user);
+      args.push_back(std::to_string(count));
+    }
+  }
+  counts_busy_ =
+      commands_->command(args, [this, write](const redisReply* reply, const std::string& error) {
+        counts_busy_ = false;
+        std::string problem = replyError(reply, error);
+        if (problem.empty() && reply->type != REDIS_REPLY_ARRAY) {
+          problem = "unexpected reply to the session counts";
+        }
+        if (!problem.empty()) {
+          counts_published_ = false;
+          logging::log(logging::Level::kDebug, "fleet", "session counts: {}", problem);
+          return;
+        }
+        CountMap others;
+        for (std::size_t i = 0; i < reply->elements; ++i) {
+          const redisReply* node = reply->element[i];
+          if (node->type != REDIS_REPLY_ARRAY) {
+            continue;
+          }
+          for (std::size_t j = 0; j + 1 < node->elements; j += 2) {
+            addCounts(others, std::string(textOf(node->element[j])),
+                      std::string(textOf(node->element[j + 1])));
+          }
+        }
+        counts_.setRemote(std::move(others));
+        if (write) {
+          counts_published_ = true;
+        }
+      });
+}
+
+void FleetClient::publishRegistry(Clock::time_point now) {
+  if (registry_busy_ || !hooks_.list_sessions || now - registry_at_ < refreshEvery()) {
+    return;
+  }
+  registry_busy_ = true;
+  registry_at_ = now;
+  std::weak_ptr<int> alive = alive_;
+  hooks_.list_sessions([this, alive](FleetHooks::Entries entries) {
+    if (alive.expired()) {
       return;
     }
-    std::string request = randomToken();
-    PendingKick& kick = kicks_[request];
-    kick.user = user;
-    kick.deadline = Clock::now() + kKickWait;
-    kick.done = std::move(done);
-    commands_->command({"PUBLISH", key("events"), "kick " + request + " " + user},
-                       [this, request](const redisReply* reply, const std::string& error) {
-                         auto it = kicks_.find(request);
-                         if (it == kicks_.end()) {
-                           return;
-                         }
-                         std::string problem = replyError(reply, error);
-                         if (problem.empty() && reply->type != REDIS_REPLY_INTEGER) {
-                           problem = "unexpected reply to PUBLISH";
-                         }
-                         if (!problem.empty()) {
-                           KickDone finish = std::move(it->second.done);
-                           kicks_.erase(it);
-                           finish({}, 0, problem);
-                           return;
-                         }
-                         it->second.asked =
-                             static_cast<std::size_t>(std::max<long long>(0, reply->integer));
-                         it->second.published = true;
-                         finishKicks(Clock::now(), false);
-                       });
-  }
-
-  void FleetClient::finishKicks(Clock::time_point now, bool all) {
-    std::vector<PendingKick> finished;
-    for (auto it = kicks_.begin(); it != kicks_.end();) {
-      const PendingKick& k = it->second;
-      if (all || now >= k.deadline || (k.published && k.kicked.size() >= k.asked)) {
-        finished.push_back(std::move(it->second));
-        it = kicks_.erase(it);
-      } else {
-        ++it;
-      }
+    std::vector<std::string> args{"EVAL",
+                                  kRegistryWriteScript,
+                                  "2",
+                                  key("sessions:") + node_,
+                                  key("nodes"),
+                                  node_,
+                                  std::to_string(config_.session_ttl.count())};
+    for (auto& [id, value] : entries) {
+      args.push_back(std::move(id));
+      args.push_back(std::move(value));
     }
-    for (PendingKick& k : finished) {
-      k.done(k.kicked, k.asked, k.published ? "" : "no answer from Redis");
-    }
-  }
-
-  void FleetClient::publishFailures() {
-    if (penalties_busy_) {
-      return;
-    }
-    FleetHooks::PenaltyLimits limits =
-        hooks_.penalty_limits ? hooks_.penalty_limits() : FleetHooks::PenaltyLimits{};
-    std::vector<std::pair<std::string, std::string>> notes = penalties_.take();
-    if (limits.per_ip == 0 && limits.per_user == 0) {
-      penalties_.setPenalised({});
-      return;
-    }
-    std::vector<std::string> args{
-        "EVAL",
-        kFailuresScript,
-        "1",
-        key("penalties"),
-        std::string(kKeyPrefix),
-        std::to_string(wallMs()),
-        std::to_string(std::max<std::int64_t>(1000, limits.window.count())),
-        std::to_string(limits.per_ip),
-        std::to_string(limits.per_user),
-        node_};
-    for (auto& [ip, user] : notes) {
-      args.push_back(std::move(ip));
-      args.push_back(std::move(user));
-    }
-    penalties_busy_ =
+    registry_busy_ =
         commands_->command(args, [this](const redisReply* reply, const std::string& error) {
-          penalties_busy_ = false;
-          std::string problem = replyError(reply, error);
-          if (problem.empty() && reply->type != REDIS_REPLY_ARRAY) {
-            problem = "unexpected reply to the login failures";
+          registry_busy_ = false;
+          if (std::string problem = replyError(reply, error); !problem.empty()) {
+            registry_at_ = {};  // try again at the next tick
+            logging::log(logging::Level::kDebug, "fleet", "session registry: {}", problem);
           }
-          if (!problem.empty()) {
-            logging::log(logging::Level::kDebug, "fleet", "login failures: {}", problem);
-            return;
-          }
-          std::set<std::string> penalised;
-          for (std::size_t i = 0; i < reply->elements; ++i) {
-            penalised.emplace(textOf(reply->element[i]));
-          }
-          penalties_.setPenalised(std::move(penalised));
         });
+  });
+}
+
+void FleetClient::readRegistry(RegistryDone done) {
+  const bool sent = commands_->command(
+      {"EVAL", kRegistryReadScript, "1", key("nodes"), std::string(kKeyPrefix)},
+      [done](const redisReply* reply, const std::string& error) {
+        std::string problem = replyError(reply, error);
+        if (problem.empty() && reply->type != REDIS_REPLY_ARRAY) {
+          problem = "unexpected reply to the registry read";
+        }
+        if (!problem.empty()) {
+          done({}, problem);
+          return;
+        }
+        std::vector<RegistryEntry> out;
+        for (std::size_t i = 0; i + 1 < reply->elements; i += 2) {
+          std::string node(textOf(reply->element[i]));
+          const redisReply* sessions = reply->element[i + 1];
+          if (sessions->type != REDIS_REPLY_ARRAY) {
+            continue;
+          }
+          for (std::size_t j = 0; j + 1 < sessions->elements; j += 2) {
+            out.push_back(RegistryEntry{node, std::string(textOf(sessions->element[j])),
+                                        std::string(textOf(sessions->element[j + 1]))});
+          }
+        }
+        done(std::move(out), "");
+      });
+  if (!sent) {
+    done({}, commands_->where() + " unavailable: " + commands_->lastError());
   }
+}
+
+void FleetClient::kickEverywhere(const std::string& user, KickDone done) {
+  if (!commands_->connected()) {
+    done({}, 0, commands_->where() + " unavailable: " + commands_->lastError());
+    return;
+  }
+  std::string request = randomToken();
+  PendingKick& kick = kicks_[request];
+  kick.user = user;
+  kick.deadline = Clock::now() + kKickWait;
+  kick.done = std::move(done);
+  commands_->command({"PUBLISH", key("events"), "kick " + request + " " + user},
+                     [this, request](const redisReply* reply, const std::string& error) {
+                       auto it = kicks_.find(request);
+                       if (it == kicks_.end()) {
+                         return;
+                       }
+                       std::string problem = replyError(reply, error);
+                       if (problem.empty() && reply->type != REDIS_REPLY_INTEGER) {
+                         problem = "unexpected reply to PUBLISH";
+                       }
+                       if (!problem.empty()) {
+                         KickDone finish = std::move(it->second.done);
+                         kicks_.erase(it);
+                         finish({}, 0, problem);
+                         return;
+                       }
+                       it->second.asked =
+                           static_cast<std::size_t>(std::max<long long>(0, reply->integer));
+                       it->second.published = true;
+                       finishKicks(Clock::now(), false);
+                     });
+}
+
+void FleetClient::finishKicks(Clock::time_point now, bool all) {
+  std::vector<PendingKick> finished;
+  for (auto it = kicks_.begin(); it != kicks_.end();) {
+    const PendingKick& k = it->second;
+    if (all || now >= k.deadline || (k.published && k.kicked.size() >= k.asked)) {
+      finished.push_back(std::move(it->second));
+      it = kicks_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (PendingKick& k : finished) {
+    k.done(k.kicked, k.asked, k.published ? "" : "no answer from Redis");
+  }
+}
+
+void FleetClient::publishFailures() {
+  if (penalties_busy_) {
+    return;
+  }
+  FleetHooks::PenaltyLimits limits =
+      hooks_.penalty_limits ? hooks_.penalty_limits() : FleetHooks::PenaltyLimits{};
+  std::vector<std::pair<std::string, std::string>> notes = penalties_.take();
+  if (limits.per_ip == 0 && limits.per_user == 0) {
+    penalties_.setPenalised({});
+    return;
+  }
+  std::vector<std::string> args{"EVAL",
+                                kFailuresScript,
+                                "1",
+                                key("penalties"),
+                                std::string(kKeyPrefix),
+                                std::to_string(wallMs()),
+                                std::to_string(std::max<std::int64_t>(1000, limits.window.count())),
+                                std::to_string(limits.per_ip),
+                                std::to_string(limits.per_user),
+                                node_};
+  for (auto& [ip, user] : notes) {
+    args.push_back(std::move(ip));
+    args.push_back(std::move(user));
+  }
+  penalties_busy_ =
+      commands_->command(args, [this](const redisReply* reply, const std::string& error) {
+        penalties_busy_ = false;
+        std::string problem = replyError(reply, error);
+        if (problem.empty() && reply->type != REDIS_REPLY_ARRAY) {
+          problem = "unexpected reply to the login failures";
+        }
+        if (!problem.empty()) {
+          logging::log(logging::Level::kDebug, "fleet", "login failures: {}", problem);
+          return;
+        }
+        std::set<std::string> penalised;
+        for (std::size_t i = 0; i < reply->elements; ++i) {
+          penalised.emplace(textOf(reply->element[i]));
+        }
+        penalties_.setPenalised(std::move(penalised));
+      });
+}
 
 }  // namespace portico::proxy::fleet

@@ -47,6 +47,7 @@ SessionState Session::state() const {
     case LoginState::kTlsHandshake:
       return SessionState::kBackendTlsHandshake;
     case LoginState::kCapability:
+    case LoginState::kReady:  // not seen by a session: it resumes a held login at once
       return SessionState::kBackendCapability;
     case LoginState::kId:
       return SessionState::kBackendId;
@@ -236,7 +237,9 @@ void Session::onClosed(Transport* transport, std::string_view reason) {
         if (client_ == nullptr) {
           break;
         }
-        if (!backend_login_ || !backend_login_->loginSent()) {
+        if (backend_pooled_) {
+          retryWithoutPool();
+        } else if (!backend_login_ || !backend_login_->loginSent()) {
           connectNext();
         } else {
           failLogin(fmt::format("{} NO [UNAVAILABLE] Mailbox server failed during login.\r\n",
@@ -484,6 +487,7 @@ void Session::onTimer() {
       backendFailed("connect timeout");
       return;
     case SessionState::kBackendGreeting:
+      backend_pooled_ = false;  // a slow backend, not a dead pooled connection: no retry
       backendFailed("login timeout");
       return;
     default:

@@ -21,6 +21,7 @@
 #include <string_view>
 #include <vector>
 
+#include "backend_pool.h"
 #include "end_reason.h"
 #include "lookup/lookup.h"
 #include "net_types.h"
@@ -81,6 +82,14 @@ class SessionHost {
     return nullptr;
   }
   virtual bool compressionAvailable() const { return false; }
+  // A ready connection to backend `index` of `config` from the worker's
+  // pool (backend_pool.h), now reporting to `handler`; nullopt: none.
+  virtual std::optional<PooledBackend> takePooledBackend(const RuntimeConfig& config,
+                                                         std::size_t index,
+                                                         TransportHandler* handler) {
+    (void)config, (void)index, (void)handler;
+    return std::nullopt;
+  }
   virtual WorkerStats& stats() = 0;
   virtual SharedState& shared() = 0;
   // The worker's directory lookup stage; nullptr for [lookup] kind = "none".
@@ -235,7 +244,13 @@ class Session : public TransportHandler {
   LookupRequest lookupRequest();
 
   // Backend login.
+  BackendLoginParams backendLoginParams();
   void startBackendLogin();
+  // A pooled connection (already greeted): the login goes out at once.
+  void usePooledBackend(PooledBackend pooled);
+  // The pooled connection died before the login's answer: the same
+  // backend again over a fresh connection, unseen by the client.
+  void retryWithoutPool();
   void onBackendLoginData(Chunk chunk);
   // Writes what the login client has for the backend, then wipes it.
   void flushBackendLogin();
@@ -351,6 +366,8 @@ class Session : public TransportHandler {
   // The backend's login dialogue, from connect to the tagged answer.
   // Only while logging in to a backend (an idle session does not carry it).
   std::unique_ptr<BackendLoginClient> backend_login_;
+  bool backend_pooled_ = false;  // backend_ came from the pool and has not answered yet
+  bool pool_declined_ = false;   // a pooled connection failed this session: connect afresh
   // From the directory (lookup/lookup.h): who and what to replay instead of
   // the client's user and password, and the backend-connect timeout.
   std::optional<std::string> backend_user_;

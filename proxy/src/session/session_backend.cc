@@ -21,7 +21,7 @@ using namespace session_detail;  // NOLINT: this file's own helpers
 // Backend login: the session runs the transport, BackendLoginClient the
 // IMAP dialogue (portico/backend_login.h).
 
-void Session::startBackendLogin() {
+BackendLoginParams Session::backendLoginParams() {
   const BackendConfig& backend = config_->config.backends[backend_index_];
   BackendLoginParams params;
   params.method = login_kind_ == LoginKind::kLogin || replay_as_login_
@@ -37,8 +37,37 @@ void Session::startBackendLogin() {
   if (backend.forward_id) {
     params.id_command = forwardIdCommand();
   }
+  return params;
+}
+
+void Session::startBackendLogin() {
   login_untagged_.clear();
-  backend_login_ = std::make_unique<BackendLoginClient>(std::move(params));
+  backend_login_ = std::make_unique<BackendLoginClient>(backendLoginParams());
+}
+
+void Session::usePooledBackend(PooledBackend pooled) {
+  backend_ = pooled.transport;
+  backend_pooled_ = true;
+  backend_->setHighWatermark(config_->config.limits.write_high_watermark);
+  setState(SessionState::kBackendGreeting);
+  login_untagged_.clear();
+  backend_login_ = std::move(pooled.login);
+  backend_login_->resumeLogin(backendLoginParams());
+  deadline_ = host_.now() + config_->config.timeouts.backend_login;
+  armTimer();
+  flushBackendLogin();
+}
+
+void Session::retryWithoutPool() {
+  logging::log(logging::Level::kDebug, "session",
+               "id={:016x} pooled connection to backend {} failed before the login's answer; "
+               "connecting afresh",
+               id_, backend_name_);
+  backendStats()->pool_stale.add();
+  backend_pooled_ = false;
+  pool_declined_ = true;
+  --candidate_pos_;  // the same backend again
+  connectNext();
 }
 
 void Session::flushBackendLogin() {
@@ -64,11 +93,13 @@ void Session::onBackendLoginData(Chunk chunk) {
         startBackendTls();
         return;
       case BackendLoginEventType::kLoggedIn:
+        backend_pooled_ = false;
         writeClient(login_untagged_);
         writeClient(clientCapabilityLine(ev.line));
         enterRelay();
         return;
       case BackendLoginEventType::kRefused:
+        backend_pooled_ = false;
         backendStats()->login_failures.add();
         failLogin(ev.line, true);
         return;

@@ -384,6 +384,12 @@ void Session::connectNext() {
   setState(SessionState::kConnecting);
   updateClientReading();
   backend_login_.reset();
+  if (!pool_declined_) {
+    if (std::optional<PooledBackend> pooled = host_.takePooledBackend(rc, backend_index_, this)) {
+      usePooledBackend(std::move(*pooled));
+      return;
+    }
+  }
   deadline_ = host_.now() + connect_timeout_.value_or(rc.config.timeouts.backend_connect);
   armTimer();
   if (backend.tls == TlsMode::kImplicit) {
@@ -436,6 +442,10 @@ void Session::onConnected(Transport* transport, bool ok, std::string_view error)
 }
 
 void Session::backendFailed(std::string_view why) {
+  if (backend_pooled_ && backend_ != nullptr) {
+    backend_->close();  // onClosed: retryWithoutPool()
+    return;
+  }
   logging::log(logging::Level::kWarn, "session",
                "id={:016x} backend {} failed while {}: {}; client={} user={}", id_, backend_name_,
                sessionStateName(state()), why, client_address_, user_);

@@ -419,6 +419,10 @@ class FakeHost final : public SessionHost {
         pool_);
   }
   bool compressionAvailable() const override { return compression_; }
+  std::optional<PooledBackend> takePooledBackend(const RuntimeConfig& config, std::size_t index,
+                                                 TransportHandler* handler) override {
+    return backend_pool_ != nullptr ? backend_pool_->take(config, index, handler) : std::nullopt;
+  }
   WorkerStats& stats() override { return *stats_; }
   SharedState& shared() override { return *shared_; }
   void sessionEnded(Session* session) override {
@@ -447,6 +451,8 @@ class FakeHost final : public SessionHost {
   // The directory lookup stage sessions get (none by default).
   void setLookupStage(std::shared_ptr<LookupStage> stage) { lookup_stage_ = std::move(stage); }
   const std::vector<std::string>& violations() const { return loop_.violations(); }
+  // Sessions take pooled connections from `pool` (none by default).
+  void setBackendPool(BackendPool* pool) { backend_pool_ = pool; }
 
  private:
   FakeTransport* newTransport(std::string name, sockaddr_storage peer, sockaddr_storage local) {
@@ -463,6 +469,7 @@ class FakeHost final : public SessionHost {
   std::vector<Connect> connects_;
   int ended_ = 0;
   int timers_created_ = 0;
+  BackendPool* backend_pool_ = nullptr;
   // After loop_: its timers go before the loop does.
   std::shared_ptr<LookupStage> lookup_stage_;
 };

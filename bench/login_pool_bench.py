@@ -1,0 +1,295 @@
+#!/usr/bin/python3
+"""Login-only benchmark: LOGIN latency direct to Dovecot vs through Portico
+without and with [backend_pool], interleaved rounds on one machine.
+
+Starts one Dovecot (harness.Dovecot "mbx1") and two Porticos in front of it
+(harness.Portico, 2 workers each): one with backend_pool.size = 0, one with
+--pool-size. Each round runs the same login-only load against the three
+targets in rotating order: --clients concurrent clients (asyncio, one
+thread), each repeating connect, greeting, LOGIN, LOGOUT, close for
+--duration. LOGIN latency is from sending the LOGIN line to reading its
+tagged OK; CPU per login comes from /proc (Portico = its pid; Dovecot = its
+process group, with the reaped children's time the master accounts). The
+client and the machine's busy share are reported too: the machine is
+shared, so every figure carries the load it was measured under.
+
+With --load-bin PATH the clients are portico_load --login-only (C++, one
+thread per client) instead of the built-in asyncio client.
+
+Prints a markdown section; --results FILE writes it into that file,
+replacing a previous section with the same heading.
+
+Run as root (Dovecot needs it): /usr/bin/python3 bench/login_pool_bench.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "integration"))
+sys.path.insert(0, str(REPO / "bench" / "load"))
+
+import harness  # noqa: E402
+from run_compare import machine_busy_fraction, machine_model, write_section  # noqa: E402
+
+HEADING = "## Login latency: backend connection pool (issue 14 item 3)"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid: int, children: bool) -> float:
+    try:
+        fields = Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # fields[0] is state (field 3): utime 14, stime 15, cutime 16, cstime 17.
+    t = int(fields[11]) + int(fields[12])
+    if children:
+        t += int(fields[13]) + int(fields[14])
+    return t / TICK
+
+
+def group_cpu(pgid: int) -> float:
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path("/proc/%s/stat" % entry).read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            total += proc_cpu(int(entry), children=True)
+    return total
+
+
+def machine_times() -> tuple:
+    with open("/proc/stat") as f:
+        v = [float(x) for x in f.readline().split()[1:9]]
+    return v[0] + v[1] + v[2] + v[5] + v[6] + v[7], v[3] + v[4]
+
+
+async def client(port: int, users: list, index: int, stop_at: float, out: dict) -> None:
+    n = index
+    while time.monotonic() < stop_at:
+        user = users[n % len(users)]
+        n += 1
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 10)
+            greeting = await asyncio.wait_for(reader.readline(), 10)
+            if not greeting.startswith(b"* OK"):
+                raise RuntimeError("greeting %r" % greeting)
+            t0 = time.perf_counter()
+            writer.write(b'a1 LOGIN "%s" "%s"\r\n' % (user.encode(), harness.PASSWORD.encode()))
+            while True:
+                line = await asyncio.wait_for(reader.readline(), 10)
+                if not line:
+                    raise RuntimeError("closed during LOGIN")
+                if line.startswith(b"a1 "):
+                    break
+            t1 = time.perf_counter()
+            if not line.startswith(b"a1 OK"):
+                raise RuntimeError("LOGIN: %r" % line)
+            writer.write(b"a2 LOGOUT\r\n")
+            while True:
+                line = await asyncio.wait_for(reader.readline(), 10)
+                if not line or line.startswith(b"a2 "):
+                    break
+            writer.close()
+            await writer.wait_closed()
+            out["lat"].append(t1 - t0)
+        except (OSError, RuntimeError, asyncio.TimeoutError) as e:
+            out["errors"] += 1
+            if len(out["first_errors"]) < 3:
+                out["first_errors"].append(str(e))
+
+
+def run_round_tool(load_bin: str, port: int, clients: int, duration: float, user_count: int,
+                   portico_pid: int | None, dovecot_pgid: int) -> dict:
+    """The same round with portico_load --login-only (C++, one thread per client)."""
+    cmd = [load_bin, "--login-only", "--json", "--port", str(port), "--sessions", str(clients),
+           "--duration", "%gs" % duration, "--users", "user%02d", "--user-count", str(user_count),
+           "--password", harness.PASSWORD, "--pgid", str(dovecot_pgid)]
+    if portico_pid:
+        cmd += ["--pid", str(portico_pid)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+    if proc.returncode not in (0, 1):
+        raise RuntimeError("portico_load failed: %s" % proc.stderr[-2000:])
+    r = json.loads(proc.stdout)
+    cpu = r["cpu"]
+    return {
+        "logins": r["logins"], "lps": r["logins_per_s"],
+        "p50": r["login_latency_us"]["p50"], "p99": r["login_latency_us"]["p99"],
+        "portico_us": cpu["pids"][0]["us_per_login"] if cpu["pids"] else 0.0,
+        "dovecot_us": cpu["pgids"][0]["us_per_login"],
+        "client_us": cpu["load_tool_us_per_login"], "busy_pct": cpu["machine_busy_pct"],
+        "errors": r["failures"], "first_errors": [r["first_error"]] if r["first_error"] else [],
+    }
+
+
+def run_round(port: int, clients: int, duration: float, users: list, portico_pid: int | None,
+              dovecot_pgid: int) -> dict:
+    out = {"lat": [], "errors": 0, "first_errors": []}
+    p0 = proc_cpu(portico_pid, False) if portico_pid else 0.0
+    d0 = group_cpu(dovecot_pgid)
+    s0 = proc_cpu(os.getpid(), False)
+    b0, i0 = machine_times()
+    w0 = time.monotonic()
+
+    async def main():
+        stop_at = time.monotonic() + duration
+        await asyncio.gather(*(client(port, users, i, stop_at, out) for i in range(clients)))
+
+    asyncio.run(main())
+    window = time.monotonic() - w0
+    b1, i1 = machine_times()
+    p1 = proc_cpu(portico_pid, False) if portico_pid else 0.0
+    d1 = group_cpu(dovecot_pgid)
+    s1 = proc_cpu(os.getpid(), False)
+    lat = sorted(out["lat"])
+    n = len(lat)
+    per = 1e6 / n if n else float("nan")
+    return {
+        "logins": n,
+        "lps": n / window,
+        "p50": lat[n // 2] * 1e6 if n else float("nan"),
+        "p99": lat[min(n - 1, int(n * 0.99))] * 1e6 if n else float("nan"),
+        "portico_us": (p1 - p0) * per,
+        "dovecot_us": (d1 - d0) * per,
+        "client_us": (s1 - s0) * per,
+        "busy_pct": 100 * (b1 - b0) / ((b1 - b0) + (i1 - i0)),
+        "errors": out["errors"],
+        "first_errors": out["first_errors"],
+    }
+
+
+ROWS = [
+    ("lps", "logins/s", 0),
+    ("p50", "LOGIN latency p50 (µs)", 0),
+    ("p99", "LOGIN latency p99 (µs)", 0),
+    ("dovecot_us", "Dovecot CPU µs / login", 0),
+    ("portico_us", "Portico CPU µs / login", 0),
+    ("client_us", "client CPU µs / login", 0),
+    ("busy_pct", "machine busy (% of all cores)", 0),
+    ("errors", "errors", 0),
+]
+
+
+def markdown(meta: dict) -> str:
+    res = meta["results"]
+    med = {k: {key: statistics.median(r[key] for r in v) for key, _, _ in ROWS} for k, v in res.items()}
+    lines = [HEADING, ""]
+    lines.append("Measured %s on %s (%d cores), shared with other work: machine %.0f%% busy "
+                 "before the rounds (1 s sample). Command:" % (
+                     meta["when"], meta["model"], os.cpu_count(), meta["idle_busy"]))
+    lines += ["", "    " + meta["command"], ""]
+    lines.append("Client: %s. " % meta["client"])
+    lines.append("%d clients, each repeating connect, greeting, LOGIN, LOGOUT, close; %d rounds "
+                 "of %s per target, targets interleaved (direct, pool off, pool on, order rotating "
+                 "per round). Latency: LOGIN sent to its tagged OK. One Dovecot; each Portico has "
+                 "2 workers; pool on: size = %d per worker. Medians over rounds:" % (
+                     meta["clients"], meta["rounds"], meta["duration"], meta["pool_size"]))
+    lines += ["", "| | direct | Portico, pool off | Portico, pool on | off / direct | on / direct |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for key, label, digits in ROWS:
+        d, off, on = med["direct"][key], med["off"][key], med["on"][key]
+
+        def f(v):
+            return "{:,.{d}f}".format(v, d=digits) if v == v else "n/a"
+
+        def r(a, b):
+            return "%.2f" % (a / b) if b and a == a and b == b and key not in ("busy_pct", "errors") \
+                and key != "portico_us" else ""
+        lines.append("| %s | %s | %s | %s | %s | %s |" % (label, f(d), f(off), f(on), r(off, d), r(on, d)))
+    lines += ["", "Per round (p50 µs direct / off / on): " + "; ".join(
+        "%.0f / %.0f / %.0f" % (res["direct"][i]["p50"], res["off"][i]["p50"], res["on"][i]["p50"])
+        for i in range(meta["rounds"])), ""]
+    lines.append(meta["verdict"])
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per target per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--pool-size", type=int, default=4)
+    ap.add_argument("--user-count", type=int, default=20)
+    ap.add_argument("--portico-bin", default=None)
+    ap.add_argument("--results", default=None)
+    ap.add_argument("--load-bin", default=None,
+                    help="drive the load with this portico_load (--login-only) instead of the "
+                         "built-in asyncio client")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("login_pool_bench: run as root (Dovecot test instances need it)")
+    users = ["user%02d" % i for i in range(args.user_count)]
+    binary = args.portico_bin or harness.portico_bin()
+    d = harness.Dovecot("mbx1")
+    porticos = []
+    try:
+        d.start()
+        for size in (0, args.pool_size):
+            p = harness.Portico([d], config={"workers": 2, "backend_pool": {"size": size}},
+                                binary=binary)
+            porticos.append(p)
+            p.start()
+        idle_busy = 100 * machine_busy_fraction()
+        targets = [("direct", d.port, None), ("off", porticos[0].port, porticos[0].pid),
+                   ("on", porticos[1].port, porticos[1].pid)]
+        results = {"direct": [], "off": [], "on": []}
+        for i in range(args.rounds):
+            order = targets[i % 3:] + targets[:i % 3]
+            for name, port, pid in order:
+                if args.load_bin:
+                    r = run_round_tool(args.load_bin, port, args.clients, args.duration,
+                                       args.user_count, pid, d.pid)
+                else:
+                    r = run_round(port, args.clients, args.duration, users, pid, d.pid)
+                results[name].append(r)
+                print("login_pool_bench: round %d %s: %.0f logins/s p50 %.0f µs p99 %.0f µs "
+                      "Dovecot %.0f µs/login Portico %.0f µs/login errors %d %s" % (
+                          i + 1, name, r["lps"], r["p50"], r["p99"], r["dovecot_us"],
+                          r["portico_us"], r["errors"], r["first_errors"]),
+                      file=sys.stderr, flush=True)
+        stats = porticos[1].admin("stats")["backends"]["mbx1"]
+        on_p50 = statistics.median(r["p50"] for r in results["on"])
+        direct_p50 = statistics.median(r["p50"] for r in results["direct"])
+        dov_on = statistics.median(r["dovecot_us"] for r in results["on"])
+        dov_off = statistics.median(r["dovecot_us"] for r in results["off"])
+        verdict = ("Pool counters of the pool-on Portico after the run: %d hits, %d misses, "
+                   "%d opened, %d expired, %d lost. Goal (LOGIN p50 through Portico with the pool "
+                   "within 1.15x direct, no more Dovecot CPU per login than without the pool): "
+                   "p50 ratio %.2f, Dovecot CPU per login with / without pool %.2f." % (
+                       stats["pool_hits"], stats["pool_misses"], stats["pool_opened"],
+                       stats["pool_expired"], stats["pool_lost"], on_p50 / direct_p50,
+                       dov_on / dov_off))
+        meta = {"results": results, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "model": machine_model(), "idle_busy": idle_busy, "clients": args.clients,
+                "rounds": args.rounds, "duration": "%gs" % args.duration,
+                "pool_size": args.pool_size, "verdict": verdict,
+                "client": ("portico_load --login-only (one thread per client)" if args.load_bin
+                           else "the script's asyncio client"),
+                "command": "/usr/bin/python3 bench/login_pool_bench.py " + " ".join(sys.argv[1:]).replace(str(REPO) + "/", "")}
+        section = markdown(meta)
+        print(section)
+        if args.results:
+            write_section(Path(args.results), section, HEADING)
+    finally:
+        for p in porticos:
+            p.cleanup()
+        d.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
