@@ -192,16 +192,17 @@ _FAKE_PORTICO = r'''#!/usr/bin/python3
 # prints at exit (when REPORT is set) before exiting.
 import os, signal, sys, time
 report = %r
+def term(*_):
+    sys.stderr.write(report)
+    sys.stderr.flush()
+    os._exit(23 if report else 0)
+# The handler first: the harness may send SIGTERM as soon as it reads "ready".
+signal.signal(signal.SIGTERM, term)
 sys.stderr.write("INFO [main] ASAN_OPTIONS=%%s\n" %% os.environ.get("ASAN_OPTIONS", ""))
 sys.stderr.write("INFO [main] UBSAN_OPTIONS=%%s\n" %% os.environ.get("UBSAN_OPTIONS", ""))
 sys.stderr.write("INFO [main] TSAN_OPTIONS=%%s\n" %% os.environ.get("TSAN_OPTIONS", ""))
 sys.stderr.write("INFO [main] ready: fake\n")
 sys.stderr.flush()
-def term(*_):
-    sys.stderr.write(report)
-    sys.stderr.flush()
-    os._exit(23 if report else 0)
-signal.signal(signal.SIGTERM, term)
 while True:
     time.sleep(1)
 '''
