@@ -65,8 +65,11 @@ struct ListenerChanges {
 };
 ListenerChanges diffListeners(const Config& before, const Config& after);
 
-// State shared by all workers and the control thread. Written rarely.
-struct SharedState {
+// What every worker and the control loop share for the life of the
+// process: backend drains, admission counts and gates (connections, fleet
+// holds, per-user sessions, login penalties), the log throttles and the
+// protocol-log switches. Written rarely; read at accept and at login.
+struct ProcessState {
   // Per stats slot: drained backends are skipped by routing for new logins,
   // whether a responder or an operator drained them.
   std::array<std::atomic<bool>, kMaxBackends> drained_by_responder{};

@@ -13,7 +13,7 @@ namespace portico::proxy {
 
 using namespace worker_detail;  // NOLINT: the worker's own helpers
 
-Worker::Worker(std::size_t index, RuntimeConfigPtr config, SharedState& shared, IpLimiter& limiter)
+Worker::Worker(std::size_t index, RuntimeConfigPtr config, ProcessState& shared, IpLimiter& limiter)
     : index_(index),
       config_(std::move(config)),
       shared_(shared),

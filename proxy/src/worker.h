@@ -72,10 +72,10 @@ struct ListenerUpdate {
 // descriptor, accepts, writes `* BYE [UNAVAILABLE]`, closes and takes the
 // reserve back; with no reserve left it pauses accepting briefly (the
 // connections wait in the backlog). Both are logged at most once a second
-// with a count (SharedState::accept_refused / accept_paused).
+// with a count (ProcessState::accept_refused / accept_paused).
 class Worker final : public SessionHost, private InboundProxyHost {
  public:
-  Worker(std::size_t index, RuntimeConfigPtr config, SharedState& shared, IpLimiter& limiter);
+  Worker(std::size_t index, RuntimeConfigPtr config, ProcessState& shared, IpLimiter& limiter);
   ~Worker() override;
 
   // Binds this worker's listeners (on the calling thread, before start()).
@@ -123,7 +123,7 @@ class Worker final : public SessionHost, private InboundProxyHost {
     return backend_pool_.take(config, index, handler);
   }
   WorkerStats& stats() override { return stats_; }
-  SharedState& shared() override { return shared_; }
+  ProcessState& shared() override { return shared_; }
   std::size_t index() const override { return index_; }
   void sessionEnded(Session* session) override;
   std::shared_ptr<LookupStage> lookupStage() override { return lookup_; }
@@ -164,14 +164,14 @@ class Worker final : public SessionHost, private InboundProxyHost {
 
   std::size_t index_;
   RuntimeConfigPtr config_;
-  SharedState& shared_;
+  ProcessState& shared_;
   IpLimiter& limiter_;
   uv_loop_t loop_;
   TaskQueue tasks_;  // functions other threads run on this loop
   std::vector<Listener*> listeners_;
   std::unordered_map<Session*, std::string> sessions_;  // session -> client IP
   // Connections on proxy_protocol listeners still reading their header;
-  // each counts in SharedState::connections.
+  // each counts in ProcessState::connections.
   std::unordered_set<InboundProxyReader*> readers_;
   TimerPtr proxy_refused_flush_;  // reports refusals LogThrottle held back
   BufferPool pool_;

@@ -104,7 +104,7 @@ class Host final : public SessionHost {
     return t;
   }
   WorkerStats& stats() override { return *stats_; }
-  SharedState& shared() override { return *shared_; }
+  ProcessState& shared() override { return *shared_; }
   void sessionEnded(Session* session) override {
     ++ended_;
     delete session;
@@ -135,7 +135,7 @@ class Host final : public SessionHost {
     static auto* stats = new WorkerStats();
     return stats;
   }();
-  std::unique_ptr<SharedState> shared_ = std::make_unique<SharedState>();
+  std::unique_ptr<ProcessState> shared_ = std::make_unique<ProcessState>();
   std::vector<std::unique_ptr<FakeTransport>> transports_;
   FakeTransport* client_ = nullptr;
   FakeTransport* backend_ = nullptr;

@@ -1,7 +1,7 @@
 // ControlLoop: the control thread's state: config snapshots, workers, the health service,
 // the admin socket and the protocol log writer. Everything here is touched
 // only on the control loop (the main thread), except what workers reach
-// through SharedState.
+// through ProcessState.
 #pragma once
 
 #include <uv.h>
@@ -27,7 +27,7 @@ namespace portico::proxy {
 struct ControlLoop {
   std::string config_path;
   BackendRegistry registry;
-  SharedState shared;
+  ProcessState shared;
   IpLimiter limiter;
   std::vector<std::unique_ptr<Worker>> workers;
   RuntimeConfigPtr config;

@@ -72,7 +72,7 @@ void appendProcessCounters(std::string& out, const StatsSnapshot& s) {
 
 // The protocol log: whether sessions are being traced, and what the
 // writer did (dropped records are lost lines: full disk, full queue).
-void appendProtocolLogMetrics(std::string& out, const SharedState& shared) {
+void appendProtocolLogMetrics(std::string& out, const ProcessState& shared) {
   auto it = std::back_inserter(out);
   const logging::ProtocolLog* plog = shared.protocol_log.load(std::memory_order_relaxed);
   const logging::ProtocolLog::Stats plog_stats =
@@ -92,7 +92,7 @@ void appendProtocolLogMetrics(std::string& out, const SharedState& shared) {
 
 // Per backend: weight, processing time, drains and the backend counters.
 void appendBackendMetrics(std::string& out, const std::vector<Row>& rows,
-                          const SharedState& shared) {
+                          const ProcessState& shared) {
   auto it = std::back_inserter(out);
   family(out, "portico_backend_weight", "gauge", "Routing weight of the backend.");
   for (const Row& r : rows) {
@@ -187,7 +187,7 @@ void appendCommandMetrics(std::string& out, const std::vector<Row>& rows) {
 }  // namespace
 
 std::string renderProxyMetrics(const StatsSnapshot& s, const RuntimeConfig& config,
-                               const SharedState& shared) {
+                               const ProcessState& shared) {
   std::string out;
   out.reserve(16 * 1024);
   appendProcessCounters(out, s);

@@ -14,7 +14,7 @@ namespace portico::proxy {
 
 // Only the backends configured now (`config`) are shown, by name.
 std::string renderProxyMetrics(const StatsSnapshot& stats, const RuntimeConfig& config,
-                               const SharedState& shared);
+                               const ProcessState& shared);
 
 // GET /commands on the status endpoint (the status page draws it): per
 // configured backend, every command seen with its count, NO, BAD, sum of

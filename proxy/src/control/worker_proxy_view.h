@@ -21,7 +21,7 @@ health::HealthConfig makeHealthConfig(const Config& config);
 
 class WorkerProxyView final : public health::ProxyView {
  public:
-  WorkerProxyView(const std::vector<std::unique_ptr<Worker>>& workers, SharedState& shared,
+  WorkerProxyView(const std::vector<std::unique_ptr<Worker>>& workers, ProcessState& shared,
                   BackendRegistry& registry, std::function<RuntimeConfigPtr()> config)
       : workers_(workers), shared_(shared), registry_(registry), config_(std::move(config)) {}
 
@@ -55,7 +55,7 @@ class WorkerProxyView final : public health::ProxyView {
   void moveSessions(const std::string& backend);
 
   const std::vector<std::unique_ptr<Worker>>& workers_;
-  SharedState& shared_;
+  ProcessState& shared_;
   BackendRegistry& registry_;
   std::function<RuntimeConfigPtr()> config_;
   bool listening_ = false;

@@ -192,7 +192,7 @@ class PendingLookup {
 };
 
 // Counters for the metrics endpoint (lookup_metrics.cc). One per process
-// (SharedState::lookup), written on the workers' loops, read by the control thread.
+// (ProcessState::lookup), written on the workers' loops, read by the control thread.
 struct LookupStats {
   // Upper bounds of the latency histogram's buckets, in milliseconds; a
   // last bucket catches everything slower.

@@ -1,7 +1,7 @@
 // What the workers' lookup stages share with the control thread: the
 // stage's counters (for /metrics), the feed of directory answers for the
 // health model's DirectoryLookupMonitor, and the rate limit of the
-// "directory unavailable" log line. One per process, in SharedState.
+// "directory unavailable" log line. One per process, in ProcessState.
 #pragma once
 
 #include <cstddef>

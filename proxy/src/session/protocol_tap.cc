@@ -33,7 +33,7 @@ std::string backendText(const Session& session) {
 }  // namespace
 
 bool ProtocolTap::tracing(const Session& session) {
-  SharedState& shared = host_.shared();
+  ProcessState& shared = host_.shared();
   std::uint64_t generation = shared.trace.generation();  // the one load when off
   if (generation != generation_) {
     generation_ = generation;

@@ -91,7 +91,7 @@ class SessionHost {
     return std::nullopt;
   }
   virtual WorkerStats& stats() = 0;
-  virtual SharedState& shared() = 0;
+  virtual ProcessState& shared() = 0;
   // The worker's directory lookup stage; nullptr for [lookup] kind = "none".
   // A session holds the pointer while its lookup is in flight, so a reload
   // that replaces the stage never pulls it from under a lookup.

@@ -424,7 +424,7 @@ class FakeHost final : public SessionHost {
     return backend_pool_ != nullptr ? backend_pool_->take(config, index, handler) : std::nullopt;
   }
   WorkerStats& stats() override { return *stats_; }
-  SharedState& shared() override { return *shared_; }
+  ProcessState& shared() override { return *shared_; }
   void sessionEnded(Session* session) override {
     ++ended_;
     delete session;
@@ -464,7 +464,7 @@ class FakeHost final : public SessionHost {
   BufferPool pool_{16 * 1024, 8};  // before transports_: blocks outlive them
   bool compression_ = false;
   std::unique_ptr<WorkerStats> stats_ = std::make_unique<WorkerStats>();
-  std::unique_ptr<SharedState> shared_ = std::make_unique<SharedState>();
+  std::unique_ptr<ProcessState> shared_ = std::make_unique<ProcessState>();
   std::vector<std::unique_ptr<FakeTransport>> transports_;
   std::vector<Connect> connects_;
   int ended_ = 0;

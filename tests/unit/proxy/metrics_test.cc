@@ -42,7 +42,7 @@ bool hasLine(const std::string& text, const std::string& line) {
 
 TEST(ProxyMetrics, HistogramBoundsAndSumsAreExact) {
   RuntimeConfig config = twoBackends();
-  SharedState shared;
+  ProcessState shared;
   StatsSnapshot s;
   s.backends.resize(2);
   auto& fetch = s.backends[0].commands[static_cast<std::size_t>(CommandId::kFETCH)];
@@ -92,7 +92,7 @@ TEST(ProxyMetrics, HistogramBoundsAndSumsAreExact) {
 
 TEST(ProxyMetrics, LabelValuesAreEscapedAndWeightsShown) {
   RuntimeConfig config = twoBackends();
-  SharedState shared;
+  ProcessState shared;
   shared.drained_by_operator[1] = true;
   StatsSnapshot s;
   const std::string text = renderProxyMetrics(s, config, shared);
@@ -104,7 +104,7 @@ TEST(ProxyMetrics, LabelValuesAreEscapedAndWeightsShown) {
 
 TEST(ProxyMetrics, LoginsByOutcomeAndProtocolLog) {
   RuntimeConfig config = twoBackends();
-  SharedState shared;
+  ProcessState shared;
   StatsSnapshot s;
   s.backends.resize(3);
   s.backends[0].sessions_total = 4;
@@ -165,7 +165,7 @@ TEST(ProxyMetrics, CommandsJsonForTheStatusPage) {
 // or left out of a renderer fails here.
 TEST(ProxyMetrics, EveryDeclaredCounterIsInMetricsAndStats) {
   RuntimeConfig config = twoBackends();
-  SharedState shared;
+  ProcessState shared;
   StatsSnapshot s;
   s.backends.resize(2);
   for (std::size_t k = 0; k < kWorkerCounterCount; ++k) {
