@@ -5,7 +5,8 @@ checks of each node's /readyz). Clients connect to HAProxy from 127.0.0.2.
 
 One test walks what an operator relies on, in order:
 - every node shows the client's own address (from HAProxy's PROXY v2
-  header), not HAProxy's;
+  header), not HAProxy's, in its sessions and in the fleet's registry;
+- a user's session limit holds across the nodes behind HAProxy;
 - a drain made on one node steers the logins arriving through HAProxy on
   every node;
 - the Portico node that made the drain, killed with SIGKILL, leaves
@@ -31,7 +32,9 @@ def node_config(port, redis_address, name):
     return {"workers": 1,
             "listen": [{"address": "127.0.0.1:%d" % port, "proxy_protocol": True,
                         "trusted_networks": ["127.0.0.0/8"]}],
-            "fleet": {"redis": redis_address, "node": name, "on_redis_down": "local"}}
+            "limits": {"max_sessions_per_user": 2},
+            "fleet": {"redis": redis_address, "node": name, "on_redis_down": "local",
+                      "session_ttl": "3s"}}
 
 
 def front_conn(port):
@@ -76,6 +79,24 @@ def test_fleet_behind_haproxy_survives_a_killed_node_and_a_redis_restart(portico
         assert len(where) == 1, where
         held_node, held_session = where[0]
         assert held_session["client"] == "%s:%d" % (CLIENT_IP, held.local_port)
+
+        # The fleet's registry shows that client's address too, from any
+        # node; and its user's session limit (2) holds across the nodes: a
+        # second session lands on another node, a third is refused there.
+        def registry():
+            return nodes[-1].admin("sessions --fleet --user user01")["sessions"]
+
+        assert wait_until(lambda: len(registry()) == 1, 10), registry()
+        assert registry()[0]["client"] == held_session["client"], registry()
+        second = front_conn(front)
+        assert second.login("user01").startswith(b"a001 OK")
+
+        def third_refused() -> bool:
+            with front_conn(front) as third:
+                return third.login("user01").startswith(b"a001 NO [LIMIT]")
+
+        assert wait_until(third_refused, 10)
+        second.close()
 
         # A drain on that node steers logins on every node: three sessions in a
         # row go round the three nodes and all land on mbx2.
