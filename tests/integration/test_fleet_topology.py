@@ -114,9 +114,9 @@ def test_fleet_behind_haproxy_survives_a_killed_node_and_a_redis_restart(portico
             for conn in conns:
                 conn.close()
 
-        # The node holding the first client dies without a word (it is
-        # node-a, where the drain was made); HAProxy takes it out of rotation
-        # and closes that client's connection.
+        # The node holding the first client, where the drain was made, dies
+        # without a word; HAProxy takes it out of rotation and closes that
+        # client's connection.
         held_node.kill()
         survivors = [n for n in nodes if n is not held_node]
         with pytest.raises((EOFError, OSError)):
