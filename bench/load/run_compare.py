@@ -54,6 +54,7 @@ import harness  # noqa: E402
 
 HEADING = "## Proxy core: Dovecot direct vs through Portico"
 HEADING_AB = "## Proxy core: this build vs a baseline Portico binary"
+HEADING_AB_LOGIN = "## Login cost: this build vs a baseline Portico binary"
 
 
 def find_load_bin(explicit: str | None) -> str:
@@ -160,6 +161,34 @@ def summarize(report: dict, portico_pid: int) -> dict:
         - (cpu["load_tool"].get("cpu_s") or 0.0),
         "errors": errors["no"] + errors["bad"] + errors["disconnects"] + errors["timeouts"]
         + errors["protocol"],
+    }
+
+
+def summarize_login(report: dict, portico_pid: int) -> dict:
+    """A --login-only report (portico_load --login-only) in summarize()'s
+    keys, counted per login instead of per command."""
+    cpu = report["cpu"]
+    portico = next((p for p in cpu["pids"] if p["pid"] == portico_pid), None)
+    dovecot_us = sum(g["us_per_login"] for g in cpu["pgids"])
+    portico_us = portico["us_per_login"] if portico else 0.0
+    lat = report["login_latency_us"]
+    return {
+        "commands": report["logins"],
+        "cps": report["logins_per_s"],
+        "p50": lat["p50"],
+        "p99": lat["p99"],
+        "p999": lat["max"],
+        "dovecot_s": sum(g["cpu_s"] for g in cpu["pgids"]),
+        "dovecot_us": dovecot_us,
+        "portico_s": portico["cpu_s"] if portico else 0.0,
+        "portico_us": portico_us,
+        "server_us": dovecot_us + portico_us,
+        "load_us": cpu["load_tool_us_per_login"],
+        "window_s": report["window_s"],
+        "capacity_s": 0.0,
+        "busy_pct": cpu["machine_busy_pct"],
+        "other_s": float("nan"),
+        "errors": report["failures"],
     }
 
 
@@ -296,7 +325,8 @@ def markdown_ab(meta: dict) -> str:
     """This build against --baseline-bin, measured in the same run."""
     args = argparse.Namespace(**meta["args"])
     cmds, direct, through, base = meta["cmds"], meta["direct"], meta["through"], meta["baseline"]
-    out = [HEADING_AB, ""]
+    login_only = getattr(args, "login_only", False)
+    out = [HEADING_AB_LOGIN if login_only else HEADING_AB, ""]
     out.append("Measured by `bench/load/run_compare.py --baseline-bin` on %s (%s), %d cores, %s."
                % (meta["date"], meta["model"], meta["cores"],
                   "shared machine: other builds may run at the same time"))
@@ -310,6 +340,12 @@ def markdown_ab(meta: dict) -> str:
                % (meta["portico_info"], args.sessions, args.duration, args.mix, args.pipeline,
                   meta["bins"]["portico"], meta["bins"]["baseline"], args.rounds))
     out.append("")
+    if login_only:
+        out.append("Login only (`portico_load --login-only`): each of the %d clients repeats "
+                   "connect, greeting, LOGIN, LOGOUT, close; \"command\" below reads \"login\", "
+                   "latency is LOGIN sent → tagged OK, and p99.9 is the maximum."
+                   % args.sessions)
+        out.append("")
     out.append("Machine load by others just before each round (1 s sample, %% busy): %s."
                % ", ".join("%.0f" % (100 * b) for b in meta["idle_busy"]))
     out.append("")
@@ -318,14 +354,17 @@ def markdown_ab(meta: dict) -> str:
     out.append("| metric | Dovecot direct | baseline Portico | this build | ratio |")
     out.append("|---|---:|---:|---:|---:|")
     for key, label, digits in AB_ROWS:
+        if login_only:
+            label = label.replace("/ command", "/ login").replace("commands/s", "logins/s")
         d, b, t = median_of(direct, key), median_of(base, key), median_of(through, key)
         out.append("| %s | %s | %s | %s | %s |" % (label, fmt_num(d, digits), fmt_num(b, digits),
                                                   fmt_num(t, digits), ratio(t, b)))
     out.append("")
     out.append("Per round (latencies in µs):")
     out.append("")
-    out.append("| round | path | commands/s | p50 | p99 | Dovecot µs/cmd | Portico µs/cmd "
-               "| machine busy % | of it others % |")
+    unit = "login" if login_only else "cmd"
+    out.append("| round | path | %ss/s | p50 | p99 | Dovecot µs/%s | Portico µs/%s "
+               "| machine busy %% | of it others %% |" % (unit, unit, unit))
     out.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for i, (d, t, b) in enumerate(zip(direct, through, base), 1):
         for name, r in (("direct", d), ("baseline", b), ("this build", t)):
@@ -362,7 +401,10 @@ def emit(meta: dict, results: str | None) -> None:
     section = markdown(meta)
     print(section)
     if results:
-        write_section(Path(results), section, HEADING_AB if meta.get("baseline") else HEADING)
+        heading = HEADING
+        if meta.get("baseline"):
+            heading = HEADING_AB_LOGIN if meta["args"].get("login_only") else HEADING_AB
+        write_section(Path(results), section, heading)
         print("run_compare: wrote section into %s" % results, file=sys.stderr)
 
 
@@ -386,6 +428,9 @@ def main() -> int:
     ap.add_argument("--baseline-bin", default=None,
                     help="another Portico binary to run beside --portico-bin in every round "
                          "(writes the build-vs-baseline section)")
+    ap.add_argument("--login-only", action="store_true",
+                    help="portico_load --login-only: CPU and latency per login (connect, "
+                         "LOGIN, LOGOUT) instead of the command mix")
     ap.add_argument("--results", default=None, help="write the markdown section into this file")
     ap.add_argument("--json-out", default=None,
                     help="save the run (summaries, commands, raw portico_load reports) here")
@@ -442,12 +487,15 @@ def main() -> int:
         if baseline is not None:
             common += ["--pid", str(baseline.pid)]
         common += ["--json"]
+        if args.login_only:
+            common += ["--login-only"]
 
         seed = [load_bin, "--port", str(mbx1.port), "--sessions", str(args.user_count),
                 "--user-count", str(args.user_count), "--password", harness.PASSWORD,
                 "--seed-messages", str(args.seed_messages),
                 "--message-size", str(args.message_size), "--seed-only"]
-        subprocess.run(seed, check=True, timeout=180)
+        if not args.login_only:
+            subprocess.run(seed, check=True, timeout=180)
 
         direct_cmd = [load_bin, "--port", str(mbx1.port), "--label", "direct"] + common
         through_cmd = [load_bin, "--port", str(portico.port), "--label", "portico"] + common
@@ -465,7 +513,8 @@ def main() -> int:
                 print("run_compare: round %d/%d %s ..." % (i + 1, args.rounds, name), file=sys.stderr, flush=True)
                 report = run_load(cmd, window + 60)
                 raw.append(report)
-                s = summarize(report, (proc or portico).pid)
+                s = (summarize_login if args.login_only else summarize)(report,
+                                                                         (proc or portico).pid)
                 sink.append(s)
                 print("  %.0f commands/s, p50 %.0f µs, p99 %.0f µs, Dovecot %.1f µs/cmd, "
                       "Portico %.1f µs/cmd, errors %d"
