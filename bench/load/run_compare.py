@@ -362,9 +362,9 @@ def markdown_ab(meta: dict) -> str:
     out.append("")
     out.append("Per round (latencies in µs):")
     out.append("")
-    unit = "login" if login_only else "cmd"
-    out.append("| round | path | %ss/s | p50 | p99 | Dovecot µs/%s | Portico µs/%s "
-               "| machine busy %% | of it others %% |" % (unit, unit, unit))
+    rate, unit = ("logins/s", "login") if login_only else ("commands/s", "cmd")
+    out.append("| round | path | %s | p50 | p99 | Dovecot µs/%s | Portico µs/%s "
+               "| machine busy %% | of it others %% |" % (rate, unit, unit))
     out.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for i, (d, t, b) in enumerate(zip(direct, through, base), 1):
         for name, r in (("direct", d), ("baseline", b), ("this build", t)):
