@@ -586,48 +586,36 @@ std::uint16_t HealthService::statusPort() const {
   return impl_->server_ ? impl_->server_->port() : 0;
 }
 
-void HealthService::recordDirectoryResult(bool ok, const std::string& error) {
-  Impl& impl = *impl_;
-  if (impl.stopping_ || impl.config_.directory.empty()) {
+void HealthService::Impl::recordExternalResult(const char* monitor_name, const std::string& target,
+                                               const char* probe, const char* health_set, bool ok,
+                                               const std::string& error) {
+  if (stopping_ || target.empty()) {
     return;
   }
-  auto it = impl.monitors_.find(MonitorKey{kDirectory, impl.config_.directory});
-  if (it == impl.monitors_.end()) {
+  auto it = monitors_.find(MonitorKey{monitor_name, target});
+  if (it == monitors_.end()) {
     return;
   }
   if (auto* monitor = dynamic_cast<ConsecutiveFailureMonitor*>(it->second.get())) {
     ProbeResult result;
-    result.probe = "DirectoryLookup";
-    result.health_set = kDirectorySet;
-    result.target = impl.config_.directory;
+    result.probe = probe;
+    result.health_set = health_set;
+    result.target = target;
     result.result = ok ? ResultType::kSucceeded : ResultType::kFailed;
-    result.start = result.end = Impl::wallNow();
+    result.start = result.end = wallNow();
     result.error = ok ? std::string() : error;
     monitor->record(result, result.end);
-    impl.monitorUpdated(*monitor);
+    monitorUpdated(*monitor);
   }
 }
 
+void HealthService::recordDirectoryResult(bool ok, const std::string& error) {
+  impl_->recordExternalResult(kDirectory, impl_->config_.directory, "DirectoryLookup",
+                              kDirectorySet, ok, error);
+}
+
 void HealthService::recordFleetResult(bool ok, const std::string& error) {
-  Impl& impl = *impl_;
-  if (impl.stopping_ || impl.config_.fleet.empty()) {
-    return;
-  }
-  auto it = impl.monitors_.find(MonitorKey{kFleet, impl.config_.fleet});
-  if (it == impl.monitors_.end()) {
-    return;
-  }
-  if (auto* monitor = dynamic_cast<ConsecutiveFailureMonitor*>(it->second.get())) {
-    ProbeResult result;
-    result.probe = "FleetState";
-    result.health_set = kFleetSet;
-    result.target = impl.config_.fleet;
-    result.result = ok ? ResultType::kSucceeded : ResultType::kFailed;
-    result.start = result.end = Impl::wallNow();
-    result.error = ok ? std::string() : error;
-    monitor->record(result, result.end);
-    impl.monitorUpdated(*monitor);
-  }
+  impl_->recordExternalResult(kFleet, impl_->config_.fleet, "FleetState", kFleetSet, ok, error);
 }
 
 bool HealthService::setMonitorOverride(const std::string& monitor, const std::string& target,

@@ -93,6 +93,10 @@ struct HealthService::Impl {
   void remember(ProbeDefinition& def, const ProbeResult& result);
   void sample(const std::string& name);
   void monitorUpdated(const Monitor& monitor);
+  // A result the proxy reports for a dependency it uses itself (the
+  // directory, the fleet's Redis), fed to that dependency's monitor.
+  void recordExternalResult(const char* monitor_name, const std::string& target, const char* probe,
+                            const char* health_set, bool ok, const std::string& error);
   struct SetState {
     AlertValue value = AlertValue::kUnknown;
     std::optional<SystemTime> last_transition;

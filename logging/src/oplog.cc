@@ -6,6 +6,7 @@
 #include <string>
 
 #include "portico/logging.h"
+#include "portico/utf8.h"
 
 namespace portico::logging {
 namespace {
@@ -50,39 +51,6 @@ void formatNow(char (&out)[32]) {
 
 namespace {
 
-// Length of the well-formed UTF-8 sequence starting at text[i] (RFC 3629:
-// no overlong forms, no surrogates, nothing above U+10FFFF), 0 if there is
-// none.
-std::size_t utf8Length(std::string_view text, std::size_t i) {
-  auto at = [&](std::size_t k) { return static_cast<unsigned char>(text[k]); };
-  const unsigned char c = at(i);
-  std::size_t len = 0;
-  unsigned char lo = 0x80;  // allowed range of the second byte
-  unsigned char hi = 0xbf;
-  if (c >= 0xc2 && c <= 0xdf) {
-    len = 2;
-  } else if (c >= 0xe0 && c <= 0xef) {
-    len = 3;
-    lo = c == 0xe0 ? 0xa0 : 0x80;
-    hi = c == 0xed ? 0x9f : 0xbf;
-  } else if (c >= 0xf0 && c <= 0xf4) {
-    len = 4;
-    lo = c == 0xf0 ? 0x90 : 0x80;
-    hi = c == 0xf4 ? 0x8f : 0xbf;
-  } else {
-    return 0;
-  }
-  if (i + len > text.size() || at(i + 1) < lo || at(i + 1) > hi) {
-    return 0;
-  }
-  for (std::size_t k = 2; k < len; ++k) {
-    if (at(i + k) < 0x80 || at(i + k) > 0xbf) {
-      return 0;
-    }
-  }
-  return len;
-}
-
 bool allPrintableAscii(std::string_view text) {
   for (char ch : text) {
     const auto c = static_cast<unsigned char>(ch);
@@ -110,7 +78,7 @@ void appendPrintable(std::string& out, std::string_view text) {
       continue;
     }
     // U+0080..U+009F (C2 80..C2 9F) are the C1 controls, CSI among them.
-    const std::size_t len = c >= 0x80 ? utf8Length(text, i) : 0;
+    const std::size_t len = c >= 0x80 ? utf8SequenceLength(text.substr(i)) : 0;
     const bool c1 = len == 2 && c == 0xc2 && static_cast<unsigned char>(text[i + 1]) < 0xa0;
     if (len == 0 || c1) {
       out.append("\\x").push_back(kHex[c >> 4]);

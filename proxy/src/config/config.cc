@@ -90,6 +90,9 @@ class ConfigReader : public KeyReader {
   const toml::table* table(const toml::table& parent, std::string_view key,
                            const std::string& name);
   const toml::array* arrayOfTables(const toml::table& parent, std::string_view key);
+  // arrayOfTables() that must hold at least one table: nullptr (reported)
+  // when it is missing, empty or not an array of tables.
+  const toml::array* requiredArrayOfTables(const toml::table& parent, std::string_view key);
 
   void readListeners(const toml::table& root, Config& config);
   void readCertificates(const toml::table& t, ListenConfig& listen);
@@ -145,6 +148,20 @@ const toml::array* ConfigReader::arrayOfTables(const toml::table& parent, std::s
   return nullptr;
 }
 
+const toml::array* ConfigReader::requiredArrayOfTables(const toml::table& parent,
+                                                       std::string_view key) {
+  const toml::array* array = arrayOfTables(parent, key);
+  if (array != nullptr && !array->empty()) {
+    return array;
+  }
+  const toml::node* node = parent.get(key);
+  if (node == nullptr || array != nullptr) {  // else arrayOfTables() said what is wrong
+    error(node != nullptr ? lineOf(*node) : 1,
+          "at least one [[" + std::string(key) + "]] is required");
+  }
+  return nullptr;
+}
+
 Config ConfigReader::read(const toml::table& root) {
   Config config;
   config.path = path_;
@@ -175,12 +192,8 @@ Config ConfigReader::read(const toml::table& root) {
 }
 
 void ConfigReader::readListeners(const toml::table& root, Config& config) {
-  const toml::array* listeners = arrayOfTables(root, "listen");
-  if (listeners == nullptr || listeners->empty()) {
-    const toml::node* node = root.get("listen");
-    if (node == nullptr || listeners != nullptr) {
-      error(node != nullptr ? lineOf(*node) : 1, "at least one [[listen]] is required");
-    }
+  const toml::array* listeners = requiredArrayOfTables(root, "listen");
+  if (listeners == nullptr) {
     return;
   }
   std::map<std::string, std::uint32_t> seen;
@@ -268,12 +281,8 @@ void ConfigReader::readTrustedNetworks(const toml::table& t, ListenConfig& liste
 }
 
 void ConfigReader::readBackends(const toml::table& root, Config& config) {
-  const toml::array* backends = arrayOfTables(root, "backend");
-  if (backends == nullptr || backends->empty()) {
-    const toml::node* node = root.get("backend");
-    if (node == nullptr || backends != nullptr) {
-      error(node != nullptr ? lineOf(*node) : 1, "at least one [[backend]] is required");
-    }
+  const toml::array* backends = requiredArrayOfTables(root, "backend");
+  if (backends == nullptr) {
     return;
   }
   std::map<std::string, std::uint32_t> names;
