@@ -341,24 +341,12 @@ FeedResult CommandFramer::feed(std::string_view input) {
   std::size_t pos = 0;
   while (pos < size) {
     awaiting_ = false;  // any byte after a sync literal header is the client going on
-    if (state_ == State::kBody) {
-      const std::uint64_t take = std::min<std::uint64_t>(literal_left_, size - pos);
-      pos += take;
-      literal_left_ -= take;
-      command_bytes_ += take;
-      if (literal_left_ == 0) {
-        state_ = State::kLine;
+    bool line_skipped = false;
+    if (detail::passBodyOrSkip(state_, literal_left_, command_bytes_, data, size, pos,
+                               line_skipped)) {
+      if (line_skipped) {
+        startCommand();
       }
-      continue;
-    }
-    if (state_ == State::kSkip) {
-      const void* lf = std::memchr(data + pos, '\n', size - pos);
-      if (lf == nullptr) {
-        pos = size;
-        break;
-      }
-      pos = static_cast<const char*>(lf) - data + 1;
-      startCommand();
       continue;
     }
     const bool keep = first_line_ && mode_ != Mode::kAuth;  // SASL lines carry credentials

@@ -12,6 +12,7 @@
 // The split tests and the fuzz targets check that both give the same events.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -326,6 +327,40 @@ inline Marker markerOf(const LineScan& scan, const LineResult& line, std::size_t
     return {};
   }
   return evaluateMarker(scan, max_digits);
+}
+
+// The part of feeding that commands and responses share, for a framer whose
+// State has kLine, kBody and kSkip: in kBody, passes over what the input
+// holds of a literal's body (counted in `bytes`; back to kLine when it is
+// all there); in kSkip, passes over everything up to the LF that ends a line
+// that could not be read, and sets `line_skipped` when that LF came, so the
+// caller starts its next command or response. Returns false in kLine: a
+// line to scan, the caller's part.
+template <typename State>
+inline bool passBodyOrSkip(State& state, std::uint64_t& literal_left, std::uint64_t& bytes,
+                           const char* data, std::size_t size, std::size_t& pos,
+                           bool& line_skipped) {
+  if (state == State::kBody) {
+    const std::uint64_t take = std::min<std::uint64_t>(literal_left, size - pos);
+    pos += take;
+    literal_left -= take;
+    bytes += take;
+    if (literal_left == 0) {
+      state = State::kLine;
+    }
+    return true;
+  }
+  if (state == State::kSkip) {
+    const void* lf = std::memchr(data + pos, '\n', size - pos);
+    if (lf == nullptr) {
+      pos = size;
+    } else {
+      pos = static_cast<const char*>(lf) - data + 1;
+      line_skipped = true;
+    }
+    return true;
+  }
+  return false;
 }
 
 }  // namespace portico::parser::detail

@@ -265,24 +265,12 @@ ResponseFeedResult ResponseFramer::feed(std::string_view input) {
   const std::size_t size = input.size();
   std::size_t pos = 0;
   while (pos < size) {
-    if (state_ == State::kBody) {
-      const std::uint64_t take = std::min<std::uint64_t>(literal_left_, size - pos);
-      pos += take;
-      literal_left_ -= take;
-      response_bytes_ += take;
-      if (literal_left_ == 0) {
-        state_ = State::kLine;
+    bool line_skipped = false;
+    if (detail::passBodyOrSkip(state_, literal_left_, response_bytes_, data, size, pos,
+                               line_skipped)) {
+      if (line_skipped) {
+        startResponse();
       }
-      continue;
-    }
-    if (state_ == State::kSkip) {
-      const void* lf = std::memchr(data + pos, '\n', size - pos);
-      if (lf == nullptr) {
-        pos = size;
-        break;
-      }
-      pos = static_cast<const char*>(lf) - data + 1;
-      startResponse();
       continue;
     }
     const LineResult line = detail::scanLine(scan_, data + pos, size - pos, limits_.max_line,
