@@ -1,6 +1,12 @@
 // One client session: pre-login dialogue, backend selection and login
 // replay, then the two-way relay with per-command accounting.
 //
+// Phases are objects the session owns: the backend login is a
+// BackendLoginClient (portico/backend_login.h) while it runs, the relay a
+// Relay (relay.h) from enterRelay() on. The session keeps what the phases
+// share (transports, timer, the client's command framer, counters, the end
+// reason) and implements RelayOwner, the relay's way back, privately.
+//
 // Ownership: the Session owns both transports and its timer. It ends when
 // both transports have reported onClosed(); it then tells its host, which
 // deletes it. close paths are idempotent. All calls happen on one worker
