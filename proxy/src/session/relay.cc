@@ -20,11 +20,9 @@ std::string clientCapabilityLine(std::string_view line, bool offer_compress) {
   return parser::editCapabilities(line, {"COMPRESS="}, {});
 }
 
-Relay::Relay(RelayOwner& owner, const Session& session, SessionHost& host,
-             const RuntimeConfig& config, std::size_t backend_index, RelayLinks links,
-             bool bye_requested)
+Relay::Relay(RelayOwner& owner, SessionHost& host, const RuntimeConfig& config,
+             std::size_t backend_index, RelayLinks links, bool bye_requested)
     : owner_(owner),
-      session_(session),
       host_(host),
       limits_(config.config.limits),
       stats_slot_(config.stats_slot[backend_index]),
@@ -195,10 +193,8 @@ void Relay::fromBackend(Chunk chunk) {
     }
     if (ev.type == parser::ResponseEventType::kError && ev.error.fatal) {
       // As for the client: nothing after an unskippable literal can be read.
-      logging::log(logging::Level::kWarn, "session",
-                   "id={:016x} backend {} sent an unreadable response ({}); client={} user={}",
-                   session_.id(), session_.backendName(), parser::errorCodeName(ev.error.code),
-                   session_.clientAddress(), session_.user());
+      owner_.relayWarnBackend(
+          fmt::format("sent an unreadable response ({})", parser::errorCodeName(ev.error.code)));
       // Nothing of this chunk went out yet: the client stands where the
       // previous chunk left it (or after an edited response, at a boundary).
       if (forward_from == 0 && !started_at_response) {

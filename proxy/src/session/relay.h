@@ -29,7 +29,6 @@
 
 namespace portico::proxy {
 
-class Session;
 class SessionHost;
 struct CompletedCommand;
 struct SessionInfo;
@@ -48,6 +47,9 @@ class RelayOwner {
   virtual void relayByeOnShutdown() = 0;
   // The client is closed in the middle of a response: logs and counts it.
   virtual void relayNoteCutResponse(std::string_view reason) = 0;
+  // Logs a warning about the backend with the session's context:
+  // "backend <name> <what>; client=... user=...".
+  virtual void relayWarnBackend(std::string_view what) = 0;
   // Pauses or resumes reading the client (Relay::readsClient() has a say).
   virtual void relayUpdateClientReading() = 0;
   // False once the session is closing: the relay starts nothing new.
@@ -94,11 +96,10 @@ class Relay {
   // (see clientSendsMoreUnasked()).
   static constexpr std::size_t kSmallClientRead = 16 * 1024;
 
-  // `session` names the session in log lines; `backend_index` is the
-  // backend of `config` logged in to; `bye_requested`: requestBye() came
+  // `backend_index` is the backend of `config` logged in to; `bye_requested`: requestBye() came
   // during the login, so the BYE goes out at the relay's first chance.
   // Resets both framers to the relay's limits.
-  Relay(RelayOwner& owner, const Session& session, SessionHost& host, const RuntimeConfig& config,
+  Relay(RelayOwner& owner, SessionHost& host, const RuntimeConfig& config,
         std::size_t backend_index, RelayLinks links, bool bye_requested);
   Relay(const Relay&) = delete;
   Relay& operator=(const Relay&) = delete;
@@ -154,7 +155,6 @@ class Relay {
   Transport* backend() const { return *links_.backend; }
 
   RelayOwner& owner_;
-  const Session& session_;
   SessionHost& host_;
   const Limits& limits_;
   std::size_t stats_slot_;

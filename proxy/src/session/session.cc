@@ -547,6 +547,11 @@ void Session::relayByeOnShutdown() {
   closeWithBye(fmt::format("* BYE {}\r\n", shutdown_text_), shutdown_end_reason_);
 }
 
+void Session::relayWarnBackend(std::string_view what) {
+  logging::log(logging::Level::kWarn, "session", "id={:016x} backend {} {}; client={} user={}", id_,
+               backend_name_, what, client_address_, user_);
+}
+
 bool Session::relayCompressClient(std::string_view ok_line) {
   Transport* compressed = host_.startCompression(client_);
   if (compressed == nullptr) {

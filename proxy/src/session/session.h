@@ -267,6 +267,7 @@ class Session : public TransportHandler, private RelayOwner {
   }
   void relayByeOnShutdown() override;
   void relayNoteCutResponse(std::string_view reason) override { noteCutResponse(reason); }
+  void relayWarnBackend(std::string_view what) override;
   void relayUpdateClientReading() override { updateClientReading(); }
   bool relayActive() const override { return state_ == SessionState::kRelay; }
   bool relayOffersCompression() const override { return compressionOffered(); }

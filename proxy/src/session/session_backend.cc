@@ -163,7 +163,7 @@ void Session::enterRelay() {
   logging::log(logging::Level::kInfo, "session", "id={:016x} login user={} backend={} client={}",
                id_, user_, backend_name_, client_address_);
 
-  relay_.emplace(static_cast<RelayOwner&>(*this), *this, host_, *config_, backend_index_,
+  relay_.emplace(static_cast<RelayOwner&>(*this), host_, *config_, backend_index_,
                  RelayLinks{&client_, &backend_, &command_framer_, &bytes_out_, &last_activity_},
                  shutdown_pending_);
   last_activity_ = host_.now();
