@@ -152,6 +152,7 @@ struct SessionFilter {
 
 class Session : public TransportHandler, private RelayOwner {
  public:
+  // The relay's threshold for a "small" client read (relay.h).
   static constexpr std::size_t kSmallClientRead = Relay::kSmallClientRead;
 
   Session(SessionHost& host, RuntimeConfigPtr config, Transport* client, std::uint64_t id);
