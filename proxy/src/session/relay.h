@@ -10,8 +10,10 @@
 // share (the transports, the client's command framer, byte counters, the
 // end reason); the relay sees those through RelayLinks and asks its owner
 // for everything else through RelayOwner. All calls happen on the session's
-// worker thread; nothing here blocks or allocates per command beyond the
-// in-flight queue's blocks.
+// worker thread and nothing here blocks. Per command the relay allocates
+// only what the in-flight entry needs (a tag longer than the string's
+// inline buffer, a new block of the queue); bytes pass as Chunks, unchanged
+// except for capability lines (see clientCapabilityLine()).
 #pragma once
 
 #include <chrono>
