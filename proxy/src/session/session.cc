@@ -160,7 +160,7 @@ void Session::setState(SessionState state) {
       return;
     case SessionState::kRelay:
       client_reader_ = &Session::readRelay;
-      backend_reader_ = &Session::relayFromBackend;
+      backend_reader_ = &Session::readRelayBackend;
       return;
     case SessionState::kClosing:
       client_reader_ = &Session::ignoreData;
@@ -197,7 +197,11 @@ void Session::readDuringLookup(Chunk chunk) {
 void Session::readRelay(Chunk chunk) {
   bytes_in_ += chunk.size();
   host_.stats().bytes_from_clients.add(chunk.size());
-  relayFromClient(std::move(chunk));
+  relay_->fromClient(std::move(chunk));
+}
+
+void Session::readRelayBackend(Chunk chunk) {
+  relay_->fromBackend(std::move(chunk));
 }
 
 void Session::ignoreData(Chunk chunk) {
@@ -205,19 +209,20 @@ void Session::ignoreData(Chunk chunk) {
 }
 
 void Session::onDrained(Transport* transport) {
-  if (transport == backend_ && client_paused_) {
-    client_paused_ = false;
-    updateClientReading();
-  } else if (transport == client_ && backend_paused_ && backend_ != nullptr) {
-    backend_paused_ = false;
-    backend_->resumeReading();
+  if (!relay_) {
+    return;  // before the relay nothing pauses a side for the other
+  }
+  if (transport == backend_) {
+    relay_->backendDrained();
+  } else if (transport == client_) {
+    relay_->clientDrained();
   }
 }
 
 void Session::onClosed(Transport* transport, std::string_view reason) {
   if (transport == client_) {
     client_ = nullptr;
-    if (logout_seen_) {
+    if (relay_ && relay_->logoutSeen()) {
       setEndReason(EndReason::kLogout);  // the client left after LOGOUT's answer
     } else {
       setEndReason(EndReason::kClientClosed, reason);
@@ -249,7 +254,7 @@ void Session::onClosed(Transport* transport, std::string_view reason) {
         return;
       case SessionState::kRelay:
         if (client_ != nullptr) {
-          if (logout_seen_) {
+          if (relay_->logoutSeen()) {
             closeWithBye("", EndReason::kLogout);
           } else {
             logging::log(logging::Level::kWarn, "session",
@@ -287,7 +292,7 @@ void Session::requestBye(std::string_view text, EndReason end_reason) {
       closeWithBye(fmt::format("* BYE {}\r\n", text), end_reason);
       return;
     case SessionState::kRelay:
-      maybeByeOnShutdown();
+      relay_->requestBye();
       return;
     default:
       return;  // a login in progress finishes first; enterRelay() checks again
@@ -324,12 +329,7 @@ bool Session::releaseIdleBuffers(Clock::time_point now, Clock::duration quiet) {
     return false;
   }
   if (state_ == SessionState::kRelay) {
-    if (!inflight_.empty()) {
-      return false;
-    }
-    const bool commands = command_framer_.releaseBuffers();
-    const bool responses = response_framer_.releaseBuffers();
-    return commands || responses;
+    return relay_->releaseIdleBuffers();
   }
   if (state_ == SessionState::kPrelogin && client_pending_.empty()) {
     return command_framer_.releaseBuffers();
@@ -344,11 +344,9 @@ SessionInfo Session::info(std::chrono::steady_clock::time_point now) const {
   out.user = user_;
   out.backend = logged_in_ ? backend_name_ : std::string();
   out.state = sessionStateName(state());
-  if (!inflight_.empty()) {
-    out.command = commandName(inflight_.front().command);
-    out.command_ms = duration_cast<milliseconds>(now - inflight_.front().sent).count();
+  if (relay_) {
+    relay_->describe(out, now);
   }
-  out.commands_in_flight = inflight_.size();
   out.bytes_in = bytes_in_;
   out.bytes_out = bytes_out_;
   out.age_ms = duration_cast<milliseconds>(now - started_).count();
@@ -389,8 +387,7 @@ void Session::writeClient(std::string_view bytes) {
 bool Session::clientMidResponse() const {
   // In relay the response framer has seen exactly what went to the client
   // (a failed framer is judged by its caller, which knows where it stopped).
-  return state_ == SessionState::kRelay && !response_framer_.failed() &&
-         !response_framer_.atResponseStart();
+  return state_ == SessionState::kRelay && relay_->midResponse();
 }
 
 void Session::noteCutResponse(std::string_view reason) {
@@ -438,7 +435,7 @@ void Session::updateClientReading() {
   if (client_ == nullptr) {
     return;
   }
-  bool reading = !client_paused_ && !commands_capped_ &&
+  bool reading = (!relay_ || relay_->readsClient()) &&
                  (state_ == SessionState::kPrelogin || state_ == SessionState::kAuthContinuation ||
                   state_ == SessionState::kLookup || state_ == SessionState::kRelay);
   if (reading) {
@@ -535,12 +532,52 @@ void Session::finishIfClosed() {
                "bytes_out={} commands={} reason=\"{}\"",
                id_, client_address_, user_.empty() ? "-" : user_,
                logged_in_ ? backend_name_ : std::string("-"), duration.count(), bytes_in_,
-               bytes_out_, commands_, endReasonLogText());
+               bytes_out_, relay_ ? relay_->commands() : 0, endReasonLogText());
   host_.sessionEnded(this);  // the host deletes this session: nothing may follow
 }
 
 BackendStats* Session::backendStats() {
   return &host_.stats().backend(config_->stats_slot[backend_index_]);
+}
+
+// ---------------------------------------------------------------------------
+// RelayOwner: the relay phase's calls back into its session.
+
+void Session::relayByeOnShutdown() {
+  closeWithBye(fmt::format("* BYE {}\r\n", shutdown_text_), shutdown_end_reason_);
+}
+
+void Session::relayWarnBackend(std::string_view what) {
+  logging::log(logging::Level::kWarn, "session", "id={:016x} backend {} {}; client={} user={}", id_,
+               backend_name_, what, client_address_, user_);
+}
+
+bool Session::relayCompressClient(std::string_view ok_line) {
+  Transport* compressed = host_.startCompression(client_);
+  if (compressed == nullptr) {
+    return false;
+  }
+  writeClient(ok_line);  // the last plain bytes on the client's connection
+  client_ = compressed;
+  client_->setHandler(this);
+  logging::log(logging::Level::kDebug, "session", "id={:016x} COMPRESS=DEFLATE active", id_);
+  return true;
+}
+
+void Session::relayCommandSent(const parser::CommandEvent& event, CommandId command) {
+  notify([&](SessionObserver& o) { o.onCommandSent(*this, event, command); });
+}
+
+void Session::relayCommandCompleted(const CompletedCommand& command) {
+  notify([&](SessionObserver& o) { o.onCommandCompleted(*this, command); });
+}
+
+void Session::relayLocalCommand(CommandId command, std::string_view parameters,
+                                std::string_view result, parser::Status status,
+                                std::uint64_t request_bytes, std::uint64_t response_bytes) {
+  notify([&](SessionObserver& o) {
+    o.onLocalCommand(*this, command, parameters, result, status, request_bytes, response_bytes);
+  });
 }
 
 }  // namespace portico::proxy

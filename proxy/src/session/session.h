@@ -1,6 +1,12 @@
 // One client session: pre-login dialogue, backend selection and login
 // replay, then the two-way relay with per-command accounting.
 //
+// Phases are objects the session owns: the backend login is a
+// BackendLoginClient (portico/backend_login.h) while it runs, the relay a
+// Relay (relay.h) from enterRelay() on. The session keeps what the phases
+// share (transports, timer, the client's command framer, counters, the end
+// reason) and implements RelayOwner, the relay's way back, privately.
+//
 // Ownership: the Session owns both transports and its timer. It ends when
 // both transports have reported onClosed(); it then tells its host, which
 // deletes it. close paths are idempotent. All calls happen on one worker
@@ -13,7 +19,6 @@
 #include <array>
 #include <chrono>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -28,6 +33,7 @@
 #include "portico/backend_login.h"
 #include "portico/parser.h"
 #include "protocol_tap.h"
+#include "relay.h"
 #include "runtime.h"
 #include "session_accounting.h"
 #include "session_observer.h"
@@ -144,12 +150,10 @@ struct SessionFilter {
   bool matches(const SessionInfo& info) const;
 };
 
-class Session : public TransportHandler {
+class Session : public TransportHandler, private RelayOwner {
  public:
-  // Client reads inside a literal body at least this big come from a
-  // client streaming full segments, which the kernel acknowledges by itself
-  // (see clientSendsMoreUnasked()).
-  static constexpr std::size_t kSmallClientRead = 16 * 1024;
+  // The relay's threshold for a "small" client read (relay.h).
+  static constexpr std::size_t kSmallClientRead = Relay::kSmallClientRead;
 
   Session(SessionHost& host, RuntimeConfigPtr config, Transport* client, std::uint64_t id);
   ~Session() override;
@@ -186,7 +190,7 @@ class Session : public TransportHandler {
   SessionState state() const;
   const std::string& user() const { return user_; }
   const std::string& backendName() const { return backend_name_; }
-  std::size_t commandsInFlight() const { return inflight_.size(); }
+  std::size_t commandsInFlight() const { return relay_ ? relay_->commandsInFlight() : 0; }
   const std::string& clientAddress() const { return client_address_; }
   const sockaddr_storage& clientSockaddr() const { return client_sockaddr_; }
   // The backend's address as configured; "" before one is chosen.
@@ -206,14 +210,6 @@ class Session : public TransportHandler {
   void onClosed(Transport* transport, std::string_view reason) override;
 
  private:
-  struct InFlight {
-    std::string tag;
-    CommandId command = CommandId::kOTHER;
-    bool idle = false;
-    std::chrono::steady_clock::time_point sent{};
-    std::uint64_t request_bytes = 0;
-    std::uint64_t response_bytes = 0;
-  };
   enum class LoginKind : std::uint8_t { kLogin, kAuthenticate };
 
   using Clock = std::chrono::steady_clock;
@@ -260,21 +256,28 @@ class Session : public TransportHandler {
   void startClientStarttls(const std::string& tag);
   std::string capabilities() const;
 
-  // Relay.
-  void relayFromClient(Chunk chunk);
-  void relayFromBackend(Chunk chunk);
-  // The client's COMPRESS (RFC 4978), answered by Portico itself.
-  void handleCompress(const parser::CommandEvent& event, bool pipelined);
-  // A backend capability line as the client sees it: the backend's
-  // COMPRESS= entries replaced by Portico's own COMPRESS=DEFLATE.
-  std::string clientCapabilityLine(std::string_view line) const;
-  bool atCommandCap() const;
-  // After a client read of `read_size` bytes: will the client send more of
-  // this command without waiting for an answer (so its ACK must not wait)?
-  bool clientSendsMoreUnasked(std::size_t read_size) const;
-  void maybeResumeCommands();
-  void completeCommand(const parser::ResponseEvent& event);
-  void maybeByeOnShutdown();
+  // A backend capability line as the client sees it (relay.h).
+  std::string clientCapabilityLine(std::string_view line) const {
+    return proxy::clientCapabilityLine(line, compressionOffered());
+  }
+
+  // RelayOwner: what the relay phase (relay_) asks of the session.
+  void relayWriteClient(std::string_view bytes) override { writeClient(bytes); }
+  void relayClose(std::string_view bye_line, EndReason reason, std::string_view detail) override {
+    closeWithBye(bye_line, reason, detail);
+  }
+  void relayByeOnShutdown() override;
+  void relayNoteCutResponse(std::string_view reason) override { noteCutResponse(reason); }
+  void relayWarnBackend(std::string_view what) override;
+  void relayUpdateClientReading() override { updateClientReading(); }
+  bool relayActive() const override { return state_ == SessionState::kRelay; }
+  bool relayOffersCompression() const override { return compressionOffered(); }
+  bool relayCompressClient(std::string_view ok_line) override;
+  void relayCommandSent(const parser::CommandEvent& event, CommandId command) override;
+  void relayCommandCompleted(const CompletedCommand& command) override;
+  void relayLocalCommand(CommandId command, std::string_view parameters, std::string_view result,
+                         parser::Status status, std::uint64_t request_bytes,
+                         std::uint64_t response_bytes) override;
 
   // Phases: the handler for each side's bytes is swapped when the phase
   // changes (as nginx's mail proxy swaps its read handler), so onData()
@@ -284,6 +287,7 @@ class Session : public TransportHandler {
   void readPrelogin(Chunk chunk);
   void readDuringLookup(Chunk chunk);
   void readRelay(Chunk chunk);
+  void readRelayBackend(Chunk chunk);
   void ignoreData(Chunk chunk);
 
   // Common.
@@ -330,7 +334,6 @@ class Session : public TransportHandler {
   Reader backend_reader_ = &Session::ignoreData;
 
   parser::CommandFramer command_framer_;
-  parser::ResponseFramer response_framer_;
 
   std::string client_pending_;  // pre-login bytes not yet handled
   std::size_t pending_parsed_ = 0;
@@ -346,8 +349,7 @@ class Session : public TransportHandler {
   TlsMode listener_tls_ = TlsMode::kNone;
   bool require_tls_ = false;
   bool client_tls_ = false;
-  bool client_compressed_ = false;  // COMPRESS=DEFLATE active on the client connection
-  bool compress_offered_ = true;    // the listener's `compress`
+  bool compress_offered_ = true;  // the listener's `compress`
   bool compressionOffered() const { return compress_offered_ && host_.compressionAvailable(); }
   std::shared_ptr<const ServerTlsContext> listener_tls_context_;
   std::string delayed_reply_;  // answer held back by the failed-login delay
@@ -381,15 +383,9 @@ class Session : public TransportHandler {
   std::shared_ptr<LookupStage> lookup_stage_;
   PendingLookup lookup_;
 
-  std::deque<InFlight> inflight_;
-  bool logout_seen_ = false;  // backend answered LOGOUT or sent BYE
-  bool shutdown_pending_ = false;
-  bool client_paused_ = false;  // the backend's write queue is over the watermark
-  bool backend_paused_ = false;
-  // At limits.max_commands_in_flight: the client is not read, and what was
-  // read past the command that reached the cap waits here, unparsed.
-  bool commands_capped_ = false;
-  Chunk client_held_;
+  // The relay phase, from enterRelay() until the session is deleted.
+  std::optional<Relay> relay_;
+  bool shutdown_pending_ = false;  // requestBye() was called
   bool counted_unauthenticated_ = true;
 
   std::uint32_t bad_in_row_ = 0;
@@ -399,7 +395,6 @@ class Session : public TransportHandler {
   fleet::UserSlot user_slot_;
   std::uint64_t bytes_in_ = 0;
   std::uint64_t bytes_out_ = 0;
-  std::uint64_t commands_ = 0;
   Clock::time_point started_;
   Clock::time_point last_activity_;
   Clock::time_point deadline_{};

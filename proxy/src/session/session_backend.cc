@@ -163,12 +163,9 @@ void Session::enterRelay() {
   logging::log(logging::Level::kInfo, "session", "id={:016x} login user={} backend={} client={}",
                id_, user_, backend_name_, client_address_);
 
-  parser::Limits limits;
-  limits.max_line = cfg.limits.max_line;
-  command_framer_.reset();
-  command_framer_.setLimits(limits);
-  response_framer_.reset();
-  response_framer_.setLimits(limits);
+  relay_.emplace(static_cast<RelayOwner&>(*this), host_, *config_, backend_index_,
+                 RelayLinks{&client_, &backend_, &command_framer_, &bytes_out_, &last_activity_},
+                 shutdown_pending_);
   last_activity_ = host_.now();
   deadline_ = last_activity_ + cfg.timeouts.idle;
   armTimer();
@@ -179,14 +176,16 @@ void Session::enterRelay() {
   client_pending_ = std::string();
   pending_parsed_ = 0;
   if (!backend_rest.empty()) {
-    relayFromBackend(Chunk::copyOf(backend_rest));
+    relay_->fromBackend(Chunk::copyOf(backend_rest));
   }
   if (!client_rest.empty() && backend_ != nullptr) {
-    relayFromClient(Chunk::copyOf(client_rest, true));
+    relay_->fromClient(Chunk::copyOf(client_rest, true));
   }
   wipeAll(client_rest);  // the buffer the LOGIN was read into
   updateClientReading();
-  maybeByeOnShutdown();
+  if (shutdown_pending_) {
+    relay_->requestBye();  // asked for during the login: now, if between commands
+  }
 }
 
 }  // namespace portico::proxy

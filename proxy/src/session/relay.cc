@@ -1,49 +1,70 @@
-// Session: the two-way relay with per-command accounting.
-#include "session.h"
-
-#include <netinet/in.h>
+// Relay: the two-way relay with per-command accounting (relay.h).
+#include "relay.h"
 
 #include <algorithm>
-#include <cctype>
-#include <cstring>
 
 #include <fmt/format.h>
 
 #include "portico/logging.h"
-#include "portico/proxy.h"
+#include "session.h"
 #include "session_internal.h"
 
 namespace portico::proxy {
 
 using namespace session_detail;  // NOLINT: this file's own helpers
 
-// ---------------------------------------------------------------------------
-// Relay.
+std::string clientCapabilityLine(std::string_view line, bool offer_compress) {
+  if (offer_compress) {
+    return parser::editCapabilities(line, {"COMPRESS="}, {"COMPRESS=DEFLATE"});
+  }
+  return parser::editCapabilities(line, {"COMPRESS="}, {});
+}
 
-bool Session::atCommandCap() const {
+Relay::Relay(RelayOwner& owner, SessionHost& host, const RuntimeConfig& config,
+             std::size_t backend_index, RelayLinks links, bool bye_requested)
+    : owner_(owner),
+      host_(host),
+      limits_(config.config.limits),
+      stats_slot_(config.stats_slot[backend_index]),
+      links_(links),
+      command_framer_(*links.commands),
+      bye_requested_(bye_requested) {
+  parser::Limits limits;
+  limits.max_line = limits_.max_line;
+  command_framer_.reset();
+  command_framer_.setLimits(limits);
+  response_framer_.reset();
+  response_framer_.setLimits(limits);
+}
+
+BackendStats* Relay::backendStats() {
+  return &host_.stats().backend(stats_slot_);
+}
+
+bool Relay::atCommandCap() const {
   // IDLE and AUTHENTICATE wait for more from the client (DONE, a SASL
   // line): pausing then would wedge the session, so the cap waits for the
   // next command.
-  return inflight_.size() >= config_->config.limits.max_commands_in_flight &&
-         !command_framer_.idling() && !command_framer_.authenticating();
+  return inflight_.size() >= limits_.max_commands_in_flight && !command_framer_.idling() &&
+         !command_framer_.authenticating();
 }
 
-void Session::maybeResumeCommands() {
-  if (!commands_capped_ || state_ != SessionState::kRelay ||
-      inflight_.size() > config_->config.limits.max_commands_in_flight / 2) {
+void Relay::maybeResumeCommands() {
+  if (!commands_capped_ || !owner_.relayActive() ||
+      inflight_.size() > limits_.max_commands_in_flight / 2) {
     return;
   }
   commands_capped_ = false;
   if (!client_held_.empty()) {
     Chunk held = std::move(client_held_);
-    relayFromClient(std::move(held));  // may reach the cap again
+    fromClient(std::move(held));  // may reach the cap again
   }
-  updateClientReading();
+  owner_.relayUpdateClientReading();
 }
 
-void Session::relayFromClient(Chunk chunk) {
+void Relay::fromClient(Chunk chunk) {
   const auto now = host_.now();
-  last_activity_ = now;
+  *links_.last_activity = now;
   BackendStats* stats = backendStats();
   std::string_view view = chunk.view();
   std::size_t pos = 0;
@@ -62,8 +83,8 @@ void Session::relayFromClient(Chunk chunk) {
     if (r.event.type == parser::CommandEventType::kError && r.event.error.fatal) {
       // A literal that cannot be skipped: the stream cannot be
       // resynchronised, and a failed framer consumes nothing more.
-      closeWithBye(fmt::format("* BYE {}\r\n", r.event.error.message), EndReason::kProtocolError,
-                   parser::errorCodeName(r.event.error.code));
+      owner_.relayClose(fmt::format("* BYE {}\r\n", r.event.error.message),
+                        EndReason::kProtocolError, parser::errorCodeName(r.event.error.code));
       return;
     }
     if (r.event.type != parser::CommandEventType::kCommand) {
@@ -77,17 +98,17 @@ void Session::relayFromClient(Chunk chunk) {
       // accounting and the protocol log keep seeing plaintext.
       if (command_start == kUnknown) {
         // Its first bytes went to the backend with an earlier read.
-        closeWithBye("* BYE [UNAVAILABLE] COMPRESS is not supported.\r\n",
-                     EndReason::kCompressRefused);
+        owner_.relayClose("* BYE [UNAVAILABLE] COMPRESS is not supported.\r\n",
+                          EndReason::kCompressRefused);
         return;
       }
       if (command_start > forward_from) {
         stats->bytes_to_backend.add(command_start - forward_from);
-        backend_->write(chunk.slice(forward_from, command_start - forward_from));
+        backend()->write(chunk.slice(forward_from, command_start - forward_from));
       }
       forward_from = pos;
       handleCompress(r.event, pos < view.size());
-      if (client_ == nullptr) {
+      if (client() == nullptr) {
         return;
       }
       continue;
@@ -98,7 +119,7 @@ void Session::relayFromClient(Chunk chunk) {
     f.idle = command == CommandId::kIDLE;
     f.sent = now;
     f.request_bytes = r.event.bytes;
-    notify([&](SessionObserver& o) { o.onCommandSent(*this, r.event, command); });
+    owner_.relayCommandSent(r.event, command);
     if (atCommandCap()) {
       // Enough unanswered commands: stop here, at a command boundary, and
       // read no more from the client until half of them are answered. The
@@ -108,26 +129,26 @@ void Session::relayFromClient(Chunk chunk) {
         view = view.substr(0, pos);
       }
       commands_capped_ = true;
-      updateClientReading();
+      owner_.relayUpdateClientReading();
       break;
     }
   }
   const std::size_t read_size = chunk.size();
-  if (forward_from < view.size() && backend_ != nullptr) {
+  if (forward_from < view.size() && backend() != nullptr) {
     std::size_t n = view.size() - forward_from;
     stats->bytes_to_backend.add(n);
-    backend_->write(n == chunk.size() ? std::move(chunk) : chunk.slice(forward_from, n));
-    if (backend_->queuedBytes() > config_->config.limits.write_high_watermark) {
+    backend()->write(n == chunk.size() ? std::move(chunk) : chunk.slice(forward_from, n));
+    if (backend()->queuedBytes() > limits_.write_high_watermark) {
       client_paused_ = true;
-      updateClientReading();
+      owner_.relayUpdateClientReading();
     }
   }
-  if (client_ != nullptr && clientSendsMoreUnasked(read_size)) {
-    client_->acknowledgeNow();
+  if (client() != nullptr && clientSendsMoreUnasked(read_size)) {
+    client()->acknowledgeNow();
   }
 }
 
-bool Session::clientSendsMoreUnasked(std::size_t read_size) const {
+bool Relay::clientSendsMoreUnasked(std::size_t read_size) const {
   // The read ended inside a command the client goes on sending without
   // waiting for an answer: no reply carries the ACK for what it sent, so
   // the kernel would delay it (40 ms on Linux) and a client with Nagle on
@@ -147,11 +168,11 @@ bool Session::clientSendsMoreUnasked(std::size_t read_size) const {
   return !command_framer_.inLiteral() || read_size < kSmallClientRead;
 }
 
-void Session::relayFromBackend(Chunk chunk) {
+void Relay::fromBackend(Chunk chunk) {
   if (command_framer_.idling()) {
-    last_activity_ = host_.now();  // keep-alives during IDLE keep the session
+    *links_.last_activity = host_.now();  // keep-alives during IDLE keep the session
   }
-  bytes_out_ += chunk.size();
+  *links_.bytes_out += chunk.size();
   BackendStats* stats = backendStats();
   stats->bytes_from_backend.add(chunk.size());
   std::string_view view = chunk.view();
@@ -172,17 +193,16 @@ void Session::relayFromBackend(Chunk chunk) {
     }
     if (ev.type == parser::ResponseEventType::kError && ev.error.fatal) {
       // As for the client: nothing after an unskippable literal can be read.
-      logging::log(logging::Level::kWarn, "session",
-                   "id={:016x} backend {} sent an unreadable response ({}); client={} user={}", id_,
-                   backend_name_, parser::errorCodeName(ev.error.code), client_address_, user_);
+      owner_.relayWarnBackend(
+          fmt::format("sent an unreadable response ({})", parser::errorCodeName(ev.error.code)));
       // Nothing of this chunk went out yet: the client stands where the
       // previous chunk left it (or after an edited response, at a boundary).
       if (forward_from == 0 && !started_at_response) {
-        noteCutResponse(endReasonText(EndReason::kBackendProtocolError));
-        closeWithBye("", EndReason::kBackendProtocolError);
+        owner_.relayNoteCutResponse(endReasonText(EndReason::kBackendProtocolError));
+        owner_.relayClose("", EndReason::kBackendProtocolError);
       } else {
-        closeWithBye("* BYE [UNAVAILABLE] Mailbox server connection lost.\r\n",
-                     EndReason::kBackendProtocolError);
+        owner_.relayClose("* BYE [UNAVAILABLE] Mailbox server connection lost.\r\n",
+                          EndReason::kBackendProtocolError);
       }
       return;
     }
@@ -212,40 +232,32 @@ void Session::relayFromBackend(Chunk chunk) {
                            startsWithIgnoreCase(ev.code, "CAPABILITY ");
     if (capability_list && response_start != kUnknown) {
       std::string_view line = view.substr(response_start, pos - response_start);
-      std::string edited = clientCapabilityLine(line);
+      std::string edited = clientCapabilityLine(line, owner_.relayOffersCompression());
       if (edited != line) {
         if (response_start > forward_from) {
           host_.stats().bytes_to_clients.add(response_start - forward_from);
-          client_->write(chunk.slice(forward_from, response_start - forward_from));
+          client()->write(chunk.slice(forward_from, response_start - forward_from));
         }
-        bytes_out_ -= pos - response_start;  // writeClient counts the edited line instead
-        writeClient(edited);
+        *links_.bytes_out -= pos - response_start;  // writeClient counts the edited line instead
+        owner_.relayWriteClient(edited);
         forward_from = pos;
       }
     }
   }
-  if (forward_from < view.size() && client_ != nullptr) {
+  if (forward_from < view.size() && client() != nullptr) {
     std::size_t n = view.size() - forward_from;
     host_.stats().bytes_to_clients.add(n);
-    client_->write(forward_from == 0 ? std::move(chunk) : chunk.slice(forward_from, n));
-    if (backend_ != nullptr &&
-        client_->queuedBytes() > config_->config.limits.write_high_watermark) {
+    client()->write(forward_from == 0 ? std::move(chunk) : chunk.slice(forward_from, n));
+    if (backend() != nullptr && client()->queuedBytes() > limits_.write_high_watermark) {
       backend_paused_ = true;
-      backend_->pauseReading();
+      backend()->pauseReading();
     }
   }
   maybeResumeCommands();
   maybeByeOnShutdown();
 }
 
-std::string Session::clientCapabilityLine(std::string_view line) const {
-  if (compressionOffered()) {
-    return parser::editCapabilities(line, {"COMPRESS="}, {"COMPRESS=DEFLATE"});
-  }
-  return parser::editCapabilities(line, {"COMPRESS="}, {});
-}
-
-void Session::handleCompress(const parser::CommandEvent& event, bool pipelined) {
+void Relay::handleCompress(const parser::CommandEvent& event, bool pipelined) {
   std::string tag(event.tag);
   // The argument: the head after "tag COMPRESS ".
   std::string_view head = event.head;
@@ -267,34 +279,28 @@ void Session::handleCompress(const parser::CommandEvent& event, bool pipelined) 
     // them as they are.
     status = parser::Status::kBad;
     reply = fmt::format("{} BAD Send nothing after COMPRESS before its reply.\r\n", tag);
-  } else if (!compressionOffered()) {
+  } else if (!owner_.relayOffersCompression()) {
     reply = fmt::format("{} NO [CANNOT] COMPRESS is not available.\r\n", tag);
   } else if (!inflight_.empty()) {
     // Portico's OK must not land inside a response still on its way to
     // the client.
     reply = fmt::format("{} NO [CANNOT] COMPRESS only when no command is in progress.\r\n", tag);
-  } else if (Transport* compressed = host_.startCompression(client_); compressed == nullptr) {
+  } else if (reply = fmt::format("{} OK DEFLATE active.\r\n", tag);
+             !owner_.relayCompressClient(reply)) {  // the OK: the last plain bytes
     reply = fmt::format("{} NO [CANNOT] COMPRESS is not available.\r\n", tag);
   } else {
     status = parser::Status::kOk;
-    reply = fmt::format("{} OK DEFLATE active.\r\n", tag);
-    writeClient(reply);  // the last plain bytes on the client's connection
-    client_ = compressed;
-    client_->setHandler(this);
     client_compressed_ = true;
-    logging::log(logging::Level::kDebug, "session", "id={:016x} COMPRESS=DEFLATE active", id_);
   }
   if (status != parser::Status::kOk) {
-    writeClient(reply);
+    owner_.relayWriteClient(reply);
   }
   std::string_view result(reply);
   result = result.substr(tag.size() + 1, result.size() - tag.size() - 3);  // no tag, no CRLF
-  notify([&](SessionObserver& o) {
-    o.onLocalCommand(*this, CommandId::kCOMPRESS, head, result, status, event.bytes, reply.size());
-  });
+  owner_.relayLocalCommand(CommandId::kCOMPRESS, head, result, status, event.bytes, reply.size());
 }
 
-void Session::completeCommand(const parser::ResponseEvent& ev) {
+void Relay::completeCommand(const parser::ResponseEvent& ev) {
   auto it = std::find_if(inflight_.begin(), inflight_.end(),
                          [&ev](const InFlight& f) { return f.tag == ev.tag; });
   if (it == inflight_.end()) {
@@ -309,7 +315,7 @@ void Session::completeCommand(const parser::ResponseEvent& ev) {
   done.time = duration_cast<microseconds>(host_.now() - it->sent);
   done.request_bytes = it->request_bytes;
   done.response_bytes = it->response_bytes + ev.bytes;
-  notify([&](SessionObserver& o) { o.onCommandCompleted(*this, done); });
+  owner_.relayCommandCompleted(done);
   if (it->command == CommandId::kLOGOUT) {
     logout_seen_ = true;
   }
@@ -324,16 +330,52 @@ void Session::completeCommand(const parser::ResponseEvent& ev) {
   inflight_.erase(it);
 }
 
-void Session::maybeByeOnShutdown() {
-  if (!shutdown_pending_ || state_ != SessionState::kRelay || client_ == nullptr) {
+void Relay::maybeByeOnShutdown() {
+  if (!bye_requested_ || !owner_.relayActive() || client() == nullptr) {
     return;
   }
   bool only_idle =
       std::all_of(inflight_.begin(), inflight_.end(), [](const InFlight& f) { return f.idle; });
   bool between_commands = command_framer_.atCommandStart() || command_framer_.idling();
   if (only_idle && between_commands) {
-    closeWithBye(fmt::format("* BYE {}\r\n", shutdown_text_), shutdown_end_reason_);
+    owner_.relayByeOnShutdown();
   }
+}
+
+void Relay::requestBye() {
+  bye_requested_ = true;
+  maybeByeOnShutdown();
+}
+
+void Relay::clientDrained() {
+  if (backend_paused_ && backend() != nullptr) {
+    backend_paused_ = false;
+    backend()->resumeReading();
+  }
+}
+
+void Relay::backendDrained() {
+  if (client_paused_) {
+    client_paused_ = false;
+    owner_.relayUpdateClientReading();
+  }
+}
+
+bool Relay::releaseIdleBuffers() {
+  if (!inflight_.empty()) {
+    return false;
+  }
+  const bool commands = command_framer_.releaseBuffers();
+  const bool responses = response_framer_.releaseBuffers();
+  return commands || responses;
+}
+
+void Relay::describe(SessionInfo& out, Clock::time_point now) const {
+  if (!inflight_.empty()) {
+    out.command = commandName(inflight_.front().command);
+    out.command_ms = duration_cast<milliseconds>(now - inflight_.front().sent).count();
+  }
+  out.commands_in_flight = inflight_.size();
 }
 
 }  // namespace portico::proxy
