@@ -27,6 +27,7 @@
 #include "net_types.h"
 #include "portico/backend_login.h"
 #include "portico/parser.h"
+#include "prelogin.h"
 #include "protocol_tap.h"
 #include "runtime.h"
 #include "session_accounting.h"
@@ -144,7 +145,7 @@ struct SessionFilter {
   bool matches(const SessionInfo& info) const;
 };
 
-class Session : public TransportHandler {
+class Session : public TransportHandler, private PreloginOwner {
  public:
   // Client reads inside a literal body at least this big come from a
   // client streaming full segments, which the kernel acknowledges by itself
@@ -214,22 +215,23 @@ class Session : public TransportHandler {
     std::uint64_t request_bytes = 0;
     std::uint64_t response_bytes = 0;
   };
-  enum class LoginKind : std::uint8_t { kLogin, kAuthenticate };
-
   using Clock = std::chrono::steady_clock;
 
-  // Pre-login.
-  void processPrelogin();
-  void processPreloginOnce();
-  void handlePreloginCommand(std::string_view bytes);
-  void handleAuthLine(std::string_view line);
-  void beginAuthenticate(std::string_view initial_response);
-  bool refuseLiteral(const parser::CommandEvent& event);
-  void badCommand(std::string_view tag, std::string_view message);
-  // require_tls without TLS yet: answers `tag NO [PRIVACYREQUIRED]`, true.
-  bool refusedUntilTls(std::string_view tag);
-  static std::string privacyRequired(std::string_view tag);
-  void startLogin();
+  // PreloginOwner: what the pre-login dialogue asks of its session
+  // (prelogin.h); the login it hands over (session_login.cc).
+  bool dialogueOpen() const override;
+  bool clientTls() const override { return client_tls_; }
+  void upgradeClientToTls(std::shared_ptr<const ServerTlsContext> context) override;
+  void startLogin(LoginRequest&& request) override;
+  void refuseLogin(std::string_view tag, std::string_view client_line) override;
+  WorkerStats& stats() override { return host_.stats(); }
+  void notifyLoginCommand(const parser::PreloginCommand& command, std::string_view bytes) override;
+  // Runs the dialogue on what it holds; deletes it afterwards if the login
+  // succeeded meanwhile (never from inside one of its own calls).
+  void processDialogue();
+
+  // Login (session_login.cc).
+  void routeLogin();
   void routeByHash();
   void connectNext();
   void failLogin(std::string_view client_line, bool count_failure);
@@ -257,8 +259,6 @@ class Session : public TransportHandler {
   void startBackendTls();
   std::string forwardIdCommand() const;
   void enterRelay();
-  void startClientStarttls(const std::string& tag);
-  std::string capabilities() const;
 
   // Relay.
   void relayFromClient(Chunk chunk);
@@ -287,11 +287,12 @@ class Session : public TransportHandler {
   void ignoreData(Chunk chunk);
 
   // Common.
-  void writeClient(std::string_view bytes);
+  void writeClient(std::string_view bytes) override;
   // Ends the session: `bye_line` (if any) to the client, then close. A BYE
   // is left out while a backend response is part-way to the client.
   // `detail` replaces the reason's text in the logs (a parser error code).
-  void closeWithBye(std::string_view bye_line, EndReason reason, std::string_view detail = {});
+  void closeWithBye(std::string_view bye_line, EndReason reason,
+                    std::string_view detail = {}) override;
   // Records why the session ends; the first reason given wins.
   void setEndReason(EndReason reason, std::string_view detail = {});
   std::string_view endReasonLogText() const;
@@ -312,7 +313,7 @@ class Session : public TransportHandler {
     }
   }
   void notifyPrelogin(const parser::PreloginCommand& command, std::string_view bytes,
-                      std::string_view result);
+                      std::string_view result) override;
 
   SessionHost& host_;
   RuntimeConfigPtr config_;
@@ -332,33 +333,25 @@ class Session : public TransportHandler {
   parser::CommandFramer command_framer_;
   parser::ResponseFramer response_framer_;
 
-  std::string client_pending_;  // pre-login bytes not yet handled
-  std::size_t pending_parsed_ = 0;
+  // The pre-login dialogue: from construction until the login succeeds.
+  PreloginDialoguePtr dialogue_;
   std::string login_untagged_;       // untagged backend lines during login, sent on success
   std::vector<Transport*> orphans_;  // backends given up on, still closing
-  std::optional<std::vector<parser::IdField>> client_id_;
-  bool processing_ = false;
-  bool process_again_ = false;
+  bool retire_dialogue_ = false;     // the login succeeded inside a dialogue call: delete it after
   std::string shutdown_text_;
   EndReason shutdown_end_reason_ = EndReason::kShutdown;
   bool logged_in_ = false;
   sockaddr_storage client_sockaddr_{};
-  TlsMode listener_tls_ = TlsMode::kNone;
-  bool require_tls_ = false;
   bool client_tls_ = false;
   bool client_compressed_ = false;  // COMPRESS=DEFLATE active on the client connection
   bool compress_offered_ = true;    // the listener's `compress`
   bool compressionOffered() const { return compress_offered_ && host_.compressionAvailable(); }
-  std::shared_ptr<const ServerTlsContext> listener_tls_context_;
-  std::string delayed_reply_;  // answer held back by the failed-login delay
 
-  // The login being replayed. password_/sasl_ are secrets.
-  LoginKind login_kind_ = LoginKind::kLogin;
-  std::string login_tag_;
+  // The login being replayed, as the dialogue handed it over; its user
+  // moves to user_. Its password and SASL payload are secrets, wiped once
+  // the backend has answered.
+  LoginRequest login_;
   std::string user_;
-  std::string password_;
-  std::string mechanism_;
-  std::string sasl_;  // base64, as the client sent it
   std::vector<std::size_t> candidates_;
   std::size_t candidate_pos_ = 0;
   std::size_t backend_index_ = 0;
@@ -392,7 +385,6 @@ class Session : public TransportHandler {
   Chunk client_held_;
   bool counted_unauthenticated_ = true;
 
-  std::uint32_t bad_in_row_ = 0;
   std::uint32_t login_failures_ = 0;
   // This session's place in limits.max_sessions_per_user, from the start of
   // its login until the login fails or the session ends.
