@@ -1,6 +1,14 @@
 // One client session: pre-login dialogue, backend selection and login
 // replay, then the two-way relay with per-command accounting.
 //
+// Phases: the pre-login dialogue is a PreloginDialogue (prelogin.h) that
+// the session owns until the login succeeds and reaches through the
+// PreloginOwner interface the session implements privately; it hands the
+// client's login over as a LoginRequest, which the session routes
+// (session_login.cc), looks up (session_lookup.cc) and replays at the
+// backend with a BackendLoginClient (session_backend.cc), owned only while
+// that login runs. Then the relay (session_relay.cc).
+//
 // Ownership: the Session owns both transports and its timer. It ends when
 // both transports have reported onClosed(); it then tells its host, which
 // deletes it. close paths are idempotent. All calls happen on one worker
