@@ -35,6 +35,9 @@ const char* sessionStateName(SessionState state) {
 }
 
 SessionState Session::state() const {
+  if (state_ == SessionState::kPrelogin && dialogue_ && dialogue_->awaitingSasl()) {
+    return SessionState::kAuthContinuation;
+  }
   if (state_ != SessionState::kBackendGreeting || !backend_login_) {
     return state_;
   }
@@ -65,6 +68,9 @@ Session::Session(SessionHost& host, RuntimeConfigPtr config, Transport* client, 
       accounting_(host),
       tap_(host),
       id_(id) {
+  // The dialogue sees the session only as its PreloginOwner (a private base).
+  PreloginOwner& owner = *this;
+  dialogue_ = std::make_unique<PreloginDialogue>(owner, *config_, command_framer_);
   addObserver(&accounting_);
   addObserver(&tap_);
 }
@@ -82,41 +88,18 @@ std::string Session::backendAddress() const {
 
 Session::~Session() {
   wipeSecrets();
-  // What was read before login, spare capacity included, and the command
-  // framer's copy of the last pre-login command line (setLimits() zeroes
-  // its buffers in place: the session never changes their sizes).
-  wipeAll(client_pending_);
+  // What was read before login goes with the dialogue (its destructor
+  // wipes it). The command framer's copy of the last pre-login command
+  // line: setLimits() zeroes its buffers in place (the session never
+  // changes their sizes).
+  dialogue_.reset();
   command_framer_.setLimits(parser::Limits{});
 }
 
 void Session::setListener(TlsMode mode, bool require_tls,
                           std::shared_ptr<const ServerTlsContext> tls, bool tls_active) {
-  listener_tls_ = mode;
-  require_tls_ = require_tls;
-  listener_tls_context_ = std::move(tls);
+  dialogue_->setListener(mode, require_tls, std::move(tls));
   client_tls_ = tls_active;
-}
-
-std::string Session::capabilities() const {
-  if (listener_tls_ != TlsMode::kStarttls || client_tls_) {
-    return config_->capabilities;
-  }
-  // Plaintext on a STARTTLS listener: offer STARTTLS; with require_tls,
-  // hide every AUTH= mechanism and say LOGINDISABLED (RFC 9051 6.2).
-  std::string out;
-  for (std::string_view cap : parser::parseCapabilities(config_->capabilities)) {
-    if (require_tls_ && startsWithIgnoreCase(cap, "AUTH=")) {
-      continue;
-    }
-    out.append(out.empty() ? "" : " ").append(cap);
-    if (startsWithIgnoreCase(cap, "IMAP4REV1")) {
-      out.append(" STARTTLS");
-      if (require_tls_) {
-        out.append(" LOGINDISABLED");
-      }
-    }
-  }
-  return out;
 }
 
 void Session::start() {
@@ -130,7 +113,7 @@ void Session::start() {
   host_.stats().connections_unauthenticated.add();
 
   command_framer_.setLimits(preloginLimits(cfg.limits));
-  writeClient(fmt::format("* OK [CAPABILITY {}] {}\r\n", capabilities(), cfg.greeting));
+  writeClient(fmt::format("* OK [CAPABILITY {}] {}\r\n", dialogue_->capabilities(), cfg.greeting));
   notify([&](SessionObserver& o) { o.onConnect(*this, cfg.greeting, client_tls_); });
   deadline_ = started_ + cfg.timeouts.prelogin;
   armTimer();
@@ -176,20 +159,42 @@ void Session::setState(SessionState state) {
 void Session::readPrelogin(Chunk chunk) {
   bytes_in_ += chunk.size();
   host_.stats().bytes_from_clients.add(chunk.size());
-  appendWiping(client_pending_, chunk.view());  // may hold a password
-  chunk.reset();                                // its block is wiped now
-  processPrelogin();
+  dialogue_->append(chunk.view());  // may hold a password
+  chunk.reset();                    // its block is wiped now
+  processDialogue();
+}
+
+bool Session::dialogueOpen() const {
+  return client_ != nullptr && state_ == SessionState::kPrelogin;
+}
+
+void Session::processDialogue() {
+  dialogue_->process();
+  if (retire_dialogue_ && !dialogue_->processing()) {
+    retire_dialogue_ = false;
+    dialogue_.reset();
+  }
+}
+
+void Session::upgradeClientToTls(std::shared_ptr<const ServerTlsContext> context) {
+  Transport* tls = host_.startServerTls(client_, std::move(context));
+  if (tls == nullptr) {
+    closeWithBye("* BYE TLS is not available.\r\n", EndReason::kTlsUnavailable);
+    return;
+  }
+  client_ = tls;
+  client_->setHandler(this);
+  client_tls_ = true;
 }
 
 void Session::readDuringLookup(Chunk chunk) {
   bytes_in_ += chunk.size();
   host_.stats().bytes_from_clients.add(chunk.size());
-  appendWiping(client_pending_, chunk.view());
+  dialogue_->append(chunk.view());
   chunk.reset();
   // Read during a lookup only to notice a client that goes away; what it
   // pipelines waits, bounded like one pre-login command.
-  if (client_pending_.size() >
-      preloginMaxCommand(config_->config.limits, command_framer_.currentName())) {
+  if (dialogue_->holdingTooMuch()) {
     client_->pauseReading();
   }
 }
@@ -248,7 +253,7 @@ void Session::onClosed(Transport* transport, std::string_view reason) {
           connectNext();
         } else {
           failLogin(fmt::format("{} NO [UNAVAILABLE] Mailbox server failed during login.\r\n",
-                                login_tag_),
+                                login_.tag),
                     false);
         }
         return;
@@ -286,8 +291,7 @@ void Session::requestBye(std::string_view text, EndReason end_reason) {
   shutdown_text_.assign(text);
   shutdown_end_reason_ = end_reason;
   switch (state_) {
-    case SessionState::kPrelogin:
-    case SessionState::kAuthContinuation:
+    case SessionState::kPrelogin:  // an AUTHENTICATE continuation too
     case SessionState::kLoginDelay:
       closeWithBye(fmt::format("* BYE {}\r\n", text), end_reason);
       return;
@@ -315,6 +319,10 @@ void Session::notifyPrelogin(const parser::PreloginCommand& command, std::string
   notify([&](SessionObserver& o) { o.onPreloginCommand(*this, command, bytes, result); });
 }
 
+void Session::notifyLoginCommand(const parser::PreloginCommand& command, std::string_view bytes) {
+  notify([&](SessionObserver& o) { o.onLoginCommand(*this, command, bytes); });
+}
+
 void Session::kick() {
   if (state_ == SessionState::kClosing) {
     return;  // already ending (a second kick, or a kick during shutdown): one BYE is enough
@@ -331,7 +339,7 @@ bool Session::releaseIdleBuffers(Clock::time_point now, Clock::duration quiet) {
   if (state_ == SessionState::kRelay) {
     return relay_->releaseIdleBuffers();
   }
-  if (state_ == SessionState::kPrelogin && client_pending_.empty()) {
+  if (state_ == SessionState::kPrelogin && dialogue_ && dialogue_->idle()) {
     return command_framer_.releaseBuffers();
   }
   return false;
@@ -436,8 +444,8 @@ void Session::updateClientReading() {
     return;
   }
   bool reading = (!relay_ || relay_->readsClient()) &&
-                 (state_ == SessionState::kPrelogin || state_ == SessionState::kAuthContinuation ||
-                  state_ == SessionState::kLookup || state_ == SessionState::kRelay);
+                 (state_ == SessionState::kPrelogin || state_ == SessionState::kLookup ||
+                  state_ == SessionState::kRelay);
   if (reading) {
     client_->resumeReading();
   } else {
@@ -459,20 +467,17 @@ void Session::onTimer() {
     return;
   }
   switch (state_) {
-    case SessionState::kPrelogin:
-    case SessionState::kAuthContinuation:
+    case SessionState::kPrelogin:  // an AUTHENTICATE continuation too
       closeWithBye("* BYE Disconnected for inactivity during login.\r\n",
                    EndReason::kPreloginTimeout);
       return;
     case SessionState::kLoginDelay: {
       setState(SessionState::kPrelogin);
-      std::string reply = std::move(delayed_reply_);
-      delayed_reply_.clear();
-      writeClient(reply);
+      writeClient(dialogue_->takeHeldReply());
       deadline_ = std::max(now + milliseconds(1), started_ + cfg.timeouts.prelogin);
       armTimer();
       updateClientReading();
-      processPrelogin();
+      processDialogue();
       return;
     }
     case SessionState::kLookup:
@@ -503,8 +508,8 @@ void Session::onTimer() {
 }
 
 void Session::wipeSecrets() {
-  wipe(password_);
-  wipe(sasl_);
+  wipe(login_.password);
+  wipe(login_.sasl);
   if (backend_user_) {
     wipe(*backend_user_);
     backend_user_.reset();

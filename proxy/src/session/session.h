@@ -1,11 +1,16 @@
 // One client session: pre-login dialogue, backend selection and login
 // replay, then the two-way relay with per-command accounting.
 //
-// Phases are objects the session owns: the backend login is a
-// BackendLoginClient (portico/backend_login.h) while it runs, the relay a
-// Relay (relay.h) from enterRelay() on. The session keeps what the phases
-// share (transports, timer, the client's command framer, counters, the end
-// reason) and implements RelayOwner, the relay's way back, privately.
+// Phases are objects the session owns. The pre-login dialogue is a
+// PreloginDialogue (prelogin.h), owned until the login succeeds and reaching
+// the session through the PreloginOwner interface the session implements
+// privately; it hands the client's login over as a LoginRequest, which the
+// session routes (session_login.cc), looks up (session_lookup.cc) and
+// replays at the backend with a BackendLoginClient (portico/backend_login.h,
+// driven by session_backend.cc), owned only while that login runs. Then the
+// relay is a Relay (relay.h) from enterRelay() on, reaching back through
+// RelayOwner. The session keeps what the phases share (transports, timer,
+// the client's command framer, counters, the end reason).
 //
 // Ownership: the Session owns both transports and its timer. It ends when
 // both transports have reported onClosed(); it then tells its host, which
@@ -32,6 +37,7 @@
 #include "net_types.h"
 #include "portico/backend_login.h"
 #include "portico/parser.h"
+#include "prelogin.h"
 #include "protocol_tap.h"
 #include "relay.h"
 #include "runtime.h"
@@ -150,7 +156,7 @@ struct SessionFilter {
   bool matches(const SessionInfo& info) const;
 };
 
-class Session : public TransportHandler, private RelayOwner {
+class Session : public TransportHandler, private PreloginOwner, private RelayOwner {
  public:
   // The relay's threshold for a "small" client read (relay.h).
   static constexpr std::size_t kSmallClientRead = Relay::kSmallClientRead;
@@ -210,22 +216,23 @@ class Session : public TransportHandler, private RelayOwner {
   void onClosed(Transport* transport, std::string_view reason) override;
 
  private:
-  enum class LoginKind : std::uint8_t { kLogin, kAuthenticate };
-
   using Clock = std::chrono::steady_clock;
 
-  // Pre-login.
-  void processPrelogin();
-  void processPreloginOnce();
-  void handlePreloginCommand(std::string_view bytes);
-  void handleAuthLine(std::string_view line);
-  void beginAuthenticate(std::string_view initial_response);
-  bool refuseLiteral(const parser::CommandEvent& event);
-  void badCommand(std::string_view tag, std::string_view message);
-  // require_tls without TLS yet: answers `tag NO [PRIVACYREQUIRED]`, true.
-  bool refusedUntilTls(std::string_view tag);
-  static std::string privacyRequired(std::string_view tag);
-  void startLogin();
+  // PreloginOwner: what the pre-login dialogue asks of its session
+  // (prelogin.h); the login it hands over (session_login.cc).
+  bool dialogueOpen() const override;
+  bool clientTls() const override { return client_tls_; }
+  void upgradeClientToTls(std::shared_ptr<const ServerTlsContext> context) override;
+  void startLogin(LoginRequest&& request) override;
+  void refuseLogin(std::string_view tag, std::string_view client_line) override;
+  WorkerStats& stats() override { return host_.stats(); }
+  void notifyLoginCommand(const parser::PreloginCommand& command, std::string_view bytes) override;
+  // Runs the dialogue on what it holds; deletes it afterwards if the login
+  // succeeded meanwhile (never from inside one of its own calls).
+  void processDialogue();
+
+  // Login (session_login.cc).
+  void routeLogin();
   void routeByHash();
   void connectNext();
   void failLogin(std::string_view client_line, bool count_failure);
@@ -253,8 +260,6 @@ class Session : public TransportHandler, private RelayOwner {
   void startBackendTls();
   std::string forwardIdCommand() const;
   void enterRelay();
-  void startClientStarttls(const std::string& tag);
-  std::string capabilities() const;
 
   // A backend capability line as the client sees it (relay.h).
   std::string clientCapabilityLine(std::string_view line) const {
@@ -291,11 +296,12 @@ class Session : public TransportHandler, private RelayOwner {
   void ignoreData(Chunk chunk);
 
   // Common.
-  void writeClient(std::string_view bytes);
+  void writeClient(std::string_view bytes) override;
   // Ends the session: `bye_line` (if any) to the client, then close. A BYE
   // is left out while a backend response is part-way to the client.
   // `detail` replaces the reason's text in the logs (a parser error code).
-  void closeWithBye(std::string_view bye_line, EndReason reason, std::string_view detail = {});
+  void closeWithBye(std::string_view bye_line, EndReason reason,
+                    std::string_view detail = {}) override;
   // Records why the session ends; the first reason given wins.
   void setEndReason(EndReason reason, std::string_view detail = {});
   std::string_view endReasonLogText() const;
@@ -316,7 +322,7 @@ class Session : public TransportHandler, private RelayOwner {
     }
   }
   void notifyPrelogin(const parser::PreloginCommand& command, std::string_view bytes,
-                      std::string_view result);
+                      std::string_view result) override;
 
   SessionHost& host_;
   RuntimeConfigPtr config_;
@@ -335,32 +341,24 @@ class Session : public TransportHandler, private RelayOwner {
 
   parser::CommandFramer command_framer_;
 
-  std::string client_pending_;  // pre-login bytes not yet handled
-  std::size_t pending_parsed_ = 0;
+  // The pre-login dialogue: from construction until the login succeeds.
+  PreloginDialoguePtr dialogue_;
   std::string login_untagged_;       // untagged backend lines during login, sent on success
   std::vector<Transport*> orphans_;  // backends given up on, still closing
-  std::optional<std::vector<parser::IdField>> client_id_;
-  bool processing_ = false;
-  bool process_again_ = false;
+  bool retire_dialogue_ = false;     // the login succeeded inside a dialogue call: delete it after
   std::string shutdown_text_;
   EndReason shutdown_end_reason_ = EndReason::kShutdown;
   bool logged_in_ = false;
   sockaddr_storage client_sockaddr_{};
-  TlsMode listener_tls_ = TlsMode::kNone;
-  bool require_tls_ = false;
   bool client_tls_ = false;
   bool compress_offered_ = true;  // the listener's `compress`
   bool compressionOffered() const { return compress_offered_ && host_.compressionAvailable(); }
-  std::shared_ptr<const ServerTlsContext> listener_tls_context_;
-  std::string delayed_reply_;  // answer held back by the failed-login delay
 
-  // The login being replayed. password_/sasl_ are secrets.
-  LoginKind login_kind_ = LoginKind::kLogin;
-  std::string login_tag_;
+  // The login being replayed, as the dialogue handed it over; its user
+  // moves to user_. Its password and SASL payload are secrets, wiped once
+  // the backend has answered.
+  LoginRequest login_;
   std::string user_;
-  std::string password_;
-  std::string mechanism_;
-  std::string sasl_;  // base64, as the client sent it
   std::vector<std::size_t> candidates_;
   std::size_t candidate_pos_ = 0;
   std::size_t backend_index_ = 0;
@@ -388,7 +386,6 @@ class Session : public TransportHandler, private RelayOwner {
   bool shutdown_pending_ = false;  // requestBye() was called
   bool counted_unauthenticated_ = true;
 
-  std::uint32_t bad_in_row_ = 0;
   std::uint32_t login_failures_ = 0;
   // This session's place in limits.max_sessions_per_user, from the start of
   // its login until the login fails or the session ends.

@@ -18,21 +18,109 @@ namespace portico::proxy {
 using namespace session_detail;  // NOLINT: this file's own helpers
 
 // ---------------------------------------------------------------------------
+// Connecting a backend.
+
+void Session::connectNext() {
+  const RuntimeConfig& rc = *config_;
+  if (candidate_pos_ >= candidates_.size() || candidate_pos_ > rc.config.routing.connect_retries) {
+    failLogin(fmt::format("{} NO [UNAVAILABLE] Mailbox server unavailable, try again later.\r\n",
+                          login_.tag),
+              false);
+    return;
+  }
+  backend_index_ = candidates_[candidate_pos_++];
+  const BackendConfig& backend = rc.config.backends[backend_index_];
+  backend_name_ = backend.name;
+  setState(SessionState::kConnecting);
+  updateClientReading();
+  backend_login_.reset();
+  if (!pool_declined_) {
+    if (std::optional<PooledBackend> pooled = host_.takePooledBackend(rc, backend_index_, this)) {
+      usePooledBackend(std::move(*pooled));
+      return;
+    }
+  }
+  deadline_ = host_.now() + connect_timeout_.value_or(rc.config.timeouts.backend_connect);
+  armTimer();
+  if (backend.tls == TlsMode::kImplicit) {
+    // The PROXY header goes in the clear before the ClientHello, as HAProxy
+    // and nginx send it; inside TLS the backend would refuse the connection.
+    backend_ = backend_index_ < rc.backend_tls.size()
+                   ? host_.connectBackendTls(
+                         backend, rc.backend_tls[backend_index_], this,
+                         backend.proxy_protocol
+                             ? proxyV2Header(client_->peerAddress(), client_->localAddress())
+                             : "")
+                   : nullptr;
+  } else {
+    backend_ = host_.connectBackend(backend, this);
+  }
+  if (backend_ == nullptr) {
+    backendStats()->connect_failures.add();
+    connectNext();
+  }
+}
+
+void Session::onConnected(Transport* transport, bool ok, std::string_view error) {
+  if (transport != backend_) {
+    return;
+  }
+  if (!ok) {
+    backendStats()->connect_failures.add();
+    logging::log(logging::Level::kWarn, "session",
+                 "id={:016x} backend {} ({}) connect failed: {}; client={} user={}", id_,
+                 backend_name_, config_->config.backends[backend_index_].address.text(), error,
+                 client_address_, user_);
+    return;  // onClosed follows and tries the next candidate
+  }
+  if (backend_login_ && backend_login_->state() == BackendLoginClient::State::kTlsHandshake) {
+    backend_login_->tlsEstablished();  // capabilities may differ under TLS: ask again
+    flushBackendLogin();
+    return;
+  }
+  backend_->setHighWatermark(config_->config.limits.write_high_watermark);
+  setState(SessionState::kBackendGreeting);
+  startBackendLogin();
+  deadline_ = host_.now() + config_->config.timeouts.backend_login;
+  armTimer();
+  const BackendConfig& backend = config_->config.backends[backend_index_];
+  if (backend.proxy_protocol && backend.tls != TlsMode::kImplicit) {
+    // The first bytes on the connection, before the greeting is read (and
+    // before STARTTLS); implicit TLS sent it ahead of the handshake.
+    backend_->write(proxyV2Header(client_->peerAddress(), client_->localAddress()));
+  }
+}
+
+void Session::backendFailed(std::string_view why) {
+  if (backend_pooled_ && backend_ != nullptr) {
+    backend_->close();  // onClosed: retryWithoutPool()
+    return;
+  }
+  logging::log(logging::Level::kWarn, "session",
+               "id={:016x} backend {} failed while {}: {}; client={} user={}", id_, backend_name_,
+               sessionStateName(state()), why, client_address_, user_);
+  backendStats()->connect_failures.add();
+  if (backend_ != nullptr) {
+    backend_->close();  // onClosed decides: next candidate or NO [UNAVAILABLE]
+  }
+}
+
+// ---------------------------------------------------------------------------
 // Backend login: the session runs the transport, BackendLoginClient the
 // IMAP dialogue (portico/backend_login.h).
 
 BackendLoginParams Session::backendLoginParams() {
   const BackendConfig& backend = config_->config.backends[backend_index_];
   BackendLoginParams params;
-  params.method = login_kind_ == LoginKind::kLogin || replay_as_login_
+  params.method = login_.kind == LoginRequest::Kind::kLogin || replay_as_login_
                       ? BackendLoginMethod::kLogin
                       : BackendLoginMethod::kAuthenticate;
-  params.tag = login_tag_;
+  params.tag = login_.tag;
   // The directory may name another user (Auth-User, destuser) for the backend.
   params.user = backend_user_ ? std::string_view(*backend_user_) : std::string_view(user_);
-  params.password = password_;
-  params.mechanism = mechanism_;
-  params.sasl = sasl_;
+  params.password = login_.password;
+  params.mechanism = login_.mechanism;
+  params.sasl = login_.sasl;
   params.starttls = backend.tls == TlsMode::kStarttls;
   if (backend.forward_id) {
     params.id_command = forwardIdCommand();
@@ -121,7 +209,7 @@ void Session::startBackendTls() {
   if (backend_ == nullptr) {
     orphans_.push_back(plain);
     plain->close();
-    failLogin(fmt::format("{} NO [UNAVAILABLE] Mailbox server TLS unavailable.\r\n", login_tag_),
+    failLogin(fmt::format("{} NO [UNAVAILABLE] Mailbox server TLS unavailable.\r\n", login_.tag),
               false);
   }
 }
@@ -172,9 +260,14 @@ void Session::enterRelay() {
 
   std::string backend_rest(backend_login_->rest());
   backend_login_.reset();
-  std::string client_rest = std::move(client_pending_);
-  client_pending_ = std::string();
-  pending_parsed_ = 0;
+  std::string client_rest = dialogue_->takePending();
+  // A logged-in session carries no pre-login state. The dialogue goes now,
+  // or after its own call returns if the login finished inside one.
+  if (dialogue_->processing()) {
+    retire_dialogue_ = true;
+  } else {
+    dialogue_.reset();
+  }
   if (!backend_rest.empty()) {
     relay_->fromBackend(Chunk::copyOf(backend_rest));
   }

@@ -58,21 +58,21 @@ LookupRequest Session::lookupRequest() {
   LookupRequest request;
   request.user = user_;
   request.attempt = login_attempts_;
-  if (login_kind_ == LoginKind::kLogin) {
+  if (login_.kind == LoginRequest::Kind::kLogin) {
     request.method = LookupAuthMethod::kPlain;
-    request.password = password_;
-  } else if (mechanism_ == "PLAIN") {
+    request.password = login_.password;
+  } else if (login_.mechanism == "PLAIN") {
     // authzid NUL authcid NUL passwd (RFC 4616): the directory sees the
-    // password, as nginx's "plain"; kept in password_ (a wiped secret) in
+    // password, as nginx's "plain"; kept in login_.password (a wiped secret) in
     // case the answer replaces the user or password and the login is
     // replayed as LOGIN.
     request.method = LookupAuthMethod::kPlain;
-    if (std::optional<std::string> decoded = parser::decodeBase64(sasl_)) {
+    if (std::optional<std::string> decoded = parser::decodeBase64(login_.sasl)) {
       auto second = decoded->find('\0', decoded->find('\0') + 1);
       if (decoded->find('\0') != std::string::npos && second != std::string::npos) {
-        wipe(password_);
-        password_.assign(*decoded, second + 1);
-        request.password = password_;
+        wipe(login_.password);
+        login_.password.assign(*decoded, second + 1);
+        request.password = login_.password;
       }
       wipe(*decoded);
     }
@@ -104,7 +104,7 @@ void Session::startLookup(std::shared_ptr<LookupStage> stage) {
     // before the pause is over is not asked of the directory.
     const auto left = std::chrono::ceil<std::chrono::seconds>(retry_after_ - now).count();
     failLogin(fmt::format("{} NO [UNAVAILABLE] Login refused for now: retry in {} second{}.\r\n",
-                          login_tag_, left, left == 1 ? "" : "s"),
+                          login_.tag, left, left == 1 ? "" : "s"),
               false);
     return;
   }
@@ -147,7 +147,7 @@ void Session::onLookupAnswer(LookupResult result) {
         routeByHash();
       } else {
         failLogin(
-            fmt::format("{} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n", login_tag_),
+            fmt::format("{} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n", login_.tag),
             true);
       }
       break;
@@ -177,7 +177,7 @@ void Session::routeFromDirectory(LookupResult& result) {
                  "id={:016x} directory route for user={} refused: {}; client={}", id_, user_, why,
                  client_address_);
     failLogin(fmt::format("{} NO [UNAVAILABLE] Mailbox server unavailable, try again later.\r\n",
-                          login_tag_),
+                          login_.tag),
               false);
   };
   if (!index) {
@@ -194,18 +194,18 @@ void Session::routeFromDirectory(LookupResult& result) {
     return;
   }
   if (result.backend_user || result.backend_password) {
-    if (login_kind_ == LoginKind::kAuthenticate && mechanism_ != "PLAIN") {
-      refuseRoute("the directory replaces the user or password of a " + mechanism_ +
+    if (login_.kind == LoginRequest::Kind::kAuthenticate && login_.mechanism != "PLAIN") {
+      refuseRoute("the directory replaces the user or password of a " + login_.mechanism +
                   " login, which passes through unchanged");
       return;
     }
-    replay_as_login_ = login_kind_ == LoginKind::kAuthenticate;  // PLAIN: replay as LOGIN
+    replay_as_login_ = login_.kind == LoginRequest::Kind::kAuthenticate;  // PLAIN: replay as LOGIN
     if (result.backend_user) {
       backend_user_ = *result.backend_user;
     }
     if (result.backend_password) {
-      wipe(password_);
-      password_ = *result.backend_password;
+      wipe(login_.password);
+      login_.password = *result.backend_password;
     }
   }
   connect_timeout_ = result.proxy_timeout;
@@ -216,7 +216,7 @@ void Session::routeFromDirectory(LookupResult& result) {
 
 void Session::lookupRefused(const LookupResult& result) {
   const std::string reason = result.reason.empty() ? "Authentication failed." : result.reason;
-  const std::string line = fmt::format("{} NO [AUTHENTICATIONFAILED] {}\r\n", login_tag_, reason);
+  const std::string line = fmt::format("{} NO [AUTHENTICATIONFAILED] {}\r\n", login_.tag, reason);
   if (result.wait_seconds) {
     // nginx's Auth-Wait: the client keeps its connection and may try
     // again once the pause is over.
@@ -240,7 +240,7 @@ void Session::lookupUnavailable(std::string_view error) {
                  client_address_);
   }
   failLogin(fmt::format("{} NO [UNAVAILABLE] Directory service unavailable, try again later.\r\n",
-                        login_tag_),
+                        login_.tag),
             false);
 }
 
