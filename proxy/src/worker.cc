@@ -88,11 +88,10 @@ void Worker::reconfigure(RuntimeConfigPtr config, ListenerUpdate update) {
     return;  // listeners are closed for good; `update` closes its sockets
   }
   for (auto& [address, socket] : update.added) {
-    std::string error;
-    if (!addListener(address, std::move(socket), error)) {
+    if (Status added = addListener(address, std::move(socket)); !added.ok()) {
       // Bound and listening on the control thread, so this is not expected;
       // the other workers' sockets on the address still serve it.
-      logging::log(logging::Level::kError, "worker", "worker {}: {}", index_, error);
+      logging::log(logging::Level::kError, "worker", "worker {}: {}", index_, added.message());
     }
   }
   for (const std::string& address : update.removed) {

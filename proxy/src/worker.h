@@ -43,8 +43,8 @@ class IpLimiter {
 class ListenSocket {
  public:
   ListenSocket() = default;
-  // Binds and listens on `address`; invalid() with `error` set on failure.
-  static ListenSocket open(const HostPort& address, std::string& error);
+  // Binds and listens on `address`.
+  static Result<ListenSocket> open(const HostPort& address);
   ListenSocket(ListenSocket&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
   ListenSocket& operator=(ListenSocket&& other) noexcept;
   ListenSocket(const ListenSocket&) = delete;
@@ -79,7 +79,7 @@ class Worker final : public SessionHost, private InboundProxyHost {
   ~Worker() override;
 
   // Binds this worker's listeners (on the calling thread, before start()).
-  bool bindListeners(std::string& error);
+  Status bindListeners();
   void start();
   void join();
   // Runs `fn` on the worker's loop. Thread-safe.
@@ -136,7 +136,7 @@ class Worker final : public SessionHost, private InboundProxyHost {
     std::string address;  // key into RuntimeConfig::listener_index
   };
   static void onListenerReadable(uv_poll_t* handle, int status, int events);
-  bool addListener(std::string address, ListenSocket socket, std::string& error);
+  Status addListener(std::string address, ListenSocket socket);
   void closeListener(Listener* listener);
   void acceptPending(Listener& listener);
   void serve(Listener& listener, int fd);

@@ -85,18 +85,17 @@ ListenSocket::~ListenSocket() {
   }
 }
 
-ListenSocket ListenSocket::open(const HostPort& host_port, std::string& error) {
+Result<ListenSocket> ListenSocket::open(const HostPort& host_port) {
   sockaddr_storage address;
   if (!toSockaddr(host_port, address)) {
-    error = fmt::format("bad listen address {}", host_port.text());
-    return {};
+    return Status::error(fmt::format("bad listen address {}", host_port.text()));
   }
   ListenSocket s;
   s.fd_ = ::socket(address.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (s.fd_ < 0) {
     int saved_errno = errno;
-    error = fmt::format("cannot listen on {}: {}", host_port.text(), uv_strerror(-saved_errno));
-    return {};
+    return Status::error(
+        fmt::format("cannot listen on {}: {}", host_port.text(), uv_strerror(-saved_errno)));
   }
   int one = 1;
   setsockopt(s.fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
@@ -110,31 +109,31 @@ ListenSocket ListenSocket::open(const HostPort& host_port, std::string& error) {
   if (::bind(s.fd_, reinterpret_cast<const sockaddr*>(&address), length) != 0 ||
       ::listen(s.fd_, kListenBacklog) != 0) {
     int saved_errno = errno;
-    error = fmt::format("cannot listen on {}: {}", host_port.text(), uv_strerror(-saved_errno));
-    return {};
+    return Status::error(
+        fmt::format("cannot listen on {}: {}", host_port.text(), uv_strerror(-saved_errno)));
   }
   return s;
 }
 
-bool Worker::bindListeners(std::string& error) {
+Status Worker::bindListeners() {
   for (const ListenConfig& listen : config_->config.listen) {
-    ListenSocket socket = ListenSocket::open(listen.address, error);
-    if (!socket.valid()) {
-      return false;
+    Result<ListenSocket> socket = ListenSocket::open(listen.address);
+    if (!socket.ok()) {
+      return socket.status();
     }
-    if (!addListener(listen.address.text(), std::move(socket), error)) {
-      return false;
+    if (Status added = addListener(listen.address.text(), std::move(*socket)); !added.ok()) {
+      return added;
     }
   }
-  return true;
+  return Status();
 }
 
-bool Worker::addListener(std::string address, ListenSocket socket, std::string& error) {
+Status Worker::addListener(std::string address, ListenSocket socket) {
   auto* listener = new Listener{};
   if (int rc = uv_poll_init(&loop_, &listener->poll, socket.fd()); rc != 0) {
-    error = fmt::format("cannot listen on {}: {}", address, uv_strerror(rc));
     delete listener;
-    return false;  // `socket` closes the descriptor
+    // `socket` closes the descriptor
+    return Status::error(fmt::format("cannot listen on {}: {}", address, uv_strerror(rc)));
   }
   listener->worker = this;
   listener->fd = socket.release();
@@ -144,7 +143,7 @@ bool Worker::addListener(std::string address, ListenSocket socket, std::string& 
   if (!accept_paused_) {
     uv_poll_start(&listener->poll, UV_READABLE, &Worker::onListenerReadable);
   }
-  return true;
+  return Status();
 }
 
 void Worker::closeListener(Listener* listener) {

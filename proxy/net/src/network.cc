@@ -33,7 +33,7 @@ std::string Network::text() const {
   return std::string(buffer) + "/" + std::to_string(prefix);
 }
 
-std::optional<Network> parseNetwork(std::string_view text, std::string& error) {
+Result<Network> parseNetwork(std::string_view text) {
   Network n;
   std::string_view host = text;
   std::optional<unsigned> prefix;
@@ -41,14 +41,12 @@ std::optional<Network> parseNetwork(std::string_view text, std::string& error) {
     host = text.substr(0, slash);
     std::string_view digits = text.substr(slash + 1);
     if (digits.empty() || digits.size() > 3) {
-      error = "bad prefix length in network \"" + std::string(text) + "\"";
-      return std::nullopt;
+      return Status::error("bad prefix length in network \"" + std::string(text) + "\"");
     }
     unsigned value = 0;
     for (char c : digits) {
       if (c < '0' || c > '9') {
-        error = "bad prefix length in network \"" + std::string(text) + "\"";
-        return std::nullopt;
+        return Status::error("bad prefix length in network \"" + std::string(text) + "\"");
       }
       value = value * 10 + static_cast<unsigned>(c - '0');
     }
@@ -60,14 +58,13 @@ std::optional<Network> parseNetwork(std::string_view text, std::string& error) {
   } else if (::inet_pton(AF_INET6, copy.c_str(), n.address.data()) == 1) {
     n.ipv6 = true;
   } else {
-    error = "bad network \"" + std::string(text) + "\" (write ADDRESS/PREFIX, e.g. 10.0.0.0/8)";
-    return std::nullopt;
+    return Status::error("bad network \"" + std::string(text) +
+                         "\" (write ADDRESS/PREFIX, e.g. 10.0.0.0/8)");
   }
   const unsigned max = n.ipv6 ? 128 : 32;
   if (prefix.value_or(max) > max) {
-    error =
-        "prefix length over " + std::to_string(max) + " in network \"" + std::string(text) + "\"";
-    return std::nullopt;
+    return Status::error("prefix length over " + std::to_string(max) + " in network \"" +
+                         std::string(text) + "\"");
   }
   n.prefix = static_cast<std::uint8_t>(prefix.value_or(max));
   Network masked = n;
@@ -78,9 +75,8 @@ std::optional<Network> parseNetwork(std::string_view text, std::string& error) {
     masked.address[i] &= static_cast<std::uint8_t>(bits == 0 ? 0 : 0xff << (8 - bits));
   }
   if (masked.address != n.address) {
-    error = "network \"" + std::string(text) + "\" has host bits set (did you mean \"" +
-            masked.text() + "\"?)";
-    return std::nullopt;
+    return Status::error("network \"" + std::string(text) +
+                         "\" has host bits set (did you mean \"" + masked.text() + "\"?)");
   }
   return n;
 }

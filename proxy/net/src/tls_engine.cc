@@ -74,8 +74,11 @@ TlsEngine::Handshake TlsEngine::handshake(std::string& error) {
   ERR_clear_error();
   const int rc = SSL_do_handshake(ssl_);
   if (rc == 1) {
-    if (client_context_ != nullptr && !pinMatches(error)) {
-      return Handshake::kRejected;
+    if (client_context_ != nullptr) {
+      if (Status pinned = pinMatches(); !pinned.ok()) {
+        error = pinned.message();
+        return Handshake::kRejected;
+      }
     }
     done_ = true;
     return Handshake::kDone;
@@ -96,20 +99,19 @@ TlsEngine::Handshake TlsEngine::handshake(std::string& error) {
   return Handshake::kFailed;
 }
 
-bool TlsEngine::pinMatches(std::string& error) {
+Status TlsEngine::pinMatches() const {
   const std::string& pin = client_context_->settings().pin_sha256;
   if (pin.empty()) {
-    return true;
+    return Status();
   }
   X509* peer = SSL_get1_peer_certificate(ssl_);
   const std::string actual = peer != nullptr ? spkiSha256(peer) : std::string();
   X509_free(peer);
   if (!actual.empty() && actual == pin) {
-    return true;
+    return Status();
   }
-  error = fmt::format("certificate pin mismatch: the server's SPKI SHA-256 is {}",
-                      actual.empty() ? "unknown" : actual);
-  return false;
+  return Status::error(fmt::format("certificate pin mismatch: the server's SPKI SHA-256 is {}",
+                                   actual.empty() ? "unknown" : actual));
 }
 
 bool TlsEngine::receive(std::string_view ciphertext) {

@@ -261,11 +261,11 @@ void ConfigReader::readTrustedNetworks(const toml::table& t, ListenConfig& liste
       return;
     }
     for (const toml::node& item : *list) {
-      std::string message;
       const auto* text = item.as_string();
-      auto network = text != nullptr ? parseNetwork(text->get(), message) : std::nullopt;
-      if (!network) {
-        error(lineOf(item), text != nullptr ? message : "expected a string in 'trusted_networks'");
+      if (text == nullptr) {
+        error(lineOf(item), "expected a string in 'trusted_networks'");
+      } else if (Result<Network> network = parseNetwork(text->get()); !network.ok()) {
+        error(lineOf(item), network.message());
       } else {
         listen.trusted_networks.push_back(*network);
       }

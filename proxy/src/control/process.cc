@@ -64,9 +64,9 @@ void notifyStatus(const std::string& status) {
   notify("STATUS=" + oneLine(status));
 }
 
-std::optional<Identity> resolveIdentity(const ProcessConfig& config, std::string& error) {
+Result<std::optional<Identity>> resolveIdentity(const ProcessConfig& config) {
   if (config.user.empty()) {
-    return std::nullopt;
+    return std::optional<Identity>();
   }
   Identity id;
   char buf[4096];
@@ -74,9 +74,8 @@ std::optional<Identity> resolveIdentity(const ProcessConfig& config, std::string
   struct passwd* found_user = nullptr;
   int rc = ::getpwnam_r(config.user.c_str(), &pw, buf, sizeof(buf), &found_user);
   if (rc != 0 || found_user == nullptr) {
-    error = fmt::format("[process] user '{}': {}", config.user,
-                        rc != 0 ? std::strerror(rc) : "no such user");
-    return std::nullopt;
+    return Status::error(fmt::format("[process] user '{}': {}", config.user,
+                                     rc != 0 ? std::strerror(rc) : "no such user"));
   }
   id.user = found_user->pw_name;
   id.uid = found_user->pw_uid;
@@ -87,9 +86,8 @@ std::optional<Identity> resolveIdentity(const ProcessConfig& config, std::string
     char gbuf[4096];
     rc = ::getgrnam_r(config.group.c_str(), &gr, gbuf, sizeof(gbuf), &found_group);
     if (rc != 0 || found_group == nullptr) {
-      error = fmt::format("[process] group '{}': {}", config.group,
-                          rc != 0 ? std::strerror(rc) : "no such group");
-      return std::nullopt;
+      return Status::error(fmt::format("[process] group '{}': {}", config.group,
+                                       rc != 0 ? std::strerror(rc) : "no such group"));
     }
     id.gid = found_group->gr_gid;
     id.group = found_group->gr_name;
@@ -104,51 +102,46 @@ std::optional<Identity> resolveIdentity(const ProcessConfig& config, std::string
       id.group = std::to_string(id.gid);
     }
   }
-  return id;
+  return std::optional<Identity>(std::move(id));
 }
 
-bool dropPrivileges(const Identity& id, const std::vector<Handover>& handover, std::string& error) {
+Status dropPrivileges(const Identity& id, const std::vector<Handover>& handover) {
   uid_t ruid = 0, euid = 0, suid = 0;
   gid_t rgid = 0, egid = 0, sgid = 0;
   if (::geteuid() != 0) {
     ::getresuid(&ruid, &euid, &suid);
     if (ruid == id.uid && euid == id.uid && suid == id.uid) {
-      return true;  // started as that user already (systemd's User=)
+      return Status();  // started as that user already (systemd's User=)
     }
-    error = fmt::format("cannot switch to user {}: running as uid {}, not root", id.user, euid);
-    return false;
+    return Status::error(
+        fmt::format("cannot switch to user {}: running as uid {}, not root", id.user, euid));
   }
   for (const Handover& h : handover) {
     if (::chown(h.path.c_str(), id.uid, h.keep_group ? static_cast<gid_t>(-1) : id.gid) != 0) {
-      error = fmt::format("cannot hand {} to {}: {}", h.path, id.user, std::strerror(errno));
-      return false;
+      return Status::error(
+          fmt::format("cannot hand {} to {}: {}", h.path, id.user, std::strerror(errno)));
     }
   }
   if (::initgroups(id.user.c_str(), id.gid) != 0) {
-    error = fmt::format("initgroups({}): {}", id.user, std::strerror(errno));
-    return false;
+    return Status::error(fmt::format("initgroups({}): {}", id.user, std::strerror(errno)));
   }
   // Group first: once the uid is gone, the gid can no longer be changed.
   if (::setgid(id.gid) != 0) {
-    error = fmt::format("setgid({}): {}", id.gid, std::strerror(errno));
-    return false;
+    return Status::error(fmt::format("setgid({}): {}", id.gid, std::strerror(errno)));
   }
   if (::setuid(id.uid) != 0) {
-    error = fmt::format("setuid({}): {}", id.uid, std::strerror(errno));
-    return false;
+    return Status::error(fmt::format("setuid({}): {}", id.uid, std::strerror(errno)));
   }
   // Check that it took, everywhere, and cannot be undone.
   if (::getresuid(&ruid, &euid, &suid) != 0 || ::getresgid(&rgid, &egid, &sgid) != 0 ||
       ruid != id.uid || euid != id.uid || suid != id.uid || rgid != id.gid || egid != id.gid ||
       sgid != id.gid) {
-    error = fmt::format("the switch to {}:{} did not take", id.user, id.group);
-    return false;
+    return Status::error(fmt::format("the switch to {}:{} did not take", id.user, id.group));
   }
   if (id.uid != 0 && ::setuid(0) == 0) {
-    error = "setuid(0) still works after the switch";
-    return false;
+    return Status::error("setuid(0) still works after the switch");
   }
-  return true;
+  return Status();
 }
 
 }  // namespace portico::proxy

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "config/config.h"
+#include "portico/status.h"
 
 namespace portico::proxy {
 
@@ -46,9 +47,8 @@ struct Identity {
 };
 
 // Looks up [process] user (and group, default the user's primary group).
-// nullopt with `error` when either does not exist; nullopt and no error
-// when no user is configured.
-std::optional<Identity> resolveIdentity(const ProcessConfig& config, std::string& error);
+// An error when either does not exist; nullopt when no user is configured.
+Result<std::optional<Identity>> resolveIdentity(const ProcessConfig& config);
 
 // A path to hand to the new user before the switch.
 struct Handover {
@@ -56,9 +56,8 @@ struct Handover {
   bool keep_group = false;  // e.g. the admin socket with its own [admin] group
 };
 
-// Switches to `identity` for good (see above). false with `error` if
-// anything failed; the process must not go on then.
-bool dropPrivileges(const Identity& identity, const std::vector<Handover>& handover,
-                    std::string& error);
+// Switches to `identity` for good (see above). An error if anything
+// failed; the process must not go on then.
+Status dropPrivileges(const Identity& identity, const std::vector<Handover>& handover);
 
 }  // namespace portico::proxy

@@ -220,14 +220,14 @@ Status reloadConfigNow(ControlLoop& c) {
   for (const std::string& address : listeners.added) {
     const ListenConfig& entry = next->config.listen[next->listener_index.at(address)];
     for (ListenerUpdate& update : updates) {
-      std::string error;
-      ListenSocket socket = ListenSocket::open(entry.address, error);
-      if (!socket.valid()) {
+      Result<ListenSocket> socket = ListenSocket::open(entry.address);
+      if (!socket.ok()) {
         logging::log(logging::Level::kError, "reload",
-                     "reload: failed: new listener {}; keeping the running configuration", error);
-        return Status::error(error);  // `updates` closes what was bound so far
+                     "reload: failed: new listener {}; keeping the running configuration",
+                     socket.message());
+        return socket.status();  // `updates` closes what was bound so far
       }
-      update.added.emplace_back(address, std::move(socket));
+      update.added.emplace_back(address, std::move(*socket));
     }
   }
   for (ListenerUpdate& update : updates) {
@@ -321,9 +321,9 @@ int checkConfig(const std::string& config_path) {
     std::fprintf(stderr, "%s: %s\n", config_path.c_str(), made.message().c_str());
     return 1;
   }
-  std::string error;
-  if (!resolveIdentity(result.config->process, error) && !error.empty()) {
-    std::fprintf(stderr, "%s: %s\n", config_path.c_str(), error.c_str());
+  if (Result<std::optional<Identity>> identity = resolveIdentity(result.config->process);
+      !identity.ok()) {
+    std::fprintf(stderr, "%s: %s\n", config_path.c_str(), identity.message().c_str());
     return 1;
   }
   std::printf("%s: configuration OK (%zu listeners, %zu backends)\n", config_path.c_str(),
@@ -336,15 +336,14 @@ namespace {
 // One worker per configured thread (or per core), each with its listeners
 // bound; start-up ends here if one cannot bind.
 std::size_t makeWorkers(ControlLoop& c) {
-  std::string error;
   std::size_t n = c.config->config.workers;
   if (n == 0) {
     n = std::max(1u, std::thread::hardware_concurrency());
   }
   for (std::size_t i = 0; i < n; ++i) {
     c.workers.push_back(std::make_unique<Worker>(i, c.config, c.shared, c.limiter));
-    if (!c.workers.back()->bindListeners(error)) {
-      std::fprintf(stderr, "portico: not starting: %s\n", error.c_str());
+    if (Status bound = c.workers.back()->bindListeners(); !bound.ok()) {
+      std::fprintf(stderr, "portico: not starting: %s\n", bound.message().c_str());
       std::_Exit(1);  // listeners half-bound on loops that never ran: nothing to tidy
     }
   }
@@ -390,9 +389,9 @@ void becomeConfiguredUser(ControlLoop& c, const std::optional<Identity>& identit
     if (!created_socket_dir.empty()) {
       handover.push_back({created_socket_dir, admin_group});
     }
-    std::string error;
-    if (!dropPrivileges(*identity, handover, error)) {
-      std::fprintf(stderr, "portico: not starting: cannot drop privileges: %s\n", error.c_str());
+    if (Status dropped = dropPrivileges(*identity, handover); !dropped.ok()) {
+      std::fprintf(stderr, "portico: not starting: cannot drop privileges: %s\n",
+                   dropped.message().c_str());
       std::_Exit(1);
     }
     // setuid() resets the dumpable flag to the system default: set it again.
@@ -463,14 +462,14 @@ int runProxy(const std::string& config_path) {
     return 2;
   }
   c.config = std::move(*made);
-  std::string error;
   // Who to become once every socket is bound: checked before binding
   // anything, so a missing user stops start-up at once.
-  std::optional<Identity> identity = resolveIdentity(c.config->config.process, error);
-  if (!error.empty()) {
-    std::fprintf(stderr, "portico: not starting: %s\n", error.c_str());
+  Result<std::optional<Identity>> resolved = resolveIdentity(c.config->config.process);
+  if (!resolved.ok()) {
+    std::fprintf(stderr, "portico: not starting: %s\n", resolved.message().c_str());
     return 2;
   }
+  const std::optional<Identity> identity = std::move(*resolved);
   const std::size_t n = makeWorkers(c);
 
   initControlLoop(c);

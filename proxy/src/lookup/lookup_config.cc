@@ -149,9 +149,8 @@ void LookupReader::readUrl() {
   if (node == nullptr) {
     return;
   }
-  std::string why;
-  if (!parseAuthHttpUrl(out_.url, out_.http, why)) {
-    error(*node, "bad url " + quoted(out_.url) + ": " + why);
+  if (Status parsed = parseAuthHttpUrl(out_.url, out_.http); !parsed.ok()) {
+    error(*node, "bad url " + quoted(out_.url) + ": " + parsed.message());
   }
 }
 
@@ -331,7 +330,7 @@ bool validUri(std::string_view uri) {
 
 // nginx: "unix:/path" with an optional ":/uri" after the path (`rest`
 // follows "unix:").
-bool parseUnixAuthHttpUrl(std::string_view rest, AuthHttpTarget& out, std::string& error) {
+Status parseUnixAuthHttpUrl(std::string_view rest, AuthHttpTarget& out) {
   AuthHttpTarget target;
   std::size_t colon = rest.find(':');
   std::string_view path = rest.substr(0, colon);
@@ -339,33 +338,30 @@ bool parseUnixAuthHttpUrl(std::string_view rest, AuthHttpTarget& out, std::strin
     target.uri = std::string(rest.substr(colon + 1));
   }
   if (path.empty() || path.front() != '/' || path.size() > kMaxUnixSocketPath) {
-    error = "the socket path must be absolute and at most " + std::to_string(kMaxUnixSocketPath) +
-            " bytes (unix:/path:/uri)";
-    return false;
+    return Status::error("the socket path must be absolute and at most " +
+                         std::to_string(kMaxUnixSocketPath) + " bytes (unix:/path:/uri)");
   }
   if (!validUri(target.uri)) {
-    error = "the URI must start with '/' and hold no spaces or control characters";
-    return false;
+    return Status::error("the URI must start with '/' and hold no spaces or control characters");
   }
   target.unix_path = std::string(path);
   target.host_header = "localhost";
   out = std::move(target);
-  return true;
+  return Status();
 }
 
 }  // namespace
 
-bool parseAuthHttpUrl(const std::string& url, AuthHttpTarget& out, std::string& error) {
+Status parseAuthHttpUrl(const std::string& url, AuthHttpTarget& out) {
   AuthHttpTarget target;
   std::string_view rest = url;
   if (rest.substr(0, 5) == "unix:") {
-    return parseUnixAuthHttpUrl(rest.substr(5), out, error);
+    return parseUnixAuthHttpUrl(rest.substr(5), out);
   }
   if (rest.substr(0, 7) == "http://") {
     rest.remove_prefix(7);
   } else if (rest.find("://") != std::string_view::npos) {
-    error = "only http:// and unix: URLs are supported (as by nginx's auth_http)";
-    return false;
+    return Status::error("only http:// and unix: URLs are supported (as by nginx's auth_http)");
   }
   std::size_t uri_at = rest.find_first_of("/?");
   std::string_view authority = rest.substr(0, uri_at);
@@ -376,36 +372,31 @@ bool parseAuthHttpUrl(const std::string& url, AuthHttpTarget& out, std::string& 
     }
   }
   if (!validUri(target.uri)) {
-    error = "the URI must hold no spaces or control characters";
-    return false;
+    return Status::error("the URI must hold no spaces or control characters");
   }
   std::string_view host = authority;
   std::string_view port;
   if (!authority.empty() && authority.front() == '[') {
     std::size_t close = authority.find(']');
     if (close == std::string_view::npos) {
-      error = "unterminated '[' in the host";
-      return false;
+      return Status::error("unterminated '[' in the host");
     }
     host = authority.substr(0, close + 1);
     std::string_view after = authority.substr(close + 1);
     if (!after.empty()) {
       if (after.front() != ':') {
-        error = "expected ':PORT' after ']'";
-        return false;
+        return Status::error("expected ':PORT' after ']'");
       }
       port = after.substr(1);
       if (port.empty()) {
-        error = "empty port";
-        return false;
+        return Status::error("empty port");
       }
     }
     target.host = std::string(host.substr(1, host.size() - 2));
     target.ipv6 = true;
     in6_addr address{};
     if (::inet_pton(AF_INET6, target.host.c_str(), &address) != 1) {
-      error = "the host must be an IP literal (Portico resolves no names)";
-      return false;
+      return Status::error("the host must be an IP literal (Portico resolves no names)");
     }
   } else {
     std::size_t colon = authority.find(':');
@@ -413,15 +404,13 @@ bool parseAuthHttpUrl(const std::string& url, AuthHttpTarget& out, std::string& 
       host = authority.substr(0, colon);
       port = authority.substr(colon + 1);
       if (port.empty()) {
-        error = "empty port";
-        return false;
+        return Status::error("empty port");
       }
     }
     target.host = std::string(host);
     in_addr address{};
     if (::inet_pton(AF_INET, target.host.c_str(), &address) != 1) {
-      error = "the host must be an IP literal (Portico resolves no names)";
-      return false;
+      return Status::error("the host must be an IP literal (Portico resolves no names)");
     }
   }
   target.port = 80;
@@ -433,14 +422,13 @@ bool parseAuthHttpUrl(const std::string& url, AuthHttpTarget& out, std::string& 
       value = std::stoul(std::string(port));
     }
     if (!digits || value == 0 || value > 65535) {
-      error = "bad port " + quoted(port) + " (1 to 65535)";
-      return false;
+      return Status::error("bad port " + quoted(port) + " (1 to 65535)");
     }
     target.port = static_cast<std::uint16_t>(value);
   }
   target.host_header = std::string(host);
   out = std::move(target);
-  return true;
+  return Status();
 }
 
 void readLookupConfig(const toml::table& table, LookupConfig& out,

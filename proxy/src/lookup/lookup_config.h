@@ -12,6 +12,8 @@
 #include <utility>
 #include <vector>
 
+#include "portico/status.h"
+
 namespace portico::proxy {
 
 enum class LookupKind : std::uint8_t { kNone, kHttp, kRedis };
@@ -65,7 +67,7 @@ struct LookupConfig {
   std::string serviceText() const;
 };
 
-// Splits an auth_http URL; false with `error` set when it is not one.
-bool parseAuthHttpUrl(const std::string& url, AuthHttpTarget& out, std::string& error);
+// Splits an auth_http URL into `out`; an error when it is not one.
+Status parseAuthHttpUrl(const std::string& url, AuthHttpTarget& out);
 
 }  // namespace portico::proxy

@@ -35,10 +35,9 @@ sockaddr_storage ip(const char* text) {
 std::vector<Network> networks(std::initializer_list<const char*> texts) {
   std::vector<Network> out;
   for (const char* t : texts) {
-    std::string error;
-    auto n = parseNetwork(t, error);
-    EXPECT_TRUE(n.has_value()) << t << ": " << error;
-    if (n) {
+    auto n = parseNetwork(t);
+    EXPECT_TRUE(n.ok()) << t << ": " << n.message();
+    if (n.ok()) {
       out.push_back(*n);
     }
   }
@@ -46,27 +45,27 @@ std::vector<Network> networks(std::initializer_list<const char*> texts) {
 }
 
 TEST(Network, ParsesAndPrints) {
-  std::string error;
-  EXPECT_EQ(parseNetwork("10.0.0.0/8", error)->text(), "10.0.0.0/8");
-  EXPECT_EQ(parseNetwork("127.0.0.1", error)->text(), "127.0.0.1/32");
-  EXPECT_EQ(parseNetwork("fd00::/8", error)->text(), "fd00::/8");
-  EXPECT_EQ(parseNetwork("::1", error)->text(), "::1/128");
-  EXPECT_EQ(parseNetwork("0.0.0.0/0", error)->text(), "0.0.0.0/0");
-  EXPECT_EQ(parseNetwork("192.168.4.0/22", error)->text(), "192.168.4.0/22");
+  EXPECT_EQ(parseNetwork("10.0.0.0/8")->text(), "10.0.0.0/8");
+  EXPECT_EQ(parseNetwork("127.0.0.1")->text(), "127.0.0.1/32");
+  EXPECT_EQ(parseNetwork("fd00::/8")->text(), "fd00::/8");
+  EXPECT_EQ(parseNetwork("::1")->text(), "::1/128");
+  EXPECT_EQ(parseNetwork("0.0.0.0/0")->text(), "0.0.0.0/0");
+  EXPECT_EQ(parseNetwork("192.168.4.0/22")->text(), "192.168.4.0/22");
 }
 
 TEST(Network, RefusesMalformed) {
   for (const char* bad : {"", "10.0.0.0/", "10.0.0.0/33", "::/129", "10.0.0/8", "host/8",
                           "10.0.0.0/8x", "10.0.0.0/-1", "10.0.0.0/0008"}) {
-    std::string error;
-    EXPECT_FALSE(parseNetwork(bad, error).has_value()) << bad;
-    EXPECT_FALSE(error.empty()) << bad;
+    auto n = parseNetwork(bad);
+    EXPECT_FALSE(n.ok()) << bad;
+    EXPECT_FALSE(n.message().empty()) << bad;
   }
-  std::string error;
-  EXPECT_FALSE(parseNetwork("10.1.0.0/8", error).has_value());
-  EXPECT_THAT(error, HasSubstr("host bits set (did you mean \"10.0.0.0/8\"?)"));
-  EXPECT_FALSE(parseNetwork("192.168.5.0/22", error).has_value());
-  EXPECT_THAT(error, HasSubstr("192.168.4.0/22"));
+  auto host_bits = parseNetwork("10.1.0.0/8");
+  EXPECT_FALSE(host_bits.ok());
+  EXPECT_THAT(host_bits.message(), HasSubstr("host bits set (did you mean \"10.0.0.0/8\"?)"));
+  auto other = parseNetwork("192.168.5.0/22");
+  EXPECT_FALSE(other.ok());
+  EXPECT_THAT(other.message(), HasSubstr("192.168.4.0/22"));
 }
 
 TEST(Network, Contains) {

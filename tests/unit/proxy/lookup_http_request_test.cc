@@ -82,8 +82,8 @@ TEST(AuthHttpEscape, Table) {
 
 AuthHttpTarget target(const std::string& url) {
   AuthHttpTarget out;
-  std::string error;
-  EXPECT_TRUE(parseAuthHttpUrl(url, out, error)) << url << ": " << error;
+  Status parsed = parseAuthHttpUrl(url, out);
+  EXPECT_TRUE(parsed.ok()) << url << ": " << parsed.message();
   return out;
 }
 
@@ -204,8 +204,8 @@ TEST(AuthHttpUrl, SplitAsNginxSplitsIt) {
   };
   for (const Case& c : cases) {
     AuthHttpTarget t;
-    std::string error;
-    ASSERT_TRUE(parseAuthHttpUrl(c.url, t, error)) << c.url << ": " << error;
+    Status parsed = parseAuthHttpUrl(c.url, t);
+    ASSERT_TRUE(parsed.ok()) << c.url << ": " << parsed.message();
     EXPECT_EQ(t.host, c.host) << c.url;
     EXPECT_EQ(t.port, c.port) << c.url;
     EXPECT_EQ(t.unix_path, c.unix_path) << c.url;
@@ -233,9 +233,10 @@ TEST(AuthHttpUrl, Rejected) {
   };
   for (const Case& c : cases) {
     AuthHttpTarget t;
-    std::string error;
-    EXPECT_FALSE(parseAuthHttpUrl(c.url, t, error)) << c.url;
-    EXPECT_NE(error.find(c.error), std::string::npos) << c.url << ": " << error;
+    Status parsed = parseAuthHttpUrl(c.url, t);
+    EXPECT_FALSE(parsed.ok()) << c.url;
+    EXPECT_NE(parsed.message().find(c.error), std::string::npos)
+        << c.url << ": " << parsed.message();
   }
 }
 

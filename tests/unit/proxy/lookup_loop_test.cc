@@ -245,9 +245,8 @@ class LookupLoopTest : public ::testing::Test {
   LookupConfig httpConfig(std::uint16_t port, std::chrono::milliseconds timeout = 2s) {
     LookupConfig config;
     config.kind = LookupKind::kHttp;
-    std::string error;
     EXPECT_TRUE(
-        parseAuthHttpUrl("http://127.0.0.1:" + std::to_string(port) + "/auth", config.http, error));
+        parseAuthHttpUrl("http://127.0.0.1:" + std::to_string(port) + "/auth", config.http).ok());
     config.timeout = timeout;
     return config;
   }
@@ -438,8 +437,8 @@ TEST_F(LookupLoopTest, UnixSocket) {
       &loop_, [](const std::string&) { return routeAnswer("10.0.0.3", 143); }, path);
   UvLookupLoop env(&loop_);
   LookupConfig config;
-  std::string error;
-  ASSERT_TRUE(parseAuthHttpUrl("unix:" + path + ":/auth", config.http, error)) << error;
+  Status parsed = parseAuthHttpUrl("unix:" + path + ":/auth", config.http);
+  ASSERT_TRUE(parsed.ok()) << parsed.message();
   HttpAuthLookup lookup(config, env);
   std::vector<LookupResult> results;
   lookup.lookup(login("alice"), [&](LookupResult r) { results.push_back(std::move(r)); });

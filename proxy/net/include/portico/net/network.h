@@ -11,6 +11,8 @@
 #include <string_view>
 #include <vector>
 
+#include "portico/status.h"
+
 namespace portico::net {
 
 struct Network {
@@ -21,10 +23,10 @@ struct Network {
   bool operator==(const Network&) const = default;
 };
 
-// "ADDRESS/PREFIX" or a bare address (a /32 or /128). nullopt with `error`
-// set when malformed, the prefix is out of range, or host bits are set
-// ("10.1.0.0/8" is refused: it is usually a typo).
-std::optional<Network> parseNetwork(std::string_view text, std::string& error);
+// "ADDRESS/PREFIX" or a bare address (a /32 or /128). An error when
+// malformed, the prefix is out of range, or host bits are set ("10.1.0.0/8"
+// is refused: it is usually a typo).
+Result<Network> parseNetwork(std::string_view text);
 
 // Whether `address` (AF_INET or AF_INET6) lies in one of `networks`. An
 // IPv4-mapped IPv6 address (::ffff:10.1.2.3) matches as its IPv4 address.

@@ -93,7 +93,7 @@ class TlsEngine {
 
  private:
   explicit TlsEngine(SSL* ssl);
-  bool pinMatches(std::string& error);
+  Status pinMatches() const;
 
   SSL* ssl_;
   BIO* rbio_;  // ciphertext from the peer, owned by ssl_
