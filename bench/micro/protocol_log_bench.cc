@@ -45,8 +45,7 @@ struct BenchLog {
     options.directory = directory;
     options.max_file_size = 64ull << 20;
     options.max_total_size = 256ull << 20;  // retention keeps the disk use bounded
-    std::string error;
-    started = log.start(options, error);
+    started = log.start(options).ok();
   }
   ~BenchLog() {
     log.stop();

@@ -135,12 +135,11 @@ void ImapProbe::startAttempt() {
   if (spec_.tls.mode != ProbeTls::kNone) {
     // A trust store that cannot be loaded fails before connecting; no retry
     // would help.
-    std::string error;
-    if (!createTls(error)) {
+    if (Status created = createTls(); !created.ok()) {
       startStep(ProbeStep::kTls);
-      result_.trace.push_back("tls failed: " + error);
+      result_.trace.push_back("tls failed: " + created.message());
       result_.failed_step = ProbeStep::kTls;
-      finish(ResultType::kFailed, error);
+      finish(ResultType::kFailed, created.message());
       return;
     }
   }

@@ -114,7 +114,7 @@ class ImapProbe {
   // trust store, client certificate or pin is unusable), a fresh SSL per
   // attempt and its handshake, ciphertext in and out, plaintext out of
   // OpenSSL.
-  bool createTls(std::string& error);
+  Status createTls();
   void receivedCiphertext(std::string_view bytes);
   void sendEncrypted(std::string bytes);
   void startHandshake();

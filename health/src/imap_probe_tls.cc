@@ -10,9 +10,9 @@
 
 namespace portico::health {
 
-bool ImapProbe::createTls(std::string& error) {
+Status ImapProbe::createTls() {
   if (tls_context_ != nullptr) {
-    return true;  // from an earlier attempt
+    return Status();  // from an earlier attempt
   }
   const ProbeTlsSettings& tls = spec_.tls;
   net::ClientTlsSettings settings;
@@ -26,11 +26,10 @@ bool ImapProbe::createTls(std::string& error) {
   settings.client_key = tls.client_key;
   auto created = net::ClientTlsContext::create(std::move(settings));
   if (!created.ok()) {
-    error = created.status().message();
-    return false;
+    return created.status();
   }
   tls_context_ = std::move(*created);
-  return true;
+  return Status();
 }
 
 void ImapProbe::startHandshake() {

@@ -383,23 +383,22 @@ bool HealthService::Impl::invoke(const std::string& set, const std::string& prob
 
 // --- lifecycle -------------------------------------------------------------
 
-bool HealthService::Impl::start(std::string& error) {
+Status HealthService::Impl::start() {
   if (started_) {
-    error = "already started";
-    return false;
+    return Status::error("already started");
   }
   server_ = std::make_unique<StatusServer>(loop_, config_.status_listen, config_.status_token,
                                            [this](const HttpRequest& request, Responder respond) {
                                              handle(request, std::move(respond));
                                            });
-  if (!server_->start(error)) {
-    return false;
+  if (Status listening = server_->start(); !listening.ok()) {
+    return listening;
   }
   started_ = true;
   schedule();
   logging::log(logging::Level::kInfo, "health", "status endpoint on {}:{}; {} probe targets",
                config_.status_listen.host, server_->port(), definitions_.size());
-  return true;
+  return Status();
 }
 
 void HealthService::Impl::stop(std::function<void()> done) {
@@ -544,8 +543,8 @@ HealthService::~HealthService() {
   }
 }
 
-bool HealthService::start(std::string& error) {
-  return impl_->start(error);
+Status HealthService::start() {
+  return impl_->start();
 }
 void HealthService::stop(std::function<void()> done) {
   impl_->stop(std::move(done));
@@ -638,19 +637,18 @@ bool HealthService::setMonitorOverride(const std::string& monitor, const std::st
   return true;
 }
 
-std::vector<std::string> HealthService::addMonitorOverride(
+Result<std::vector<std::string>> HealthService::addMonitorOverride(
     const std::string& monitor, const std::optional<std::string>& target, AlertValue state,
-    std::optional<Millis> duration, const std::string& by, std::string& error) {
+    std::optional<Millis> duration, const std::string& by) {
   std::vector<std::string> set;
   if (state != AlertValue::kDisabled && state != AlertValue::kRepairing &&
       state != AlertValue::kHealthy && state != AlertValue::kDegraded) {
-    error = fmt::format("an override sets Disabled, Repairing, Healthy or Degraded, not {}",
-                        alertValueName(state));
-    return set;
+    return Status::error(
+        fmt::format("an override sets Disabled, Repairing, Healthy or Degraded, not {}",
+                    alertValueName(state)));
   }
   if (duration && duration->count() <= 0) {
-    error = "the duration must be positive";
-    return set;
+    return Status::error("the duration must be positive");
   }
   const SystemTime now = Impl::wallNow();
   OverrideInfo info{state, std::nullopt, by};
@@ -666,8 +664,8 @@ std::vector<std::string> HealthService::addMonitorOverride(
     set.push_back(key.target.empty() ? key.monitor : key.monitor + "/" + key.target);
   }
   if (set.empty()) {
-    error = fmt::format("no monitor {}{}", monitor, target ? " for target " + *target : "");
-    return set;
+    return Status::error(
+        fmt::format("no monitor {}{}", monitor, target ? " for target " + *target : ""));
   }
   impl_->armOverrides();
   return set;

@@ -138,7 +138,7 @@ struct HealthService::Impl {
                    Responder respond);
 
   // --- lifecycle (service.cc) ----------------------------------------------
-  bool start(std::string& error);
+  Status start();
   void stop(std::function<void()> done);
   bool idle() const;
   void checkStopped();

@@ -89,7 +89,7 @@ struct StatusServer::Impl {
         handler(std::move(handler_in)),
         limits(limits_in) {}
 
-  bool start(std::string& error);
+  Status start();
   void stop(std::function<void()> done);
   void closeListener();
   // Called whenever a handle finished closing. May delete `this` (orphaned)
@@ -482,12 +482,11 @@ bool StatusServer::Impl::authorized(const HttpRequest& request) const {
   return constantTimeEquals(trimWhitespace(value.substr(kScheme.size())), token);
 }
 
-bool StatusServer::Impl::start(std::string& error) {
+Status StatusServer::Impl::start() {
   const std::string where =
       (listen.ipv6 ? "[" + listen.host + "]" : listen.host) + ":" + std::to_string(listen.port);
   if (listener != nullptr || stopping) {
-    error = "status endpoint " + where + ": already started";
-    return false;
+    return Status::error("status endpoint " + where + ": already started");
   }
   sockaddr_storage addr{};
   const int parsed =
@@ -495,15 +494,13 @@ bool StatusServer::Impl::start(std::string& error) {
           ? uv_ip6_addr(listen.host.c_str(), listen.port, reinterpret_cast<sockaddr_in6*>(&addr))
           : uv_ip4_addr(listen.host.c_str(), listen.port, reinterpret_cast<sockaddr_in*>(&addr));
   if (parsed != 0) {
-    error = "status endpoint " + where + ": not a literal IP address";
-    return false;
+    return Status::error("status endpoint " + where + ": not a literal IP address");
   }
   listener = new uv_tcp_t{};
   if (const int rc = uv_tcp_init(loop, listener); rc != 0) {
     delete listener;
     listener = nullptr;
-    error = "status endpoint " + where + ": " + uv_strerror(rc);
-    return false;
+    return Status::error("status endpoint " + where + ": " + uv_strerror(rc));
   }
   listener->data = this;
   // IPv6ONLY: "[::]" means IPv6 only; IPv4 needs its own listen address.
@@ -513,9 +510,8 @@ bool StatusServer::Impl::start(std::string& error) {
     rc = uv_listen(reinterpret_cast<uv_stream_t*>(listener), kBacklog, onConnection);
   }
   if (rc != 0) {
-    error = "status endpoint: cannot listen on " + where + ": " + uv_strerror(rc);
     closeListener();
-    return false;
+    return Status::error("status endpoint: cannot listen on " + where + ": " + uv_strerror(rc));
   }
   sockaddr_storage bound{};
   int length = sizeof bound;
@@ -525,7 +521,7 @@ bool StatusServer::Impl::start(std::string& error) {
                                        : reinterpret_cast<sockaddr_in*>(&bound)->sin_port;
     bound_port = ntohs(net_port);
   }
-  return true;
+  return Status();
 }
 
 void StatusServer::Impl::onConnection(uv_stream_t* listener, int status) {
@@ -596,8 +592,8 @@ StatusServer::~StatusServer() {
   impl->stop(nullptr);  // deletes impl now if nothing is open, else after the last close
 }
 
-bool StatusServer::start(std::string& error) {
-  return impl_->start(error);
+Status StatusServer::start() {
+  return impl_->start();
 }
 
 void StatusServer::stop(std::function<void()> done) {

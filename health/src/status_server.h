@@ -188,7 +188,7 @@ class StatusServer {
   StatusServer& operator=(const StatusServer&) = delete;
 
   // Binds and listens; on failure returns false with a reason in `error`.
-  bool start(std::string& error);
+  Status start();
   // Closes the listener and every connection (pending responses are
   // dropped). `done` runs after the last close callback, or at once when
   // nothing is open.

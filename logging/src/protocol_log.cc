@@ -533,24 +533,20 @@ ProtocolLog::~ProtocolLog() {
   stop();
 }
 
-bool ProtocolLog::start(Options options, std::string& error) {
+Status ProtocolLog::start(Options options) {
   Impl& s = *impl_;
   std::lock_guard<std::mutex> control(s.control_mu);
   if (s.thread.joinable()) {
-    error = "protocol log: already running";
-    return false;
+    return Status::error("protocol log: already running");
   }
   if (options.directory.empty()) {
-    error = "protocol log: directory is empty";
-    return false;
+    return Status::error("protocol log: directory is empty");
   }
   if (options.prefix.empty() || options.prefix.find('/') != std::string::npos) {
-    error = "protocol log: prefix must be a non-empty file name part";
-    return false;
+    return Status::error("protocol log: prefix must be a non-empty file name part");
   }
   if (options.queue_bytes_per_producer == 0) {
-    error = "protocol log: queue_bytes_per_producer must be positive";
-    return false;
+    return Status::error("protocol log: queue_bytes_per_producer must be positive");
   }
   while (options.directory.size() > 1 && options.directory.back() == '/') {
     options.directory.pop_back();
@@ -588,7 +584,7 @@ bool ProtocolLog::start(Options options, std::string& error) {
   }
   s.thread = std::thread([&s] { s.run(); });
   s.enabled.store(true, std::memory_order_release);
-  return true;
+  return Status();
 }
 
 void ProtocolLog::stop() {

@@ -24,6 +24,8 @@
 #include <utility>
 #include <vector>
 
+#include "portico/status.h"
+
 namespace portico::health {
 
 using Millis = std::chrono::milliseconds;
@@ -245,7 +247,7 @@ class HealthService {
   HealthService& operator=(const HealthService&) = delete;
 
   // Binds the status endpoint and schedules the probes (first run jittered).
-  bool start(std::string& error);
+  Status start();
   // Closes the status endpoint and cancels probes; `done` runs once every
   // handle is closed.
   void stop(std::function<void()> done);
@@ -294,10 +296,11 @@ class HealthService {
   // removed. Returns the "Monitor/target" keys it set, or an empty list
   // with `error` saying why (no such monitor, state not allowed). The
   // override ends by itself at its expiry (recorded in the action history).
-  std::vector<std::string> addMonitorOverride(const std::string& monitor,
-                                              const std::optional<std::string>& target,
-                                              AlertValue state, std::optional<Millis> duration,
-                                              const std::string& by, std::string& error);
+  Result<std::vector<std::string>> addMonitorOverride(const std::string& monitor,
+                                                      const std::optional<std::string>& target,
+                                                      AlertValue state,
+                                                      std::optional<Millis> duration,
+                                                      const std::string& by);
   // Removes overrides (timed or not); returns the keys cleared.
   std::vector<std::string> removeMonitorOverride(const std::string& monitor,
                                                  const std::optional<std::string>& target);

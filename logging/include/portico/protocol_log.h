@@ -29,6 +29,8 @@
 #include <string>
 #include <string_view>
 
+#include "portico/status.h"
+
 namespace portico::logging {
 
 // One command as Exchange logs it. Views are borrowed for the call.
@@ -138,7 +140,7 @@ class ProtocolLog {
   // Starts the writer. False (with `error`) for invalid options or when
   // already running. An unusable directory does not fail start: records are
   // dropped and counted until it becomes usable. Runs retention at once.
-  bool start(Options options, std::string& error);
+  Status start(Options options);
   // Writes everything submitted so far, closes the file and joins the
   // writer. Idempotent. Records submitted during or after stop() are
   // dropped (counted when they were already buffered).

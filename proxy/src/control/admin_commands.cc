@@ -471,13 +471,13 @@ void overrideCommand(ControlLoop& c, const std::vector<std::string>& words, cons
       return;
     }
   }
-  std::string error;
-  std::vector<std::string> set =
-      c.health->addMonitorOverride(monitor, target, state, *duration, by, error);
-  if (set.empty()) {
-    reply(fail("monitor override: " + error));
+  Result<std::vector<std::string>> added =
+      c.health->addMonitorOverride(monitor, target, state, *duration, by);
+  if (!added.ok()) {
+    reply(fail("monitor override: " + added.message()));
     return;
   }
+  const std::vector<std::string>& set = *added;
   const auto expires = std::chrono::system_clock::now() + *duration;
   logging::log(logging::Level::kInfo, "admin", "monitor override {} on {} for {} by {}",
                health::alertValueName(state), where, duration_it->second, by);

@@ -301,8 +301,8 @@ Status ensureProtocolLog(ControlLoop& c) {
   options.max_age = std::chrono::duration_cast<std::chrono::hours>(cfg.retention);
   options.max_total_size = cfg.max_total_size;
   options.software_version = version();
-  if (std::string error; !c.protocol_log->start(options, error)) {
-    return Status::error(std::move(error));
+  if (Status started = c.protocol_log->start(options); !started.ok()) {
+    return started;
   }
   c.shared.protocol_log.store(c.protocol_log.get(), std::memory_order_relaxed);
   return Status();
@@ -352,15 +352,14 @@ std::size_t makeWorkers(ControlLoop& c) {
 
 // The health service and its status endpoint, over the workers' view.
 void startHealth(ControlLoop& c) {
-  std::string error;
   c.view =
       std::make_unique<WorkerProxyView>(c.workers, c.shared, c.registry, [&c] { return c.config; });
   c.view->setListening(true);
   c.view->setProtocolLogStatus([&c] { return protocolLogStatusText(c); });
   c.health =
       std::make_unique<health::HealthService>(&c.loop, makeHealthConfig(c.config->config), *c.view);
-  if (!c.health->start(error)) {
-    std::fprintf(stderr, "portico: not starting: status endpoint: %s\n", error.c_str());
+  if (Status started = c.health->start(); !started.ok()) {
+    std::fprintf(stderr, "portico: not starting: status endpoint: %s\n", started.message().c_str());
     std::_Exit(1);
   }
 }

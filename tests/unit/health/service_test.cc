@@ -25,6 +25,7 @@
 
 #include "fake_imap_server.h"
 #include "portico/health.h"
+#include "status_testing.h"
 
 namespace portico::health {
 namespace {
@@ -247,7 +248,7 @@ TEST(HealthService, HttpRoutes) {
   }
   HealthService service(&loop, config, proxy);
   std::string error;
-  ASSERT_TRUE(service.start(error)) << error;
+  ASSERT_TRUE(IsOk(service.start()));
   const std::uint16_t port = service.statusPort();
   ASSERT_NE(port, 0);
 
@@ -370,7 +371,7 @@ TEST(HealthService, ProbeErrorWithInvalidUtf8IsServed) {
   config.probes["ImapDeepTestProbe"] = ProbeSettings{std::chrono::hours(1), Millis(3'000), 0};
   HealthService service(&loop, config, proxy);
   std::string error;
-  ASSERT_TRUE(service.start(error)) << error;
+  ASSERT_TRUE(IsOk(service.start()));
   const std::uint16_t port = service.statusPort();
 
   struct Shared {
@@ -451,8 +452,7 @@ TEST(HealthService, FailingSelfTestDrainsRunsTheHookAndUndrainsOnRecovery) {
   config.responders.hook_after = {Millis(0)};
   config.status_listen = Endpoint{"127.0.0.1", 0, false};
   HealthService service(&loop, config, proxy);
-  std::string error;
-  ASSERT_TRUE(service.start(error)) << error;
+  ASSERT_TRUE(IsOk(service.start()));
 
   struct State {
     HealthService* service;
@@ -563,35 +563,34 @@ TEST(HealthService, TimedOverrideIsShownWithItsExpiryAndEndsByItself) {
     config.probes[probe] = ProbeSettings{std::chrono::hours(1), Millis(1'000), 0};
   }
   HealthService service(&loop, config, proxy);
-  std::string error;
-  ASSERT_TRUE(service.start(error)) << error;
+  ASSERT_TRUE(IsOk(service.start()));
 
   // Refused: a state an override cannot set, an unknown monitor or target.
-  EXPECT_TRUE(service
-                  .addMonitorOverride("ImapSelfTestMonitor", std::nullopt, AlertValue::kUnhealthy,
-                                      Millis(1'000), "tester", error)
-                  .empty());
-  EXPECT_NE(error.find("not Unhealthy"), std::string::npos) << error;
-  EXPECT_TRUE(service
-                  .addMonitorOverride("NoSuchMonitor", std::nullopt, AlertValue::kDisabled,
-                                      Millis(1'000), "tester", error)
-                  .empty());
-  EXPECT_EQ(error, "no monitor NoSuchMonitor");
-  EXPECT_TRUE(service
-                  .addMonitorOverride("ImapSelfTestMonitor", std::string("mbx9"),
-                                      AlertValue::kDisabled, Millis(1'000), "tester", error)
-                  .empty());
+  auto refused = service.addMonitorOverride("ImapSelfTestMonitor", std::nullopt,
+                                            AlertValue::kUnhealthy, Millis(1'000), "tester");
+  EXPECT_FALSE(refused.ok());
+  EXPECT_NE(refused.message().find("not Unhealthy"), std::string::npos) << refused.message();
+  refused = service.addMonitorOverride("NoSuchMonitor", std::nullopt, AlertValue::kDisabled,
+                                       Millis(1'000), "tester");
+  EXPECT_FALSE(refused.ok());
+  EXPECT_EQ(refused.message(), "no monitor NoSuchMonitor");
+  EXPECT_FALSE(service
+                   .addMonitorOverride("ImapSelfTestMonitor", std::string("mbx9"),
+                                       AlertValue::kDisabled, Millis(1'000), "tester")
+                   .ok());
 
   // Without a target: every target of the monitor.
   const auto before = std::chrono::system_clock::now();
   const auto set = service.addMonitorOverride("ImapSelfTestMonitor", std::nullopt,
-                                              AlertValue::kDisabled, Millis(300), "tester", error);
-  EXPECT_EQ(set,
+                                              AlertValue::kDisabled, Millis(300), "tester");
+  ASSERT_TRUE(IsOk(set));
+  EXPECT_EQ(*set,
             (std::vector<std::string>{"ImapSelfTestMonitor/mbx1", "ImapSelfTestMonitor/mbx2"}));
   // Repairing on the deep test, until removed.
-  EXPECT_EQ(service.addMonitorOverride("ImapDeepTestMonitor", std::string("mbx1"),
-                                       AlertValue::kRepairing, std::nullopt, "other", error),
-            std::vector<std::string>{"ImapDeepTestMonitor/mbx1"});
+  const auto repairing = service.addMonitorOverride("ImapDeepTestMonitor", std::string("mbx1"),
+                                                    AlertValue::kRepairing, std::nullopt, "other");
+  ASSERT_TRUE(IsOk(repairing));
+  EXPECT_EQ(*repairing, std::vector<std::string>{"ImapDeepTestMonitor/mbx1"});
   json health = json::parse(service.healthJson("*"));
   const json* self = findMonitor(health, "ImapSelfTestMonitor", "mbx2");
   ASSERT_NE(self, nullptr);
@@ -663,8 +662,7 @@ TEST(HealthService, DryRunRecordsTheDrainButDrainsNothingUntilSwitchedToAct) {
   config.action_history = 8;
   config.status_listen = Endpoint{"127.0.0.1", 0, false};
   HealthService service(&loop, config, proxy);
-  std::string error;
-  ASSERT_TRUE(service.start(error)) << error;
+  ASSERT_TRUE(IsOk(service.start()));
   EXPECT_TRUE(service.dryRun());
 
   auto hasAction = [&](const std::string& action, const std::string& result) {

@@ -22,6 +22,7 @@
 
 #include "portico/health.h"
 #include "status_page.h"
+#include "status_testing.h"
 
 namespace portico::health {
 namespace {
@@ -177,7 +178,7 @@ TEST(StatusPage, RoutesWithAToken) {
   {
     HealthService service(&loop, config, proxy);
     std::string error;
-    ASSERT_TRUE(service.start(error)) << error;
+    ASSERT_TRUE(IsOk(service.start()));
     const std::uint16_t port = service.statusPort();
     struct Shared {
       HealthService* service;

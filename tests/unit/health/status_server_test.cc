@@ -7,6 +7,7 @@
 // by SO_RCVTIMEO); each test ends with stop(), the server destroyed in its
 // callback, and uv_loop_close() == 0, so no handle is left open.
 #include "status_server.h"
+#include "status_testing.h"
 
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
@@ -618,8 +619,7 @@ class StatusServerTest : public ::testing::Test {
         loop_.loop(), Endpoint{"127.0.0.1", 0, false}, std::move(token),
         [this](const HttpRequest& request, Responder respond) { handle(request, respond); },
         limits);
-    std::string error;
-    ASSERT_TRUE(server_->start(error)) << error;
+    ASSERT_TRUE(IsOk(server_->start()));
     port_ = server_->port();
     ASSERT_NE(port_, 0);
     loop_.start();
@@ -1044,14 +1044,16 @@ TEST(StatusServerStartTest, ReportsBindErrors) {
   uv_loop_init(&loop);
   {
     StatusServer first(&loop, Endpoint{"127.0.0.1", 0, false}, "", nullptr);
-    std::string error;
-    ASSERT_TRUE(first.start(error)) << error;
+    ASSERT_TRUE(IsOk(first.start()));
     StatusServer second(&loop, Endpoint{"127.0.0.1", first.port(), false}, "", nullptr);
-    EXPECT_FALSE(second.start(error));
-    EXPECT_NE(error.find("address already in use"), std::string::npos) << error;
+    Status started = second.start();
+    EXPECT_FALSE(started.ok());
+    EXPECT_NE(started.message().find("address already in use"), std::string::npos)
+        << started.message();
     StatusServer bad(&loop, Endpoint{"localhost", 8080, false}, "", nullptr);
-    EXPECT_FALSE(bad.start(error));
-    EXPECT_NE(error.find("literal IP"), std::string::npos) << error;
+    started = bad.start();
+    EXPECT_FALSE(started.ok());
+    EXPECT_NE(started.message().find("literal IP"), std::string::npos) << started.message();
     bool done = false;
     first.stop([&done] { done = true; });
     uv_run(&loop, UV_RUN_DEFAULT);

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "portico/logging.h"
+#include "status_testing.h"
 
 namespace portico::logging {
 namespace {
@@ -197,18 +198,19 @@ class OpLogCapture {
 
 TEST(ProtocolLog, StartValidatesOptions) {
   ProtocolLog log(1);
-  std::string error;
   Options options;
-  EXPECT_FALSE(log.start(options, error));
-  EXPECT_NE(error.find("directory"), std::string::npos);
+  Status started = log.start(options);
+  EXPECT_FALSE(started.ok());
+  EXPECT_NE(started.message().find("directory"), std::string::npos);
   TempDir dir;
   options = optionsFor(dir.path());
   options.prefix = "a/b";
-  EXPECT_FALSE(log.start(options, error));
+  EXPECT_FALSE(log.start(options).ok());
   options = optionsFor(dir.path());
-  EXPECT_TRUE(log.start(options, error)) << error;
-  EXPECT_FALSE(log.start(options, error));
-  EXPECT_NE(error.find("already running"), std::string::npos);
+  EXPECT_TRUE(IsOk(log.start(options)));
+  started = log.start(options);
+  EXPECT_FALSE(started.ok());
+  EXPECT_NE(started.message().find("already running"), std::string::npos);
   log.stop();
   log.stop();  // idempotent
 }
@@ -218,8 +220,7 @@ TEST(ProtocolLog, EnabledOnlyWhileRunning) {
   ProtocolLog log(2);
   EXPECT_FALSE(log.enabled());
   log.submit(0, recordLine(1, 0, "x"));  // ignored, not counted
-  std::string error;
-  ASSERT_TRUE(log.start(optionsFor(dir.path()), error)) << error;
+  ASSERT_TRUE(IsOk(log.start(optionsFor(dir.path()))));
   EXPECT_TRUE(log.enabled());
   log.stop();
   EXPECT_FALSE(log.enabled());
@@ -233,8 +234,7 @@ TEST(ProtocolLog, EnabledOnlyWhileRunning) {
 TEST(ProtocolLog, RoundTripFromFourThreads) {
   TempDir dir;
   ProtocolLog log(4);
-  std::string error;
-  ASSERT_TRUE(log.start(optionsFor(dir.path()), error)) << error;
+  ASSERT_TRUE(IsOk(log.start(optionsFor(dir.path()))));
   constexpr std::uint32_t kPerThread = 2000;
   std::vector<std::thread> threads;
   for (std::size_t t = 0; t < 4; ++t) {
@@ -298,8 +298,7 @@ TEST(ProtocolLog, RoundTripFromFourThreads) {
 TEST(ProtocolLog, StopWritesWhatWasSubmitted) {
   TempDir dir;
   ProtocolLog log(1);
-  std::string error;
-  ASSERT_TRUE(log.start(optionsFor(dir.path()), error)) << error;
+  ASSERT_TRUE(IsOk(log.start(optionsFor(dir.path()))));
   for (std::uint32_t i = 0; i < 10; ++i) {
     log.submit(0, recordLine(9, i, "x"));
   }
@@ -317,8 +316,7 @@ TEST(ProtocolLog, SizeRolloverStartsEveryFileWithHeaders) {
   ProtocolLog log(1);
   Options options = optionsFor(dir.path());
   options.max_file_size = 2048;
-  std::string error;
-  ASSERT_TRUE(log.start(options, error)) << error;
+  ASSERT_TRUE(IsOk(log.start(options)));
   constexpr std::uint32_t kRecords = 120;
   for (std::uint32_t i = 0; i < kRecords; ++i) {
     log.submit(0, recordLine(1, i, "INBOX"));
@@ -348,8 +346,7 @@ TEST(ProtocolLog, LineLongerThanMaxFileSizeGetsItsOwnFile) {
   ProtocolLog log(1);
   Options options = optionsFor(dir.path());
   options.max_file_size = 100;  // smaller than the header lines
-  std::string error;
-  ASSERT_TRUE(log.start(options, error)) << error;
+  ASSERT_TRUE(IsOk(log.start(options)));
   for (std::uint32_t i = 0; i < 3; ++i) {
     log.submit(0, recordLine(1, i, "INBOX"));
   }
@@ -369,8 +366,7 @@ TEST(ProtocolLog, HourlyAndDailyRolloverByClock) {
     return std::chrono::system_clock::time_point(std::chrono::milliseconds(now_ms.load()));
   };
   ProtocolLog log(1);
-  std::string error;
-  ASSERT_TRUE(log.start(options, error)) << error;
+  ASSERT_TRUE(IsOk(log.start(options)));
   log.submit(0, recordLine(1, 0, "a"));
   ASSERT_TRUE(log.flush());
   now_ms = 1795816800100;  // 22:00:00.100
@@ -388,7 +384,7 @@ TEST(ProtocolLog, HourlyAndDailyRolloverByClock) {
   TempDir daily_dir;
   options.directory = daily_dir.path();
   options.rollover = Options::Rollover::kDaily;
-  ASSERT_TRUE(log.start(options, error)) << error;
+  ASSERT_TRUE(IsOk(log.start(options)));
   log.submit(0, recordLine(1, 2, "c"));
   log.stop();
   files = logFiles(daily_dir.path());
@@ -401,8 +397,7 @@ TEST(ProtocolLog, AppendsToTheLatestFileOfThePeriod) {
   writeFile(dir / "IMAP42026112721-1.LOG", "#old\r\n");
   writeFile(dir / "IMAP42026112721-3.LOG", "#Software: x\r\nhalf a li");  // torn line
   ProtocolLog log(1);
-  std::string error;
-  ASSERT_TRUE(log.start(optionsFor(dir.path()), error)) << error;
+  ASSERT_TRUE(IsOk(log.start(optionsFor(dir.path()))));
   log.submit(0, "next\r\n");
   log.stop();
   EXPECT_EQ(readFile(dir / "IMAP42026112721-3.LOG"), "#Software: x\r\nhalf a li\r\nnext\r\n");
@@ -428,8 +423,7 @@ TEST(ProtocolLog, RetentionAtStartByTotalSizeDeletesOldestFirst) {
   Options options = optionsFor(dir.path());
   options.max_total_size = 2500;
   ProtocolLog log(1);
-  std::string error;
-  ASSERT_TRUE(log.start(options, error)) << error;
+  ASSERT_TRUE(IsOk(log.start(options)));
   ASSERT_TRUE(log.flush());  // the writer has run its start-up retention
   const std::vector<std::string> files = logFiles(dir.path());
   ASSERT_EQ(files.size(), 2u);
@@ -447,8 +441,7 @@ TEST(ProtocolLog, RetentionByAge) {
   Options options = optionsFor(dir.path());
   options.max_age = std::chrono::hours(168);
   ProtocolLog log(1);
-  std::string error;
-  ASSERT_TRUE(log.start(options, error)) << error;
+  ASSERT_TRUE(IsOk(log.start(options)));
   ASSERT_TRUE(log.flush());
   const std::vector<std::string> files = logFiles(dir.path());
   ASSERT_EQ(files.size(), 1u);
@@ -461,8 +454,7 @@ TEST(ProtocolLog, RetentionOnRolloverKeepsNewestAndNeverTheCurrentFile) {
   options.max_file_size = 1024;
   options.max_total_size = 3000;
   ProtocolLog log(1);
-  std::string error;
-  ASSERT_TRUE(log.start(options, error)) << error;
+  ASSERT_TRUE(IsOk(log.start(options)));
   for (std::uint32_t i = 0; i < 200; ++i) {
     log.submit(0, recordLine(1, i, "INBOX"));
   }
@@ -484,8 +476,7 @@ TEST(ProtocolLog, UnusableDirectoryDropsCountsWarnsOnceThenRecovers) {
   const std::string blocker = dir / "blocker";
   writeFile(blocker, "a regular file where a directory should be");
   ProtocolLog log(2);
-  std::string error;
-  ASSERT_TRUE(log.start(optionsFor(blocker + "/logs"), error)) << error;
+  ASSERT_TRUE(IsOk(log.start(optionsFor(blocker + "/logs"))));
   for (int batch = 0; batch < 3; ++batch) {
     for (std::uint32_t i = 0; i < 5; ++i) {
       log.submit(i % 2, recordLine(1, i, "x"));
@@ -519,8 +510,7 @@ TEST(ProtocolLog, VanishedDirectoryIsRecreated) {
   TempDir dir;
   const std::string logs = dir / "logs";
   ProtocolLog log(1);
-  std::string error;
-  ASSERT_TRUE(log.start(optionsFor(logs), error)) << error;
+  ASSERT_TRUE(IsOk(log.start(optionsFor(logs))));
   log.submit(0, recordLine(1, 0, "a"));
   ASSERT_TRUE(log.flush());
   fs::remove_all(logs);
@@ -542,8 +532,7 @@ TEST(ProtocolLog, CreatesDirectories0750AndFiles0640) {
   const std::string logs = dir / "var/log/portico";
   const mode_t old_umask = ::umask(0);
   ProtocolLog log(1);
-  std::string error;
-  ASSERT_TRUE(log.start(optionsFor(logs), error)) << error;
+  ASSERT_TRUE(IsOk(log.start(optionsFor(logs))));
   log.submit(0, recordLine(1, 0, "a"));
   ASSERT_TRUE(log.flush());
   log.stop();
@@ -572,8 +561,7 @@ TEST(ProtocolLog, SymlinkAtTheFilePathIsNotFollowed) {
   writeFile(target, "precious\n");
   fs::create_symlink(target, logs + "/IMAP42026112721-1.LOG");
   ProtocolLog log(1);
-  std::string error;
-  ASSERT_TRUE(log.start(optionsFor(logs), error)) << error;
+  ASSERT_TRUE(IsOk(log.start(optionsFor(logs))));
   log.submit(0, recordLine(1, 0, "secret-ish"));
   ASSERT_TRUE(log.flush());
   log.stop();
@@ -588,8 +576,7 @@ TEST(ProtocolLog, SymlinkAtTheFilePathIsNotFollowed) {
 TEST(ProtocolLog, ReopenAfterRenameStartsAFreshFile) {
   TempDir dir;
   ProtocolLog log(1);
-  std::string error;
-  ASSERT_TRUE(log.start(optionsFor(dir.path()), error)) << error;
+  ASSERT_TRUE(IsOk(log.start(optionsFor(dir.path()))));
   for (std::uint32_t i = 0; i < 3; ++i) {
     log.submit(0, recordLine(1, i, "before"));
   }
@@ -614,8 +601,7 @@ TEST(ProtocolLog, ReopenAfterRenameStartsAFreshFile) {
 TEST(ProtocolLog, ReopenWithoutRenameAppends) {
   TempDir dir;
   ProtocolLog log(1);
-  std::string error;
-  ASSERT_TRUE(log.start(optionsFor(dir.path()), error)) << error;
+  ASSERT_TRUE(IsOk(log.start(optionsFor(dir.path()))));
   log.submit(0, recordLine(1, 0, "a"));
   ASSERT_TRUE(log.flush());
   log.reopen();
@@ -633,8 +619,7 @@ TEST(ProtocolLog, FullProducerBufferDropsInsteadOfBlocking) {
   const std::string line = recordLine(1, 0, "INBOX");
   options.queue_bytes_per_producer = line.size() * 10;
   ProtocolLog log(2);
-  std::string error;
-  ASSERT_TRUE(log.start(options, error)) << error;
+  ASSERT_TRUE(IsOk(log.start(options)));
   log.pauseWriterForTest(true);
   for (int i = 0; i < 100; ++i) {
     log.submit(0, line);
@@ -660,11 +645,10 @@ TEST(ProtocolLog, RestartsInAnotherDirectory) {
   TempDir first;
   TempDir second;
   ProtocolLog log(1);
-  std::string error;
-  ASSERT_TRUE(log.start(optionsFor(first.path()), error)) << error;
+  ASSERT_TRUE(IsOk(log.start(optionsFor(first.path()))));
   log.submit(0, recordLine(1, 0, "a"));
   log.stop();
-  ASSERT_TRUE(log.start(optionsFor(second.path()), error)) << error;
+  ASSERT_TRUE(IsOk(log.start(optionsFor(second.path()))));
   log.submit(0, recordLine(1, 1, "b"));
   log.stop();
   EXPECT_EQ(logFiles(first.path()).size(), 1u);

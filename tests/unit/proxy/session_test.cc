@@ -30,6 +30,7 @@
 #include "proxy/deflate_client.h"
 #include "proxy/fakes.h"
 #include "routing.h"
+#include "status_testing.h"
 
 namespace portico::proxy {
 namespace {
@@ -1828,8 +1829,7 @@ TEST_F(SessionTest, PasswordNeverReachesTheProtocolLog) {
   logging::ProtocolLog protocol_log(1);
   logging::ProtocolLog::Options options;
   options.directory = dir.string();
-  std::string error;
-  ASSERT_TRUE(protocol_log.start(options, error)) << error;
+  ASSERT_TRUE(IsOk(protocol_log.start(options)));
   host_.shared().protocol_log.store(&protocol_log);
   TraceSettings settings;
   settings.on = true;
