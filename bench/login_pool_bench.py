@@ -14,7 +14,11 @@ client and the machine's busy share are reported too: the machine is
 shared, so every figure carries the load it was measured under.
 
 With --load-bin PATH the clients are portico_load --login-only (C++, one
-thread per client) instead of the built-in asyncio client.
+thread per client) instead of the built-in asyncio client; --think SECONDS
+(with --load-bin) makes each client pause 0.5-1.5x that after every login, so
+the load is paced and the CPUs are left partly idle: the latency is then a
+login's own path rather than the queue for the cores. A paced run writes its
+own section (its heading ends in "paced").
 
 Prints a markdown section; --results FILE writes it into that file,
 replacing a previous section with the same heading.
@@ -113,11 +117,12 @@ async def client(port: int, users: list, index: int, stop_at: float, out: dict) 
 
 
 def run_round_tool(load_bin: str, port: int, clients: int, duration: float, user_count: int,
-                   portico_pid: int | None, dovecot_pgid: int) -> dict:
+                   portico_pid: int | None, dovecot_pgid: int, think: float) -> dict:
     """The same round with portico_load --login-only (C++, one thread per client)."""
     cmd = [load_bin, "--login-only", "--json", "--port", str(port), "--sessions", str(clients),
            "--duration", "%gs" % duration, "--users", "user%02d", "--user-count", str(user_count),
-           "--password", harness.PASSWORD, "--pgid", str(dovecot_pgid)]
+           "--password", harness.PASSWORD, "--pgid", str(dovecot_pgid),
+           "--think-time", "%gms" % (think * 1000)]
     if portico_pid:
         cmd += ["--pid", str(portico_pid)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
@@ -186,17 +191,19 @@ ROWS = [
 def markdown(meta: dict) -> str:
     res = meta["results"]
     med = {k: {key: statistics.median(r[key] for r in v) for key, _, _ in ROWS} for k, v in res.items()}
-    lines = [HEADING, ""]
+    lines = [meta["heading"], ""]
     lines.append("Measured %s on %s (%d cores), shared with other work: machine %.0f%% busy "
                  "before the rounds (1 s sample). Command:" % (
                      meta["when"], meta["model"], os.cpu_count(), meta["idle_busy"]))
     lines += ["", "    " + meta["command"], ""]
     lines.append("Client: %s. " % meta["client"])
-    lines.append("%d clients, each repeating connect, greeting, LOGIN, LOGOUT, close; %d rounds "
+    pacing = (", then pausing a random %g-%g ms" % (meta["think"] * 500, meta["think"] * 1500)
+              if meta["think"] else "")
+    lines.append("%d clients, each repeating connect, greeting, LOGIN, LOGOUT, close%s; %d rounds "
                  "of %s per target, targets interleaved (direct, pool off, pool on, order rotating "
                  "per round). Latency: LOGIN sent to its tagged OK. One Dovecot; each Portico has "
                  "2 workers; pool on: size = %d per worker. Medians over rounds:" % (
-                     meta["clients"], meta["rounds"], meta["duration"], meta["pool_size"]))
+                     meta["clients"], pacing, meta["rounds"], meta["duration"], meta["pool_size"]))
     lines += ["", "| | direct | Portico, pool off | Portico, pool on | off / direct | on / direct |",
               "|---|---:|---:|---:|---:|---:|"]
     for key, label, digits in ROWS:
@@ -229,7 +236,11 @@ def main() -> int:
     ap.add_argument("--load-bin", default=None,
                     help="drive the load with this portico_load (--login-only) instead of the "
                          "built-in asyncio client")
+    ap.add_argument("--think", type=float, default=0.0,
+                    help="with --load-bin: seconds each client pauses (0.5-1.5x) after a login")
     args = ap.parse_args()
+    if args.think and not args.load_bin:
+        sys.exit("login_pool_bench: --think needs --load-bin")
     if os.geteuid() != 0:
         sys.exit("login_pool_bench: run as root (Dovecot test instances need it)")
     users = ["user%02d" % i for i in range(args.user_count)]
@@ -252,7 +263,7 @@ def main() -> int:
             for name, port, pid in order:
                 if args.load_bin:
                     r = run_round_tool(args.load_bin, port, args.clients, args.duration,
-                                       args.user_count, pid, d.pid)
+                                       args.user_count, pid, d.pid, args.think)
                 else:
                     r = run_round(port, args.clients, args.duration, users, pid, d.pid)
                 results[name].append(r)
@@ -276,14 +287,15 @@ def main() -> int:
         meta = {"results": results, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 "model": machine_model(), "idle_busy": idle_busy, "clients": args.clients,
                 "rounds": args.rounds, "duration": "%gs" % args.duration,
-                "pool_size": args.pool_size, "verdict": verdict,
+                "pool_size": args.pool_size, "verdict": verdict, "think": args.think,
+                "heading": HEADING + (", paced" if args.think else ""),
                 "client": ("portico_load --login-only (one thread per client)" if args.load_bin
                            else "the script's asyncio client"),
                 "command": "/usr/bin/python3 bench/login_pool_bench.py " + " ".join(sys.argv[1:]).replace(str(REPO) + "/", "")}
         section = markdown(meta)
         print(section)
         if args.results:
-            write_section(Path(args.results), section, HEADING)
+            write_section(Path(args.results), section, meta["heading"])
     finally:
         for p in porticos:
             p.cleanup()

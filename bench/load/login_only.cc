@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <random>
 #include <thread>
 #include <vector>
 
@@ -132,6 +133,12 @@ int runLoginOnly(const Options& o, const sockaddr_storage& address, const std::s
   for (std::uint32_t i = 0; i < o.sessions; ++i) {
     threads.emplace_back([&, i] {
       std::uint32_t n = i;
+      // --think-time paces the load: after each login the client pauses
+      // for a random 0.5-1.5 times it, so the clients do not march in step
+      // and the machine is left partly idle (an open-ish load, where a
+      // login's latency is its own path, not the queue for the CPUs).
+      std::mt19937_64 random(i + 1);
+      std::uniform_real_distribution<double> spread(0.5, 1.5);
       while (Clock::now() < stop_at) {
         std::string user = formatUser(o.users, o.user_first + n++ % o.user_count);
         std::string error = oneLogin(o, address, user, stats[i]);
@@ -140,6 +147,11 @@ int runLoginOnly(const Options& o, const sockaddr_storage& address, const std::s
           if (stats[i].first_error.empty()) {
             stats[i].first_error = error;
           }
+        }
+        if (o.think_ns != 0) {
+          auto pause = std::chrono::nanoseconds(
+              static_cast<std::int64_t>(static_cast<double>(o.think_ns) * spread(random)));
+          std::this_thread::sleep_until(std::min(Clock::now() + pause, stop_at));
         }
       }
     });
@@ -184,6 +196,7 @@ int runLoginOnly(const Options& o, const sockaddr_storage& address, const std::s
                  {"target", target},
                  {"label", o.label},
                  {"clients", o.sessions},
+                 {"think_time_s", static_cast<double>(o.think_ns) / 1e9},
                  {"window_s", window},
                  {"logins", all.logins},
                  {"logins_per_s", static_cast<double>(all.logins) / window},

@@ -491,7 +491,9 @@ int main(int argc, char** argv) {
   app.add_option("--active-percent", o.active_percent,
                  "percent of the sessions that send commands; the rest stay logged in, silent")
       ->capture_default_str();
-  app.add_option("--think-time", think, "pause of an active session between reply and next command")
+  app.add_option("--think-time", think,
+                 "pause of an active session between reply and next command (--login-only: "
+                 "0.5-1.5x it after each login)")
       ->capture_default_str();
   app.add_option("--seed-messages", o.seed_messages,
                  "APPEND until each user's mailbox holds this many messages")
