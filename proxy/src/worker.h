@@ -122,6 +122,9 @@ class Worker final : public SessionHost, private InboundProxyHost {
                                                  TransportHandler* handler) override {
     return backend_pool_.take(config, index, handler);
   }
+  void pooledLoginDone(const RuntimeConfig& config, std::size_t index) override {
+    backend_pool_.loginDone(config, index);
+  }
   WorkerStats& stats() override { return stats_; }
   ProcessState& shared() override { return shared_; }
   std::size_t index() const override { return index_; }

@@ -348,8 +348,13 @@ std::optional<PooledBackend> BackendPool::take(const RuntimeConfig& config, std:
   out.transport->setHandler(handler);
   entries_.erase(entry);
   delete entry;
-  refill(index);
   return out;
+}
+
+void BackendPool::loginDone(const RuntimeConfig& config, std::size_t index) {
+  if (&config == config_.get() && !stopped_) {
+    refill(index);
+  }
 }
 
 void BackendPool::shutdown() {

@@ -101,9 +101,16 @@ class BackendPool {
   void configure(RuntimeConfigPtr config);
   // A ready connection to backend `index` of `config` (the session's
   // snapshot), now reporting to `handler`; nullopt when there is none.
-  // Counts a hit or a miss and starts the refill.
+  // Counts a hit or a miss. A miss starts the refill at once; a hit leaves
+  // it to loginDone(), so the replacement's connect, greeting and
+  // CAPABILITY do not compete with the login on the backend (and on this
+  // worker) while the client waits for it.
   std::optional<PooledBackend> take(const RuntimeConfig& config, std::size_t index,
                                     TransportHandler* handler);
+  // The connection a session took from backend `index` (under `config`)
+  // has answered the login or failed: opens its replacement. A session
+  // that ends before that leaves the refill to the next tick.
+  void loginDone(const RuntimeConfig& config, std::size_t index);
   // Closes every pooled connection and opens none again.
   void shutdown();
 

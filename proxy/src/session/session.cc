@@ -489,7 +489,7 @@ void Session::onTimer() {
       backendFailed("connect timeout");
       return;
     case SessionState::kBackendGreeting:
-      backend_pooled_ = false;  // a slow backend, not a dead pooled connection: no retry
+      pooledLoginDone();  // a slow backend, not a dead pooled connection: no retry
       backendFailed("login timeout");
       return;
     default:

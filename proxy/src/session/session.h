@@ -102,6 +102,12 @@ class SessionHost {
     (void)config, (void)index, (void)handler;
     return std::nullopt;
   }
+  // A connection taken from backend `index`'s pool has answered the login
+  // (or failed): the pool opens its replacement now, not while the backend
+  // is still working on that login.
+  virtual void pooledLoginDone(const RuntimeConfig& config, std::size_t index) {
+    (void)config, (void)index;
+  }
   virtual WorkerStats& stats() = 0;
   virtual ProcessState& shared() = 0;
   // The worker's directory lookup stage; nullptr for [lookup] kind = "none".
@@ -254,6 +260,9 @@ class Session : public TransportHandler, private PreloginOwner, private RelayOwn
   // The pooled connection died before the login's answer: the same
   // backend again over a fresh connection, unseen by the client.
   void retryWithoutPool();
+  // The pooled connection answered the login or failed: the pool may open
+  // its replacement (SessionHost::pooledLoginDone). Once per taken connection.
+  void pooledLoginDone();
   void onBackendLoginData(Chunk chunk);
   // Writes what the login client has for the backend, then wipes it.
   void flushBackendLogin();

@@ -146,13 +146,20 @@ void Session::usePooledBackend(PooledBackend pooled) {
   flushBackendLogin();
 }
 
+void Session::pooledLoginDone() {
+  if (backend_pooled_) {
+    backend_pooled_ = false;
+    host_.pooledLoginDone(*config_, backend_index_);
+  }
+}
+
 void Session::retryWithoutPool() {
   logging::log(logging::Level::kDebug, "session",
                "id={:016x} pooled connection to backend {} failed before the login's answer; "
                "connecting afresh",
                id_, backend_name_);
   backendStats()->pool_stale.add();
-  backend_pooled_ = false;
+  pooledLoginDone();
   pool_declined_ = true;
   --candidate_pos_;  // the same backend again
   connectNext();
@@ -181,13 +188,13 @@ void Session::onBackendLoginData(Chunk chunk) {
         startBackendTls();
         return;
       case BackendLoginEventType::kLoggedIn:
-        backend_pooled_ = false;
         writeClient(login_untagged_);
         writeClient(clientCapabilityLine(ev.line));
+        pooledLoginDone();
         enterRelay();
         return;
       case BackendLoginEventType::kRefused:
-        backend_pooled_ = false;
+        pooledLoginDone();
         backendStats()->login_failures.add();
         failLogin(ev.line, true);
         return;

@@ -223,9 +223,11 @@ TEST_F(BackendPoolTest, LoginTakesAGreetedConnectionAndSendsTheLoginAtOnce) {
   EXPECT_EQ(stats().pool_hits.get(), 1u);
   EXPECT_EQ(pooled->takeWritten(), "a1 LOGIN \"alice\" \"secret\"\r\n")
       << "the newest pooled connection carries the login at once";
-  ASSERT_EQ(host_.connects().size(), 3u) << "refilled after the take";
+  ASSERT_EQ(host_.connects().size(), 2u)
+      << "no refill while the backend works on the login: it would compete with it";
   pooled->deliver("a1 OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n");
   EXPECT_EQ(client->takeWritten(), "a1 OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n");
+  ASSERT_EQ(host_.connects().size(), 3u) << "refilled once the login was answered";
   EXPECT_EQ(stats().sessions_current.get(), 1u);
   EXPECT_EQ(stats().connect_failures.get(), 0u);
   client->peerClose();
@@ -243,7 +245,7 @@ TEST_P(TakenConnectionDiesTest, FallsBackToAFreshConnectTheClientNeverSees) {
   FakeTransport* pooled = host_.connects()[0].transport;
   FakeTransport* client = login();
   ASSERT_EQ(stats().pool_hits.get(), 1u);
-  ASSERT_EQ(host_.connects().size(), 2u) << "the refill";
+  ASSERT_EQ(host_.connects().size(), 1u) << "no refill before the login's answer";
   if (GetParam()) {
     pooled->deliver("* BYE Disconnected for inactivity.\r\n");
   } else {
@@ -251,7 +253,9 @@ TEST_P(TakenConnectionDiesTest, FallsBackToAFreshConnectTheClientNeverSees) {
   }
   host_.runPending();
   EXPECT_EQ(stats().pool_stale.get(), 1u);
-  ASSERT_EQ(host_.connects().size(), 3u) << "the session connects afresh, not from the pool";
+  ASSERT_EQ(host_.connects().size(), 3u)
+      << "the pool refills and the session connects afresh, not from the pool";
+  EXPECT_EQ(host_.connects()[1].transport->takeWritten(), "") << "the refill carries no login";
   FakeTransport* fresh = host_.lastBackend();
   fresh->connectOk();
   fresh->deliver(kGreeting);
@@ -266,6 +270,32 @@ TEST_P(TakenConnectionDiesTest, FallsBackToAFreshConnectTheClientNeverSees) {
 }
 
 INSTANTIATE_TEST_SUITE_P(ByeOrEof, TakenConnectionDiesTest, ::testing::Bool());
+
+TEST_F(BackendPoolTest, ARefusedLoginRefillsAndAVanishedClientLeavesItToTheTick) {
+  configure(1);
+  greetAll();
+  FakeTransport* pooled = host_.connects()[0].transport;
+  FakeTransport* client = login();
+  ASSERT_EQ(stats().pool_hits.get(), 1u);
+  ASSERT_EQ(host_.connects().size(), 1u);
+  pooled->deliver("a1 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n");
+  host_.runPending();
+  EXPECT_EQ(host_.connects().size(), 2u) << "the refused login's answer refills too";
+  greetAll();
+
+  // A client that leaves while its pooled login is at the backend: the
+  // session never hears the answer, so the pool's tick refills.
+  FakeTransport* second = login("b1");
+  ASSERT_EQ(stats().pool_hits.get(), 2u);
+  ASSERT_EQ(host_.connects().size(), 2u);
+  second->peerClose();
+  host_.runPending();
+  EXPECT_EQ(host_.connects().size(), 2u);
+  host_.advance(1s);
+  EXPECT_EQ(host_.connects().size(), 3u) << "refilled by the tick";
+  client->peerClose();
+  host_.runPending();
+}
 
 TEST_F(BackendPoolTest, AConnectionTheBackendSpeaksOnIsNeverHandedOut) {
   configure(1);

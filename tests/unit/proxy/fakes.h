@@ -423,6 +423,11 @@ class FakeHost final : public SessionHost {
                                                  TransportHandler* handler) override {
     return backend_pool_ != nullptr ? backend_pool_->take(config, index, handler) : std::nullopt;
   }
+  void pooledLoginDone(const RuntimeConfig& config, std::size_t index) override {
+    if (backend_pool_ != nullptr) {
+      backend_pool_->loginDone(config, index);
+    }
+  }
   WorkerStats& stats() override { return *stats_; }
   ProcessState& shared() override { return *shared_; }
   void sessionEnded(Session* session) override {
