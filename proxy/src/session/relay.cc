@@ -6,8 +6,9 @@
 #include <fmt/format.h>
 
 #include "portico/logging.h"
-#include "session.h"
+#include "session_host.h"
 #include "session_internal.h"
+#include "session_observer.h"
 
 namespace portico::proxy {
 

@@ -216,13 +216,21 @@ TEST_F(RelayTest, DescribesTheOldestCommandAndReleasesBuffersOnlyWhenIdle) {
   startRelay();
   fromClient("a1 SEARCH ALL\r\n");
   host_.advance(std::chrono::milliseconds(250));
+  fromClient("a2 NOOP\r\n");
+  host_.advance(std::chrono::milliseconds(50));
   SessionInfo info;
   relay_->describe(info, host_.now());
-  EXPECT_EQ(info.command, "SEARCH");
-  EXPECT_EQ(info.command_ms, 250);
-  EXPECT_EQ(info.commands_in_flight, 1u);
-  EXPECT_FALSE(relay_->releaseIdleBuffers()) << "a command is in flight";
+  EXPECT_EQ(info.command, "SEARCH") << "the oldest of the two in flight, not the newest";
+  EXPECT_EQ(info.command_ms, 300);
+  EXPECT_EQ(info.commands_in_flight, 2u);
+  EXPECT_FALSE(relay_->releaseIdleBuffers()) << "commands are in flight";
   fromBackend("a1 OK done\r\n");
+  relay_->describe(info, host_.now());
+  EXPECT_EQ(info.command, "NOOP") << "a2 is the oldest now";
+  EXPECT_EQ(info.command_ms, 50);
+  EXPECT_EQ(info.commands_in_flight, 1u);
+  EXPECT_FALSE(relay_->releaseIdleBuffers()) << "a2 is still in flight";
+  fromBackend("a2 OK done\r\n");
   EXPECT_TRUE(relay_->releaseIdleBuffers());
 }
 
