@@ -202,8 +202,8 @@ def markdown(meta: dict) -> str:
     lines.append("%d clients, each repeating connect, greeting, LOGIN, LOGOUT, close%s; %d rounds "
                  "of %s per target, targets interleaved (direct, pool off, pool on, order rotating "
                  "per round). Latency: LOGIN sent to its tagged OK. One Dovecot; each Portico has "
-                 "2 workers; pool on: size = %d per worker. Medians over rounds:" % (
-                     meta["clients"], pacing, meta["rounds"], meta["duration"], meta["pool_size"]))
+                 "%d worker(s); pool on: size = %d per worker. Medians over rounds:" % (
+                     meta["clients"], pacing, meta["rounds"], meta["duration"], meta["workers"], meta["pool_size"]))
     lines += ["", "| | direct | Portico, pool off | Portico, pool on | off / direct | on / direct |",
               "|---|---:|---:|---:|---:|---:|"]
     for key, label, digits in ROWS:
@@ -231,6 +231,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--pool-size", type=int, default=4)
     ap.add_argument("--user-count", type=int, default=20)
+    ap.add_argument("--workers", type=int, default=2, help="Portico worker threads")
     ap.add_argument("--portico-bin", default=None)
     ap.add_argument("--results", default=None)
     ap.add_argument("--load-bin", default=None,
@@ -250,7 +251,7 @@ def main() -> int:
     try:
         d.start()
         for size in (0, args.pool_size):
-            p = harness.Portico([d], config={"workers": 2, "backend_pool": {"size": size}},
+            p = harness.Portico([d], config={"workers": args.workers, "backend_pool": {"size": size}},
                                 binary=binary)
             porticos.append(p)
             p.start()
@@ -287,7 +288,7 @@ def main() -> int:
         meta = {"results": results, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 "model": machine_model(), "idle_busy": idle_busy, "clients": args.clients,
                 "rounds": args.rounds, "duration": "%gs" % args.duration,
-                "pool_size": args.pool_size, "verdict": verdict, "think": args.think,
+                "pool_size": args.pool_size, "workers": args.workers, "verdict": verdict, "think": args.think,
                 "heading": HEADING + (", paced" if args.think else ""),
                 "client": ("portico_load --login-only (one thread per client)" if args.load_bin
                            else "the script's asyncio client"),
