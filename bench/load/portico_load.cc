@@ -200,25 +200,36 @@ struct Result {
   CpuSnapshot cpu_end;
 };
 
-nlohmann::json buildReport(const Options& o, const std::string& target, const Result& r) {
-  using nlohmann::json;
+// The mix's latency and answers, per command and over all of them.
+struct CommandTotals {
   LatencyHistogram all;
   std::uint64_t no = 0;
   std::uint64_t bad = 0;
-  json per_command = json::object();
+  nlohmann::json per_command = nlohmann::json::object();
+};
+
+CommandTotals commandTotals(const Options& o, const Result& r) {
+  using nlohmann::json;
+  CommandTotals t;
   for (std::size_t i = 0; i < o.mix.size(); ++i) {
     const CommandStats& c = r.stats.commands[i];
-    all.merge(c.latency);
-    no += c.no;
-    bad += c.bad;
+    t.all.merge(c.latency);
+    t.no += c.no;
+    t.bad += c.bad;
     json j = latencyJson(c.latency);
     j["text"] = o.mix[i].text;
     j["weight"] = o.mix[i].weight;
     j["no"] = c.no;
     j["bad"] = c.bad;
-    per_command[o.mix[i].name] = j;
+    t.per_command[o.mix[i].name] = j;
   }
-  std::uint64_t commands = all.count();
+  return t;
+}
+
+// The report's "cpu": the load tool, each --pid (with its RSS) and --pgid over
+// the window, per command of the `commands` answered in it, and the machine.
+nlohmann::json cpuReport(const Options& o, const Result& r, std::uint64_t commands) {
+  using nlohmann::json;
   double per_cmd = commands ? 1e6 / static_cast<double>(commands) : 0;
   auto cpuEntry = [&](double start, double end) {
     json j;
@@ -269,6 +280,13 @@ nlohmann::json buildReport(const Options& o, const std::string& target, const Re
                     {"busy_s", busy},
                     {"idle_s", idle},
                     {"busy_pct", busy + idle > 0 ? 100.0 * busy / (busy + idle) : 0}};
+  return cpu;
+}
+
+nlohmann::json buildReport(const Options& o, const std::string& target, const Result& r) {
+  using nlohmann::json;
+  CommandTotals totals = commandTotals(o, r);
+  std::uint64_t commands = totals.all.count();
 
   json report;
   report["label"] = o.label;
@@ -294,10 +312,10 @@ nlohmann::json buildReport(const Options& o, const std::string& target, const Re
   report["window_s"] = r.window_s;
   report["commands"] = commands;
   report["commands_per_s"] = r.window_s > 0 ? static_cast<double>(commands) / r.window_s : 0;
-  report["latency_us"] = latencyJson(all);
-  report["per_command"] = per_command;
-  report["errors"] = {{"no", no},
-                      {"bad", bad},
+  report["latency_us"] = latencyJson(totals.all);
+  report["per_command"] = totals.per_command;
+  report["errors"] = {{"no", totals.no},
+                      {"bad", totals.bad},
                       {"disconnects", r.stats.disconnects},
                       {"timeouts", r.stats.timeouts},
                       {"protocol", r.stats.protocol_errors}};
@@ -307,7 +325,7 @@ nlohmann::json buildReport(const Options& o, const std::string& target, const Re
                      {"out", r.stats.bytes_out},
                      {"reads", r.stats.reads},
                      {"literal", r.stats.literal_bytes}};
-  report["cpu"] = cpu;
+  report["cpu"] = cpuReport(o, r, commands);
   return report;
 }
 

@@ -1,7 +1,7 @@
 // PreloginDialogue on its own, through a fake PreloginOwner: the narrow
 // interface is all the dialogue needs, and the login it reads arrives as
-// one LoginRequest. The session's own tests (session_test.cc) cover the
-// dialogue inside a session end to end.
+// one LoginRequest. The session's own tests (session_prelogin_test.cc,
+// session_login_test.cc) cover the dialogue inside a session end to end.
 #include "session/prelogin.h"
 
 #include <gtest/gtest.h>

@@ -1,7 +1,8 @@
 // Relay (session/relay.h) on its own, over a fake owner that records what
 // the relay asks of its session: the commands reported to observers, the
 // command cap and its read pause, the BYE a shutdown asked for, and the
-// client's COMPRESS. Session-level behaviour stays in session_test.cc.
+// client's COMPRESS. Session-level behaviour stays in the session_*_test.cc
+// files.
 
 #include "session/relay.h"
 
