@@ -16,11 +16,6 @@ namespace portico::proxy {
 namespace {
 
 using namespace session_testing;
-using ::testing::ElementsAre;
-using ::testing::EndsWith;
-using ::testing::HasSubstr;
-using ::testing::StartsWith;
-using namespace std::chrono_literals;
 
 // ---------------------------------------------------------------------------
 // Ends.

@@ -20,8 +20,6 @@ namespace portico::proxy {
 namespace {
 
 using namespace session_testing;
-using ::testing::HasSubstr;
-using ::testing::StartsWith;
 
 // ---------------------------------------------------------------------------
 // Directory lookup (issue 10): the session asks the worker's LookupStage.

@@ -18,13 +18,6 @@ namespace portico::proxy {
 namespace {
 
 using namespace session_testing;
-using ::testing::ElementsAre;
-using ::testing::EndsWith;
-using ::testing::HasSubstr;
-using ::testing::IsEmpty;
-using ::testing::StartsWith;
-using namespace std::chrono_literals;
-using namespace std::string_literals;
 
 // ---------------------------------------------------------------------------
 // Pre-login.

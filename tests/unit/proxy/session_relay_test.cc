@@ -17,13 +17,6 @@ namespace portico::proxy {
 namespace {
 
 using namespace session_testing;
-using ::testing::ElementsAre;
-using ::testing::HasSubstr;
-using ::testing::IsEmpty;
-using ::testing::Not;
-using ::testing::StartsWith;
-using namespace std::chrono_literals;
-using namespace std::string_literals;
 
 // ---------------------------------------------------------------------------
 // Relay.

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -24,7 +25,16 @@ namespace portico::proxy::session_testing {
 
 using fakes::FakeHost;
 using fakes::FakeTransport;
+// The matchers and literals the session tests use, declared once here: a
+// test file's `using namespace session_testing;` brings them in.
+using ::testing::ElementsAre;
+using ::testing::EndsWith;
+using ::testing::HasSubstr;
 using ::testing::IsEmpty;
+using ::testing::Not;
+using ::testing::StartsWith;
+using namespace std::chrono_literals;
+using namespace std::string_literals;
 
 inline constexpr std::string_view kGreetingSaslIr =
     "* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN] ready\r\n";
