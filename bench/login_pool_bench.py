@@ -30,10 +30,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,7 +41,8 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 sys.path.insert(0, str(REPO / "bench" / "load"))
 
 import harness  # noqa: E402
-from run_compare import machine_busy_fraction, machine_model, write_section  # noqa: E402
+from run_compare import (machine_busy_fraction, machine_model, run_load,  # noqa: E402
+                         summarize_login, write_section)
 
 HEADING = "## Login latency: backend connection pool (issue 14 item 3)"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -118,25 +117,21 @@ async def client(port: int, users: list, index: int, stop_at: float, out: dict) 
 
 def run_round_tool(load_bin: str, port: int, clients: int, duration: float, user_count: int,
                    portico_pid: int | None, dovecot_pgid: int, think: float) -> dict:
-    """The same round with portico_load --login-only (C++, one thread per client)."""
+    """The same round with portico_load --login-only (C++, one thread per
+    client), read through run_compare's run_load and summarize_login."""
     cmd = [load_bin, "--login-only", "--json", "--port", str(port), "--sessions", str(clients),
            "--duration", "%gs" % duration, "--users", "user%02d", "--user-count", str(user_count),
            "--password", harness.PASSWORD, "--pgid", str(dovecot_pgid),
            "--think-time", "%gms" % (think * 1000)]
     if portico_pid:
         cmd += ["--pid", str(portico_pid)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
-    if proc.returncode not in (0, 1):
-        raise RuntimeError("portico_load failed: %s" % proc.stderr[-2000:])
-    r = json.loads(proc.stdout)
-    cpu = r["cpu"]
+    report = run_load(cmd, timeout=duration + 60)
+    r = summarize_login(report, portico_pid or -1)
     return {
-        "logins": r["logins"], "lps": r["logins_per_s"],
-        "p50": r["login_latency_us"]["p50"], "p99": r["login_latency_us"]["p99"],
-        "portico_us": cpu["pids"][0]["us_per_login"] if cpu["pids"] else 0.0,
-        "dovecot_us": cpu["pgids"][0]["us_per_login"],
-        "client_us": cpu["load_tool_us_per_login"], "busy_pct": cpu["machine_busy_pct"],
-        "errors": r["failures"], "first_errors": [r["first_error"]] if r["first_error"] else [],
+        "logins": r["commands"], "lps": r["cps"], "p50": r["p50"], "p99": r["p99"],
+        "portico_us": r["portico_us"], "dovecot_us": r["dovecot_us"], "client_us": r["load_us"],
+        "busy_pct": r["busy_pct"], "errors": r["errors"],
+        "first_errors": [report["first_error"]] if report["first_error"] else [],
     }
 
 
