@@ -20,6 +20,12 @@ the load is paced and the CPUs are left partly idle: the latency is then a
 login's own path rather than the queue for the cores. A paced run writes its
 own section (its heading ends in "paced").
 
+With --haproxy a fourth target joins the rotation: Debian's HAProxy (mode
+tcp, no PROXY header, tests/integration/haproxy_harness.py) in front of the
+same Dovecot. It relays bytes and does no login work of its own, so its
+ratio to direct is what one more loopback hop costs on this machine: the
+floor any proxy's LOGIN latency sits on.
+
 Prints a markdown section; --results FILE writes it into that file,
 replacing a previous section with the same heading.
 
@@ -41,6 +47,7 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 sys.path.insert(0, str(REPO / "bench" / "load"))
 
 import harness  # noqa: E402
+from haproxy_harness import HAProxy  # noqa: E402
 from run_compare import (machine_busy_fraction, machine_model, run_load,  # noqa: E402
                          summarize_login, write_section)
 
@@ -176,16 +183,22 @@ ROWS = [
     ("p50", "LOGIN latency p50 (µs)", 0),
     ("p99", "LOGIN latency p99 (µs)", 0),
     ("dovecot_us", "Dovecot CPU µs / login", 0),
-    ("portico_us", "Portico CPU µs / login", 0),
+    ("portico_us", "proxy CPU µs / login (Portico or HAProxy)", 0),
     ("client_us", "client CPU µs / login", 0),
     ("busy_pct", "machine busy (% of all cores)", 0),
     ("errors", "errors", 0),
 ]
 
 
+COLUMNS = [("direct", "direct"), ("off", "Portico, pool off"), ("on", "Portico, pool on"),
+           ("haproxy", "HAProxy (tcp)")]
+
+
 def markdown(meta: dict) -> str:
     res = meta["results"]
     med = {k: {key: statistics.median(r[key] for r in v) for key, _, _ in ROWS} for k, v in res.items()}
+    columns = [(k, label) for k, label in COLUMNS if k in res]
+    names = ", ".join(label for _, label in columns)
     lines = [meta["heading"], ""]
     lines.append("Measured %s on %s (%d cores), shared with other work: machine %.0f%% busy "
                  "before the rounds (1 s sample). Command:" % (
@@ -195,25 +208,31 @@ def markdown(meta: dict) -> str:
     pacing = (", then pausing a random %g-%g ms" % (meta["think"] * 500, meta["think"] * 1500)
               if meta["think"] else "")
     lines.append("%d clients, each repeating connect, greeting, LOGIN, LOGOUT, close%s; %d rounds "
-                 "of %s per target, targets interleaved (direct, pool off, pool on, order rotating "
-                 "per round). Latency: LOGIN sent to its tagged OK. One Dovecot; each Portico has "
-                 "%d worker(s); pool on: size = %d per worker. Medians over rounds:" % (
-                     meta["clients"], pacing, meta["rounds"], meta["duration"], meta["workers"], meta["pool_size"]))
-    lines += ["", "| | direct | Portico, pool off | Portico, pool on | off / direct | on / direct |",
-              "|---|---:|---:|---:|---:|---:|"]
+                 "of %s per target, targets interleaved (%s; order rotating per round). Latency: "
+                 "LOGIN sent to its tagged OK. One Dovecot; each Portico has %d worker(s); pool on: "
+                 "size = %d per worker. Medians over rounds:" % (
+                     meta["clients"], pacing, meta["rounds"], meta["duration"], names,
+                     meta["workers"], meta["pool_size"]))
+    others = [k for k, _ in columns if k != "direct"]
+    lines += ["", "| | " + " | ".join(label for _, label in columns) + " | "
+              + " | ".join("%s / direct" % k for k in others) + " |",
+              "|---|" + "---:|" * (len(columns) + len(others))]
+
+    def f(v, digits):
+        return "{:,.{d}f}".format(v, d=digits) if v == v else "n/a"
+
     for key, label, digits in ROWS:
-        d, off, on = med["direct"][key], med["off"][key], med["on"][key]
+        d = med["direct"][key]
 
-        def f(v):
-            return "{:,.{d}f}".format(v, d=digits) if v == v else "n/a"
-
-        def r(a, b):
-            return "%.2f" % (a / b) if b and a == a and b == b and key not in ("busy_pct", "errors") \
-                and key != "portico_us" else ""
-        lines.append("| %s | %s | %s | %s | %s | %s |" % (label, f(d), f(off), f(on), r(off, d), r(on, d)))
-    lines += ["", "Per round (p50 µs direct / off / on): " + "; ".join(
-        "%.0f / %.0f / %.0f" % (res["direct"][i]["p50"], res["off"][i]["p50"], res["on"][i]["p50"])
-        for i in range(meta["rounds"])), ""]
+        def r(a):
+            return "%.2f" % (a / d) if d and a == a and d == d and key not in (
+                "busy_pct", "errors", "portico_us") else ""
+        lines.append("| %s | %s | %s |" % (
+            label, " | ".join(f(med[k][key], digits) for k, _ in columns),
+            " | ".join(r(med[k][key]) for k in others)))
+    lines += ["", "Per round (p50 µs %s): " % " / ".join(k for k, _ in columns) + "; ".join(
+        " / ".join("%.0f" % res[k][i]["p50"] for k, _ in columns) for i in range(meta["rounds"])),
+        ""]
     lines.append(meta["verdict"])
     lines.append("")
     return "\n".join(lines)
@@ -232,6 +251,8 @@ def main() -> int:
     ap.add_argument("--load-bin", default=None,
                     help="drive the load with this portico_load (--login-only) instead of the "
                          "built-in asyncio client")
+    ap.add_argument("--haproxy", action="store_true",
+                    help="add HAProxy (mode tcp) in front of the same Dovecot as a fourth target")
     ap.add_argument("--think", type=float, default=0.0,
                     help="with --load-bin: seconds each client pauses (0.5-1.5x) after a login")
     args = ap.parse_args()
@@ -243,6 +264,7 @@ def main() -> int:
     binary = args.portico_bin or harness.portico_bin()
     d = harness.Dovecot("mbx1")
     porticos = []
+    lb = HAProxy() if args.haproxy else None
     try:
         d.start()
         for size in (0, args.pool_size):
@@ -250,12 +272,17 @@ def main() -> int:
                                 binary=binary)
             porticos.append(p)
             p.start()
-        idle_busy = 100 * machine_busy_fraction()
         targets = [("direct", d.port, None), ("off", porticos[0].port, porticos[0].pid),
                    ("on", porticos[1].port, porticos[1].pid)]
-        results = {"direct": [], "off": [], "on": []}
+        if lb:
+            port = lb.add_frontend("imap", [("127.0.0.1", d.port)], send_proxy=None)
+            lb.start()
+            targets.append(("haproxy", port, lb.proc.pid))
+        idle_busy = 100 * machine_busy_fraction()
+        results = {name: [] for name, _, _ in targets}
         for i in range(args.rounds):
-            order = targets[i % 3:] + targets[:i % 3]
+            shift = i % len(targets)
+            order = targets[shift:] + targets[:shift]
             for name, port, pid in order:
                 if args.load_bin:
                     r = run_round_tool(args.load_bin, port, args.clients, args.duration,
@@ -280,6 +307,10 @@ def main() -> int:
                        stats["pool_hits"], stats["pool_misses"], stats["pool_opened"],
                        stats["pool_expired"], stats["pool_lost"], on_p50 / direct_p50,
                        dov_on / dov_off))
+        if lb:
+            verdict += (" HAProxy, which relays bytes and does no login work: p50 ratio %.2f "
+                        "(the cost of one more loopback hop on this machine)." % (
+                            statistics.median(r["p50"] for r in results["haproxy"]) / direct_p50))
         meta = {"results": results, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 "model": machine_model(), "idle_busy": idle_busy, "clients": args.clients,
                 "rounds": args.rounds, "duration": "%gs" % args.duration,
@@ -293,6 +324,8 @@ def main() -> int:
         if args.results:
             write_section(Path(args.results), section, meta["heading"])
     finally:
+        if lb:
+            lb.cleanup()
         for p in porticos:
             p.cleanup()
         d.cleanup()
