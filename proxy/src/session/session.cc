@@ -9,6 +9,7 @@
 
 #include <fmt/format.h>
 
+#include "login_phase.h"
 #include "portico/logging.h"
 #include "portico/proxy.h"
 #include "session_internal.h"
@@ -38,11 +39,11 @@ SessionState Session::state() const {
   if (state_ == SessionState::kPrelogin && dialogue_ && dialogue_->awaitingSasl()) {
     return SessionState::kAuthContinuation;
   }
-  if (state_ != SessionState::kBackendGreeting || !backend_login_) {
+  if (state_ != SessionState::kBackendGreeting || !login_ || !login_->backend_login) {
     return state_;
   }
   using LoginState = BackendLoginClient::State;
-  switch (backend_login_->state()) {
+  switch (login_->backend_login->state()) {
     case LoginState::kGreeting:
       return SessionState::kBackendGreeting;
     case LoginState::kStarttls:
@@ -88,6 +89,7 @@ std::string Session::backendAddress() const {
 
 Session::~Session() {
   wipeSecrets();
+  login_.reset();  // a login still in progress: wiped again, its lookup cancelled
   // What was read before login goes with the dialogue (its destructor
   // wipes it). The command framer's copy of the last pre-login command
   // line: setLimits() zeroes its buffers in place (the session never
@@ -247,13 +249,13 @@ void Session::onClosed(Transport* transport, std::string_view reason) {
         if (client_ == nullptr) {
           break;
         }
-        if (backend_pooled_) {
+        if (login_->backend_pooled) {
           retryWithoutPool();
-        } else if (!backend_login_ || !backend_login_->loginSent()) {
+        } else if (!login_->backend_login || !login_->backend_login->loginSent()) {
           connectNext();
         } else {
           failLogin(fmt::format("{} NO [UNAVAILABLE] Mailbox server failed during login.\r\n",
-                                login_.tag),
+                                login_->request.tag),
                     false);
         }
         return;
@@ -482,7 +484,7 @@ void Session::onTimer() {
     }
     case SessionState::kLookup:
       // A backstop only: every directory query is bounded by its own timeout.
-      lookup_.cancel();
+      login_->lookup.cancel();
       lookupUnavailable("no answer from the lookup stage within its bound");
       return;
     case SessionState::kConnecting:
@@ -508,11 +510,8 @@ void Session::onTimer() {
 }
 
 void Session::wipeSecrets() {
-  wipe(login_.password);
-  wipe(login_.sasl);
-  if (backend_user_) {
-    wipe(*backend_user_);
-    backend_user_.reset();
+  if (login_) {
+    login_->wipeSecrets();
   }
 }
 

@@ -7,7 +7,9 @@
 // privately; it hands the client's login over as a LoginRequest, which the
 // session routes (session_login.cc), looks up (session_lookup.cc) and
 // replays at the backend with a BackendLoginClient (portico/backend_login.h,
-// driven by session_backend.cc), owned only while that login runs. Then the
+// driven by session_backend.cc). What only that login needs (the request
+// and its secrets, the candidates, the lookup, the login client) is a
+// LoginPhase (login_phase.h), owned only while the login runs. Then the
 // relay is a Relay (relay.h) from enterRelay() on, reaching back through
 // RelayOwner. The session keeps what the phases share (transports, timer,
 // the client's command framer, counters, the end reason).
@@ -57,6 +59,7 @@ using parser::BackendLoginParams;
 using parser::proxyV2Header;
 
 class LookupStage;
+struct LoginPhase;
 
 // clang-format 14 cannot lay out this X-macro list stably (it changes it on
 // every run), so it is left as written.
@@ -273,7 +276,6 @@ class Session : public TransportHandler, private PreloginOwner, private RelayOwn
 
   // The pre-login dialogue: from construction until the login succeeds.
   PreloginDialoguePtr dialogue_;
-  std::string login_untagged_;       // untagged backend lines during login, sent on success
   std::vector<Transport*> orphans_;  // backends given up on, still closing
   bool retire_dialogue_ = false;     // the login succeeded inside a dialogue call: delete it after
   std::string shutdown_text_;
@@ -284,32 +286,18 @@ class Session : public TransportHandler, private PreloginOwner, private RelayOwn
   bool compress_offered_ = true;  // the listener's `compress`
   bool compressionOffered() const { return compress_offered_ && host_.compressionAvailable(); }
 
-  // The login being replayed, as the dialogue handed it over; its user
-  // moves to user_. Its password and SASL payload are secrets, wiped once
-  // the backend has answered.
-  LoginRequest login_;
+  // The login in progress (login_phase.h): from startLogin() until the
+  // login succeeds or fails; null in the dialogue and the relay. Its user
+  // moves to user_.
+  std::unique_ptr<LoginPhase> login_;
   std::string user_;
-  std::vector<std::size_t> candidates_;
-  std::size_t candidate_pos_ = 0;
   std::size_t backend_index_ = 0;
   std::string backend_name_;
-  // The backend's login dialogue, from connect to the tagged answer.
-  // Only while logging in to a backend (an idle session does not carry it).
-  std::unique_ptr<BackendLoginClient> backend_login_;
-  bool backend_pooled_ = false;  // backend_ came from the pool and has not answered yet
-  bool pool_declined_ = false;   // a pooled connection failed this session: connect afresh
-  // From the directory (lookup/lookup.h): who and what to replay instead of
-  // the client's user and password, and the backend-connect timeout.
-  std::optional<std::string> backend_user_;
-  bool replay_as_login_ = false;  // AUTHENTICATE PLAIN replayed as LOGIN (overrides)
-  std::optional<std::chrono::milliseconds> connect_timeout_;
-  bool bye_after_failure_ = false;  // a directory refusal without Auth-Wait ends the session
+  // A pooled connection failed this session: this and every later login
+  // connect afresh.
+  bool pool_declined_ = false;
   std::uint32_t login_attempts_ = 0;
   Clock::time_point retry_after_{};  // Auth-Wait: no login before this
-  // The stage outlives the lookup it holds: declared before `lookup_`, so
-  // the lookup is cancelled before the stage pointer goes.
-  std::shared_ptr<LookupStage> lookup_stage_;
-  PendingLookup lookup_;
 
   // The relay phase, from enterRelay() until the session is deleted.
   std::optional<Relay> relay_;

@@ -9,6 +9,7 @@
 
 #include <fmt/format.h>
 
+#include "login_phase.h"
 #include "portico/logging.h"
 #include "portico/proxy.h"
 #include "session_internal.h"
@@ -22,25 +23,27 @@ using namespace session_detail;  // NOLINT: this file's own helpers
 
 void Session::connectNext() {
   const RuntimeConfig& rc = *config_;
-  if (candidate_pos_ >= candidates_.size() || candidate_pos_ > rc.config.routing.connect_retries) {
+  LoginPhase& login = *login_;
+  if (login.candidate_pos >= login.candidates.size() ||
+      login.candidate_pos > rc.config.routing.connect_retries) {
     failLogin(fmt::format("{} NO [UNAVAILABLE] Mailbox server unavailable, try again later.\r\n",
-                          login_.tag),
+                          login.request.tag),
               false);
     return;
   }
-  backend_index_ = candidates_[candidate_pos_++];
+  backend_index_ = login.candidates[login.candidate_pos++];
   const BackendConfig& backend = rc.config.backends[backend_index_];
   backend_name_ = backend.name;
   setState(SessionState::kConnecting);
   updateClientReading();
-  backend_login_.reset();
+  login.backend_login.reset();
   if (!pool_declined_) {
     if (std::optional<PooledBackend> pooled = host_.takePooledBackend(rc, backend_index_, this)) {
       usePooledBackend(std::move(*pooled));
       return;
     }
   }
-  deadline_ = host_.now() + connect_timeout_.value_or(rc.config.timeouts.backend_connect);
+  deadline_ = host_.now() + login.connect_timeout.value_or(rc.config.timeouts.backend_connect);
   armTimer();
   if (backend.tls == TlsMode::kImplicit) {
     // The PROXY header goes in the clear before the ClientHello, as HAProxy
@@ -73,8 +76,9 @@ void Session::onConnected(Transport* transport, bool ok, std::string_view error)
                  client_address_, user_);
     return;  // onClosed follows and tries the next candidate
   }
-  if (backend_login_ && backend_login_->state() == BackendLoginClient::State::kTlsHandshake) {
-    backend_login_->tlsEstablished();  // capabilities may differ under TLS: ask again
+  if (login_->backend_login &&
+      login_->backend_login->state() == BackendLoginClient::State::kTlsHandshake) {
+    login_->backend_login->tlsEstablished();  // capabilities may differ under TLS: ask again
     flushBackendLogin();
     return;
   }
@@ -92,7 +96,7 @@ void Session::onConnected(Transport* transport, bool ok, std::string_view error)
 }
 
 void Session::backendFailed(std::string_view why) {
-  if (backend_pooled_ && backend_ != nullptr) {
+  if (login_->backend_pooled && backend_ != nullptr) {
     backend_->close();  // onClosed: retryWithoutPool()
     return;
   }
@@ -111,16 +115,18 @@ void Session::backendFailed(std::string_view why) {
 
 BackendLoginParams Session::backendLoginParams() {
   const BackendConfig& backend = config_->config.backends[backend_index_];
+  const LoginPhase& login = *login_;
   BackendLoginParams params;
-  params.method = login_.kind == LoginRequest::Kind::kLogin || replay_as_login_
+  params.method = login.request.kind == LoginRequest::Kind::kLogin || login.replay_as_login
                       ? BackendLoginMethod::kLogin
                       : BackendLoginMethod::kAuthenticate;
-  params.tag = login_.tag;
+  params.tag = login.request.tag;
   // The directory may name another user (Auth-User, destuser) for the backend.
-  params.user = backend_user_ ? std::string_view(*backend_user_) : std::string_view(user_);
-  params.password = login_.password;
-  params.mechanism = login_.mechanism;
-  params.sasl = login_.sasl;
+  params.user =
+      login.backend_user ? std::string_view(*login.backend_user) : std::string_view(user_);
+  params.password = login.request.password;
+  params.mechanism = login.request.mechanism;
+  params.sasl = login.request.sasl;
   params.starttls = backend.tls == TlsMode::kStarttls;
   if (backend.forward_id) {
     params.id_command = forwardIdCommand();
@@ -129,26 +135,26 @@ BackendLoginParams Session::backendLoginParams() {
 }
 
 void Session::startBackendLogin() {
-  login_untagged_.clear();
-  backend_login_ = std::make_unique<BackendLoginClient>(backendLoginParams());
+  login_->untagged.clear();
+  login_->backend_login = std::make_unique<BackendLoginClient>(backendLoginParams());
 }
 
 void Session::usePooledBackend(PooledBackend pooled) {
   backend_ = pooled.transport;
-  backend_pooled_ = true;
+  login_->backend_pooled = true;
   backend_->setHighWatermark(config_->config.limits.write_high_watermark);
   setState(SessionState::kBackendGreeting);
-  login_untagged_.clear();
-  backend_login_ = std::move(pooled.login);
-  backend_login_->resumeLogin(backendLoginParams());
+  login_->untagged.clear();
+  login_->backend_login = std::move(pooled.login);
+  login_->backend_login->resumeLogin(backendLoginParams());
   deadline_ = host_.now() + config_->config.timeouts.backend_login;
   armTimer();
   flushBackendLogin();
 }
 
 void Session::pooledLoginDone() {
-  if (backend_pooled_) {
-    backend_pooled_ = false;
+  if (login_->backend_pooled) {
+    login_->backend_pooled = false;
     host_.pooledLoginDone(*config_, backend_index_);
   }
 }
@@ -161,19 +167,20 @@ void Session::retryWithoutPool() {
   backendStats()->pool_stale.add();
   pooledLoginDone();
   pool_declined_ = true;
-  --candidate_pos_;  // the same backend again
+  --login_->candidate_pos;  // the same backend again
   connectNext();
 }
 
 void Session::flushBackendLogin() {
-  if (backend_ != nullptr && !backend_login_->output().empty()) {
-    backend_->write(std::string_view(backend_login_->output()));
+  BackendLoginClient& login = *login_->backend_login;
+  if (backend_ != nullptr && !login.output().empty()) {
+    backend_->write(std::string_view(login.output()));
   }
-  backend_login_->clearOutput();
+  login.clearOutput();
 }
 
 void Session::onBackendLoginData(Chunk chunk) {
-  BackendLoginClient& login = *backend_login_;
+  BackendLoginClient& login = *login_->backend_login;
   login.feed(chunk.view());
   while (backend_ != nullptr) {
     BackendLoginEvent ev = login.next();
@@ -182,13 +189,13 @@ void Session::onBackendLoginData(Chunk chunk) {
       case BackendLoginEventType::kNeedMore:
         return;
       case BackendLoginEventType::kUntagged:
-        login_untagged_.append(clientCapabilityLine(ev.line));
+        login_->untagged.append(clientCapabilityLine(ev.line));
         continue;
       case BackendLoginEventType::kStartTls:
         startBackendTls();
         return;
       case BackendLoginEventType::kLoggedIn:
-        writeClient(login_untagged_);
+        writeClient(login_->untagged);
         writeClient(clientCapabilityLine(ev.line));
         pooledLoginDone();
         enterRelay();
@@ -216,8 +223,9 @@ void Session::startBackendTls() {
   if (backend_ == nullptr) {
     orphans_.push_back(plain);
     plain->close();
-    failLogin(fmt::format("{} NO [UNAVAILABLE] Mailbox server TLS unavailable.\r\n", login_.tag),
-              false);
+    failLogin(
+        fmt::format("{} NO [UNAVAILABLE] Mailbox server TLS unavailable.\r\n", login_->request.tag),
+        false);
   }
 }
 
@@ -265,8 +273,10 @@ void Session::enterRelay() {
   deadline_ = last_activity_ + cfg.timeouts.idle;
   armTimer();
 
-  std::string backend_rest(backend_login_->rest());
-  backend_login_.reset();
+  std::string backend_rest(login_->backend_login->rest());
+  // The login phase is over (its secrets were wiped above): a logged-in
+  // session carries none of its state.
+  login_.reset();
   std::string client_rest = dialogue_->takePending();
   // A logged-in session carries no pre-login state. The dialogue goes now,
   // or after its own call returns if the login finished inside one.

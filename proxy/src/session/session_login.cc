@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include "login_phase.h"
 #include "portico/proxy.h"
 #include "session.h"
 #include "session_internal.h"
@@ -14,47 +15,49 @@ namespace portico::proxy {
 using namespace session_detail;  // NOLINT: this file's own helpers
 
 void Session::startLogin(LoginRequest&& request) {
-  wipeSecrets();
-  login_ = std::move(request);
-  user_ = std::move(login_.user);
-  login_.user.clear();
+  // The login phase starts: what only this login needs lives in login_
+  // until it succeeds or fails (none is running: the dialogue is closed
+  // while one does).
+  login_ = std::make_unique<LoginPhase>(std::move(request));
+  user_ = std::move(login_->request.user);
+  login_->request.user.clear();
   routeLogin();
 }
 
 void Session::refuseLogin(std::string_view tag, std::string_view client_line) {
-  login_.tag.assign(tag);
+  // Failed like any login (failLogin ends the phase it starts here).
+  LoginRequest request;
+  request.tag.assign(tag);
+  login_ = std::make_unique<LoginPhase>(std::move(request));
   failLogin(client_line, true);
 }
 
 void Session::routeLogin() {
   const RuntimeConfig& rc = *config_;
   ++login_attempts_;
-  backend_user_.reset();
-  replay_as_login_ = false;
-  connect_timeout_.reset();
   std::string user = normaliseUser(user_);
   if (auto probe = rc.probe_users.find(user); probe != rc.probe_users.end()) {
     // A probe account's backend pin wins over the directory: it is never asked.
-    candidates_ = {probe->second};
-    candidate_pos_ = 0;
+    login_->candidates = {probe->second};
+    login_->candidate_pos = 0;
     connectNext();
     return;
   }
   // Fleet mode: a user held for a mailbox move, or Redis away with
   // on_redis_down = "refuse" (one relaxed load when neither).
   if (std::optional<std::string> refusal = host_.shared().fleet_gate.refusal(user, host_.now())) {
-    failLogin(fmt::format("{} NO {}\r\n", login_.tag, *refusal), false);
+    failLogin(fmt::format("{} NO {}\r\n", login_->request.tag, *refusal), false);
     return;
   }
   if (std::optional<std::string> refusal =
           host_.shared().login_penalties.refusal(fleet::clientIp(client_address_), user)) {
-    failLogin(fmt::format("{} NO {}\r\n", login_.tag, *refusal), false);
+    failLogin(fmt::format("{} NO {}\r\n", login_->request.tag, *refusal), false);
     return;
   }
   if (const std::uint32_t limit = rc.config.limits.max_sessions_per_user;
       !host_.shared().user_sessions.acquire(user, limit, user_slot_)) {
     failLogin(fmt::format("{} NO [LIMIT] Too many sessions for this user (at most {}).\r\n",
-                          login_.tag, limit),
+                          login_->request.tag, limit),
               false);
     return;
   }
@@ -71,11 +74,12 @@ void Session::routeByHash() {
   for (std::size_t i = 0; i < enabled.size(); ++i) {
     enabled[i] = !host_.shared().drained(rc.stats_slot[i]);
   }
-  candidates_ = rc.selector.candidates(normaliseUser(user_), enabled);
-  candidate_pos_ = 0;
-  if (candidates_.empty()) {
-    failLogin(fmt::format("{} NO [UNAVAILABLE] No mailbox server is available.\r\n", login_.tag),
-              false);
+  login_->candidates = rc.selector.candidates(normaliseUser(user_), enabled);
+  login_->candidate_pos = 0;
+  if (login_->candidates.empty()) {
+    failLogin(
+        fmt::format("{} NO [UNAVAILABLE] No mailbox server is available.\r\n", login_->request.tag),
+        false);
     return;
   }
   connectNext();
@@ -94,13 +98,17 @@ void Session::failLogin(std::string_view client_line, bool count_failure) {
   }
   wipeSecrets();
   LoginOutcome outcome;
-  outcome.result = client_line.substr(std::min(client_line.size(), login_.tag.size() + 1));
+  outcome.result = client_line.substr(std::min(client_line.size(), login_->request.tag.size() + 1));
   while (!outcome.result.empty() &&
          (outcome.result.back() == '\n' || outcome.result.back() == '\r')) {
     outcome.result.remove_suffix(1);
   }
   outcome.response_bytes = client_line.size();
   notify([&](SessionObserver& o) { o.onLoginDone(*this, outcome); });
+  // The login phase is over: the session no longer holds it. It is freed
+  // when this call returns, as `client_line` may be the backend's answer
+  // in its login client; a login the dialogue starts below has its own.
+  const std::unique_ptr<LoginPhase> ended = std::move(login_);
   setState(SessionState::kPrelogin);
   if (client_ == nullptr) {
     finishIfClosed();
@@ -116,7 +124,7 @@ void Session::failLogin(std::string_view client_line, bool count_failure) {
   const Config& cfg = config_->config;
   if (count_failure) {
     ++login_failures_;
-    if (bye_after_failure_) {
+    if (ended->bye_after_failure) {
       // The directory refused without Auth-Wait: nginx ends the connection.
       writeClient(client_line);
       closeWithBye("* BYE Login refused.\r\n", EndReason::kDirectoryRefused);

@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 
+#include "login_phase.h"
 #include "lookup/lookup_stage.h"
 #include "portico/logging.h"
 #include "session.h"
@@ -55,24 +56,25 @@ std::chrono::milliseconds lookupBackstop(const LookupConfig& config) {
 }  // namespace
 
 LookupRequest Session::lookupRequest() {
+  LoginRequest& login = login_->request;
   LookupRequest request;
   request.user = user_;
   request.attempt = login_attempts_;
-  if (login_.kind == LoginRequest::Kind::kLogin) {
+  if (login.kind == LoginRequest::Kind::kLogin) {
     request.method = LookupAuthMethod::kPlain;
-    request.password = login_.password;
-  } else if (login_.mechanism == "PLAIN") {
+    request.password = login.password;
+  } else if (login.mechanism == "PLAIN") {
     // authzid NUL authcid NUL passwd (RFC 4616): the directory sees the
-    // password, as nginx's "plain"; kept in login_.password (a wiped secret) in
+    // password, as nginx's "plain"; kept in the login's password (a wiped secret) in
     // case the answer replaces the user or password and the login is
     // replayed as LOGIN.
     request.method = LookupAuthMethod::kPlain;
-    if (std::optional<std::string> decoded = parser::decodeBase64(login_.sasl)) {
+    if (std::optional<std::string> decoded = parser::decodeBase64(login.sasl)) {
       auto second = decoded->find('\0', decoded->find('\0') + 1);
       if (decoded->find('\0') != std::string::npos && second != std::string::npos) {
-        wipe(login_.password);
-        login_.password.assign(*decoded, second + 1);
-        request.password = login_.password;
+        wipe(login.password);
+        login.password.assign(*decoded, second + 1);
+        request.password = login.password;
       }
       wipe(*decoded);
     }
@@ -104,7 +106,7 @@ void Session::startLookup(std::shared_ptr<LookupStage> stage) {
     // before the pause is over is not asked of the directory.
     const auto left = std::chrono::ceil<std::chrono::seconds>(retry_after_ - now).count();
     failLogin(fmt::format("{} NO [UNAVAILABLE] Login refused for now: retry in {} second{}.\r\n",
-                          login_.tag, left, left == 1 ? "" : "s"),
+                          login_->request.tag, left, left == 1 ? "" : "s"),
               false);
     return;
   }
@@ -113,13 +115,16 @@ void Session::startLookup(std::shared_ptr<LookupStage> stage) {
   deadline_ = now + lookupBackstop(config_->config.lookup);
   armTimer();
   LookupRequest request = lookupRequest();
-  lookup_stage_ = std::move(stage);
+  login_->lookup_stage = std::move(stage);
   // The stage never calls back from inside lookup() (lookup.h), so the
-  // assignment completes before onLookupAnswer can run.
-  lookup_ = PendingLookup::start(*lookup_stage_, request, [this](LookupResult result) {
-    lookup_.done();
-    onLookupAnswer(std::move(result));
-  });
+  // assignment completes before onLookupAnswer can run. The phase holding
+  // the lookup is the session's login_ until the answer: ending it cancels
+  // the lookup.
+  login_->lookup =
+      PendingLookup::start(*login_->lookup_stage, request, [this](LookupResult result) {
+        login_->lookup.done();
+        onLookupAnswer(std::move(result));
+      });
   wipeSecret(request.password);
 }
 
@@ -146,9 +151,9 @@ void Session::onLookupAnswer(LookupResult result) {
       if (config_->config.lookup.fallback == LookupFallback::kHash) {
         routeByHash();
       } else {
-        failLogin(
-            fmt::format("{} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n", login_.tag),
-            true);
+        failLogin(fmt::format("{} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n",
+                              login_->request.tag),
+                  true);
       }
       break;
     case LookupOutcome::kUnavailable:
@@ -177,7 +182,7 @@ void Session::routeFromDirectory(LookupResult& result) {
                  "id={:016x} directory route for user={} refused: {}; client={}", id_, user_, why,
                  client_address_);
     failLogin(fmt::format("{} NO [UNAVAILABLE] Mailbox server unavailable, try again later.\r\n",
-                          login_.tag),
+                          login_->request.tag),
               false);
   };
   if (!index) {
@@ -193,30 +198,34 @@ void Session::routeFromDirectory(LookupResult& result) {
                             tlsModeName(backend.tls)));
     return;
   }
+  LoginPhase& login = *login_;
   if (result.backend_user || result.backend_password) {
-    if (login_.kind == LoginRequest::Kind::kAuthenticate && login_.mechanism != "PLAIN") {
-      refuseRoute("the directory replaces the user or password of a " + login_.mechanism +
+    if (login.request.kind == LoginRequest::Kind::kAuthenticate &&
+        login.request.mechanism != "PLAIN") {
+      refuseRoute("the directory replaces the user or password of a " + login.request.mechanism +
                   " login, which passes through unchanged");
       return;
     }
-    replay_as_login_ = login_.kind == LoginRequest::Kind::kAuthenticate;  // PLAIN: replay as LOGIN
+    // AUTHENTICATE PLAIN (the only one allowed here) is replayed as LOGIN.
+    login.replay_as_login = login.request.kind == LoginRequest::Kind::kAuthenticate;
     if (result.backend_user) {
-      backend_user_ = *result.backend_user;
+      login.backend_user = *result.backend_user;
     }
     if (result.backend_password) {
-      wipe(login_.password);
-      login_.password = *result.backend_password;
+      wipe(login.request.password);
+      login.request.password = *result.backend_password;
     }
   }
-  connect_timeout_ = result.proxy_timeout;
-  candidates_ = {*index};
-  candidate_pos_ = 0;
+  login.connect_timeout = result.proxy_timeout;
+  login.candidates = {*index};
+  login.candidate_pos = 0;
   connectNext();
 }
 
 void Session::lookupRefused(const LookupResult& result) {
   const std::string reason = result.reason.empty() ? "Authentication failed." : result.reason;
-  const std::string line = fmt::format("{} NO [AUTHENTICATIONFAILED] {}\r\n", login_.tag, reason);
+  const std::string line =
+      fmt::format("{} NO [AUTHENTICATIONFAILED] {}\r\n", login_->request.tag, reason);
   if (result.wait_seconds) {
     // nginx's Auth-Wait: the client keeps its connection and may try
     // again once the pause is over.
@@ -224,10 +233,9 @@ void Session::lookupRefused(const LookupResult& result) {
   } else if (!result.nologin) {
     // nginx ends the connection after a refusal without Auth-Wait;
     // Dovecot's nologin keeps it (a failed login like any other).
-    bye_after_failure_ = true;
+    login_->bye_after_failure = true;
   }
-  failLogin(line, true);
-  bye_after_failure_ = false;
+  failLogin(line, true);  // ends the login phase, and its bye_after_failure with it
 }
 
 void Session::lookupUnavailable(std::string_view error) {
@@ -240,7 +248,7 @@ void Session::lookupUnavailable(std::string_view error) {
                  client_address_);
   }
   failLogin(fmt::format("{} NO [UNAVAILABLE] Directory service unavailable, try again later.\r\n",
-                        login_.tag),
+                        login_->request.tag),
             false);
 }
 
